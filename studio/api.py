@@ -1,0 +1,87 @@
+"""The Python API the CLI is built on: load, validate, plan, run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from studio.errors import PipelineError
+from studio.events import Sink
+from studio.executor import Executor, RunResult
+from studio.plan import Plan, build_plan
+from studio.plugins import Host
+from studio.runtime import Runtime
+from studio.spec import PipelineSpec, load_spec
+
+_host: Host | None = None
+
+
+def default_host() -> Host:
+    """The process-wide plugin host, loaded on first use."""
+    global _host
+    if _host is None:
+        _host = Host.load()
+    return _host
+
+
+@dataclass
+class Pipeline:
+    spec: PipelineSpec
+    host: Host
+
+    def plan(self) -> Plan:
+        return build_plan(self.spec, self.host)
+
+    def run(self, *, out: str | Path = "runs", use_cache: bool = True, events: Sink | None = None,
+            runtime: Runtime | None = None) -> RunResult:
+        return Executor(self.host, self.plan(), out=Path(out), use_cache=use_cache, events=events,
+                        runtime=runtime).run()
+
+
+def load(
+    path: str | Path,
+    *,
+    overrides: Iterable[str] = (),
+    seed: int | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    host: Host | None = None,
+) -> Pipeline:
+    """Read and validate a pipeline. Raises PipelineError listing every problem.
+    `overrides` are "STEP.PARAM=VALUE" strings, as `--set` takes them."""
+    host = host or default_host()
+    spec = load_spec(path, host, overrides=list(overrides), seed=seed, device=device, precision=precision)
+    return Pipeline(spec, host)
+
+
+def validate(path: str | Path, *, host: Host | None = None) -> list:
+    """The list of problems in a pipeline file (empty when it is valid)."""
+    try:
+        load(path, host=host)
+    except PipelineError as exc:
+        return exc.issues
+    return []
+
+
+def plan(path: str | Path, **kwargs) -> Plan:
+    return load(path, **kwargs).plan()
+
+
+def run(
+    path: str | Path,
+    *,
+    out: str | Path = "runs",
+    overrides: Iterable[str] = (),
+    seed: int | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    use_cache: bool = True,
+    events: Sink | None = None,
+    host: Host | None = None,
+    runtime: Runtime | None = None,
+) -> RunResult:
+    """Validate and run a pipeline; returns the run with its artifacts. A failed item
+    does not raise: check `result.status` and `result.failed`."""
+    pipeline = load(path, overrides=overrides, seed=seed, device=device, precision=precision, host=host)
+    return pipeline.run(out=out, use_cache=use_cache, events=events, runtime=runtime)

@@ -1,0 +1,114 @@
+"""Writing step outputs to disk: writers per media type, atomic writes, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from studio import media
+
+WriteFn = Callable[[Any, Path, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Writes a generator's output value for one media type to a file."""
+
+    media_type: str
+    extension: str  # without the dot
+    write: WriteFn  # write(value, path, provenance)
+    plugin: str = "studio"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def temp_path_for(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
+def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file and rename, so `final` is either whole or absent.
+    An interrupted write leaves no file that a later run could mistake for finished."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(final)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(final: Path, data: Any) -> None:
+    atomic_write(
+        final,
+        lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n", "utf-8"),
+    )
+
+
+# --- built-in writers ------------------------------------------------------------
+
+
+def write_png(value: Any, path: Path, provenance: dict[str, Any]) -> None:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    if not isinstance(value, Image.Image):
+        raise TypeError(f"an image port needs a PIL.Image, got {type(value).__name__}")
+    info = PngInfo()
+    info.add_text("studio", json.dumps(provenance, sort_keys=True, default=str))
+    value.save(path, format="PNG", pnginfo=info)
+
+
+def write_text(value: Any, path: Path, provenance: dict[str, Any]) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"a text port needs a str, got {type(value).__name__}")
+    path.write_text(value, encoding="utf-8")
+
+
+def write_json(value: Any, path: Path, provenance: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+BUILTIN_WRITERS = [
+    Writer(media.IMAGE, "png", write_png),
+    Writer(media.TEXT, "txt", write_text),
+    Writer(media.JSON, "json", write_json),
+]
+
+EXTENSION_MEDIA = {
+    ".png": media.IMAGE,
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".txt": media.TEXT,
+    ".md": media.TEXT,
+    ".mid": media.MIDI,
+    ".midi": media.MIDI,
+    ".wav": media.AUDIO,
+    ".flac": "audio/flac",
+    ".json": media.JSON,
+}
+
+
+def media_type_of_file(path: Path) -> str | None:
+    return EXTENSION_MEDIA.get(path.suffix.lower())
+
+
+def read_png_provenance(path: Path) -> dict[str, Any] | None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = im.text.get("studio") if hasattr(im, "text") else None
+    return json.loads(text) if text else None

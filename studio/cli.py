@@ -1,0 +1,272 @@
+"""The `studio` command line: a thin layer over studio.api. This is the only place a
+StudioError becomes an exit code and a message; no traceback reaches the user for a
+mistake of theirs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from studio import __version__
+from studio.errors import GeneratorFailed, StudioError
+
+PRECISION_CHOICES = click.Choice(["auto", "fp32", "bf16", "fp16"])
+
+
+class StudioException(click.ClickException):
+    def __init__(self, error: StudioError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+class StudioGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StudioError as exc:
+            raise StudioException(exc) from None
+
+
+def _host():
+    from studio.api import default_host
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        host = default_host()
+    for w in caught:
+        click.echo(f"warning: {w.message} (see `studio plugins list`)", err=True)
+    return host
+
+
+@click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="studio")
+def cli() -> None:
+    """Run YAML pipelines of generators: images, music, audio and text, on your machine.
+
+    \b
+    Start with:  studio run pipelines/showcase.yaml
+    Then:        studio plugins list     (what generators you have)
+                 studio plan FILE        (what a pipeline will make)
+    """
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Root directory for runs: OUT/<pipeline>/<run-id>/.")
+@click.option("--set", "overrides", multiple=True, metavar="STEP.PARAM=VALUE",
+              help="Override a step parameter (repeatable). VALUE is read as YAML.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Run seed (overrides the pipeline's).")
+@click.option("--device", help="auto | cpu | cuda | cuda:N (overrides the pipeline's).")
+@click.option("--precision", type=PRECISION_CHOICES, help="Overrides the pipeline's precision.")
+@click.option("--no-cache", is_flag=True, help="Recompute every step instead of reusing finished ones.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress; print only the run directory.")
+@click.option("--json-events", is_flag=True, help="Print one JSON object per event on stdout.")
+def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events) -> None:
+    """Run PIPELINE and write its outputs under OUT."""
+    from studio import api
+    from studio.events import sink_for
+
+    loaded = api.load(pipeline, overrides=overrides, seed=seed, device=device, precision=precision, host=_host())
+    events = sink_for(quiet=quiet, json_events=json_events)
+    try:
+        result = loaded.run(out=out, use_cache=not no_cache, events=events)
+    except KeyboardInterrupt:
+        events.close()
+        click.echo("interrupted: finished artifacts are kept; run again to reuse them", err=True)
+        sys.exit(130)
+    finally:
+        events.close()
+    if json_events:
+        pass
+    elif quiet:
+        click.echo(str(result.run_dir))
+    else:
+        _print_summary(result)
+    if result.failed:
+        lines = [f"{len(result.failed)} item(s) failed; finished artifacts are kept in {result.run_dir}"]
+        for r in result.failed:
+            lines.append(f"  step {r.step_id!r}, item {r.name!r}: {r.error}")
+        if (result.run_dir / "errors.log").exists():
+            lines.append(f"  tracebacks: {result.run_dir / 'errors.log'}")
+        raise GeneratorFailed("\n".join(lines))
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.run_dir}  [{result.status}]", title_justify="left")
+    for col in ("item", "status", "seconds", "outputs"):
+        table.add_column(col)
+    for r in result.items.values():
+        outputs = "  ".join(str(a.path.relative_to(result.run_dir)) for a in r.artifacts.values())
+        seconds = "" if r.seconds is None else f"{r.seconds:.2f}"
+        table.add_row(r.name, r.status, seconds, outputs or (r.error or ""))
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(pipelines) -> None:
+    """Check pipelines without running them. Lists every problem found."""
+    from studio.errors import PipelineError, UserError
+    from studio.spec import load_spec
+
+    host = _host()
+    failed = False
+    for path in pipelines:
+        try:
+            load_spec(path, host)
+            click.echo(f"{path}: ok")
+        except PipelineError as exc:
+            failed = True
+            click.echo(f"{path}: {exc}", err=True)
+        except UserError as exc:
+            failed = True
+            click.echo(str(exc), err=True)
+    if failed:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="STEP.PARAM=VALUE")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1))
+@click.option("--json", "as_json", is_flag=True)
+def plan(pipeline, overrides, seed, as_json) -> None:
+    """Show the steps and items PIPELINE expands to, in run order (a dry run)."""
+    from studio import api
+
+    the_plan = api.load(pipeline, overrides=overrides, seed=seed, host=_host()).plan()
+    if as_json:
+        click.echo(json.dumps([
+            {"step": s.id, "uses": s.uses, "after": list(s.depends_on),
+             "items": [{"name": i.name, "dir": i.dirname, "seed": i.seed, "labels": i.labels} for i in s.items]}
+            for s in the_plan.steps], indent=2, default=str))
+        return
+    spec = the_plan.spec
+    click.echo(f"pipeline {spec.name}: {len(the_plan.steps)} steps, {len(the_plan.items)} items, "
+               f"run seed {spec.seed}")
+    for n, step in enumerate(the_plan.steps, 1):
+        after = f"  (after {', '.join(step.depends_on)})" if step.depends_on else ""
+        count = len(step.items)
+        click.echo(f"{n}. {step.id}  {step.uses}  {count} item{'s' if count != 1 else ''}{after}")
+        for item in step.items:
+            seed = f"seed {item.seed}" + (" (derived)" if item.seed_derived else "")
+            click.echo(f"     {item.name}  [{seed}]")
+
+
+@cli.group()
+def plugins() -> None:
+    """Installed plugins and their generators."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_list(as_json) -> None:
+    """Every plugin, its version, its generators, and whether it loaded."""
+    host = _host()
+    rows = [
+        {"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
+         "generators": p.generators, "ok": p.ok, "errors": p.errors}
+        for p in host.plugins.values()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("plugin", "version", "generators", "status"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        status = "ok" if r["ok"] else "[red]error:[/] " + "; ".join(r["errors"])
+        table.add_row(r["name"], r["version"] or "", "\n".join(r["generators"]), status)
+    Console().print(table)
+
+
+@plugins.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def plugins_show(name, as_json) -> None:
+    """Parameters (types, defaults, bounds, descriptions) and ports of generator NAME."""
+    from studio import params as P
+
+    host = _host()
+    gen = host.generator(name)
+    fields = []
+    for key, field in gen.Params.model_fields.items():
+        default = P.default_of(gen.Params, key)
+        fields.append({"name": key, "allowed": P.describe(gen.Params, key),
+                       "default": None if default is P.REQUIRED else default,
+                       "required": default is P.REQUIRED, "description": field.description or ""})
+    info = {"name": gen.name, "plugin": host.plugin_of(name), "description": gen.description,
+            "outputs": gen.outputs, "precisions": list(gen.precisions), "batchable": gen.batchable,
+            "params": fields, "schema": gen.Params.model_json_schema()}
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{gen.name}[/]  (plugin {info['plugin']})\n{gen.description}\n")
+    console.print("outputs: " + ", ".join(f"{p} ({m})" for p, m in gen.outputs.items()))
+    console.print(f"precisions: {', '.join(gen.precisions)}   batchable: {'yes' if gen.batchable else 'no'}\n")
+    table = Table(title="parameters", title_justify="left")
+    for col in ("name", "allowed", "default", "description"):
+        table.add_column(col, overflow="fold")
+    for f in fields:
+        table.add_row(f["name"], f["allowed"], "(required)" if f["required"] else repr(f["default"]), f["description"])
+    console.print(table)
+
+
+@cli.group()
+def runs() -> None:
+    """Look at finished runs."""
+
+
+@runs.command("show")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_dir, as_json) -> None:
+    """What a run made: status, seeds, timings and artifacts per item."""
+    from studio.manifest import read_manifest
+
+    manifest = read_manifest(run_dir)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rt = manifest.get("runtime", {})
+    console = Console()
+    console.print(f"[bold]{manifest['pipeline']}[/]  {manifest['status']}  {manifest['started']}  "
+                  f"{manifest['seconds']} s  device {rt.get('device')}  seed {manifest['seed']}")
+    table = Table()
+    for col in ("item", "uses", "status", "seed", "seconds", "artifacts"):
+        table.add_column(col, overflow="fold")
+    for step_id, step in manifest["steps"].items():
+        for item in step["items"]:
+            arts = "\n".join(f"{a['path']} ({a['size']} B)" for a in item["artifacts"].values())
+            table.add_row(item["name"], step["uses"], item["status"], str(item["seed"]),
+                          "" if item["seconds"] is None else f"{item['seconds']:.2f}", arts or (item["error"] or ""))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        host = _host()
+    except StudioError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    host.call_each("register_commands", cli=cli)
+    cli(prog_name="studio")

@@ -1,0 +1,64 @@
+"""One error hierarchy. The CLI turns a StudioError into a message and an exit code;
+nothing else in the host prints tracebacks or exits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StudioError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UserError(StudioError):
+    """Bad input from the user: a pipeline, a parameter, a file. Exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found while validating a pipeline, with where it is."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    path: str | None = None  # YAML path, e.g. "steps[1].with.steps"
+    step: str | None = None
+
+    def format(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        what = self.path or ""
+        if self.step:
+            what += f" (step '{self.step}')" if what else f"step '{self.step}'"
+        return f"{where}{what + ': ' if what else ''}{self.message}"
+
+
+class PipelineError(UserError):
+    """A pipeline failed validation. Carries every issue found, not just the first."""
+
+    def __init__(self, issues: list[Issue]):
+        self.issues = list(issues)
+        n = len(self.issues)
+        header = f"pipeline is invalid ({n} problem{'s' if n != 1 else ''}):"
+        super().__init__("\n".join([header] + ["  " + i.format() for i in self.issues]))
+
+
+class PluginError(StudioError):
+    """A plugin is broken or conflicts with another."""
+
+
+class GeneratorFailed(StudioError):
+    """A generator raised at run time. Finished artifacts are kept. Exit code 1."""
+
+    exit_code = 1
+
+
+class NonFiniteOutput(StudioError):
+    """A generator produced NaN or Inf values."""
+
+    exit_code = 1

@@ -1,0 +1,167 @@
+"""The contract between the host and a generator.
+
+A generator is a class with a name, typed parameters (a pydantic model), output ports
+with media types and a `generate()` method. It loads weights lazily through
+`ctx.model()` and never picks its own device: the runtime does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # heavy imports stay out of import time
+    import torch
+
+    from studio.runtime import Runtime
+
+GENERATOR_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.-]*$")
+MEDIA_KEY = "studio_media"
+MAX_SEED = 2**63 - 1
+
+
+class Params(BaseModel):
+    """Base class of every generator's parameters. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Random seed for this item. Default: derived from the run seed, "
+        "the step id and the item index.",
+    )
+
+
+def media_input(accepts: str, default: Any = ..., **kwargs: Any) -> Any:
+    """A parameter that takes media: an upstream output (`${steps.x.outputs.y}`) or a
+    file path. `accepts` is a media type, wildcards allowed ("image/*")."""
+    extra = kwargs.pop("json_schema_extra", {}) or {}
+    return Field(default, json_schema_extra={**extra, MEDIA_KEY: accepts}, **kwargs)
+
+
+def accepted_media(params_cls: type[BaseModel], field_name: str) -> str | None:
+    """The media type a parameter accepts, or None for a plain value."""
+    extra = params_cls.model_fields[field_name].json_schema_extra
+    return extra.get(MEDIA_KEY) if isinstance(extra, dict) else None
+
+
+class Artifact(BaseModel):
+    """A file a step wrote (or a file the user named), as downstream steps see it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    media_type: str
+    sha256: str
+    size: int
+    producer: str | None = None  # item name, e.g. "cover@seed=1"; None for user files
+    labels: dict[str, Any] = Field(default_factory=dict)  # sweep values that made it
+
+    def read_text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    def open_image(self):
+        from PIL import Image
+
+        with Image.open(self.path) as im:
+            im.load()
+            return im
+
+
+class StepContext:
+    """What a generator gets besides its parameters: seed, device, precision, models,
+    progress. One per item."""
+
+    def __init__(
+        self,
+        *,
+        step_id: str,
+        item_name: str,
+        seed: int,
+        runtime: Runtime,
+        precision: str,
+        labels: dict[str, Any] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ):
+        self.step_id = step_id
+        self.item_name = item_name
+        self.seed = seed
+        self.runtime = runtime
+        self.precision = precision
+        self.labels = labels or {}
+        self._on_progress = on_progress
+
+    @property
+    def device(self) -> str:
+        return self.runtime.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runtime.torch_dtype(self.precision)
+
+    def torch_generator(self) -> torch.Generator:
+        """A CPU generator seeded with this item's seed: noise drawn from it is the
+        same on every device (as diffusers does with generator=torch.Generator('cpu'))."""
+        import torch
+
+        return torch.Generator("cpu").manual_seed(self.seed)
+
+    def numpy_rng(self):
+        import numpy as np
+
+        return np.random.default_rng(self.seed)
+
+    def model(self, generator: Generator, params: Params) -> Any:
+        """The loaded model for these params, from the runtime's cache."""
+        return self.runtime.models.get(
+            (generator.name, generator.model_key(params), self.device, self.precision),
+            lambda: self.runtime.prepare(generator.load(params, self), self.precision),
+        )
+
+    def autocast(self):
+        return self.runtime.autocast(self.precision)
+
+    def progress(self, done: int, total: int) -> None:
+        if self._on_progress:
+            self._on_progress(done, total)
+
+
+class Generator:
+    """Subclass this and register it from a plugin's `register_generators` hook."""
+
+    name: ClassVar[str] = ""  # "<modality>.<name>", e.g. "image.diffusion"
+    description: ClassVar[str] = ""
+    outputs: ClassVar[dict[str, str]] = {}  # port -> media type
+    Params: ClassVar[type[Params]] = Params
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # what it can run in, best first
+    batchable: ClassVar[bool] = False
+    max_batch_size: ClassVar[int] = 16
+    version: ClassVar[str] = "1"  # bump when outputs change for the same inputs (cache key)
+
+    def model_key(self, params: Params) -> str:
+        """Identifies the weights `load()` returns, for the model cache."""
+        return str(getattr(params, "model", "default"))
+
+    def weights_id(self, params: Params) -> str:
+        """A fingerprint of the weights (e.g. a file hash), part of the step cache key."""
+        return ""
+
+    def load(self, params: Params, ctx: StepContext) -> Any:
+        """Load weights (on CPU). Called at most once per model key while cached."""
+        return None
+
+    def generate(self, params: Params, ctx: StepContext) -> dict[str, Any]:
+        """Make one item's outputs: a dict of port -> value for the port's writer."""
+        raise NotImplementedError(f"{type(self).__name__}.generate")
+
+    def generate_batch(
+        self, params: list[Params], ctxs: list[StepContext]
+    ) -> list[dict[str, Any]]:
+        """Make several items at once (batchable generators override this). Each item
+        must come out exactly as `generate()` would make it alone."""
+        return [self.generate(p, c) for p, c in zip(params, ctxs)]

@@ -1,0 +1,202 @@
+"""Device and precision policy, autocast, the model cache and the NaN/Inf guard.
+torch is imported on first use only, so the CLI and validation stay fast."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+from collections import OrderedDict
+from typing import Any, Callable
+
+from studio.errors import NonFiniteOutput, UserError
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'cuda' when CUDA is available, else 'cpu'. A CUDA device that is not
+    there is a user error, not a silent fall back."""
+    if requested == "cpu":
+        return "cpu"
+    torch = _torch()
+    available = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if available else "cpu"
+    if not available:
+        raise UserError(
+            f"device {requested!r} was asked for, but CUDA is not available here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}). "
+            "Use `device: auto` or `--device cpu`."
+        )
+    if ":" in requested:
+        index = int(requested.split(":", 1)[1])
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"device {requested!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    return requested
+
+
+def choose_precision(requested: str, device: str, supported: tuple[str, ...]) -> str:
+    """The precision one generator runs in: the pipeline's wish, narrowed to what the
+    generator supports. auto = bf16 on CUDA when supported, else fp16; fp32 on CPU
+    (bf16 on a CPU without bf16 units is many times slower than fp32)."""
+    if requested == "auto":
+        if device.startswith("cuda"):
+            wishes = ["bf16", "fp16", "fp32"] if _torch().cuda.is_bf16_supported() else ["fp16", "fp32"]
+        else:
+            wishes = ["fp32"]
+    else:
+        wishes = [requested, "fp32"]
+    for wish in wishes:
+        if wish in supported:
+            return wish
+    return supported[0]
+
+
+def module_nbytes(obj: Any) -> int:
+    """Bytes held by a model's parameters and buffers (0 for non-torch objects)."""
+    if "torch" not in sys.modules:
+        return 0
+    torch = sys.modules["torch"]
+    seen: set[int] = set()
+    total = 0
+
+    def add(module) -> None:
+        nonlocal total
+        for t in list(module.parameters()) + list(module.buffers()):
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+
+    if isinstance(obj, torch.nn.Module):
+        add(obj)
+    elif hasattr(obj, "components"):  # a diffusers pipeline
+        for part in obj.components.values():
+            if isinstance(part, torch.nn.Module):
+                add(part)
+    elif isinstance(obj, (tuple, list)):
+        return sum(module_nbytes(o) for o in obj)
+    elif isinstance(obj, dict):
+        return sum(module_nbytes(o) for o in obj.values())
+    return total
+
+
+class ModelCache:
+    """Loaded models by key, least recently used evicted first to stay in a byte budget.
+    A model used by several steps loads once."""
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self.loads = 0
+        self.hits = 0
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        if key in self._models:
+            self._models.move_to_end(key)
+            self.hits += 1
+            return self._models[key][0]
+        model = load()
+        self.loads += 1
+        size = module_nbytes(model)
+        if self.max_bytes is not None:
+            while self._models and self.used + size > self.max_bytes:
+                self._evict(next(iter(self._models)))
+        self._models[key] = (model, size)
+        return model
+
+    @property
+    def used(self) -> int:
+        return sum(size for _, size in self._models.values())
+
+    def keys(self) -> list[Any]:
+        return list(self._models)
+
+    def _evict(self, key: Any) -> None:
+        del self._models[key]
+        gc.collect()
+        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+            sys.modules["torch"].cuda.empty_cache()
+
+    def clear(self) -> None:
+        for key in list(self._models):
+            self._evict(key)
+
+
+class Runtime:
+    """One per run: where models live and in what precision."""
+
+    def __init__(self, device: str = "auto", precision: str = "auto", max_model_bytes: int | None = None):
+        self.requested_device = device
+        self.requested_precision = precision
+        self.device = resolve_device(device)
+        self.models = ModelCache(max_model_bytes if max_model_bytes is not None else default_budget(self.device))
+
+    def precision_for(self, supported: tuple[str, ...]) -> str:
+        return choose_precision(self.requested_precision, self.device, supported)
+
+    def torch_dtype(self, precision: str):
+        return getattr(_torch(), DTYPES[precision])
+
+    def prepare(self, model: Any, precision: str) -> Any:
+        """Move a freshly loaded model to the device and precision; eval mode."""
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(model, torch.nn.Module):
+            model = model.to(device=self.device, dtype=self.torch_dtype(precision)).eval()
+            model.requires_grad_(False)
+        elif hasattr(model, "to") and hasattr(model, "components"):  # diffusers pipeline
+            model = model.to(self.device, self.torch_dtype(precision))
+        return model
+
+    def autocast(self, precision: str):
+        if precision == "fp32" or not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        return _torch().autocast("cuda", dtype=self.torch_dtype(precision))
+
+    def inference(self):
+        if "torch" in sys.modules:
+            return sys.modules["torch"].inference_mode()
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"device": self.device, "precision": self.requested_precision}
+        torch = sys.modules.get("torch")
+        if torch is not None and self.device.startswith("cuda"):
+            out["gpu"] = torch.cuda.get_device_name(self.device)
+        return out
+
+
+def default_budget(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(_torch().cuda.get_device_properties(device).total_memory * 0.8)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def check_finite(value: Any, where: str) -> None:
+    """Raise NonFiniteOutput when a tensor or array holds NaN or Inf."""
+    array = getattr(value, "samples", value)
+    torch = sys.modules.get("torch")
+    bad = False
+    if torch is not None and isinstance(array, torch.Tensor):
+        bad = array.is_floating_point() and not bool(torch.isfinite(array).all())
+    elif type(array).__module__ == "numpy" and hasattr(array, "dtype"):
+        import numpy as np
+
+        bad = np.issubdtype(array.dtype, np.floating) and not bool(np.isfinite(array).all())
+    if bad:
+        raise NonFiniteOutput(
+            f"{where} contains NaN or Inf values. This usually means an overflow in half "
+            "precision: run again with `precision: fp32` (or --precision fp32); if it "
+            "persists, the weights or the inputs are broken."
+        )
