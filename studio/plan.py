@@ -141,7 +141,7 @@ def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
         first = by_id[cycle[0]]
         issues.append(locs.issue(("steps", first.index), "steps form a cycle: " + " -> ".join(cycle)
                                  + "; a step can only use outputs of steps that do not need it", first.id))
-    if not issues:
+    if not issues and all(s.uses in host.generators for s in spec.steps):
         issues += _check_sizes(spec, host)
     return issues
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from studio.errors import PluginError, UserError
 from studio.generator import GENERATOR_NAME, Generator, Params
 
 ENTRY_POINT_GROUP = "studio"
+PORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 HOST_PLUGIN = "studio"
 
 
@@ -247,6 +249,9 @@ def check_generator_class(gen_cls: Any) -> None:
         )
     if not gen_cls.outputs:
         raise ValueError(f"{gen_cls.__name__} declares no output ports")
+    for port in gen_cls.outputs:
+        if not PORT_NAME.match(port):  # ports name files in the run directory
+            raise ValueError(f"{gen_cls.__name__}: output port {port!r} must match {PORT_NAME.pattern}")
     if not (isinstance(gen_cls.Params, type) and issubclass(gen_cls.Params, Params)):
         raise TypeError(f"{gen_cls.__name__}.Params must subclass studio.Params")
     bad = set(gen_cls.precisions) - {"fp32", "bf16", "fp16"}

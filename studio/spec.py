@@ -101,6 +101,8 @@ def load_spec(
     path = Path(path)
     text = read_pipeline_text(path)
     data, locs, issues = load_yaml(text, str(path))
+    if issues and data is None:
+        raise PipelineError(issues)
     for name, value in (("seed", seed), ("device", device), ("precision", precision)):
         if value is not None and isinstance(data, dict):
             data[name] = value
@@ -223,23 +225,25 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
         except UserError as exc:
             issues.append(locs.issue(at + ("uses",), str(exc), label))
     sections = {}
+    sections_ok = True
     for section in ("with", "sweep", "zip"):
         value = raw.get(section)
         if value is None:
             value = {}
         if not isinstance(value, dict):
+            sections_ok = False
             issues.append(locs.issue(at + (section,), f"`{section}:` must be a mapping of parameter: value, "
                                                       f"got {_kind(value)}", label))
             value = {}
         sections[section] = value
     if gen_cls is not None:
-        _check_params(at, label, gen_cls, sections, locs, base_dir, issues)
+        _check_params(at, label, gen_cls, sections, locs, base_dir, issues, check_required=sections_ok)
     if not isinstance(step_id, str) or first_line.get(step_id) != locs.lines.get(at + ("id",)):
         return None  # no usable id: graph checks cannot refer to this step
     return StepSpec(step_id, uses, sections["with"], sections["sweep"], sections["zip"], raw.get("description"), i)
 
 
-def _check_params(at, step, gen_cls, sections, locs, base_dir, issues) -> None:
+def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_required=True) -> None:
     params_cls = gen_cls.Params
     fields = list(params_cls.model_fields)
     given: dict[str, str] = {}
@@ -274,7 +278,7 @@ def _check_params(at, step, gen_cls, sections, locs, base_dir, issues) -> None:
     if len(set(lengths.values())) > 1:
         issues.append(locs.issue(at + ("zip",), "`zip:` lists must have equal lengths, got "
                                                 + ", ".join(f"{k}: {n}" for k, n in lengths.items()), step))
-    for name in fields:
+    for name in fields if check_required else ():
         if params_cls.model_fields[name].is_required() and name not in given:
             issues.append(locs.issue(at + ("with",), f"missing required parameter {name!r} for {gen_cls.name} "
                                                      f"({P.describe(params_cls, name)}): "

@@ -59,6 +59,10 @@ def load_yaml(text: str, file: str | None) -> tuple[Any, Locations, list[Issue]]
         # Before construction: it flattens merge keys (<<) into the mappings.
         _record_lines(node, (), locs, issues)
         data = loader.construct_document(node)
+    except yaml.constructor.ConstructorError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        return None, locs, [Issue(f"YAML tag not allowed: {exc.problem}. Pipelines are plain YAML "
+                                  "(mappings, lists, strings, numbers); remove the '!!' tag", file, line)]
     except yaml.MarkedYAMLError as exc:
         return None, locs, [_syntax_issue(exc, text, file)]
     except yaml.YAMLError as exc:

@@ -1,0 +1,226 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.artifacts import Writer, read_png_provenance, sha256_file
+from studio.events import Collect
+from studio.generator import Generator, Params
+from studio.hookspecs import hookimpl
+from studio.testing import FakeImage, run_yaml
+
+CHAIN = """
+    name: chain
+    seed: 3
+    steps:
+      - {id: words, uses: fake.text, sweep: {prompt: [red, blue]}}
+      - id: pic
+        uses: fake.image
+        with: {prompt: "${steps.words.outputs.text}", size: 6}
+      - id: sheet
+        uses: image.grid
+        with: {images: "${steps.pic.outputs.image}", cell_size: 32}
+"""
+
+
+def test_run_directory_manifest_and_provenance(tmp_path):
+    result = run_yaml(CHAIN, tmp_path)
+    assert result.status == "done"
+    assert result.run_dir.parent == tmp_path / "runs" / "chain"
+    names = sorted(p.name for p in result.run_dir.iterdir())
+    assert names == ["manifest.json", "pic@prompt=blue", "pic@prompt=red", "sheet",
+                     "words@prompt=blue", "words@prompt=red"]
+    assert (result.run_dir / "words@prompt=red" / "text.txt").read_text() == "red"
+
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["status"] == "done" and manifest["seed"] == 3
+    assert manifest["runtime"]["device"] == "cpu"
+    assert manifest["versions"]["studio"] == "0.1.0"
+    assert manifest["resolved_pipeline"]["steps"][1]["id"] == "pic"
+    pic = manifest["steps"]["pic"]
+    assert pic["uses"] == "fake.image" and pic["plugin"] == "fake" and pic["status"] == "done"
+    item = pic["items"][0]
+    assert item["status"] == "done" and item["labels"] == {"prompt": "red"}
+    assert item["params"]["prompt"] == "red" and item["params"]["size"] == 6
+    art = item["artifacts"]["image"]
+    assert art["path"] == "pic@prompt=red/image.png" and art["media_type"] == "image/png"
+    assert art["sha256"] == sha256_file(result.run_dir / art["path"])
+    assert art["size"] == (result.run_dir / art["path"]).stat().st_size
+
+    prov = read_png_provenance(result.run_dir / art["path"])
+    assert prov["generator"] == "fake.image" and prov["step"] == "pic" and prov["seed"] == item["seed"]
+    assert prov["params"]["prompt"] == "red"
+    sheet = Image.open(result.run_dir / "sheet" / "image.png")
+    assert sheet.width > 2 * 32  # two cells side by side
+    sheet_params = read_png_provenance(result.run_dir / "sheet" / "image.png")["params"]
+    assert [i["from"] for i in sheet_params["images"]] == ["pic@prompt=red", "pic@prompt=blue"]
+
+
+def test_same_seed_same_output_different_seed_different(tmp_path):
+    text = "name: s\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 1000]}}\n"
+    first = run_yaml(text, tmp_path / "one", use_cache=False)
+    second = run_yaml(text, tmp_path / "two", use_cache=False)
+    h1 = [a.sha256 for a in first.artifacts()]
+    assert h1 == [a.sha256 for a in second.artifacts()]
+    assert h1[0] != h1[1]
+
+
+def test_cache_reuses_and_invalidates_only_what_changed(tmp_path):
+    first = run_yaml(CHAIN, tmp_path)
+    assert {r.status for r in first.items.values()} == {"done"}
+    again = run_yaml(CHAIN, tmp_path)
+    assert {r.status for r in again.items.values()} == {"cached"}
+    assert again.run_dir != first.run_dir
+    assert [a.sha256 for a in again.artifacts()] == [a.sha256 for a in first.artifacts()]
+    assert all(a.path.is_file() and again.run_dir in a.path.parents for a in again.artifacts())
+
+    changed = run_yaml(CHAIN.replace("size: 6", "size: 7"), tmp_path)
+    status = {r.name: r.status for r in changed.items.values()}
+    assert status == {"words@prompt=red": "cached", "words@prompt=blue": "cached",
+                      "pic@prompt=red": "done", "pic@prompt=blue": "done", "sheet": "done"}
+    fresh = run_yaml(CHAIN, tmp_path, use_cache=False)
+    assert {r.status for r in fresh.items.values()} == {"done"}
+
+
+def test_a_damaged_cache_entry_is_not_trusted(tmp_path):
+    text = "name: c\nsteps:\n  - {id: a, uses: fake.image, with: {size: 4}}\n"
+    first = run_yaml(text, tmp_path)
+    cache_root = tmp_path / "runs" / ".cache" / "steps"
+    (cached,) = [p for p in cache_root.rglob("image.png")]
+    cached.write_bytes(cached.read_bytes()[:20])  # truncated, as by a crash or a disk error
+    again = run_yaml(text, tmp_path)
+    assert again.items["a"].status == "done"
+    assert again.artifacts()[0].sha256 == first.artifacts()[0].sha256
+
+
+class Interrupting(Generator):
+    name = "test.interrupt"
+    description = "Writes half a file, then the user presses Ctrl-C."
+    outputs = {"image": "image/png"}
+
+    def generate(self, params, ctx):
+        return {"image": "not used"}
+
+
+class HalfWritePlugin:
+    """A writer that dies halfway, as on Ctrl-C during a save."""
+
+    @hookimpl
+    def register_generators(self, register):
+        register(Interrupting)
+
+    @hookimpl
+    def run_step(self, step):
+        if step.uses == "test.interrupt":
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_keeps_finished_work_and_no_partial_files(tmp_path):
+    text = """
+        name: stop
+        steps:
+          - {id: first, uses: fake.image, with: {size: 4}}
+          - {id: second, uses: test.interrupt}
+          - {id: third, uses: fake.image, with: {size: 5}}
+    """
+    with pytest.raises(KeyboardInterrupt):
+        run_yaml(text, tmp_path, plugins=[("half", HalfWritePlugin())])
+    (run_dir,) = (tmp_path / "runs" / "stop").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    statuses = {k: s["items"][0]["status"] for k, s in manifest["steps"].items()}
+    assert statuses == {"first": "done", "second": "interrupted", "third": "interrupted"}
+    assert (run_dir / "first" / "image.png").is_file()
+    assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
+    # the next run trusts what finished and makes the rest
+    again = run_yaml(text.replace("test.interrupt", "fake.image"), tmp_path)
+    assert again.items["first"].status == "cached"
+    assert again.items["second"].status == "done"
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    from studio.artifacts import atomic_write
+
+    def explode(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "out.png", explode)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_generator_keeps_other_work_and_skips_dependents(tmp_path):
+    result = run_yaml("""
+        name: f
+        steps:
+          - {id: ok, uses: fake.image}
+          - {id: bad, uses: fake.fail, with: {message: "model exploded"}}
+          - {id: after, uses: fake.text, with: {prompt: "${steps.bad.outputs.text}"}}
+    """, tmp_path)
+    assert result.status == "failed"
+    assert result.items["ok"].status == "done" and result.items["ok"].artifacts["image"].path.is_file()
+    assert result.items["bad"].error == "fake.fail (plugin 'fake') raised ValueError: model exploded"
+    assert result.items["after"].status == "skipped"
+    assert "ValueError: model exploded" in (result.run_dir / "errors.log").read_text()
+    assert not (result.run_dir / "bad").exists()
+
+
+def test_sweep_items_run_in_batches_with_their_own_seeds(tmp_path):
+    text = "name: b\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 2, 3, 4, 5, 6]}}\n"
+    batched = run_yaml(text, tmp_path / "b", use_cache=False)
+    assert FakeImage.calls == [4, 2]  # max_batch_size is 4
+    colours = [Image.open(a.path).getpixel((0, 0)) for a in batched.artifacts()]
+    assert colours == [(s, 0, 7) for s in range(1, 7)]
+
+
+class NaNGen(Generator):
+    name = "test.nan"
+    description = "Returns an array with a NaN."
+    outputs = {"array": "application/x-npy"}
+
+    def generate(self, params, ctx):
+        return {"array": np.array([1.0, float("nan")])}
+
+
+class NaNPlugin:
+    @hookimpl
+    def register_generators(self, register):
+        register(NaNGen)
+
+    @hookimpl
+    def register_artifact_writers(self, register):
+        register(Writer("application/x-npy", "npy", lambda value, path, prov: np.save(open(path, "wb"), value)))
+
+
+def test_nan_output_is_caught_and_named(tmp_path):
+    result = run_yaml("name: n\nsteps:\n  - {id: a, uses: test.nan}\n", tmp_path, plugins=[("nan", NaNPlugin())])
+    assert result.status == "failed"
+    assert result.items["a"].error.startswith(
+        "test.nan (plugin 'nan'): step 'a' item 'a' output 'array' contains NaN or Inf values. "
+        "This usually means an overflow in half precision: run again with `precision: fp32`")
+    assert not (result.run_dir / "a" / "array.npy").exists()
+
+
+def test_events_tell_the_story(tmp_path):
+    events = Collect()
+    run_yaml("name: e\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 2]}}\n", tmp_path, events=events)
+    kinds = [e["event"] for e in events.events]
+    assert kinds == ["run_start", "step_start", "item_done", "item_done", "step_done", "run_done"]
+    assert events.events[-1]["status"] == "done"
+
+
+def test_text_flows_into_media_and_files(tmp_path):
+    Image.new("RGB", (10, 6), "red").save(tmp_path / "photo.png")
+    result = run_yaml("""
+        name: m
+        steps:
+          - {id: cap, uses: fake.caption, with: {image: photo.png}}
+          - id: small
+            uses: image.resize
+            with: {image: photo.png, width: 5}
+          - {id: cap2, uses: fake.caption, with: {image: "${steps.small.outputs.image}"}}
+    """, tmp_path)
+    assert result.items["cap"].artifacts["text"].read_text() == "10x6 {}"
+    assert result.items["cap2"].artifacts["text"].read_text() == "5x3 {}"
