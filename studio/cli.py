@@ -85,11 +85,11 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     if json_events:
         pass
     elif quiet:
-        click.echo(str(result.run_dir))
+        click.echo(_display(result.run_dir))
     else:
         _print_summary(result)
     if result.failed:
-        lines = [f"{len(result.failed)} item(s) failed; finished artifacts are kept in {result.run_dir}"]
+        lines = [f"{len(result.failed)} item(s) failed; finished artifacts are kept in {_display(result.run_dir)}"]
         for r in result.failed:
             lines.append(f"  step {r.step_id!r}, item {r.name!r}: {r.error}")
         if (result.run_dir / "errors.log").exists():
@@ -97,11 +97,19 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         raise GeneratorFailed("\n".join(lines))
 
 
+def _display(path: Path) -> str:
+    """A path relative to the working directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _print_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result.run_dir}  [{result.status}]", title_justify="left")
+    table = Table(title=f"{_display(result.run_dir)}  [{result.status}]", title_justify="left")
     for col in ("item", "status", "seconds", "outputs"):
         table.add_column(col)
     for r in result.items.values():

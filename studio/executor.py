@@ -114,7 +114,7 @@ class Executor:
         self.host = host
         self.plan = plan
         self.spec = plan.spec
-        self.out = Path(out)
+        self.out = Path(out).resolve()
         self.cache = StepCache(self.out / ".cache" / "steps") if use_cache else None
         self.events = events or Sink()
         self.runtime = runtime

@@ -1,0 +1,83 @@
+"""One test per hook, as a plugin author would use it."""
+
+import click
+from click.testing import CliRunner
+
+from studio.artifacts import Writer
+from studio.hookspecs import hookimpl
+from studio.testing import FakePlugin, FakeText, make_host, run_yaml
+
+
+def test_hook_register_generators():
+    host = make_host([("fake", FakePlugin())], entry_points=False)
+    assert host.generator("fake.text") is FakeText
+    assert host.plugins["fake"].generators == ["fake.image", "fake.text", "fake.fail", "fake.caption"]
+
+
+def test_hook_register_artifact_writers(tmp_path):
+    class Upper:
+        @hookimpl
+        def register_artifact_writers(self, register):
+            register(Writer("text/plain", "md", lambda value, path, prov: path.write_text(value.upper())))
+
+    result = run_yaml("name: w\nsteps:\n  - {id: a, uses: fake.text, with: {prompt: hi}}\n", tmp_path,
+                      plugins=[("upper", Upper())])
+    artifact = result.artifacts()[0]
+    assert artifact.path.name == "text.md" and artifact.path.read_text() == "HI"
+
+
+def test_hook_register_commands():
+    class Hello:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command()
+            def hello():
+                click.echo("hello from a plugin")
+
+    group = click.Group()
+    host = make_host([("hello", Hello())], entry_points=False)
+    host.call_each("register_commands", cli=group)
+    assert CliRunner().invoke(group, ["hello"]).output == "hello from a plugin\n"
+
+
+def test_hook_run_step(tmp_path):
+    seen = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def run_step(self, step):
+            outputs = yield
+            seen.append((step.step_id, [i.item.name for i in step.items]))
+            return [{port: (v + "!" if isinstance(v, str) else v) for port, v in o.items()} for o in outputs]
+
+    class Replace:
+        @hookimpl
+        def run_step(self, step):
+            if step.uses == "fake.fail":
+                return [{"text": "replaced"} for _ in step.items]
+            return None
+
+    result = run_yaml("""
+        name: r
+        steps:
+          - {id: a, uses: fake.text, with: {prompt: hi}}
+          - {id: b, uses: fake.fail}
+    """, tmp_path, plugins=[("wrap", Wrapper()), ("replace", Replace())])
+    assert result.items["a"].artifacts["text"].read_text() == "hi!"
+    assert result.items["b"].artifacts["text"].read_text() == "replaced!"
+    assert seen == [("a", ["a"]), ("b", ["b"])]
+
+
+def test_hook_artifact_saved(tmp_path):
+    saved = []
+
+    class Watch:
+        @hookimpl
+        def artifact_saved(self, artifact, step):
+            saved.append((step.step_id, artifact.path.name, artifact.media_type, len(artifact.sha256)))
+
+    text = "name: s\nsteps:\n  - {id: a, uses: fake.image}\n  - {id: b, uses: fake.text, with: {prompt: x}}\n"
+    run_yaml(text, tmp_path, plugins=[("watch", Watch())])
+    assert saved == [("a", "image.png", "image/png", 64), ("b", "text.txt", "text/plain", 64)]
+    run_yaml(text, tmp_path, plugins=[("watch", Watch())])  # restored from the cache: called again
+    assert len(saved) == 4
