@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import string
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from studio import Generator, Params
 from studio import media
@@ -13,7 +13,7 @@ class TextTemplate(Generator):
     description = (
         "Compose text from literals and upstream text. References to text outputs "
         "(${steps.<id>.outputs.text}) are filled in by the host; {name} placeholders are "
-        "filled from `vars`."
+        "filled from `vars` (when `vars` is given; write {{ and }} for literal braces then)."
     )
     outputs = {"text": media.TEXT}
 
@@ -24,19 +24,21 @@ class TextTemplate(Generator):
                                      description="Values for {name} placeholders in the template.")
         strip: bool = Field(True, description="Trim whitespace at both ends of the result.")
 
-        @field_validator("template")
-        @classmethod
-        def placeholders_are_valid(cls, value: str) -> str:
-            try:
-                list(string.Formatter().parse(value))
-            except ValueError as exc:
-                raise ValueError(f"bad placeholder syntax ({exc}); write {{{{ and }}}} for literal braces")
-            return value
+        @model_validator(mode="after")
+        def placeholders_are_valid(self):
+            if self.vars:
+                try:
+                    list(string.Formatter().parse(self.template))
+                except ValueError as exc:
+                    raise ValueError(f"bad placeholder syntax ({exc}); write {{{{ and }}}} for literal braces")
+            return self
 
     def generate(self, params: Params, ctx) -> dict:
-        names = [f for _, f, _, _ in string.Formatter().parse(params.template) if f]
-        missing = [n for n in names if n not in params.vars]
-        if missing:
-            raise ValueError(f"placeholders {missing} have no value in `vars` (given: {sorted(params.vars)})")
-        text = params.template.format_map(params.vars) if names else params.template.replace("{{", "{").replace("}}", "}")
+        text = params.template
+        if params.vars:  # without vars, braces are plain text (upstream text may hold some)
+            names = [f for _, f, _, _ in string.Formatter().parse(text) if f]
+            missing = [n for n in names if n not in params.vars]
+            if missing:
+                raise ValueError(f"placeholders {missing} have no value in `vars` (given: {sorted(params.vars)})")
+            text = text.format_map(params.vars)
         return {"text": text.strip() if params.strip else text}

@@ -1,0 +1,25 @@
+# The two commands of the README's quick start:
+#   make showcase   set up .venv and run pipelines/showcase.yaml
+#   make test       set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup showcase test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+showcase: $(STAMP)
+	$(BIN)/studio run pipelines/showcase.yaml
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from studio.errors import NonFiniteOutput, UserError
+from studio.generator import Generator, Params
+from studio.hookspecs import hookimpl
+from studio.runtime import ModelCache, Runtime, check_finite, choose_precision, module_nbytes
+from studio.testing import run_yaml
+
+
+def test_precision_auto_is_fp32_on_cpu_and_narrows_to_what_a_generator_supports():
+    assert choose_precision("auto", "cpu", ("bf16", "fp16", "fp32")) == "fp32"
+    assert choose_precision("bf16", "cpu", ("bf16", "fp32")) == "bf16"  # asked for explicitly
+    assert choose_precision("fp16", "cpu", ("bf16", "fp32")) == "fp32"  # not supported: fp32
+    assert choose_precision("fp16", "cpu", ("bf16",)) == "bf16"
+
+
+def test_missing_cuda_is_a_clear_user_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"device 'cuda' was asked for, but CUDA is not available here"):
+        Runtime("cuda")
+    assert Runtime("auto").device == "cpu"
+
+
+def test_model_cache_evicts_least_recently_used_within_budget():
+    one_mb = 256 * 1024  # float32 values
+    cache = ModelCache(max_bytes=int(2.5 * 4 * one_mb))
+    make = lambda: torch.nn.Linear(one_mb, 1, bias=False)  # noqa: E731
+    assert module_nbytes(make()) == 4 * one_mb
+    cache.get("a", make)
+    cache.get("b", make)
+    cache.get("a", make)  # a is now the most recent
+    cache.get("c", make)  # over budget: b goes
+    assert cache.keys() == ["a", "c"] and cache.loads == 3 and cache.hits == 1
+    assert cache.used == 2 * 4 * one_mb
+
+
+def test_nan_guard_on_tensors():
+    check_finite(torch.ones(3), "x")
+    with pytest.raises(NonFiniteOutput, match="x contains NaN or Inf"):
+        check_finite(torch.tensor([1.0, float("inf")]), "x")
+
+
+class Counting(Generator):
+    name = "test.counting"
+    description = "A tiny torch model, loaded through the model cache."
+    outputs = {"text": "text/plain"}
+    loads = 0
+
+    class Params(Params):
+        model: str = "default"
+
+    def load(self, params, ctx):
+        Counting.loads += 1
+        torch.manual_seed(0)
+        return torch.nn.Linear(2, 1)
+
+    def generate(self, params, ctx):
+        model = ctx.model(self, params)
+        assert next(model.parameters()).device.type == ctx.device and not model.training
+        noise = torch.randn(1, 2, generator=ctx.torch_generator())
+        return {"text": f"{model(noise).item():.6f}"}
+
+
+class CountingPlugin:
+    @hookimpl
+    def register_generators(self, register):
+        register(Counting)
+
+
+def test_a_model_used_by_several_steps_loads_once_and_seeds_are_reproducible(tmp_path):
+    Counting.loads = 0
+    text = "name: m\nsteps:\n  - {id: a, uses: test.counting, sweep: {seed: [1, 2]}}\n  - {id: b, uses: test.counting, with: {seed: 1}}\n"
+    result = run_yaml(text, tmp_path, plugins=[("counting", CountingPlugin())], use_cache=False)
+    assert Counting.loads == 1
+    a1, a2 = [r.artifacts["text"].read_text() for r in result.step("a")]
+    (b1,) = [r.artifacts["text"].read_text() for r in result.step("b")]
+    assert a1 == b1 != a2
