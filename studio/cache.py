@@ -26,7 +26,8 @@ ENTRY = "entry.json"
 def canonical(value: Any) -> Any:
     """JSON-ready form where inputs count by content, not by path."""
     if isinstance(value, Artifact):
-        return {"media_type": value.media_type, "sha256": value.sha256}
+        # labels count: a generator may draw them (image.grid does)
+        return {"media_type": value.media_type, "sha256": value.sha256, "labels": canonical(value.labels)}
     if isinstance(value, dict):
         return {str(k): canonical(v) for k, v in sorted(value.items())}
     if isinstance(value, (list, tuple)):

@@ -26,6 +26,7 @@ from studio.generator import Artifact, Generator, Params, StepContext
 from studio.manifest import Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
 from studio.refs import interpolate
+from studio.report import write_gallery
 from studio.runtime import Runtime, check_finite
 
 if TYPE_CHECKING:
@@ -143,6 +144,8 @@ class Executor:
                 if r.status == "pending":
                     r.status = "interrupted"
             self.manifest.write(status)
+            steps = {s.id: [self.results[i.name] for i in s.items] for s in self.plan.steps}
+            write_gallery(run_dir, self.spec.name, status, steps)
             self.events.emit("run_done", status=status, run_dir=str(run_dir))
         return RunResult(run_dir, status, self.results, self.manifest.path)
 

@@ -29,7 +29,7 @@ def test_run_directory_manifest_and_provenance(tmp_path):
     assert result.status == "done"
     assert result.run_dir.parent == tmp_path / "runs" / "chain"
     names = sorted(p.name for p in result.run_dir.iterdir())
-    assert names == ["manifest.json", "pic@prompt=blue", "pic@prompt=red", "sheet",
+    assert names == ["gallery.html", "manifest.json", "pic@prompt=blue", "pic@prompt=red", "sheet",
                      "words@prompt=blue", "words@prompt=red"]
     assert (result.run_dir / "words@prompt=red" / "text.txt").read_text() == "red"
 
@@ -224,3 +224,17 @@ def test_text_flows_into_media_and_files(tmp_path):
     """, tmp_path)
     assert result.items["cap"].artifacts["text"].read_text() == "10x6 {}"
     assert result.items["cap2"].artifacts["text"].read_text() == "5x3 {}"
+
+
+def test_gallery_shows_every_item_escaped(tmp_path):
+    result = run_yaml("""
+        name: g
+        steps:
+          - {id: t, uses: fake.text, with: {prompt: "<script>x</script>"}}
+          - {id: i, uses: fake.image}
+          - {id: bad, uses: fake.fail}
+    """, tmp_path)
+    page = (result.run_dir / "gallery.html").read_text()
+    assert '<img src="i/image.png"' in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
+    assert "failed: fake.fail (plugin &#x27;fake&#x27;) raised ValueError: boom" in page
