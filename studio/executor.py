@@ -25,7 +25,7 @@ from studio.events import Sink
 from studio.generator import Artifact, Generator, Params, StepContext
 from studio.manifest import Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
-from studio.refs import interpolate
+from studio.refs import interpolate, whole_ref
 from studio.report import write_gallery
 from studio.runtime import Runtime, check_finite
 
@@ -124,8 +124,9 @@ class Executor:
         self._files: dict[str, Artifact] = {}
 
     def run(self) -> RunResult:
-        if self.runtime is None:  # resolve the device before writing anything
+        if self.runtime is None:
             self.runtime = Runtime(self.spec.device, self.spec.precision)
+        self.runtime.check_device()  # an unavailable GPU fails before anything is written
         run_dir = self.out / self.spec.name / new_run_id()
         run_dir.mkdir(parents=True)
         self.run_dir = run_dir
@@ -159,7 +160,8 @@ class Executor:
     def _run_step(self, step: PlanStep) -> None:
         gen = self._generator(step.uses)
         plugin = self.host.plugin_of(step.uses)
-        precision = self.runtime.precision_for(gen.precisions)
+        precision = self.runtime.precision_for(gen.precisions) if gen.uses_device else "fp32"
+        device_kind = self.runtime.device.split(":")[0] if gen.uses_device else "any"
         self.events.emit("step_start", step=step.id, uses=step.uses, items=len(step.items), precision=precision)
         todo: list[ItemRun] = []
         for item in step.items:
@@ -177,7 +179,7 @@ class Executor:
             key = cache_key({
                 "generator": gen.name, "version": gen.version, "weights": gen.weights_id(params),
                 "params": params, "seed": item.seed, "precision": precision,
-                "device": self.runtime.device.split(":")[0],
+                "device": device_kind,
             })
             result.cache_key = key
             item_dir = self._item_dir(item)
@@ -301,7 +303,7 @@ class Executor:
         if binding.mode == "list":
             out: list[Artifact] = []
             for entry in binding.template:
-                ref = next((r for r in binding.items if str(r) == entry.strip()), None)
+                ref = whole_ref(entry)
                 out += artifacts(ref) if ref else [self._file(entry)]
             return out
         if binding.mode == "whole":
@@ -334,7 +336,7 @@ class Executor:
             "item": item_run.item.name, "generator": run.uses, "generator_version": run.generator.version,
             "plugin": run.plugin, "plugin_version": info.version if info else None,
             "params": _jsonable(item_run.params), "seed": item_run.item.seed,
-            "precision": run.precision, "device": self.runtime.device,
+            "precision": run.precision, "device": self.runtime.device if run.generator.uses_device else "cpu",
         }
 
     def _log_traceback(self, run: StepRun, exc: BaseException) -> None:

@@ -142,6 +142,7 @@ class Generator:
     batchable: ClassVar[bool] = False
     max_batch_size: ClassVar[int] = 16
     version: ClassVar[str] = "1"  # bump when outputs change for the same inputs (cache key)
+    uses_device: ClassVar[bool] = True  # False: pure-CPU code (PIL, text) that never touches torch
 
     def model_key(self, params: Params) -> str:
         """Identifies the weights `load()` returns, for the model cache."""

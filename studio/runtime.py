@@ -137,8 +137,28 @@ class Runtime:
     def __init__(self, device: str = "auto", precision: str = "auto", max_model_bytes: int | None = None):
         self.requested_device = device
         self.requested_precision = precision
-        self.device = resolve_device(device)
-        self.models = ModelCache(max_model_bytes if max_model_bytes is not None else default_budget(self.device))
+        self._device: str | None = None
+        self._max_model_bytes = max_model_bytes
+        self._models: ModelCache | None = None
+
+    @property
+    def device(self) -> str:
+        """Resolved on first use: a pipeline of torch-free generators never imports torch."""
+        if self._device is None:
+            self._device = resolve_device(self.requested_device)
+        return self._device
+
+    @property
+    def models(self) -> ModelCache:
+        if self._models is None:
+            budget = self._max_model_bytes
+            self._models = ModelCache(budget if budget is not None else default_budget(self.device))
+        return self._models
+
+    def check_device(self) -> None:
+        """Fail early (before anything is written) when the device cannot be had."""
+        if self.requested_device not in ("auto", "cpu"):
+            self.device
 
     def precision_for(self, supported: tuple[str, ...]) -> str:
         return choose_precision(self.requested_precision, self.device, supported)
@@ -167,10 +187,12 @@ class Runtime:
         return contextlib.nullcontext()
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"device": self.device, "precision": self.requested_precision}
+        out: dict[str, Any] = {"device": self._device or "none (no generator used torch)",
+                               "requested_device": self.requested_device,
+                               "precision": self.requested_precision}
         torch = sys.modules.get("torch")
-        if torch is not None and self.device.startswith("cuda"):
-            out["gpu"] = torch.cuda.get_device_name(self.device)
+        if torch is not None and self._device and self._device.startswith("cuda"):
+            out["gpu"] = torch.cuda.get_device_name(self._device)
         return out
 
 

@@ -155,7 +155,7 @@ def test_trace_prints_hook_calls(third_party):
     assert "broken" not in out.stdout  # filtered out
 
 
-def test_cli_and_validation_never_import_heavy_libraries(tmp_path):
+def test_cli_validation_and_torch_free_runs_never_import_heavy_libraries(tmp_path):
     (tmp_path / "p.yaml").write_text("name: x\nsteps:\n  - {id: a, uses: image.title, with: {text: hi}}\n")
     code = textwrap.dedent(f"""
         import sys
@@ -163,7 +163,8 @@ def test_cli_and_validation_never_import_heavy_libraries(tmp_path):
         from studio.cli import cli
         runner = CliRunner()
         for args in (["--help"], ["validate", r"{tmp_path / 'p.yaml'}"], ["plan", r"{tmp_path / 'p.yaml'}"],
-                     ["plugins", "list"], ["plugins", "show", "image.grid"]):
+                     ["plugins", "list"], ["plugins", "show", "image.grid"],
+                     ["run", "-q", "--out", r"{tmp_path / 'runs'}", r"{tmp_path / 'p.yaml'}"]):
             result = runner.invoke(cli, args)
             assert result.exit_code == 0, (args, result.output)
         heavy = sorted(m for m in ("torch", "diffusers", "transformers", "torchaudio") if m in sys.modules)

@@ -18,7 +18,7 @@ def test_precision_auto_is_fp32_on_cpu_and_narrows_to_what_a_generator_supports(
 def test_missing_cuda_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"device 'cuda' was asked for, but CUDA is not available here"):
-        Runtime("cuda")
+        Runtime("cuda").check_device()
     assert Runtime("auto").device == "cpu"
 
 
@@ -76,3 +76,20 @@ def test_a_model_used_by_several_steps_loads_once_and_seeds_are_reproducible(tmp
     a1, a2 = [r.artifacts["text"].read_text() for r in result.step("a")]
     (b1,) = [r.artifacts["text"].read_text() for r in result.step("b")]
     assert a1 == b1 != a2
+
+
+def test_an_unavailable_gpu_fails_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="device 'cuda:1' was asked for"):
+        run_yaml("name: g\ndevice: cuda:1\nsteps:\n  - {id: a, uses: image.title, with: {text: hi}}\n", tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_torch_free_pipelines_do_not_choose_a_device(tmp_path):
+    result = run_yaml("name: t\nsteps:\n  - {id: a, uses: image.title, with: {text: hi, width: 32, height: 32}}\n",
+                      tmp_path)
+    import json
+
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["runtime"]["device"] == "none (no generator used torch)"
+    assert manifest["runtime"]["requested_device"] == "auto"

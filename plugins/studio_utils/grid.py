@@ -15,6 +15,7 @@ class ImageGrid(Generator):
         "images vary in exactly two swept parameters it lays them out as an X/Y plot."
     )
     outputs = {"image": media.IMAGE}
+    uses_device = False
 
     class Params(Params):
         images: list[Artifact] = media_input(

@@ -13,6 +13,7 @@ class ImageResize(Generator):
     name = "image.resize"
     description = "Resize an image: stretch, fit inside (letterbox) or fill (crop) a width x height box."
     outputs = {"image": media.IMAGE}
+    uses_device = False
 
     class Params(Params):
         image: Artifact = media_input("image/*", description="The image to resize: an upstream image or a file.")

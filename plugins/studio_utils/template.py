@@ -16,6 +16,7 @@ class TextTemplate(Generator):
         "filled from `vars` (when `vars` is given; write {{ and }} for literal braces then)."
     )
     outputs = {"text": media.TEXT}
+    uses_device = False
 
     class Params(Params):
         template: str = Field(..., min_length=1, max_length=20_000,

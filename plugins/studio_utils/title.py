@@ -13,6 +13,7 @@ class ImageTitle(Generator):
     description = ("A title card: text centred on a background colour (from `background`, "
                    "or a colour chosen by the seed). For covers, labels and contact sheets.")
     outputs = {"image": media.IMAGE}
+    uses_device = False
 
     class Params(Params):
         text: str = Field(..., min_length=1, max_length=2000, description="The text to set; may be upstream text.")
