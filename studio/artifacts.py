@@ -81,10 +81,47 @@ def write_json(value: Any, path: Path, provenance: dict[str, Any]) -> None:
     path.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def write_wav(value: Any, path: Path, provenance: dict[str, Any]) -> None:
+    """16-bit PCM WAV; provenance goes in the INFO chunk's comment (ICMT)."""
+    import numpy as np
+    import soundfile
+
+    if not isinstance(value, media.Audio):
+        raise TypeError(f"an audio port needs a studio.media.Audio, got {type(value).__name__}")
+    samples = value.samples
+    if hasattr(samples, "detach"):  # a torch tensor
+        samples = samples.detach().float().cpu().numpy()
+    samples = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    if samples.size == 0:
+        raise ValueError("the audio is empty (0 samples)")
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    with soundfile.SoundFile(path, "w", samplerate=int(value.sample_rate), channels=channels,
+                             format="WAV", subtype="PCM_16") as f:
+        f.comment = json.dumps(provenance, sort_keys=True, default=str)
+        f.software = "studio"
+        f.write(samples)
+
+
+def write_midi(value: Any, path: Path, provenance: dict[str, Any]) -> None:
+    """Standard MIDI file; provenance is a text meta event at time 0."""
+    import pretty_midi
+
+    if not isinstance(value, pretty_midi.PrettyMIDI):
+        raise TypeError(f"a MIDI port needs a pretty_midi.PrettyMIDI, got {type(value).__name__}")
+    note = pretty_midi.Text("studio:" + json.dumps(provenance, sort_keys=True, default=str), 0.0)
+    value.text_events.append(note)
+    try:
+        value.write(str(path))
+    finally:
+        value.text_events.remove(note)
+
+
 BUILTIN_WRITERS = [
     Writer(media.IMAGE, "png", write_png),
     Writer(media.TEXT, "txt", write_text),
     Writer(media.JSON, "json", write_json),
+    Writer(media.AUDIO, "wav", write_wav),
+    Writer(media.MIDI, "mid", write_midi),
 ]
 
 EXTENSION_MEDIA = {
@@ -104,6 +141,26 @@ EXTENSION_MEDIA = {
 
 def media_type_of_file(path: Path) -> str | None:
     return EXTENSION_MEDIA.get(path.suffix.lower())
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """The provenance Studio embedded in a PNG, WAV or MIDI file, or None."""
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return read_png_provenance(path)
+    if suffix == ".wav":
+        import soundfile
+
+        with soundfile.SoundFile(path) as f:
+            comment = f.comment
+        return json.loads(comment) if comment.startswith("{") else None
+    if suffix in (".mid", ".midi"):
+        import pretty_midi
+
+        for event in pretty_midi.PrettyMIDI(str(path)).text_events:
+            if event.text.startswith("studio:"):
+                return json.loads(event.text[len("studio:"):])
+    return None
 
 
 def read_png_provenance(path: Path) -> dict[str, Any] | None:

@@ -106,17 +106,32 @@ def _display(path: Path) -> str:
 
 
 def _print_summary(result) -> None:
+    """A row per item; a row per step when there are too many items to read."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{_display(result.run_dir)}  [{result.status}]", title_justify="left")
-    for col in ("item", "status", "seconds", "outputs"):
+    per_step = len(result.items) > 40
+    for col in ("step" if per_step else "item", "status", "seconds", "outputs"):
         table.add_column(col)
-    for r in result.items.values():
-        outputs = "  ".join(str(a.path.relative_to(result.run_dir)) for a in r.artifacts.values())
-        seconds = "" if r.seconds is None else f"{r.seconds:.2f}"
-        table.add_row(r.name, r.status, seconds, outputs or (r.error or ""))
+    if per_step:
+        steps: dict[str, list] = {}
+        for r in result.items.values():
+            steps.setdefault(r.step_id, []).append(r)
+        for step_id, items in steps.items():
+            counts: dict[str, int] = {}
+            for r in items:
+                counts[r.status] = counts.get(r.status, 0) + 1
+            seconds = sum(r.seconds or 0 for r in items)
+            table.add_row(step_id, ", ".join(f"{n} {s}" for s, n in counts.items()), f"{seconds:.2f}",
+                          f"{step_id}*/")
+    else:
+        for r in result.items.values():
+            outputs = "  ".join(str(a.path.relative_to(result.run_dir)) for a in r.artifacts.values())
+            seconds = "" if r.seconds is None else f"{r.seconds:.2f}"
+            table.add_row(r.name, r.status, seconds, outputs or (r.error or ""))
     Console().print(table)
+    Console().print(f"gallery: {_display(result.run_dir / 'gallery.html')}")
 
 
 @cli.command()

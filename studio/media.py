@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 IMAGE = "image/png"
 TEXT = "text/plain"
 MIDI = "audio/midi"
@@ -15,3 +18,16 @@ def matches(accepted: str, actual: str) -> bool:
         return True
     major, _, minor = accepted.partition("/")
     return minor == "*" and actual.split("/", 1)[0] == major
+
+
+@dataclass
+class Audio:
+    """What a generator returns on an audio/wav port: float samples in [-1, 1], shaped
+    (frames,) or (frames, channels), numpy or torch."""
+
+    samples: Any
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate

@@ -238,3 +238,44 @@ def test_gallery_shows_every_item_escaped(tmp_path):
     assert '<img src="i/image.png"' in page
     assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
     assert "failed: fake.fail (plugin &#x27;fake&#x27;) raised ValueError: boom" in page
+
+
+class Tone(Generator):
+    name = "test.tone"
+    description = "A sine tone and a one-note MIDI file."
+    outputs = {"audio": "audio/wav", "midi": "audio/midi"}
+
+    def generate(self, params, ctx):
+        import pretty_midi
+
+        t = np.arange(8000) / 16000
+        midi = pretty_midi.PrettyMIDI()
+        piano = pretty_midi.Instrument(program=0)
+        piano.notes.append(pretty_midi.Note(velocity=90, pitch=60, start=0.0, end=0.5))
+        midi.instruments.append(piano)
+        from studio.media import Audio
+
+        return {"audio": Audio(0.5 * np.sin(2 * np.pi * 440 * t), 16000), "midi": midi}
+
+
+class TonePlugin:
+    @hookimpl
+    def register_generators(self, register):
+        register(Tone)
+
+
+def test_wav_and_midi_carry_provenance(tmp_path):
+    import pretty_midi
+    import soundfile
+
+    from studio.artifacts import read_provenance
+
+    result = run_yaml("name: a\nsteps:\n  - {id: t, uses: test.tone}\n", tmp_path, plugins=[("tone", TonePlugin())])
+    wav, mid = result.items["t"].artifacts["audio"].path, result.items["t"].artifacts["midi"].path
+    samples, rate = soundfile.read(wav)
+    assert rate == 16000 and len(samples) == 8000
+    assert abs(np.abs(samples).max() - 0.5) < 1e-3  # level kept, no normalisation by the writer
+    assert read_provenance(wav)["generator"] == "test.tone"
+    notes = pretty_midi.PrettyMIDI(str(mid)).instruments[0].notes
+    assert [(n.pitch, n.velocity) for n in notes] == [(60, 90)]
+    assert read_provenance(mid)["step"] == "t"
