@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup showcase test clean
+.PHONY: setup showcase test clean samples
 
 setup: $(STAMP)
 
@@ -23,3 +23,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# samples/ holds outputs made by `studio run`, never edited by hand.
+samples: $(STAMP)
+	$(BIN)/studio run pipelines/showcase.yaml --out runs --quiet > .last-run
+	cp "$$(cat .last-run)/sheet/image.png" samples/showcase-sheet.png
+	rm .last-run

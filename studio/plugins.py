@@ -26,6 +26,7 @@ from studio.generator import GENERATOR_NAME, Generator, Params
 
 ENTRY_POINT_GROUP = "studio"
 PORT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+EXTENSION = re.compile(r"^[a-z0-9]{1,10}$")
 HOST_PLUGIN = "studio"
 
 
@@ -178,9 +179,11 @@ class Host:
             if not isinstance(writer, Writer):
                 raise TypeError(f"register() takes a studio.artifacts.Writer, got {writer!r}")
             plugin = self._current
-            self.writers[writer.media_type] = Writer(
-                writer.media_type, writer.extension.lstrip("."), writer.write, plugin
-            )
+            extension = writer.extension.lstrip(".")
+            if not EXTENSION.match(extension):  # it ends file names in the run directory
+                raise ValueError(f"writer for {writer.media_type!r}: extension {writer.extension!r} "
+                                 f"must match {EXTENSION.pattern}")
+            self.writers[writer.media_type] = Writer(writer.media_type, extension, writer.write, plugin)
 
         self.call_each("register_artifact_writers", register=register)
 

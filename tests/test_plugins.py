@@ -173,3 +173,15 @@ def test_cli_validation_and_torch_free_runs_never_import_heavy_libraries(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_writer_cannot_name_files_outside_the_run_directory():
+    from studio.artifacts import Writer
+
+    @hookimpl
+    def register_artifact_writers(register):
+        register(Writer("image/png", "../../evil", lambda v, p, prov: None))
+
+    with pytest.warns(PluginWarning, match=r"extension '../../evil' must match"):
+        host = make_host([("evil", module("evil", register_artifact_writers=register_artifact_writers))])
+    assert host.writer("image/png").plugin == "studio"
