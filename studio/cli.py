@@ -185,6 +185,41 @@ def plan(pipeline, overrides, seed, as_json) -> None:
             click.echo(f"     {item.name}  [{seed}]")
 
 
+@cli.command()
+@click.argument("generator")
+@click.option("--data", required=True, help="A folder of training files, or a named source (e.g. sklearn:digits).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Weights directory to write (model: OUT loads it).")
+@click.option("--steps", type=click.IntRange(1, 10_000_000), help="Optimisation steps (default: the trainer's).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), help="Examples per step (default: the trainer's).")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), help="Peak learning rate (default: the trainer's).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=250, show_default=True)
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Trainer-specific setting (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train(generator, data, out, steps, batch_size, lr, device, seed, resume, checkpoint_every, options, quiet) -> None:
+    """Train weights for GENERATOR on your own data; `model: OUT` then uses them."""
+    from studio.errors import UserError
+    from studio.training import TrainConfig, train as run_training
+
+    opts = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise UserError(f"--option {option!r}: expected KEY=VALUE")
+        opts[key.strip()] = value.strip()
+    config = TrainConfig(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, device=device,
+                         seed=seed, resume=resume, checkpoint_every=checkpoint_every, options=opts)
+    result = run_training(_host(), generator, config, show_progress=not quiet)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    click.echo(f"trained {generator} for {result.steps} steps in {result.seconds:.0f} s: {losses}")
+    if metrics:
+        click.echo(f"held-out: {metrics}")
+    click.echo(f"weights: {_display(result.out)} (use `model: {_display(result.out)}`)")
+
+
 @cli.group()
 def plugins() -> None:
     """Installed plugins and their generators."""

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from studio.artifacts import Writer
     from studio.executor import StepRun
     from studio.generator import Artifact, Generator
+    from studio.training import Trainer
 
 hookspec = pluggy.HookspecMarker("studio")
 hookimpl = pluggy.HookimplMarker("studio")
@@ -32,6 +33,14 @@ def register_artifact_writers(register: Callable[[Writer], None]) -> None:
 
     Fires once per plugin at start-up. A plugin's writer replaces the host's writer for
     the same media type."""
+
+
+@hookspec
+def register_trainers(register: Callable[[type[Trainer]], None]) -> None:
+    """Register trainer classes for `studio train <generator>`: `register(MyTrainer)`.
+
+    Fires once per plugin at start-up. A trainer names the generator whose weights it
+    makes; two trainers for one generator is an error that names both plugins."""
 
 
 @hookspec

@@ -59,6 +59,8 @@ class Host:
         self.generator_plugin: dict[str, str] = {}
         self.conflicts: dict[str, list[str]] = {}
         self.writers: dict[str, Writer] = {}
+        self.trainers: dict[str, type] = {}
+        self.trainer_plugin: dict[str, str] = {}
         self._objects: dict[str, Any] = {}
         self._current = HOST_PLUGIN  # plugin whose hook is running, for register()
 
@@ -109,6 +111,7 @@ class Host:
         host.pm.check_pending()
         host._collect_writers()
         host._collect_generators()
+        host._collect_trainers()
         for info in host.plugins.values():
             for error in info.errors:
                 warnings.warn(f"plugin {info.name!r}: {error}", PluginWarning, stacklevel=2)
@@ -210,7 +213,32 @@ class Host:
 
         self.call_each("register_generators", register=register)
 
+    def _collect_trainers(self) -> None:
+        from studio.training import Trainer
+
+        def register(trainer_cls: type[Trainer]) -> None:
+            plugin = self._current
+            if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, Trainer)):
+                raise TypeError(f"register() takes a studio.training.Trainer subclass, got {trainer_cls!r}")
+            name = trainer_cls.generator
+            if name in self.trainers:
+                raise ValueError(f"a trainer for {name!r} is registered by both "
+                                 f"{self.trainer_plugin[name]!r} and {plugin!r}")
+            self.trainers[name] = trainer_cls
+            self.trainer_plugin[name] = plugin
+
+        self.call_each("register_trainers", register=register)
+
     # -- lookups ------------------------------------------------------------------
+
+    def trainer(self, generator_name: str) -> type:
+        if generator_name not in self.trainers:
+            known = sorted(self.trainers)
+            hint = difflib.get_close_matches(generator_name, known, n=1)
+            raise UserError(f"no trainer for {generator_name!r}."
+                            + (f" Did you mean {hint[0]!r}?" if hint else "")
+                            + f" Trainable generators: {', '.join(known) or 'none'}")
+        return self.trainers[generator_name]
 
     def generator(self, name: str) -> type[Generator]:
         if name in self.conflicts:

@@ -174,6 +174,8 @@ class Runtime:
             model.requires_grad_(False)
         elif hasattr(model, "to") and hasattr(model, "components"):  # diffusers pipeline
             model = model.to(self.device, self.torch_dtype(precision))
+        elif isinstance(model, dict):  # several parts: prepare each
+            model = {k: self.prepare(v, precision) for k, v in model.items()}
         return model
 
     def autocast(self, precision: str):

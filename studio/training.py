@@ -1,0 +1,224 @@
+"""`studio train`: the loop every family shares. A Trainer (registered by a plugin
+through `register_trainers`) builds its models and does one optimisation step at a
+time; this module owns everything around that: the progress bar, the loss log,
+periodic checkpoints, resuming, and writing the weights directory that `model: DIR`
+loads.
+
+Output layout:
+    OUT/                 weights (what `model: OUT` loads; the trainer decides the files)
+    OUT/training/        log.jsonl, checkpoint.safetensors, optimizer.pt, summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from studio.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from studio.plugins import Host
+
+
+@dataclass
+class TrainConfig:
+    data: str  # a directory, or a named source such as "sklearn:digits"
+    out: Path
+    steps: int | None = None  # None: the trainer's default
+    batch_size: int | None = None
+    lr: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    checkpoint_every: int = 250
+    log_every: int = 25
+    options: dict[str, Any] = field(default_factory=dict)  # trainer-specific (--option key=value)
+
+
+class Trainer:
+    """Subclass per generator. `setup()` fills `self.modules` and `self.optimizers`
+    (everything in them is checkpointed); `train_step()` does one step and returns
+    its losses; `export()` writes the weights directory."""
+
+    generator: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    default_steps: ClassVar[int] = 1000
+    default_batch_size: ClassVar[int] = 32
+    default_lr: ClassVar[float] = 1e-3
+
+    def __init__(self, config: TrainConfig, device: str):
+        import torch
+
+        self.config = config
+        self.device = device
+        self.steps = config.steps or self.default_steps
+        self.batch_size = config.batch_size or self.default_batch_size
+        self.lr = config.lr or self.default_lr
+        self.rng = torch.Generator("cpu").manual_seed(config.seed)  # batches and noise
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics; called at checkpoints and at the end."""
+        return {}
+
+    def export(self, out: Path) -> None:
+        raise NotImplementedError
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to a tenth."""
+        warmup = min(100, self.steps // 10)
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.steps - warmup)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def set_learning_rate(self, step: int) -> float:
+        lr = self.learning_rate(step)
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+
+# --- checkpoints -------------------------------------------------------------------
+
+
+def _checkpoint_paths(out: Path) -> tuple[Path, Path]:
+    return out / "training" / "checkpoint.safetensors", out / "training" / "optimizer.pt"
+
+
+def save_checkpoint(trainer: Trainer, step: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    weights_path, state_path = _checkpoint_paths(trainer.config.out)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+               for name, module in trainer.modules.items() for k, v in module.state_dict().items()}
+    state = {"step": step, "rng": trainer.rng.get_state(), "torch_rng": torch.get_rng_state(),
+             "optimizers": {n: o.state_dict() for n, o in trainer.optimizers.items()}}
+    # written under temporary names and renamed: a crash mid-save keeps the last checkpoint
+    save_file(tensors, str(weights_path) + ".tmp", metadata={"step": str(step)})
+    torch.save(state, str(state_path) + ".tmp")
+    os.replace(str(weights_path) + ".tmp", weights_path)
+    os.replace(str(state_path) + ".tmp", state_path)
+
+
+def load_checkpoint(trainer: Trainer) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    weights_path, state_path = _checkpoint_paths(trainer.config.out)
+    if not weights_path.exists() or not state_path.exists():
+        raise UserError(f"--resume: no checkpoint in {weights_path.parent}; start without --resume")
+    tensors = load_file(weights_path)
+    for name, module in trainer.modules.items():
+        prefix = name + "."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    state = torch.load(state_path, weights_only=True)  # never unpickles code
+    for name, optimizer in trainer.optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    trainer.rng.set_state(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+# --- the loop ----------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    losses: dict[str, float]  # mean of the last log window
+    metrics: dict[str, float]
+    seconds: float
+
+
+def train(host: Host, generator: str, config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
+    from studio.runtime import resolve_device
+
+    trainer_cls = host.trainer(generator)
+    device = resolve_device(config.device)
+    out = config.out
+    if not config.resume and _checkpoint_paths(out)[0].exists():
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it, "
+                        "or choose another --out")
+    trainer = trainer_cls(config, device)
+    trainer.setup()
+    start = load_checkpoint(trainer) if config.resume else 0
+    if start >= trainer.steps:
+        raise UserError(f"the checkpoint in {out} is at step {start}, and --steps is {trainer.steps}; "
+                        "raise --steps to train further")
+    (out / "training").mkdir(parents=True, exist_ok=True)
+    log_path = out / "training" / "log.jsonl"
+    began = time.perf_counter()
+    window: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    progress = _progress(show_progress, generator, trainer.steps, start)
+    try:
+        for step in range(start, trainer.steps):
+            lr = trainer.set_learning_rate(step)
+            for key, value in trainer.train_step(step).items():
+                if not math.isfinite(value):
+                    raise UserError(f"training diverged at step {step + 1}: {key} is {value}. "
+                                    "Lower --lr or resume from the last checkpoint")
+                window.setdefault(key, []).append(value)
+            done = step + 1
+            if done % config.log_every == 0 or done == trainer.steps:
+                last = {k: sum(v) / len(v) for k, v in window.items()}
+                window = {}
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(json.dumps({"step": done, "lr": lr, **last,
+                                          "seconds": round(time.perf_counter() - began, 2)}) + "\n")
+                progress.update(done, last)
+            if done % config.checkpoint_every == 0 and done < trainer.steps:
+                save_checkpoint(trainer, done)
+    finally:
+        progress.close()
+    save_checkpoint(trainer, trainer.steps)
+    metrics = trainer.evaluate()
+    trainer.export(out)
+    seconds = time.perf_counter() - began
+    summary = {"generator": generator, "trainer": trainer_cls.__name__, "data": config.data,
+               "steps": trainer.steps, "batch_size": trainer.batch_size, "lr": trainer.lr,
+               "seed": config.seed, "device": device, "final_losses": last, "metrics": metrics,
+               "seconds_this_session": round(seconds, 1),
+               "config": {k: str(v) for k, v in asdict(config).items()}}
+    (out / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    return TrainResult(out, trainer.steps, last, metrics, seconds)
+
+
+class _progress:
+    def __init__(self, show: bool, name: str, total: int, start: int):
+        self.bar = None
+        if show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(f"train {name}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+            self.task = self.bar.add_task("", total=total, completed=start, losses="")
+            self.bar.start()
+
+    def update(self, done: int, losses: dict[str, float]) -> None:
+        if self.bar:
+            text = "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            self.bar.update(self.task, completed=done, losses=text)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()

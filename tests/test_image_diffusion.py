@@ -1,0 +1,146 @@
+"""image.diffusion on tiny checkpoints the tests build and save themselves, loaded
+through the same code path as a user's."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from studio.testing import make_host, run_yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_unet_dir(tmp_path_factory):
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(8, 16), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    path = tmp_path_factory.mktemp("models") / "tiny-ddim"
+    DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100)).save_pretrained(path)
+    return path
+
+
+def run(tmp_path, with_, sweep=None, **kwargs):
+    step = {"id": "img", "uses": "image.diffusion", "with": with_}
+    if sweep:
+        step["sweep"] = sweep
+    text = json.dumps({"name": "d", "device": "cpu", "steps": [step]})  # JSON is YAML
+    return run_yaml(text, tmp_path, **kwargs)
+
+
+def pixels(result):
+    return [np.asarray(Image.open(a.path)) for a in result.artifacts()]
+
+
+def test_same_seed_same_image_as_the_diffusers_pipeline(tiny_unet_dir, tmp_path):
+    from diffusers import DDIMPipeline
+
+    result = run(tmp_path, {"model": str(tiny_unet_dir), "steps": 4, "seed": 42})
+    assert result.status == "done", result.failed
+    (ours,) = pixels(result)
+    pipe = DDIMPipeline.from_pretrained(tiny_unet_dir)
+    theirs = pipe(generator=torch.Generator("cpu").manual_seed(42), num_inference_steps=4, output_type="np").images[0]
+    theirs = (theirs * 255).round().astype(np.uint8)
+    assert ours.shape == (8, 8, 3)
+    assert np.array_equal(ours, theirs)
+
+
+def test_a_batched_sweep_gives_the_images_of_one_by_one(tiny_unet_dir, tmp_path):
+    with_ = {"model": str(tiny_unet_dir), "steps": 3}
+    batched = run(tmp_path / "b", with_, sweep={"seed": [1, 2, 3]}, use_cache=False)
+    single = [pixels(run(tmp_path / f"s{s}", {**with_, "seed": s}, use_cache=False))[0] for s in (1, 2, 3)]
+    for a, b in zip(pixels(batched), single):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert not np.array_equal(single[0], single[1])
+
+
+def test_schedulers_swap_by_name(tiny_unet_dir, tmp_path):
+    images = {}
+    for name in ("ddim", "euler-a", "dpm++", "ddpm"):
+        result = run(tmp_path / name, {"model": str(tiny_unet_dir), "steps": 3, "seed": 5, "scheduler": name})
+        assert result.status == "done", (name, result.failed)
+        images[name] = pixels(result)[0]
+    assert not np.array_equal(images["ddim"], images["euler-a"])
+
+
+@pytest.mark.parametrize("with_,message", [
+    ({"prompt": "a cat"}, "is an unconditional UNet; it takes no prompt or negative_prompt"),
+    ({"class_label": 3}, "is unconditional: it takes no class_label"),
+    ({"width": 9}, "`height` and `width` have to be divisible by 2 for this model but are 8 and 9"),
+])
+def test_parameters_that_do_not_apply_are_refused(tiny_unet_dir, tmp_path, with_, message):
+    result = run(tmp_path, {"model": str(tiny_unet_dir), "steps": 2, **with_})
+    assert result.status == "failed"
+    assert message in result.failed[0].error
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run(tmp_path, {"model": "no-such-org/no-such-model", "steps": 2})
+    assert result.status == "failed"
+    assert "model 'no-such-org/no-such-model' could not be loaded" in result.failed[0].error
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_dir(tmp_path_factory):
+    """A Stable Diffusion layout at toy size: CLIP text encoder and tokenizer, a
+    cross-attention UNet, a VAE."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=16))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=4, sample_size=16)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(num_train_timesteps=100), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "tiny-sd")
+    return root / "tiny-sd"
+
+
+def test_text_to_image_matches_diffusers_and_takes_upstream_text(tiny_sd_dir, tmp_path):
+    from diffusers import AutoPipelineForText2Image
+
+    text = json.dumps({"name": "t2i", "device": "cpu", "steps": [
+        {"id": "words", "uses": "text.template", "with": {"template": "a cat"}},
+        {"id": "img", "uses": "image.diffusion",
+         "with": {"model": str(tiny_sd_dir), "prompt": "${steps.words.outputs.text}", "steps": 2,
+                  "guidance_scale": 5.0, "negative_prompt": "dog"},
+         "sweep": {"seed": [1, 2]}},
+    ]})
+    result = run_yaml(text, tmp_path)
+    assert result.status == "done", result.failed
+    ours = [np.asarray(Image.open(a.path)) for a in result.artifacts("img")]
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_sd_dir)
+    for seed, image in zip((1, 2), ours):
+        theirs = pipe(prompt="a cat", negative_prompt="dog", num_inference_steps=2, guidance_scale=5.0,
+                      generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images[0]
+        theirs = (theirs * 255).round().astype(np.uint8)
+        assert image.shape == (16, 16, 3)
+        assert np.abs(image.astype(int) - theirs.astype(int)).max() <= 1  # batched vs alone
+
+
+def test_text_to_image_needs_a_prompt(tiny_sd_dir, tmp_path):
+    result = run(tmp_path, {"model": str(tiny_sd_dir), "steps": 1})
+    assert "is a text-to-image pipeline: give a prompt" in result.failed[0].error
