@@ -8,8 +8,9 @@ from studio.testing import FakeImage, FakePlugin, make_host
 
 @pytest.fixture
 def host():
-    """Installed plugins plus the fake generators from studio.testing."""
-    return make_host([("fake", FakePlugin())])
+    """The built-in utilities plus the fake generators from studio.testing (the model
+    families stay out, so pinned messages do not change as families land)."""
+    return make_host([("fake", FakePlugin())], env={"STUDIO_LOAD_PLUGINS": "utils,fake"})
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ HOOKS = sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "stud
 
 def test_the_hooks_are_the_documented_ones():
     assert HOOKS == ["artifact_saved", "register_artifact_writers", "register_commands",
-                     "register_generators", "run_step"]
+                     "register_generators", "register_trainers", "run_step"]
 
 
 def test_every_hook_is_documented_with_its_exact_signature():

@@ -81,3 +81,43 @@ def test_hook_artifact_saved(tmp_path):
     assert saved == [("a", "image.png", "image/png", 64), ("b", "text.txt", "text/plain", 64)]
     run_yaml(text, tmp_path, plugins=[("watch", Watch())])  # restored from the cache: called again
     assert len(saved) == 4
+
+
+def test_hook_register_trainers(tmp_path):
+    from studio.training import TrainConfig, Trainer, train
+
+    class Mean(Trainer):
+        """Fits one number to the data's mean: the smallest real trainer."""
+
+        generator = "fake.text"
+        default_steps = 100
+        default_lr = 0.2
+
+        def setup(self):
+            import torch
+
+            self.data = torch.tensor([float(x) for x in self.config.data.split(",")])
+            self.modules = {"m": torch.nn.Linear(1, 1, bias=False)}
+            self.optimizers = {"m": torch.optim.SGD(self.modules["m"].parameters(), lr=self.lr)}
+
+        def train_step(self, step):
+            w = self.modules["m"].weight
+            loss = ((w.squeeze() - self.data) ** 2).mean()
+            self.optimizers["m"].zero_grad()
+            loss.backward()
+            self.optimizers["m"].step()
+            return {"loss": loss.item()}
+
+        def export(self, out):
+            (out / "mean.txt").write_text(f"{self.modules['m'].weight.item():.3f}")
+
+    class Plugin:
+        @hookimpl
+        def register_trainers(self, register):
+            register(Mean)
+
+    host = make_host([("fake", FakePlugin()), ("mean", Plugin())], entry_points=False)
+    result = train(host, "fake.text", TrainConfig(data="1,2,3", out=tmp_path / "w", log_every=10),
+                   show_progress=False)
+    assert abs(float((tmp_path / "w" / "mean.txt").read_text()) - 2.0) < 0.01
+    assert result.steps == 100 and result.losses["loss"] < 0.7  # the variance of 1, 2, 3 is 0.67

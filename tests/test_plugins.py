@@ -46,7 +46,8 @@ def test_misspelled_hook_is_caught():
         host = make_host([("typo", module("typo", register_generator=register_generator))])
     assert host.plugins["typo"].errors == [
         "implements unknown hook 'register_generator' (did you mean 'register_generators'?); known hooks: "
-        "artifact_saved, register_artifact_writers, register_commands, register_generators, run_step"
+        "artifact_saved, register_artifact_writers, register_commands, register_generators, register_trainers, "
+        "run_step"
     ]
     host.pm.check_pending()  # the broken plugin is out; nothing pending remains
 
