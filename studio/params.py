@@ -43,6 +43,8 @@ def type_name(annotation: Any) -> str:
         return f"list of {type_name(inner[0])}" if inner else "list"
     if origin is dict:
         return "mapping"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(ann) if a is not type(None))
     names = {int: "integer", float: "number", str: "string", bool: "boolean"}
     return names.get(ann, getattr(ann, "__name__", str(ann)))
 

@@ -158,6 +158,9 @@ def train(host: Host, generator: str, config: TrainConfig, *, show_progress: boo
     if not config.resume and _checkpoint_paths(out)[0].exists():
         raise UserError(f"{out} already holds a training run; pass --resume to continue it, "
                         "or choose another --out")
+    import torch
+
+    torch.manual_seed(config.seed)  # weight initialisation: the same command makes the same weights
     trainer = trainer_cls(config, device)
     trainer.setup()
     start = load_checkpoint(trainer) if config.resume else 0

@@ -3,13 +3,17 @@
 from studio import hookimpl
 from studio_image.diffusion import ImageDiffusion
 from studio_image.diffusion_train import DiffusionTrainer
+from studio_image.gan import ImageGAN
+from studio_image.gan_train import GANTrainer
 
 
 @hookimpl
 def register_generators(register):
     register(ImageDiffusion)
+    register(ImageGAN)
 
 
 @hookimpl
 def register_trainers(register):
     register(DiffusionTrainer)
+    register(GANTrainer)

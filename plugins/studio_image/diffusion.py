@@ -19,6 +19,7 @@ from pydantic import Field
 
 from studio import Generator, Params, media
 from studio.errors import UserError
+from studio.runtime import check_finite
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion"
 
@@ -33,6 +34,8 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+CLASS_GUIDANCE = 2.0  # what the embedded model was measured with
+TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
 SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", "heun", "pndm", "unipc"]
 
 
@@ -70,8 +73,9 @@ class ImageDiffusion(Generator):
             "Class to draw (class-conditional models): an index or a class name; "
             "default: a class chosen by the seed."), json_schema_extra={"maxLength": 100})
         steps: int = Field(25, ge=1, le=1000, description="Denoising steps.")
-        guidance_scale: float = Field(2.0, ge=0.0, le=50.0, description=(
-            "Classifier-free guidance; 1 or less turns it off. Text-to-image models like 5-9."))
+        guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description=(
+            "Classifier-free guidance; 1 or less turns it off. Default: 7.5 for text-to-image "
+            "models, 2 for class-conditional ones."))
         width: int | None = Field(None, ge=8, le=4096, description="Width in pixels; default: the model's size.")
         height: int | None = Field(None, ge=8, le=4096, description="Height in pixels; default: the model's size.")
         scheduler: SchedulerName = Field("default", description="Sampler; 'default' keeps the checkpoint's.")
@@ -90,7 +94,10 @@ class ImageDiffusion(Generator):
         import diffusers
         import transformers
 
-        diffusers.utils.logging.disable_progress_bar()  # Studio shows its own progress
+        # Studio shows its own progress; diffusers' advice about `accelerate` and dtype
+        # casts is noise for a user of a pipeline
+        diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         path = resolve_model(params.model)
         try:
@@ -162,22 +169,26 @@ class ImageDiffusion(Generator):
         scheduler.set_timesteps(first.steps, device=device)
         generators = [c.torch_generator() for c in ctxs]
         shape = (len(batch), unet.config.in_channels, height, width)
-        sample = randn_tensor(shape, generator=generators, device=device, dtype=dtype) * scheduler.init_noise_sigma
-        guided = labels is not None and first.guidance_scale > 1 and model["null_class"] is not None
+        # the sample and the scheduler's arithmetic stay fp32; only the UNet runs in bf16/fp16
+        sample = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
+        sample = sample * scheduler.init_noise_sigma
+        guidance = CLASS_GUIDANCE if first.guidance_scale is None else first.guidance_scale
+        guided = labels is not None and guidance > 1 and model["null_class"] is not None
         null = torch.full_like(labels, model["null_class"]) if guided else None
         step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
         for i, t in enumerate(scheduler.timesteps):
-            x = scheduler.scale_model_input(sample, t)
+            x = scheduler.scale_model_input(sample, t).to(dtype)
             with ctxs[0].autocast():
                 if guided:
                     both = unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null])).sample
                     cond, uncond = both.chunk(2)
-                    eps = uncond + first.guidance_scale * (cond - uncond)
+                    eps = uncond + guidance * (cond - uncond)
                 else:
                     eps = unet(x, t, class_labels=labels).sample
-            sample = scheduler.step(eps.to(sample.dtype), t, sample, **step_kwargs).prev_sample
+            sample = scheduler.step(eps.float(), t, sample, **step_kwargs).prev_sample
             for c in ctxs:
                 c.progress(i + 1, len(scheduler.timesteps))
+        check_finite(sample, f"image.diffusion sample ({first.model}, {unet.dtype})")
         return _to_pil(sample)
 
     def _class_labels(self, model: dict, batch: list[Params], ctxs: list):
@@ -224,7 +235,8 @@ class ImageDiffusion(Generator):
         result = pipe(
             prompt=[p.prompt for p in batch],
             negative_prompt=[first.negative_prompt] * len(batch) if first.negative_prompt else None,
-            num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
+            num_inference_steps=first.steps,
+            guidance_scale=TEXT_GUIDANCE if first.guidance_scale is None else first.guidance_scale,
             width=first.width, height=first.height,
             generator=[c.torch_generator() for c in ctxs],
             callback_on_step_end=on_step, output_type="pil",
