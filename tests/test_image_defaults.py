@@ -34,7 +34,7 @@ def test_default_diffusion_draws_the_class_asked_for(tmp_path):
     assert images[0].shape == (16, 16)
     # ink on paper: a light background with darker strokes
     for image in images:
-        assert image[0, :].mean() > 150 and image.min() < 100
+        assert np.median(image) > 150 and image.min() < 100
     assert not np.array_equal(images[0], images[1])
 
 
