@@ -28,4 +28,6 @@ clean:
 samples: $(STAMP)
 	$(BIN)/studio run pipelines/showcase.yaml --out runs --quiet > .last-run
 	cp "$$(cat .last-run)/sheet/image.png" samples/showcase-sheet.png
+	cp "$$(cat .last-run)/digits-sheet/image.png" samples/showcase-digits.png
+	cp "$$(cat .last-run)/walk-large/image.png" samples/showcase-gan-walk.png
 	rm .last-run

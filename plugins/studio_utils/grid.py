@@ -16,6 +16,7 @@ class ImageGrid(Generator):
     )
     outputs = {"image": media.IMAGE}
     uses_device = False
+    version = "2"  # 2: column keys move to the corner when "key=value" does not fit
 
     class Params(Params):
         images: list[Artifact] = media_input(
@@ -38,10 +39,16 @@ class ImageGrid(Generator):
         text_h = font.size + 6 if params.labels and varying else 0
 
         xy = _xy_layout(labels, varying) if params.columns == 0 else None
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
         if xy:
             row_key, col_key, rows, cols, where = xy
-            head_w = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(f"{row_key}={_fmt(r)}", font=font)
-                             for r in rows)) + 2 * pad if params.labels else 0
+            # "key=value" over each column when it fits; else the values, and the key once
+            # in the corner above the row labels
+            fits = all(measure(f"{col_key}={_fmt(v)}", font=font) <= cell for v in cols)
+            labels_w = [measure(f"{row_key}={_fmt(r)}", font=font) for r in rows]
+            if not fits:
+                labels_w.append(measure(f"{col_key} ->", font=font))
+            head_w = int(max(labels_w)) + 2 * pad if params.labels else 0
             head_h = text_h if params.labels else 0
             n_rows, n_cols = len(rows), len(cols)
         else:
@@ -62,9 +69,12 @@ class ImageGrid(Generator):
                 caption = ", ".join(f"{k}={_fmt(label.get(k))}" for k in varying)
                 draw.text((x + cell / 2, y + cell + 3), _clip(caption, draw, font, cell), font=font, fill=ink, anchor="ma")
         if xy and params.labels:
+            if not fits:
+                draw.text((pad, pad // 2 + 2), f"{col_key} ->", font=font, fill=ink)
             for c, value in enumerate(cols):
+                text = f"{col_key}={_fmt(value)}" if fits else _fmt(value)
                 draw.text((head_w + pad + c * (cell + pad) + cell / 2, pad // 2 + 2),
-                          _clip(f"{col_key}={_fmt(value)}", draw, font, cell), font=font, fill=ink, anchor="ma")
+                          _clip(text, draw, font, cell), font=font, fill=ink, anchor="ma")
             for r, value in enumerate(rows):
                 draw.text((pad, head_h + pad + r * (cell + pad) + cell / 2), f"{row_key}={_fmt(value)}",
                           font=font, fill=ink, anchor="lm")
