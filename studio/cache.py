@@ -59,6 +59,12 @@ class StepCache:
     def _dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    def notes(self, key: str) -> dict:
+        try:
+            return json.loads((self._dir(key) / ENTRY).read_text("utf-8")).get("notes", {})
+        except (OSError, ValueError):
+            return {}
+
     def lookup(self, key: str) -> list[CachedFile] | None:
         entry_dir = self._dir(key)
         try:
@@ -73,7 +79,7 @@ class StepCache:
             files.append(CachedFile(port, path, info["media_type"], info["sha256"]))
         return files
 
-    def store(self, key: str, artifacts: dict[str, Artifact]) -> None:
+    def store(self, key: str, artifacts: dict[str, Artifact], notes: dict | None = None) -> None:
         final = self._dir(key)
         if (final / ENTRY).exists():
             return
@@ -84,7 +90,8 @@ class StepCache:
             for port, art in artifacts.items():
                 shutil.copyfile(art.path, tmp / art.path.name)
                 files[port] = {"file": art.path.name, "media_type": art.media_type, "sha256": art.sha256}
-            (tmp / ENTRY).write_text(json.dumps({"files": files}, indent=2), "utf-8")
+            (tmp / ENTRY).write_text(json.dumps({"files": files, "notes": notes or {}}, indent=2, default=str),
+                                     "utf-8")
             try:
                 os.rename(tmp, final)
             except OSError:

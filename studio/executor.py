@@ -71,6 +71,7 @@ class ItemResult:
     seconds: float | None = None
     error: str | None = None
     cache_key: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)  # what the generator recorded
 
     @property
     def ok(self) -> bool:
@@ -240,8 +241,9 @@ class Executor:
             self._log_traceback(run, exc)
             self._finish(result, "failed", error=f"{run.uses} (plugin {run.plugin!r}): {_short_error(exc)}")
             return
+        result.notes = dict(item_run.ctx.notes)
         if self.cache:
-            self.cache.store(item_run.cache_key, result.artifacts)
+            self.cache.store(item_run.cache_key, result.artifacts, result.notes)
         for artifact in result.artifacts.values():
             self.host.pm.hook.artifact_saved(artifact=artifact, step=run)
         self._finish(result, "done", seconds=seconds)
@@ -250,6 +252,7 @@ class Executor:
         files = self.cache.lookup(key)
         if files is None:
             return False
+        result.notes = self.cache.notes(key)
         for f in files:
             target = item_dir / f.path.name
             atomic_write(target, lambda tmp, src=f.path: tmp.write_bytes(src.read_bytes()))

@@ -95,6 +95,7 @@ class StepContext:
         self.precision = precision
         self.labels = labels or {}
         self._on_progress = on_progress
+        self.notes: dict[str, Any] = {}
 
     @property
     def device(self) -> str:
@@ -125,6 +126,11 @@ class StepContext:
 
     def autocast(self):
         return self.runtime.autocast(self.precision)
+
+    def record(self, **notes: Any) -> None:
+        """Facts about how this item was made (which synthesizer, how many events...):
+        they go into the manifest beside the item's parameters."""
+        self.notes.update(notes)
 
     def progress(self, done: int, total: int) -> None:
         if self._on_progress:

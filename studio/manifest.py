@@ -72,7 +72,7 @@ class Manifest:
         return {
             "name": r.name, "dir": r.dir, "status": r.status, "labels": r.labels, "seed": r.seed,
             "params": r.params, "seconds": None if r.seconds is None else round(r.seconds, 4),
-            "error": r.error, "cache_key": r.cache_key,
+            "error": r.error, "cache_key": r.cache_key, "notes": r.notes,
             "artifacts": {
                 port: {"path": str(a.path.relative_to(self.run_dir)), "media_type": a.media_type,
                        "sha256": a.sha256, "size": a.size}

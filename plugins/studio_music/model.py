@@ -1,0 +1,70 @@
+"""The music model is a GPT-2 (transformers) over the 390-token event vocabulary, and
+this is its sampling loop: key/value cache, temperature, top-k, top-p, draws from a
+per-item CPU generator so a seed means the same piece on any device."""
+
+from __future__ import annotations
+
+import torch
+
+from studio_music.events import BOS, EOS, TIME_SHIFT, VELOCITY, VOCAB_SIZE
+
+
+def gpt2_config(n_layer: int = 4, n_embd: int = 192, n_head: int = 6, n_positions: int = 512):
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=VOCAB_SIZE, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                      n_head=n_head, bos_token_id=BOS, eos_token_id=EOS, resid_pdrop=0.1, embd_pdrop=0.1,
+                      attn_pdrop=0.1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top_k most likely tokens (0: all) and the smallest set whose
+    probability reaches top_p (1.0: all); the rest get -inf."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(model, prefix: list[int], *, duration_s: float, temperature: float, top_k: int, top_p: float,
+           generator: torch.Generator, max_tokens: int | None = None, on_progress=None) -> list[int]:
+    """Continue `prefix` (starting with BOS) until `duration_s` seconds of new music, EOS,
+    or max_tokens. Returns the new tokens only."""
+    device = next(model.parameters()).device
+    window = model.config.n_positions
+    max_tokens = max_tokens or int(duration_s * 150) + 64
+    context = list(prefix)[-window:]
+    new: list[int] = []
+    elapsed = 0.0
+    past = None
+    pending = context  # tokens the cache has not seen yet
+    while elapsed < duration_s and len(new) < max_tokens:
+        if len(context) >= window:  # slide: keep the latest half, rebuild the cache
+            context = [BOS] + context[-(window // 2):]
+            past, pending = None, context
+        ids = torch.tensor([pending], device=device)
+        out = model(input_ids=ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[0, -1].float()
+        logits[BOS] = float("-inf")
+        if temperature == 0:
+            token = int(logits.argmax())
+        else:
+            logits = filter_logits(logits / temperature, top_k, top_p)
+            token = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
+        if token == EOS:
+            break
+        new.append(token)
+        context.append(token)
+        pending = [token]
+        if TIME_SHIFT <= token < VELOCITY:
+            elapsed += (token - TIME_SHIFT + 1) * 0.01
+            if on_progress:
+                on_progress(min(elapsed, duration_s), duration_s)
+    return new

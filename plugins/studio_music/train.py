@@ -1,0 +1,101 @@
+"""Trains music.transformer: next-event prediction over windows of pieces, each window
+transposed by a random interval (-5..+6 semitones) so every key is seen."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from studio.training import Trainer
+
+WINDOW = 256
+
+
+class MusicTrainer(Trainer):
+    generator = "music.transformer"
+    description = "A small GPT-2 over performance events."
+    default_steps = 2000
+    default_batch_size = 16
+    default_lr = 1e-3
+
+    def setup(self) -> None:
+        import numpy as np
+        import torch
+        from transformers import GPT2LMHeadModel
+
+        from studio_music.data import load_pieces
+        from studio_music.events import BOS, EOS, VOCAB_SIZE
+        from studio_music.model import gpt2_config
+
+        cache = self.config.out / "training" / "dataset.json"
+        if cache.is_file():  # converting a corpus takes minutes; a resumed run reuses it
+            pieces = json.loads(cache.read_text())
+        else:
+            pieces = load_pieces(self.config.data)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(pieces))
+        order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(0)).tolist()
+        n_test = max(1, len(pieces) // 10)
+        self.test_pieces = [pieces[i] for i in order[:n_test]]
+        train_pieces = [pieces[i] for i in order[n_test:]]
+        self.stream = torch.tensor([t for p in train_pieces for t in [BOS, *p, EOS]])
+        self.test_stream = torch.tensor([t for p in self.test_pieces for t in [BOS, *p, EOS]])
+        counts = np.bincount(self.stream.numpy(), minlength=VOCAB_SIZE) + 1  # add-one smoothing
+        self.unigram_nll = float(-(np.log(counts / counts.sum()) * counts).sum() / counts.sum())
+        opts = self.config.options
+        self.config_gpt = gpt2_config(n_layer=int(opts.get("layers", 4)), n_embd=int(opts.get("width", 192)),
+                                      n_head=int(opts.get("heads", 6)))
+        self.model = GPT2LMHeadModel(self.config_gpt).to(self.device)
+        self.modules = {"model": self.model}
+        self.optimizers = {"model": torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.1,
+                                                      betas=(0.9, 0.95))}
+        self.pieces, self.events = len(pieces), len(self.stream) + len(self.test_stream)
+
+    def _transpose(self, window):
+        import torch
+
+        from studio_music.events import NOTE_OFF, TIME_SHIFT
+
+        shift = int(torch.randint(-5, 7, (1,), generator=self.rng))
+        pitched = window < TIME_SHIFT
+        pitch = torch.where(window < NOTE_OFF, window, window - NOTE_OFF)
+        if not bool(((pitch + shift >= 0) & (pitch + shift <= 127) | ~pitched).all()):
+            return window
+        return torch.where(pitched, window + shift, window)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        import torch
+
+        starts = torch.randint(len(self.stream) - WINDOW - 1, (self.batch_size,), generator=self.rng)
+        batch = torch.stack([self._transpose(self.stream[s:s + WINDOW + 1]) for s in starts]).to(self.device)
+        self.model.train()
+        loss = self.model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # HF shifts labels itself
+        optimizer = self.optimizers["model"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out negative log-likelihood per event (nats), against a unigram model."""
+        import torch
+
+        self.model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(self.test_stream) - 1, WINDOW):
+                chunk = self.test_stream[start:start + WINDOW + 1].to(self.device)
+                if len(chunk) < 2:
+                    continue
+                logits = self.model(input_ids=chunk[None, :-1]).logits[0]
+                total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
+                count += len(chunk) - 1
+        nll = total / count
+        return {"held_out_nll_per_event": nll, "unigram_nll_per_event": self.unigram_nll,
+                "held_out_perplexity": math.exp(nll), "pieces": self.pieces, "events": self.events}
+
+    def export(self, out: Path) -> None:
+        self.model.save_pretrained(out)  # config.json + model.safetensors, as transformers loads
+        (out / "studio.json").write_text(json.dumps({"encoding": "performance-388", "data": self.config.data}))
