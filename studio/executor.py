@@ -7,7 +7,6 @@ stops at once, records what finished, and leaves no partial file behind."""
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field

@@ -107,7 +107,9 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
 
     weights_path, state_path = _checkpoint_paths(trainer.config.out)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.{k}": v.detach().cpu().contiguous()
+    # clone: tied weights (a language model's embedding and output layer) share memory,
+    # which safetensors refuses; loading copies the values back into both
+    tensors = {f"{name}.{k}": v.detach().cpu().clone().contiguous()
                for name, module in trainer.modules.items() for k, v in module.state_dict().items()}
     state = {"step": step, "rng": trainer.rng.get_state(), "torch_rng": torch.get_rng_state(),
              "optimizers": {n: o.state_dict() for n, o in trainer.optimizers.items()}}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.testing import make_host, run_yaml
+from studio.testing import run_yaml
 
 
 @pytest.fixture(scope="module")

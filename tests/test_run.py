@@ -6,7 +6,7 @@ from PIL import Image
 
 from studio.artifacts import Writer, read_png_provenance, sha256_file
 from studio.events import Collect
-from studio.generator import Generator, Params
+from studio.generator import Generator
 from studio.hookspecs import hookimpl
 from studio.testing import FakeImage, run_yaml
 

@@ -25,7 +25,10 @@ def test_missing_cuda_is_a_clear_user_error(monkeypatch):
 def test_model_cache_evicts_least_recently_used_within_budget():
     one_mb = 256 * 1024  # float32 values
     cache = ModelCache(max_bytes=int(2.5 * 4 * one_mb))
-    make = lambda: torch.nn.Linear(one_mb, 1, bias=False)  # noqa: E731
+
+    def make():
+        return torch.nn.Linear(one_mb, 1, bias=False)
+
     assert module_nbytes(make()) == 4 * one_mb
     cache.get("a", make)
     cache.get("b", make)

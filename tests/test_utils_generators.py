@@ -4,7 +4,6 @@ import pytest
 from PIL import Image
 
 from studio.generator import Artifact
-from studio.plugins import Host
 from studio.testing import assert_generator_contract, make_host, run_yaml
 from studio_utils.grid import ImageGrid
 from studio_utils.resize import ImageResize

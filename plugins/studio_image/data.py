@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from studio.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 SOURCES = {
@@ -16,12 +20,12 @@ SOURCES = {
 
 @dataclass
 class ImageData:
-    images: "torch.Tensor"  # (N, C, H, W) in [-1, 1]  # noqa: F821
-    labels: "torch.Tensor"  # (N,) class indices (all 0 when there are no classes)  # noqa: F821
+    images: torch.Tensor  # (N, C, H, W) in [-1, 1]
+    labels: torch.Tensor  # (N,) class indices (all 0 when there are no classes)
     classes: list[str]  # empty: unconditional
     source: str
 
-    def split(self, held_out: float = 0.1, seed: int = 0) -> tuple["ImageData", "ImageData"]:
+    def split(self, held_out: float = 0.1, seed: int = 0) -> tuple[ImageData, ImageData]:
         """A fixed train / held-out split."""
         import torch
 
