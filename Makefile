@@ -31,4 +31,5 @@ samples: $(STAMP)
 	cp "$$(cat .last-run)/sheet/image.png" samples/showcase-sheet.png
 	cp "$$(cat .last-run)/digits-sheet/image.png" samples/showcase-digits.png
 	cp "$$(cat .last-run)/walk-large/image.png" samples/showcase-gan-walk.png
+	cp "$$(cat .last-run)/tune/midi.mid" samples/showcase-tune.mid
 	rm .last-run

@@ -34,8 +34,8 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 @torch.no_grad()
 def sample(model, prefix: list[int], *, duration_s: float, temperature: float, top_k: int, top_p: float,
            generator: torch.Generator, max_tokens: int | None = None, on_progress=None) -> list[int]:
-    """Continue `prefix` (starting with BOS) until `duration_s` seconds of new music, EOS,
-    or max_tokens. Returns the new tokens only."""
+    """Continue `prefix` (starting with BOS) until `duration_s` seconds of new music or
+    max_tokens. Returns the new tokens only."""
     device = next(model.parameters()).device
     window = model.config.n_positions
     max_tokens = max_tokens or int(duration_s * 150) + 64
@@ -53,13 +53,12 @@ def sample(model, prefix: list[int], *, duration_s: float, temperature: float, t
         past = out.past_key_values
         logits = out.logits[0, -1].float()
         logits[BOS] = float("-inf")
+        logits[EOS] = float("-inf")  # the user asked for duration_s: a piece may not end sooner
         if temperature == 0:
             token = int(logits.argmax())
         else:
             logits = filter_logits(logits / temperature, top_k, top_p)
             token = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
-        if token == EOS:
-            break
         new.append(token)
         context.append(token)
         pending = [token]
