@@ -50,6 +50,27 @@ def accepted_media(params_cls: type[BaseModel], field_name: str) -> str | None:
     return extra.get(MEDIA_KEY) if isinstance(extra, dict) else None
 
 
+def resolve_weights(model: str, default_dir: Path) -> str:
+    """A `model:` value as a loader takes it: "default" -> the generator's embedded
+    weights, an existing path -> that path (absolute), anything else -> as given (a hub
+    id, which the library looks up in its cache)."""
+    if model == "default":
+        return str(default_dir)
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def weights_fingerprint(model: str, default_dir: Path) -> str:
+    """Size and modification time of every weights file, for the step cache key: cheap,
+    and it changes when the weights are retrained or replaced."""
+    path = Path(resolve_weights(model, default_dir))
+    if not path.exists():
+        return model
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and "training" not in p.relative_to(path).parts)
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
 class Artifact(BaseModel):
     """A file a step wrote (or a file the user named), as downstream steps see it."""
 

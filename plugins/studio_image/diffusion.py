@@ -19,6 +19,7 @@ from pydantic import Field
 
 from studio import Generator, Params, media
 from studio.errors import UserError
+from studio.generator import resolve_weights, weights_fingerprint
 from studio.runtime import check_finite
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion"
@@ -40,10 +41,7 @@ SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", 
 
 
 def resolve_model(model: str) -> str:
-    """'default' -> the embedded weights; a directory -> itself; else a hub id as-is."""
-    if model == "default":
-        return str(DEFAULT_WEIGHTS)
-    return str(Path(model).expanduser().resolve()) if Path(model).expanduser().exists() else model
+    return resolve_weights(model, DEFAULT_WEIGHTS)
 
 
 def is_unet_checkpoint(path: str) -> bool:
@@ -84,11 +82,7 @@ class ImageDiffusion(Generator):
         return resolve_model(params.model)
 
     def weights_id(self, params: Params) -> str:
-        path = Path(resolve_model(params.model))
-        if not path.is_dir():
-            return params.model
-        files = sorted(p for p in path.rglob("*") if p.is_file() and "training" not in p.parts)
-        return ";".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         import diffusers

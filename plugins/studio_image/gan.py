@@ -10,6 +10,7 @@ from pydantic import Field
 
 from studio import Generator, Params, media
 from studio.errors import UserError
+from studio.generator import weights_fingerprint
 from studio.runtime import check_finite
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gan"
@@ -44,8 +45,7 @@ class ImageGAN(Generator):
         return str(resolve_dir(params.model).resolve())
 
     def weights_id(self, params: Params) -> str:
-        path = resolve_dir(params.model) / "model.safetensors"
-        return f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         from safetensors.torch import load_file

@@ -9,15 +9,13 @@ from pydantic import Field
 
 from studio import Artifact, Generator, Params, media, media_input
 from studio.errors import UserError
+from studio.generator import resolve_weights, weights_fingerprint
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "transformer"
 
 
 def resolve_model(model: str) -> str:
-    if model == "default":
-        return str(DEFAULT_WEIGHTS)
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
+    return resolve_weights(model, DEFAULT_WEIGHTS)
 
 
 class MusicTransformer(Generator):
@@ -44,8 +42,7 @@ class MusicTransformer(Generator):
         return resolve_model(params.model)
 
     def weights_id(self, params: Params) -> str:
-        path = Path(resolve_model(params.model)) / "model.safetensors"
-        return f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else params.model
+        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         import transformers
