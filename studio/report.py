@@ -13,16 +13,26 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}
 h2{margin-top:2rem}.items{display:flex;flex-wrap:wrap;gap:1rem}
 .item{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem;max-width:340px}
-.item img{max-width:320px;image-rendering:auto}.name{font-size:.8rem;color:#555;word-break:break-all}
+.item img{max-width:320px;image-rendering:pixelated}.name{font-size:.8rem;color:#555;word-break:break-all}
 pre{white-space:pre-wrap;max-height:16rem;overflow:auto;background:#f3f3f3;padding:.4rem}
 .failed{color:#b00}.meta{font-size:.75rem;color:#777}
 """
 
 
+def _display_width(path: Path) -> int:
+    """Small images (a 16x16 sample) are shown enlarged by a whole factor, up to 96 px
+    high and 320 px wide, so they can be seen; large ones at most 320 px wide."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return w * max(1, min(96 // h, 320 // w))
+
+
 def _artifact_html(run_dir: Path, media_type: str, path: Path) -> str:
     rel = html.escape(str(path.relative_to(run_dir)))
     if media_type.startswith("image/"):
-        return f'<a href="{rel}"><img src="{rel}" loading="lazy"></a>'
+        return f'<a href="{rel}"><img src="{rel}" width="{_display_width(path)}" loading="lazy"></a>'
     if media_type.startswith("audio/") and media_type != "audio/midi":
         return f'<audio controls src="{rel}"></audio>'
     if media_type.startswith("text/"):
@@ -36,7 +46,7 @@ def write_gallery(run_dir: Path, pipeline: str, status: str, steps: dict[str, li
              f"<style>{STYLE}</style><h1>{html.escape(pipeline)}</h1>",
              f'<p class=meta>{html.escape(str(run_dir))} &middot; {html.escape(status)}</p>']
     for step_id, items in steps.items():
-        parts.append(f"<h2>{html.escape(step_id)}</h2><div class=items>")
+        parts.append(f"<h2 id=\"{html.escape(step_id)}\">{html.escape(step_id)}</h2><div class=items>")
         for r in items:
             body = "".join(_artifact_html(run_dir, a.media_type, a.path) for a in r.artifacts.values())
             if not r.ok:
