@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def main() -> None:
             if len(notes) >= 2:
                 pieces.append(describe_piece(notes))
         report[name] = {**summarise(pieces), "pieces_with_notes": len(pieces)}
-    corpus = json.load(open(args.dataset)) if args.dataset else load_pieces(args.data)
+    corpus = json.loads(Path(args.dataset).read_text()) if args.dataset else load_pieces(args.data)
     data = [describe_piece(notes_of(decode(p))) for p in corpus[:100]]
     report["training_data"] = {**summarise(data), "pieces": len(data)}
     text = json.dumps(report, indent=2)
