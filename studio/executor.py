@@ -267,7 +267,7 @@ class Executor:
 
     def _finish(self, result: ItemResult, status: str, *, error: str | None = None, seconds: float | None = None) -> None:
         result.status, result.error, result.seconds = status, error, seconds
-        self.manifest.write("running")
+        self.manifest.write("running", at_most_every_s=1.0)  # the run's end always writes
         event = {"done": "item_done", "cached": "item_cached", "failed": "item_error", "skipped": "item_skipped"}[status]
         data: dict[str, Any] = {"step": result.step_id, "item": result.name}
         if status == "done":

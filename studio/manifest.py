@@ -43,8 +43,15 @@ class Manifest:
         self.runtime = runtime
         self.results = results
         self.started = time.time()
+        self._written = 0.0
 
-    def write(self, status: str) -> None:
+    def write(self, status: str, *, at_most_every_s: float = 0.0) -> None:
+        """Write the manifest now, or (with at_most_every_s) only if the last write is
+        that old: a 1,000-item sweep should not rewrite a growing file 1,000 times."""
+        now = time.monotonic()
+        if at_most_every_s and now - self._written < at_most_every_s:
+            return
+        self._written = now
         spec = self.plan.spec
         steps = {}
         for step in self.plan.steps:
