@@ -135,6 +135,10 @@ EXTENSION_MEDIA = {
     ".midi": media.MIDI,
     ".wav": media.AUDIO,
     ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".mp3": "audio/mpeg",
+    ".aif": "audio/aiff",
+    ".aiff": "audio/aiff",
     ".json": media.JSON,
 }
 

@@ -278,11 +278,50 @@ def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_req
     if len(set(lengths.values())) > 1:
         issues.append(locs.issue(at + ("zip",), "`zip:` lists must have equal lengths, got "
                                                 + ", ".join(f"{k}: {n}" for k, n in lengths.items()), step))
+    problems_before = len(issues)
     for name in fields if check_required else ():
         if params_cls.model_fields[name].is_required() and name not in given:
             issues.append(locs.issue(at + ("with",), f"missing required parameter {name!r} for {gen_cls.name} "
                                                      f"({P.describe(params_cls, name)}): "
                                                      f"{params_cls.model_fields[name].description}", step))
+    if check_required and len(issues) == problems_before and not any(i.step == step for i in issues):
+        _check_combination(at, step, params_cls, sections, locs, issues)
+
+
+def _check_combination(at, step, params_cls, sections, locs, issues) -> None:
+    """Rules between parameters (a mode that needs a second input...) are the Params
+    model's own validators: run them on every item's values, media and references
+    standing in as placeholders, so `studio validate` reports what the run would."""
+    from itertools import product
+
+    from pydantic import ValidationError
+
+    from studio.generator import Artifact
+
+    placeholder = Artifact(path=Path("placeholder"), media_type="*/*", sha256="", size=0)
+
+    def stand_in(key: str, value: Any) -> Any:
+        kind = P.field_kind(params_cls, key)
+        if kind == "media":
+            return placeholder
+        if kind == "media_list":
+            return [placeholder] * (len(value) if isinstance(value, list) else 1)
+        return "" if has_refs(value) else value
+
+    swept = [[(k, v) for v in values] for k, values in sections["sweep"].items()]
+    zipped = list(zip(*[[(k, v) for v in values] for k, values in sections["zip"].items()])) or [()]
+    for combo in list(product(*swept))[:64]:
+        for row in zipped:
+            values = {**sections["with"], **dict(combo), **dict(row)}
+            try:
+                params_cls.model_validate({k: stand_in(k, v) for k, v in values.items()})
+            except ValidationError as exc:
+                for error in exc.errors(include_url=False):
+                    if error["loc"] == ():  # a rule between parameters; field errors were reported above
+                        item = ", ".join(f"{k}={v!r}" for k, v in [*combo, *row])
+                        message = error["msg"].removeprefix("Value error, ")
+                        issues.append(locs.issue(at + ("with",), message + (f" (item {item})" if item else ""), step))
+                        return
 
 
 def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> None:

@@ -1,0 +1,216 @@
+"""audio.vae: diffusers' AutoencoderOobleck, the VAE of Stable Audio Open.
+
+The encoder turns a waveform into a sequence of Gaussian latents (one frame per
+`hop_length` samples); the decoder turns latents back into a waveform. Four things to
+do with that:
+- sample: decode latents drawn from the prior N(0, temperature^2);
+- variation: encode `audio`, push its latents by `strength` units of noise, decode;
+- interpolate: encode `audio` and `audio_b`, decode points on the line between them;
+- reconstruct: encode and decode, to hear what the model keeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from studio import Artifact, Generator, Params, media, media_input
+from studio.errors import UserError
+from studio.generator import resolve_weights, weights_fingerprint
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "vae"
+CROSSFADE_S = 0.02  # between the segments of an interpolation written as one file
+
+
+def resolve_model(model: str) -> str:
+    return resolve_weights(model, DEFAULT_WEIGHTS)
+
+
+def vae_folder(path: str) -> tuple[str, str | None]:
+    """(path, subfolder) for from_pretrained: a VAE directory itself, or a pipeline
+    directory with the VAE in `vae/` (Stable Audio Open's layout)."""
+    root = Path(path)
+    if not (root / "config.json").is_file() and (root / "vae" / "config.json").is_file():
+        return path, "vae"
+    if root.exists():
+        return path, None
+    return path, "vae"  # a hub id names a pipeline repository, as stabilityai/stable-audio-open-1.0
+
+
+def load_vae(model: str) -> Any:
+    """An AutoencoderOobleck from 'default', a directory, or a hub id in the local cache."""
+    import diffusers
+    from diffusers import AutoencoderOobleck
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    path, subfolder = vae_folder(resolve_model(model))
+    try:
+        with quiet_weight_norm():
+            return AutoencoderOobleck.from_pretrained(path, subfolder=subfolder)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"model {model!r} could not be loaded as an AutoencoderOobleck: {exc}. Give 'default', "
+                        "a diffusers VAE directory (config.json + diffusion_pytorch_model.safetensors), a "
+                        "Stable Audio Open directory with a vae/ folder, or a hub id in your Hugging Face cache") from exc
+
+
+@contextlib.contextmanager
+def quiet_weight_norm():
+    """diffusers builds Oobleck with torch's older weight_norm, which warns on every
+    layer; the warning is for diffusers' authors, not for a user of a pipeline."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+        yield
+
+
+class AudioVAE(Generator):
+    name = "audio.vae"
+    description = ("Oobleck VAE (diffusers AutoencoderOobleck, Stable Audio Open's architecture): sample "
+                   "new audio from the prior, make variations of a clip, interpolate between two clips, "
+                   "or reconstruct one. Input audio of any rate and channel count is converted.")
+    outputs = {"audio": media.AUDIO}
+    precisions = ("bf16", "fp32")  # not fp16: see the model card (activations leave fp16's range)
+    version = "1"
+
+    class Params(Params):
+        model: str = Field("default", max_length=500, description=(
+            "'default' (embedded, 16 kHz mono, trained on FluidSynth instrument notes), a diffusers "
+            "AutoencoderOobleck directory, a Stable Audio Open directory (vae/ inside), or a hub id."))
+        mode: Literal["sample", "variation", "interpolate", "reconstruct"] = Field(
+            "sample", description="sample: from the prior; variation: perturb `audio`; interpolate: "
+                                  "`audio` -> `audio_b`; reconstruct: encode and decode `audio`.")
+        audio: Artifact | None = media_input("audio/*", None, description=(
+            "Input clip (variation, reconstruct, interpolate): an upstream audio output or a WAV/FLAC/OGG/MP3 file."))
+        audio_b: Artifact | None = media_input("audio/*", None, description=(
+            "Second clip, the end point of an interpolation."))
+        duration_s: float = Field(4.0, gt=0.0, le=120.0, description="Seconds of audio to sample (mode sample).")
+        temperature: float = Field(1.0, ge=0.0, le=3.0, description=(
+            "Standard deviation of the prior latents (mode sample); below 1 is quieter and plainer."))
+        strength: float = Field(0.5, ge=0.0, le=5.0, description=(
+            "Noise added to the latents, in units of the prior's standard deviation (mode variation); "
+            "0 gives the reconstruction."))
+        frames: int = Field(5, ge=2, le=64, description=(
+            "Points from `audio` to `audio_b`, written one after another in one file (mode interpolate)."))
+        position: float | None = Field(None, ge=0.0, le=1.0, description=(
+            "Decode only this point between `audio` (0) and `audio_b` (1); sweep it to get a sequence "
+            "of files (mode interpolate)."))
+        max_input_s: float = Field(30.0, gt=0.0, le=600.0, description="Longer inputs are cut to this many seconds.")
+
+        @model_validator(mode="after")
+        def inputs_fit_the_mode(self):
+            needs = {"sample": (), "variation": ("audio",), "reconstruct": ("audio",),
+                     "interpolate": ("audio", "audio_b")}[self.mode]
+            missing = [name for name in needs if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"mode {self.mode!r} needs {' and '.join(repr(m) for m in missing)}: "
+                                 "an upstream audio output or an audio file")
+            unused = [name for name in ("audio", "audio_b") if name not in needs and getattr(self, name) is not None]
+            if unused:
+                raise ValueError(f"mode {self.mode!r} does not use {' or '.join(repr(u) for u in unused)}; "
+                                 "remove it, or pick a mode that does (variation, reconstruct, interpolate)")
+            return self
+
+    def model_key(self, params: Params) -> str:
+        return resolve_model(params.model)
+
+    def weights_id(self, params: Params) -> str:
+        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
+
+    def load(self, params: Params, ctx) -> Any:
+        return load_vae(params.model)
+
+    def generate(self, params: Params, ctx) -> dict:
+        import torch
+
+        vae = ctx.model(self, params)
+        rate, channels = int(vae.config.sampling_rate), int(vae.config.audio_channels)
+        hop = int(vae.hop_length)
+        with ctx.autocast():
+            if params.mode == "sample":
+                frames = max(1, -(-round(params.duration_s * rate) // hop))
+                shape = (1, int(vae.config.decoder_input_channels), frames)
+                z = torch.randn(shape, generator=ctx.torch_generator()) * params.temperature
+                audio = decode(vae, z)[:, : round(params.duration_s * rate)]
+            elif params.mode in ("variation", "reconstruct"):
+                clip = self._input(params.audio, params, rate, channels, hop, ctx, "audio")
+                mean = encode(vae, clip)
+                z = mean
+                if params.mode == "variation" and params.strength > 0:
+                    z = mean + params.strength * torch.randn(mean.shape, generator=ctx.torch_generator())
+                audio = decode(vae, z)[:, : clip.shape[1]]
+            else:
+                audio = self._interpolate(vae, params, rate, channels, hop, ctx)
+        audio, scaled_db = limit_peak(audio)
+        ctx.record(sample_rate=rate, channels=channels, seconds=round(audio.shape[1] / rate, 3),
+                   **({"scaled_down_db": scaled_db} if scaled_db else {}))
+        return {"audio": media.Audio(audio.T.numpy(), rate)}
+
+    def _input(self, artifact: Artifact, params: Params, rate: int, channels: int, hop: int, ctx, name: str):
+        from studio_audio.audio_io import load_audio
+
+        clip = load_audio(artifact.path, sample_rate=rate, channels=channels, min_frames=hop)
+        limit = round(params.max_input_s * rate)
+        if clip.shape[1] > limit:
+            ctx.record(**{f"{name}_cut_to_s": params.max_input_s})
+            clip = clip[:, :limit]
+        return clip
+
+    def _interpolate(self, vae, params: Params, rate: int, channels: int, hop: int, ctx):
+        import torch
+
+        a = self._input(params.audio, params, rate, channels, hop, ctx, "audio")
+        b = self._input(params.audio_b, params, rate, channels, hop, ctx, "audio_b")
+        length = min(a.shape[1], b.shape[1])  # both clips cut to the shorter one
+        za, zb = encode(vae, a[:, :length]), encode(vae, b[:, :length])
+        points = [params.position] if params.position is not None else torch.linspace(0, 1, params.frames).tolist()
+        segments = [decode(vae, torch.lerp(za, zb, t))[:, :length] for t in points]
+        ctx.record(points=[round(t, 4) for t in points], segment_s=round(length / rate, 3))
+        return join(segments, round(CROSSFADE_S * rate))
+
+
+def encode(vae, clip) -> Any:
+    """(channels, frames) float32 -> latent means (1, latent channels, latent frames),
+    float32 on the CPU. The input is padded to a whole number of hops."""
+    import torch
+
+    hop = int(vae.hop_length)
+    pad = (-clip.shape[1]) % hop
+    x = torch.nn.functional.pad(clip, (0, pad))[None].to(vae.device, vae.dtype)
+    return vae.encode(x).latent_dist.mean.float().cpu()
+
+
+def decode(vae, z) -> Any:
+    """Latents -> (channels, frames) float32 on the CPU."""
+    return vae.decode(z.to(vae.device, vae.dtype)).sample[0].float().cpu()
+
+
+def join(segments: list, crossfade: int) -> Any:
+    """Segments one after another, each boundary an equal-power crossfade of
+    `crossfade` samples so the joins do not click."""
+    import torch
+
+    out = segments[0]
+    for seg in segments[1:]:
+        n = min(crossfade, out.shape[1], seg.shape[1])
+        if n == 0:
+            out = torch.cat([out, seg], dim=1)
+            continue
+        ramp = torch.linspace(0, 1, n)
+        mixed = out[:, -n:] * torch.cos(ramp * torch.pi / 2) + seg[:, :n] * torch.sin(ramp * torch.pi / 2)
+        out = torch.cat([out[:, :-n], mixed, seg[:, n:]], dim=1)
+    return out
+
+
+def limit_peak(audio, ceiling: float = 0.99) -> tuple[Any, float]:
+    """Scale the audio down when its peak would clip; (audio, dB removed or 0)."""
+    import math
+
+    peak = float(audio.abs().max())
+    if peak <= ceiling or not math.isfinite(peak):
+        return audio, 0.0
+    return audio * (ceiling / peak), round(20 * math.log10(peak / ceiling), 2)
+

@@ -1,0 +1,152 @@
+"""Trains audio.vae: an AutoencoderOobleck learns to reconstruct short windows of audio.
+
+Loss = multi-resolution STFT distance (auraloss: spectral convergence + log magnitude at
+four FFT sizes) + kl_weight x KL(q(z|x) || N(0, I)), with z drawn by the
+reparameterization trick (diffusers' OobleckDiagonalGaussianDistribution.sample).
+No adversarial loss: it keeps training small and stable, at the price of some buzz.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from studio.training import Trainer
+
+FFT_SIZES = [2048, 1024, 512, 256]
+
+
+def stft_loss():
+    import auraloss
+
+    return auraloss.freq.MultiResolutionSTFTLoss(
+        fft_sizes=FFT_SIZES, hop_sizes=[n // 4 for n in FFT_SIZES], win_lengths=FFT_SIZES)
+
+
+def log_mel(audio, sample_rate: int):
+    """(batch, frames) -> log mel spectrogram (batch, 64, time), as metrics compare."""
+    import torch
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=1024, hop_length=256, n_mels=64)
+    return torch.log(mel(audio) + 1e-5)
+
+
+class VAETrainer(Trainer):
+    generator = "audio.vae"
+    description = "An Oobleck VAE (16 kHz mono by default) on a folder of audio or FluidSynth notes."
+    default_steps = 800
+    default_batch_size = 8
+    default_lr = 5e-4
+
+    def setup(self) -> None:
+        import numpy as np
+        import torch
+        from diffusers import AutoencoderOobleck
+
+        from studio_audio.vae import quiet_weight_norm
+        from studio_audio.vae_data import load_clips
+
+        opts = self.config.options
+        self.sample_rate = int(opts.get("sample_rate", 16000))
+        self.window = int(opts.get("window", 8192))
+        self.kl_weight = float(opts.get("kl_weight", 1e-3))
+        clip_s = float(opts.get("clip_s", 2.0))
+        cache = self.config.out / "training" / "clips.npy"
+        if cache.is_file():  # synthesizing the data takes a while; a resumed run reuses it
+            clips = np.load(cache)
+        else:
+            clips = np.stack(load_clips(self.config.data, sample_rate=self.sample_rate, clip_s=clip_s,
+                                        count=int(opts.get("clips", 1200)), seed=self.config.seed))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, clips)
+        if clips.shape[1] < self.window:
+            self.window = clips.shape[1]
+        order = torch.randperm(len(clips), generator=torch.Generator().manual_seed(0)).numpy()
+        n_test = max(1, len(clips) // 10)
+        self.test_clips = torch.from_numpy(clips[order[:n_test]])
+        self.train_clips = torch.from_numpy(clips[order[n_test:]])
+        multiples = [int(m) for m in str(opts.get("channel_multiples", "1,2,4,4")).split(",")]
+        ratios = [int(r) for r in str(opts.get("downsampling_ratios", "4,4,4,4")).split(",")]
+        hidden = int(opts.get("encoder_hidden_size", 32))
+        with quiet_weight_norm():
+            self.vae = AutoencoderOobleck(
+                encoder_hidden_size=hidden, downsampling_ratios=ratios, channel_multiples=multiples,
+                decoder_channels=int(opts.get("decoder_channels", 24)), decoder_input_channels=hidden // 2,
+                audio_channels=1, sampling_rate=self.sample_rate).to(self.device)
+        self.loss_fn = stft_loss().to(self.device)
+        self.modules = {"vae": self.vae}
+        self.optimizers = {"vae": torch.optim.AdamW(self.vae.parameters(), lr=self.lr, betas=(0.8, 0.99),
+                                                    weight_decay=0.0)}
+        # the baseline a spectrum-only model reaches: every frame the training data's mean log-mel
+        sample = self.train_clips[torch.randperm(len(self.train_clips), generator=self.rng)[:64]]
+        self.mean_log_mel = log_mel(sample, self.sample_rate).mean(dim=(0, 2))
+
+    def _batch(self):
+        import torch
+
+        rows = torch.randint(len(self.train_clips), (self.batch_size,), generator=self.rng)
+        starts = torch.randint(self.train_clips.shape[1] - self.window + 1, (self.batch_size,), generator=self.rng)
+        gain = torch.empty(self.batch_size, 1).uniform_(0.5, 1.0, generator=self.rng)  # loudness is not content
+        batch = torch.stack([self.train_clips[r, s:s + self.window] for r, s in zip(rows, starts)]) * gain
+        return batch[:, None].to(self.device)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        import torch
+
+        x = self._batch()
+        self.vae.train()
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample(generator=None)
+        y = self.vae.decode(z).sample
+        recon = self.loss_fn(y, x)
+        kl = posterior.kl()
+        loss = recon + self.kl_weight * kl
+        optimizer = self.optimizers["vae"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        optimizer.step()
+        return {"loss": loss.item(), "stft": recon.item(), "kl": kl.item()}
+
+    def evaluate(self) -> dict[str, float]:
+        return reconstruction_metrics(self.vae, self.test_clips, self.sample_rate, self.mean_log_mel)
+
+    def export(self, out: Path) -> None:
+        self.vae.save_pretrained(out)  # config.json + diffusion_pytorch_model.safetensors
+        (out / "studio.json").write_text(json.dumps({"data": self.config.data, "kl_weight": self.kl_weight}))
+
+
+def reconstruction_metrics(vae, clips, sample_rate: int, mean_log_mel=None, batch: int = 16) -> dict[str, float]:
+    """Held-out reconstruction quality of `vae` on mono `clips` (n, frames), decoding the
+    latent means, against two trivial baselines: silence and (for the log-mel distance)
+    every frame the training set's mean spectrum."""
+    import torch
+
+    loss_fn = stft_loss()
+    was_training = vae.training
+    vae.eval()
+    hop = int(vae.hop_length)
+    length = clips.shape[1] - clips.shape[1] % hop
+    totals = {"stft": 0.0, "stft_silence": 0.0, "log_mel_l1": 0.0, "log_mel_l1_mean_spectrum": 0.0, "kl": 0.0}
+    n = 0
+    with torch.no_grad():
+        for start in range(0, len(clips), batch):
+            x = clips[start:start + batch, :length].float()
+            posterior = vae.encode(x[:, None].to(vae.device)).latent_dist
+            y = vae.decode(posterior.mean).sample[:, 0].float().cpu()
+            k = len(x)
+            totals["stft"] += loss_fn(y[:, None], x[:, None]).item() * k
+            totals["stft_silence"] += loss_fn(torch.zeros_like(x)[:, None], x[:, None]).item() * k
+            mx, my = log_mel(x, sample_rate), log_mel(y, sample_rate)
+            totals["log_mel_l1"] += (mx - my).abs().mean().item() * k
+            if mean_log_mel is not None:
+                totals["log_mel_l1_mean_spectrum"] += (mx - mean_log_mel[None, :, None]).abs().mean().item() * k
+            totals["kl"] += posterior.kl().item() * k  # per latent frame, summed over channels
+            n += k
+    vae.train(was_training)
+    out = {key: value / n for key, value in totals.items()}
+    if mean_log_mel is None:
+        out.pop("log_mel_l1_mean_spectrum")
+    out["held_out_clips"] = n
+    return out

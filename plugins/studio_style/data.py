@@ -1,0 +1,107 @@
+"""Two unpaired image domains for style.cyclegan training.
+
+`--data` is either a folder with sub-folders `A/` and `B/` (the reference repository's
+trainA/trainB also work), or `photo2clipart`: domain A, the colour photographs that
+scikit-image and scikit-learn ship; domain B, Debian's openclipart-png clip art
+(`apt-get install openclipart-png`), flattened onto white.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+OPENCLIPART = Path("/usr/share/openclipart/png")
+SOURCES = "a folder with A/ and B/ (or trainA/ and trainB/) sub-folders of images, or photo2clipart"
+# colour photographs that load without a download (scikit-image's data and scikit-learn's two)
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                  "retina", "cat", "colorwheel", "logo")
+
+
+def load_domains(data: str, *, seed: int, max_b: int = 2000) -> tuple[list[Any], list[Any]]:
+    """(domain A images, domain B images) as RGB PIL images."""
+    if data == "photo2clipart":
+        return photos(), clipart(seed=seed, limit=max_b)
+    root = Path(data).expanduser()
+    for a, b in (("A", "B"), ("trainA", "trainB")):
+        if (root / a).is_dir() and (root / b).is_dir():
+            return _folder(root / a), _folder(root / b)
+    raise UserError(f"--data {data!r}: use {SOURCES}")
+
+
+def _folder(folder: Path) -> list[Any]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return [flatten(p) for p in files]
+
+
+def flatten(path: Path):
+    """An image file as RGB, transparent parts on white (as clip art is seen)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return im.convert("RGB")
+
+
+def photos() -> list[Any]:
+    try:
+        import skimage.data
+        from sklearn.datasets import load_sample_images
+    except ImportError as exc:
+        raise UserError("photo2clipart needs scikit-image and scikit-learn: pip install 'studio[train]'") from exc
+    from PIL import Image
+
+    out = [Image.fromarray(a) for a in load_sample_images().images]  # china.jpg, flower.jpg
+    for name in SKIMAGE_PHOTOS:
+        try:
+            array = getattr(skimage.data, name)()
+        except Exception:  # a few need a download; those are skipped, never fetched
+            continue
+        if array.ndim == 3 and array.shape[2] >= 3:
+            out.append(Image.fromarray(array[..., :3]))
+    return out
+
+
+def clipart(*, seed: int, limit: int) -> list[Any]:
+    import random
+
+    if not OPENCLIPART.is_dir():
+        raise UserError(f"photo2clipart needs Debian's clip art in {OPENCLIPART}: apt-get install openclipart-png")
+    files = sorted(OPENCLIPART.rglob("*.png"))
+    random.Random(seed).shuffle(files)
+    out = []
+    for path in files:
+        image = flatten(path)
+        if min(image.size) >= 96:  # icons smaller than a training crop teach little
+            out.append(image)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def random_crop(image, size: int, rng) -> Any:
+    """A `size` crop after scaling the shorter side to 1-2x `size`, flipped half the time:
+    the reference's resize-and-crop augmentation. Returns a [-1, 1] tensor (3, size, size)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    short = int(rng.integers(size, 2 * size + 1))
+    w, h = image.size
+    scale = short / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BILINEAR)
+    x = int(rng.integers(0, image.size[0] - size + 1))
+    y = int(rng.integers(0, image.size[1] - size + 1))
+    crop = np.asarray(image.crop((x, y, x + size, y + size)), dtype=np.float32) / 127.5 - 1.0
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return torch.from_numpy(crop.copy()).permute(2, 0, 1)

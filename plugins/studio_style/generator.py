@@ -1,0 +1,181 @@
+"""style.cyclegan: image-to-image style transfer with a CycleGAN ResnetGenerator.
+
+`model:` takes the embedded default, a directory (Studio's: G_A/G_B safetensors; or the
+reference repository's `latest_net_G_A.pth` / `latest_net_G.pth` files), or one `.pth`
+or `.safetensors` file. `.pth` files are read with `torch.load(weights_only=True)`:
+tensors only, no code runs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from studio import Artifact, Generator, Params, media, media_input
+from studio.errors import UserError
+from studio.generator import resolve_weights, weights_fingerprint
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "cyclegan"
+MIN_SIDE = 16  # smaller images are scaled up to this and back
+# direction -> file names tried in a directory, Studio's first, then the reference repo's
+FILES = {
+    "AtoB": ("G_A.safetensors", "latest_net_G_A.pth", "latest_net_G.pth"),
+    "BtoA": ("G_B.safetensors", "latest_net_G_B.pth"),
+}
+
+
+def resolve_model(model: str) -> str:
+    return resolve_weights(model, DEFAULT_WEIGHTS)
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors from a .safetensors or .pth file; anything else is refused."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        with warnings.catch_warnings():  # torch's note on pickle protocols says nothing a user can act on
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code and objects: say so, run nothing
+        raise UserError(f"{path.name}: not a plain state_dict of tensors, refused without running it "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path.name}: expected a state_dict (a mapping of names to tensors), got "
+                        f"{type(state).__name__}; give a CycleGAN generator checkpoint such as latest_net_G.pth")
+    return state
+
+
+def weights_file(model: str, direction: str) -> Path:
+    path = Path(resolve_model(model))
+    if path.is_file():
+        if direction == "BtoA":
+            raise UserError(f"model {model!r} is one generator file: it only goes one way; use direction AtoB, "
+                            "or give a directory with both G_A and G_B")
+        return path
+    if path.is_dir():
+        for name in FILES[direction]:
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"model directory {model!r} has none of {', '.join(FILES[direction])} "
+                        f"(direction {direction})")
+    raise UserError(f"model {model!r} not found: give 'default', a directory, or a .pth/.safetensors file")
+
+
+def load_generator(model: str, direction: str):
+    from studio_style.networks import clean_state_dict, generator_from_state_dict
+
+    path = weights_file(model, direction)
+    try:
+        return generator_from_state_dict(clean_state_dict(read_state_dict(path)))
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"{path.name}: not a CycleGAN ResnetGenerator checkpoint: {str(exc)[:300]}") from exc
+
+
+class StyleCycleGAN(Generator):
+    name = "style.cyclegan"
+    description = ("Style transfer with a CycleGAN ResnetGenerator: the embedded photo-to-clip-art "
+                   "model, or the reference implementation's published generators (.pth).")
+    outputs = {"image": media.IMAGE}
+    precisions = ("bf16", "fp16", "fp32")
+    batchable = True
+    max_batch_size = 16
+
+    class Params(Params):
+        model: str = Field("default", max_length=500, description=(
+            "'default' (embedded photo -> clip art), a directory (G_A/G_B .safetensors, or the reference "
+            "repo's latest_net_G_A.pth/latest_net_G_B.pth/latest_net_G.pth), or one .pth/.safetensors file."))
+        image: Artifact = media_input("image/*", description="The image to restyle: an upstream image or a file.")
+        direction: Literal["AtoB", "BtoA"] = Field("AtoB", description=(
+            "AtoB: the model's forward style (photo -> clip art for the default); BtoA: back, "
+            "where the model has both generators."))
+        max_size: int = Field(512, ge=16, le=4096, description=(
+            "Images with a longer side than this are processed at this size, and the result is "
+            "scaled back to the input's size."))
+
+    def model_key(self, params: Params) -> str:
+        return f"{resolve_model(params.model)}#{params.direction}"
+
+    def weights_id(self, params: Params) -> str:
+        return weights_fingerprint(params.model, DEFAULT_WEIGHTS) + params.direction
+
+    def load(self, params: Params, ctx) -> Any:
+        return load_generator(params.model, params.direction)
+
+    def generate(self, params: Params, ctx) -> dict:
+        return self.generate_batch([params], [ctx])[0]
+
+    def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
+        import torch
+
+        out: list[dict | None] = [None] * len(params)
+        images: dict[int, dict[str, Any]] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):  # one forward pass per model, direction and working size
+            images[i] = prepare(p.image.open_image(), p.max_size)
+            groups.setdefault((self.model_key(p), tuple(images[i]["tensor"].shape)), []).append(i)
+        for indexes in groups.values():
+            net = ctxs[indexes[0]].model(self, params[indexes[0]])
+            weight = next(net.parameters())
+            batch = torch.stack([to_channels(images[i]["tensor"], net.input_nc) for i in indexes])
+            with ctxs[indexes[0]].autocast():
+                result = net(batch.to(weight.device, weight.dtype)).float().cpu()
+            for i, tensor in zip(indexes, result):
+                out[i] = {"image": finish(tensor, images[i])}
+                ctxs[i].record(processed_size=list(images[i]["work_size"]))
+        return out  # type: ignore[return-value]
+
+
+def to_channels(tensor, channels: int):
+    """RGB (3, h, w) -> what the model takes: as is, or the mean for a 1-channel model."""
+    return tensor if channels == 3 else tensor.mean(dim=0, keepdim=True)
+
+
+def prepare(image, max_size: int) -> dict[str, Any]:
+    """PIL image -> a [-1, 1] RGB tensor the generator takes, no larger than `max_size`,
+    reflection-padded to a multiple of 4 (two stride-2 stages)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+    work = image.convert("RGB")
+    size = work.size
+    scale = min(1.0, max_size / max(size))
+    if min(size) * scale < MIN_SIDE:  # the network's reflection pads need a few pixels per side
+        scale = MIN_SIDE / min(size)
+    if scale != 1.0:
+        work = work.resize((max(MIN_SIDE, round(size[0] * scale)), max(MIN_SIDE, round(size[1] * scale))),
+                           Image.Resampling.LANCZOS)
+    array = np.asarray(work, dtype=np.float32) / 127.5 - 1.0  # the reference's Normalize((0.5,), (0.5,))
+    tensor = torch.from_numpy(array if array.ndim == 3 else array[..., None]).permute(2, 0, 1)
+    h, w = tensor.shape[1:]
+    pad_h, pad_w = (-h) % 4, (-w) % 4
+    if pad_h or pad_w:
+        mode = "reflect" if h > pad_h and w > pad_w else "replicate"
+        tensor = torch.nn.functional.pad(tensor[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+    return {"tensor": tensor, "work_size": (w, h), "size": size, "alpha": alpha}
+
+
+def finish(tensor, prepared: dict[str, Any]):
+    """Generator output -> PIL image at the input's size, with the input's alpha."""
+    from PIL import Image
+
+    w, h = prepared["work_size"]
+    array = ((tensor[:, :h, :w].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    image = Image.fromarray(array[..., 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
+    if image.size != prepared["size"]:
+        image = image.resize(prepared["size"], Image.Resampling.LANCZOS)
+    if prepared["alpha"] is not None:
+        image = image.convert("RGBA")
+        image.putalpha(prepared["alpha"])
+    return image

@@ -1,0 +1,15 @@
+"""Text: a GPT-style causal language model (transformers + tokenizers)."""
+
+from studio import hookimpl
+from studio_text.generator import TextGPT
+from studio_text.train import GPTTrainer
+
+
+@hookimpl
+def register_generators(register):
+    register(TextGPT)
+
+
+@hookimpl
+def register_trainers(register):
+    register(GPTTrainer)

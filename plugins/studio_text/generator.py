@@ -1,0 +1,137 @@
+"""text.gpt: text from a causal language model (transformers), prompt in, text out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from studio import Generator, Params, media
+from studio.errors import UserError
+from studio.generator import resolve_weights, weights_fingerprint
+
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gpt"
+
+
+def resolve_model(model: str) -> str:
+    return resolve_weights(model, DEFAULT_WEIGHTS)
+
+
+def load_model(model: str) -> dict[str, Any]:
+    """{"model": causal LM, "tokenizer": its tokenizer} from 'default', a directory
+    (config.json + weights + tokenizer files, as save_pretrained writes) or a hub id in
+    the local cache."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    path = resolve_model(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model {model!r} could not be loaded as a causal language model: {exc}. Give "
+                        "'default', a directory with config.json, weights and tokenizer files (as "
+                        "save_pretrained writes them), or a hub id in your Hugging Face cache") from exc
+    return {"model": lm, "tokenizer": tokenizer}
+
+
+def context_length(lm) -> int:
+    config = lm.config
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+class TextGPT(Generator):
+    name = "text.gpt"
+    description = ("A causal language model (transformers): the embedded GPT-2 trained on Shakespeare, "
+                   "or any causal LM directory or hub id. Continues `prompt`.")
+    outputs = {"text": media.TEXT}
+    precisions = ("bf16", "fp16", "fp32")
+    batchable = True
+    max_batch_size = 32
+
+    class Params(Params):
+        model: str = Field("default", max_length=500, description=(
+            "'default' (embedded GPT-2 trained on Shakespeare's plays), a causal LM directory, or a hub id."))
+        prompt: str = Field("", max_length=20000, description=(
+            "Text to continue: literal, or upstream text (${steps.<id>.outputs.text}). Empty: start fresh."))
+        max_new_tokens: int = Field(120, ge=1, le=4096, description="At most this many tokens are written.")
+        temperature: float = Field(0.8, ge=0.0, le=3.0, description="Sampling temperature; 0 is greedy decoding.")
+        top_k: int = Field(0, ge=0, le=100000, description="Sample among the k likeliest tokens; 0 = all.")
+        top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: the likeliest tokens up to this mass.")
+        repetition_penalty: float = Field(1.0, ge=1.0, le=5.0, description=(
+            "Above 1 makes tokens already in the text less likely (transformers' repetition penalty)."))
+        stop: list[str] = Field(default_factory=list, max_length=16, description=(
+            "Writing ends at the first of these strings; the string itself is not kept."))
+        include_prompt: bool = Field(True, description="Start the output with the prompt.")
+
+    def model_key(self, params: Params) -> str:
+        return resolve_model(params.model)
+
+    def weights_id(self, params: Params) -> str:
+        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
+
+    def load(self, params: Params, ctx) -> Any:
+        return load_model(params.model)
+
+    def generate(self, params: Params, ctx) -> dict:
+        return self.generate_batch([params], [ctx])[0]
+
+    def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
+        out: list[dict | None] = [None] * len(params)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):  # items that differ only in prompt and seed share a batch
+            key = (p.model, p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty, tuple(p.stop))
+            groups.setdefault(key, []).append(i)
+        for indexes in groups.values():
+            texts = self._write([params[i] for i in indexes], [ctxs[i] for i in indexes])
+            for i, text in zip(indexes, texts):
+                out[i] = {"text": text}
+        return out  # type: ignore[return-value]
+
+    def _write(self, params: list[Params], ctxs: list) -> list[str]:
+        from studio_text.sampling import Row, Settings, cut_at_stop, sample
+
+        first = params[0]
+        loaded = ctxs[0].model(self, first)
+        lm, tokenizer = loaded["model"], loaded["tokenizer"]
+        context = context_length(lm)
+        if first.max_new_tokens >= context:
+            raise UserError(f"max_new_tokens {first.max_new_tokens} does not fit the model's context of {context} "
+                            f"tokens; give at most {context - 1}")
+        room = context - first.max_new_tokens
+        eos = tokenizer.eos_token_id
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        rows = []
+        for p, ctx in zip(params, ctxs):
+            prompt = tokenizer(p.prompt, add_special_tokens=False)["input_ids"] if p.prompt else []
+            if not prompt:
+                if start is None:
+                    raise UserError("this model's tokenizer has no BOS or EOS token to start from; give a prompt")
+                prompt = [start]
+            if len(prompt) > room:  # keep the end of a long prompt: it is what gets continued
+                ctx.record(prompt_tokens_dropped=len(prompt) - room)
+                prompt = prompt[-room:]
+            rows.append(Row(prompt=prompt, generator=ctx.torch_generator()))
+        settings = Settings(max_new_tokens=first.max_new_tokens, temperature=first.temperature, top_k=first.top_k,
+                            top_p=first.top_p, repetition_penalty=first.repetition_penalty, stop=list(first.stop))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else 0)
+
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        with ctxs[0].autocast():
+            sample(lm, rows, settings, eos_id=eos, pad_id=pad, decode=decode,
+                   on_step=lambda done, total: [c.progress(done, total) for c in ctxs])
+        texts = []
+        for p, ctx, row in zip(params, ctxs, rows):
+            new = cut_at_stop(decode(row.new), p.stop)
+            ctx.record(new_tokens=len(row.new), stopped_by=row.stopped_by or "max_new_tokens")
+            texts.append(p.prompt + new if p.include_prompt else new)
+        return texts
