@@ -98,6 +98,7 @@ class ModelCache:
         self._models: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
         self.loads = 0
         self.hits = 0
+        self.evictions = 0
 
     def get(self, key: Any, load: Callable[[], Any]) -> Any:
         if key in self._models:
@@ -122,6 +123,7 @@ class ModelCache:
 
     def _evict(self, key: Any) -> None:
         del self._models[key]
+        self.evictions += 1
         gc.collect()
         if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
             sys.modules["torch"].cuda.empty_cache()
@@ -134,11 +136,14 @@ class ModelCache:
 class Runtime:
     """One per run: where models live and in what precision."""
 
-    def __init__(self, device: str = "auto", precision: str = "auto", max_model_bytes: int | None = None):
+    def __init__(self, device: str = "auto", precision: str = "auto", max_model_bytes: int | None = None, *,
+                 max_ram_bytes: int | None = None, max_vram_bytes: int | None = None):
         self.requested_device = device
         self.requested_precision = precision
         self._device: str | None = None
         self._max_model_bytes = max_model_bytes
+        self._max_ram_bytes = max_ram_bytes  # the model cache's budget when models live on the CPU
+        self._max_vram_bytes = max_vram_bytes  # ... and when they live on a GPU
         self._models: ModelCache | None = None
 
     @property
@@ -152,6 +157,8 @@ class Runtime:
     def models(self) -> ModelCache:
         if self._models is None:
             budget = self._max_model_bytes
+            if budget is None:
+                budget = self._max_vram_bytes if self.device.startswith("cuda") else self._max_ram_bytes
             self._models = ModelCache(budget if budget is not None else default_budget(self.device))
         return self._models
 
@@ -195,7 +202,19 @@ class Runtime:
         torch = sys.modules.get("torch")
         if torch is not None and self._device and self._device.startswith("cuda"):
             out["gpu"] = torch.cuda.get_device_name(self._device)
+        cache = self._models
+        budget = cache.max_bytes if cache is not None else self._requested_budget()
+        if cache is not None or budget is not None:
+            out["model_cache"] = {"budget_gb": round(budget / 2**30, 2) if budget else None,
+                                  **({"loads": cache.loads, "hits": cache.hits, "evictions": cache.evictions}
+                                     if cache is not None else {})}
         return out
+
+    def _requested_budget(self) -> int | None:
+        if self._max_model_bytes is not None:
+            return self._max_model_bytes
+        on_gpu = (self._device or self.requested_device).startswith("cuda")
+        return self._max_vram_bytes if on_gpu else self._max_ram_bytes
 
 
 def default_budget(device: str) -> int:

@@ -96,3 +96,22 @@ def test_torch_free_pipelines_do_not_choose_a_device(tmp_path):
     manifest = json.loads(result.manifest_path.read_text())
     assert manifest["runtime"]["device"] == "none (no generator used torch)"
     assert manifest["runtime"]["requested_device"] == "auto"
+
+
+def test_cli_memory_budgets_reach_the_model_cache(tmp_path, monkeypatch):
+    """--max-ram-gb bounds the model cache on the CPU, and the manifest says so."""
+    import json
+
+    from click.testing import CliRunner
+
+    import studio.api
+    from studio.cli import cli
+    from studio.testing import FakePlugin, make_host
+
+    monkeypatch.setattr(studio.api, "_host", make_host([("fake", FakePlugin())]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("name: p\ndevice: cpu\nsteps:\n  - {id: a, uses: fake.image}\n")
+    result = CliRunner().invoke(cli, ["run", "p.yaml", "-q", "--max-ram-gb", "0.5"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / result.output.strip() / "manifest.json").read_text())
+    assert manifest["runtime"]["model_cache"]["budget_gb"] == 0.5

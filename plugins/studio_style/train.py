@@ -53,7 +53,7 @@ class CycleGANTrainer(Trainer):
         import numpy as np
         import torch
 
-        from studio_style.data import load_domains
+        from studio_style.data import load_domains, random_crop, split_held_out
         from studio_style.networks import NLayerDiscriminator, ResnetGenerator, init_weights
 
         opts = self.config.options
@@ -63,8 +63,7 @@ class CycleGANTrainer(Trainer):
         domain_a, domain_b = load_domains(self.config.data, seed=self.config.seed)
         if len(domain_a) < 2 or len(domain_b) < 2:
             raise ValueError("each domain needs at least 2 images")
-        held = max(1, len(domain_a) // 6)  # the last photos never train: the cycle metric uses them
-        self.train_a, self.test_a = domain_a[:-held], domain_a[-held:]
+        self.train_a, self.test_a = split_held_out(domain_a)
         self.train_b = domain_b
         self.np_rng = np.random.default_rng(self.config.seed)
         torch.manual_seed(self.config.seed)
@@ -80,8 +79,6 @@ class CycleGANTrainer(Trainer):
             "D": torch.optim.Adam(list(self.D_A.parameters()) + list(self.D_B.parameters()), **adam)}
         self.pool_a, self.pool_b = ImagePool(50, self.config.seed), ImagePool(50, self.config.seed + 1)
         test_rng = np.random.default_rng(1234)
-        from studio_style.data import random_crop
-
         self.test_crops = torch.stack([random_crop(img, self.size, test_rng)
                                        for img in self.test_a for _ in range(8)])
         self.counts = {"photos_train": len(self.train_a), "photos_held_out": len(self.test_a), "b_images": len(domain_b)}
