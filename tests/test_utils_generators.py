@@ -86,6 +86,17 @@ def test_grid_lays_two_swept_parameters_out_as_xy(tmp_path, studio_context):
     assert labelled.width > sheet.width and labelled.height > sheet.height  # room for the axis labels
 
 
+def test_grid_labels_with_line_breaks_are_drawn_on_one_line(tmp_path, studio_context):
+    arts = []
+    for speaker in ("HAMLET.\n", "KING.\n\n"):
+        for seed in (1, 2):
+            p = tmp_path / f"{speaker.strip()}-{seed}.png"
+            Image.new("RGB", (16, 16), "white").save(p)
+            arts.append(artifact(p, {"template": speaker, "seed": seed}))
+    sheet = ImageGrid().generate(ImageGrid.Params(images=arts, cell_size=16), studio_context())["image"]
+    assert sheet.width > 2 * 16 and sheet.height > 2 * 16
+
+
 def test_grid_of_unlabelled_images_is_square(tmp_path, studio_context):
     p = tmp_path / "a.png"
     Image.new("RGB", (8, 8), "blue").save(p)

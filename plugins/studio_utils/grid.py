@@ -16,7 +16,7 @@ class ImageGrid(Generator):
     )
     outputs = {"image": media.IMAGE}
     uses_device = False
-    version = "2"  # 2: column keys move to the corner when "key=value" does not fit
+    version = "3"  # 2: column keys move to the corner when "key=value" does not fit; 3: labels on one line
 
     class Params(Params):
         images: list[Artifact] = media_input(
@@ -82,7 +82,9 @@ class ImageGrid(Generator):
 
 
 def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+    """A label value on one line: PIL measures and draws single lines only."""
+    text = repr(value) if isinstance(value, float) else str(value)
+    return " ".join(text.split())
 
 
 def _varying_keys(labels: list[dict[str, Any]]) -> list[str]:
