@@ -46,12 +46,14 @@ def load(
     seed: int | None = None,
     device: str | None = None,
     precision: str | None = None,
+    compile: bool | None = None,
     host: Host | None = None,
 ) -> Pipeline:
     """Read and validate a pipeline. Raises PipelineError listing every problem.
     `overrides` are "STEP.PARAM=VALUE" strings, as `--set` takes them."""
     host = host or default_host()
-    spec = load_spec(path, host, overrides=list(overrides), seed=seed, device=device, precision=precision)
+    spec = load_spec(path, host, overrides=list(overrides), seed=seed, device=device, precision=precision,
+                     compile=compile)
     return Pipeline(spec, host)
 
 

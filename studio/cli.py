@@ -67,19 +67,23 @@ def cli() -> None:
 @click.option("--no-cache", is_flag=True, help="Recompute every step instead of reusing finished ones.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; print only the run directory.")
 @click.option("--json-events", is_flag=True, help="Print one JSON object per event on stdout.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile every step's models (CUDA graphs on a GPU); the manifest reports "
+                   "the first batch's time, which includes compiling.")
 @click.option("--max-ram-gb", type=click.FloatRange(0.1, 100000), metavar="GB",
               help="Memory for loaded models on the CPU; least recently used models are unloaded "
                    "beyond it. Default: half the machine's memory.")
 @click.option("--max-vram-gb", type=click.FloatRange(0.1, 100000), metavar="GB",
               help="The same on a GPU. Default: 80% of the GPU's memory.")
-def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, max_ram_gb,
+def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, compile_, max_ram_gb,
         max_vram_gb) -> None:
     """Run PIPELINE and write its outputs under OUT."""
     from studio import api
     from studio.events import sink_for
     from studio.runtime import Runtime
 
-    loaded = api.load(pipeline, overrides=overrides, seed=seed, device=device, precision=precision, host=_host())
+    loaded = api.load(pipeline, overrides=overrides, seed=seed, device=device, precision=precision,
+                      compile=True if compile_ else None, host=_host())
     runtime = Runtime(loaded.spec.device, loaded.spec.precision,
                       max_ram_bytes=None if max_ram_gb is None else int(max_ram_gb * 2**30),
                       max_vram_bytes=None if max_vram_gb is None else int(max_vram_gb * 2**30))

@@ -187,14 +187,17 @@ class Executor:
                 continue
             ctx = StepContext(
                 step_id=step.id, item_name=item.name, seed=item.seed, runtime=self.runtime,
-                precision=precision, labels=item.labels,
+                precision=precision, labels=item.labels, compile=step.compile and gen.uses_device,
                 on_progress=lambda done, total, name=item.name: self.events.emit(
                     "item_progress", step=step.id, item=name, done=done, total=total),
             )
             todo.append(ItemRun(item, params, ctx, item_dir, key))
         size = gen.max_batch_size if gen.batchable else 1
         for start in range(0, len(todo), size):
+            began = time.perf_counter()
             self._run_batch(StepRun(step.id, step.uses, plugin, gen, self.runtime, precision, todo[start:start + size]))
+            if step.compile and start == 0:  # compiling happens on the first call: say what it cost
+                self.runtime.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
         self.events.emit("step_done", step=step.id)
 
     def _run_batch(self, run: StepRun) -> None:

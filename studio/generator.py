@@ -108,6 +108,7 @@ class StepContext:
         precision: str,
         labels: dict[str, Any] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        compile: bool = False,
     ):
         self.step_id = step_id
         self.item_name = item_name
@@ -116,6 +117,7 @@ class StepContext:
         self.precision = precision
         self.labels = labels or {}
         self._on_progress = on_progress
+        self.compile = compile  # torch.compile the models this item loads
         self.notes: dict[str, Any] = {}
 
     @property
@@ -141,8 +143,8 @@ class StepContext:
     def model(self, generator: Generator, params: Params) -> Any:
         """The loaded model for these params, from the runtime's cache."""
         return self.runtime.models.get(
-            (generator.name, generator.model_key(params), self.device, self.precision),
-            lambda: self.runtime.prepare(generator.load(params, self), self.precision),
+            (generator.name, generator.model_key(params), self.device, self.precision, self.compile),
+            lambda: self.runtime.prepare(generator.load(params, self), self.precision, compile=self.compile),
         )
 
     def autocast(self):

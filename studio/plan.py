@@ -70,6 +70,7 @@ class PlanStep:
     uses: str
     items: list[PlanItem] = field(default_factory=list)
     depends_on: tuple[str, ...] = ()
+    compile: bool = False
 
 
 @dataclass
@@ -274,7 +275,8 @@ def build_plan(spec: PipelineSpec, host: Host) -> Plan:
             items.append(PlanItem(step.id, index, name, "", labels, params, seed, explicit is None, deps))
         _name_dirs(step.id, items)
         items_of[step.id] = items
-        steps.append(PlanStep(step.id, step.uses, items, tuple(dict.fromkeys(r.step for _, r in step_refs(step)))))
+        steps.append(PlanStep(step.id, step.uses, items, tuple(dict.fromkeys(r.step for _, r in step_refs(step))),
+                              spec.compile if step.compile is None else step.compile))
     return Plan(spec, steps)
 
 

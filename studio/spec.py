@@ -20,8 +20,8 @@ from studio.yamlfile import Locations, load_yaml
 if TYPE_CHECKING:
     from studio.plugins import Host
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "steps")
-STEP_KEYS = ("id", "uses", "description", "with", "sweep", "zip")
+TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "steps")
+STEP_KEYS = ("id", "uses", "description", "compile", "with", "sweep", "zip")
 DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEP_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -38,6 +38,7 @@ class StepSpec:
     zip: dict[str, list] = field(default_factory=dict)
     description: str | None = None
     index: int = 0  # position in the YAML list, for locations
+    compile: bool | None = None  # None: the pipeline's `compile:`
 
 
 @dataclass
@@ -47,6 +48,7 @@ class PipelineSpec:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False  # torch.compile the models of every step (a step's `compile:` wins)
     description: str | None = None
     source: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative input files resolve here
@@ -96,6 +98,7 @@ def load_spec(
     seed: int | None = None,
     device: str | None = None,
     precision: str | None = None,
+    compile: bool | None = None,
 ) -> PipelineSpec:
     """Read and validate a pipeline file; raise PipelineError with every issue."""
     path = Path(path)
@@ -103,10 +106,10 @@ def load_spec(
     data, locs, issues = load_yaml(text, str(path))
     if issues and data is None:
         raise PipelineError(issues)
-    for name, value in (("seed", seed), ("device", device), ("precision", precision)):
+    for name, value in (("seed", seed), ("device", device), ("precision", precision), ("compile", compile)):
         if value is not None and isinstance(data, dict):
             data[name] = value
-            locs.origins[(name,)] = f"--{name} {value}"
+            locs.origins[(name,)] = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
     if isinstance(data, dict) and isinstance(data.get("steps"), list):
         issues += _apply_overrides(data, locs, overrides)
     spec, more = build_spec(data, locs, host, base_dir=path.resolve().parent)
@@ -170,6 +173,9 @@ def build_spec(
     precision = data.get("precision", "auto")
     if precision not in PRECISIONS:
         issues.append(locs.issue(("precision",), f"got {precision!r}; allowed: {' | '.join(PRECISIONS)}"))
+    compile_all = data.get("compile", False)
+    if not isinstance(compile_all, bool):
+        issues.append(locs.issue(("compile",), f"got {compile_all!r}; allowed: true | false"))
     description = data.get("description")
     steps_data = data.get("steps")
     steps: list[StepSpec] = []
@@ -185,7 +191,7 @@ def build_spec(
                 steps.append(step)
     spec = PipelineSpec(
         name=name, steps=steps, seed=seed, device=device, precision=precision,
-        description=description, base_dir=base_dir, locations=locs, data=data,
+        compile=compile_all is True, description=description, base_dir=base_dir, locations=locs, data=data,
     )
     return spec, issues
 
@@ -238,9 +244,15 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
         sections[section] = value
     if gen_cls is not None:
         _check_params(at, label, gen_cls, sections, locs, base_dir, issues, check_required=sections_ok)
+    compile_step = raw.get("compile")
+    if compile_step is not None and not isinstance(compile_step, bool):
+        issues.append(locs.issue(at + ("compile",), f"got {compile_step!r}; allowed: true | false "
+                                                    "(torch.compile this step's models)", label))
+        compile_step = None
     if not isinstance(step_id, str) or first_line.get(step_id) != locs.lines.get(at + ("id",)):
         return None  # no usable id: graph checks cannot refer to this step
-    return StepSpec(step_id, uses, sections["with"], sections["sweep"], sections["zip"], raw.get("description"), i)
+    return StepSpec(step_id, uses, sections["with"], sections["sweep"], sections["zip"], raw.get("description"), i,
+                    compile_step)
 
 
 def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_required=True) -> None:

@@ -25,7 +25,9 @@ def test_default_reconstructs_unheard_notes_better_than_the_baselines():
 
     vae = load_vae("default").eval()
     assert (vae.config.sampling_rate, vae.config.audio_channels) == (16000, 1)
-    clips = torch.from_numpy(np.stack(gm_notes(count=12, sample_rate=16000, clip_s=1.0, seed=99)))
-    metrics = reconstruction_metrics(vae, clips, 16000, log_mel(clips, 16000).mean(dim=(0, 2)))
+    clips = torch.from_numpy(np.stack(gm_notes(count=16, sample_rate=16000, clip_s=2.0, seed=99)))
+    # the spectrum-only baseline knows the average of other clips, as one trained on them would
+    others = torch.from_numpy(np.stack(gm_notes(count=32, sample_rate=16000, clip_s=2.0, seed=98)))
+    metrics = reconstruction_metrics(vae, clips, 16000, log_mel(others, 16000).mean(dim=(0, 2)))
     assert metrics["stft"] < 0.6 * metrics["stft_silence"]
-    assert metrics["log_mel_l1"] < metrics["log_mel_l1_mean_spectrum"]
+    assert metrics["log_mel_l1"] < 0.85 * metrics["log_mel_l1_mean_spectrum"]

@@ -56,6 +56,10 @@ def outputs(result, step_id="v"):
     return [soundfile.read(a.path, dtype="float32") for a in result.artifacts(step_id)]
 
 
+def rms(samples):
+    return float(np.sqrt(np.mean(samples ** 2)))
+
+
 def notes(result, step_id="v"):
     return [item["notes"] for item in json.loads(result.manifest_path.read_text())["steps"][step_id]["items"]]
 
@@ -86,7 +90,7 @@ def test_reconstruct_decodes_the_encoders_mean(tiny_vae, tmp_path):
     from diffusers import AutoencoderOobleck
 
     path = tone(tmp_path / "a.wav")
-    (got, _), = outputs(run(tmp_path, [vae_step(tiny_vae, mode="reconstruct", audio="a.wav")]))
+    (got, _), = outputs(run(tmp_path, [vae_step(tiny_vae, mode="reconstruct", audio="a.wav", loudness="as_decoded")]))
     vae = AutoencoderOobleck.from_pretrained(tiny_vae)
     x = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None, None]
     with torch.no_grad():
@@ -94,6 +98,17 @@ def test_reconstruct_decodes_the_encoders_mean(tiny_vae, tmp_path):
     peak = np.abs(expected).max()
     expected = expected * min(1.0, 0.99 / peak)  # the output is scaled down only if it would clip
     assert np.abs(got - expected).max() < 2 / 32768  # 16-bit WAV rounding
+
+
+def test_outputs_take_the_loudness_of_their_input_unless_asked_not_to(tiny_vae, tmp_path):
+    tone(tmp_path / "a.wav", level=0.25)
+    result = run(tmp_path, [vae_step(tiny_vae, mode="variation", audio="a.wav"),
+                            vae_step(tiny_vae, "raw", mode="variation", audio="a.wav", loudness="as_decoded")])
+    (matched, _), = outputs(result)
+    (raw, _), = outputs(result, "raw")
+    assert abs(rms(matched) - 0.25 / np.sqrt(2)) < 0.005  # a sine's RMS is peak / sqrt 2
+    assert abs(rms(raw) - rms(matched)) > 0.01
+    assert notes(result)[0]["loudness_gain_db"] != 0
 
 
 def test_interpolation_as_one_file_and_as_a_sequence(tiny_vae, tmp_path):

@@ -115,3 +115,38 @@ def test_cli_memory_budgets_reach_the_model_cache(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / result.output.strip() / "manifest.json").read_text())
     assert manifest["runtime"]["model_cache"]["budget_gb"] == 0.5
+
+
+def test_compile_gives_the_eager_output_and_reports_the_first_batch(tmp_path):
+    """`compile: true` torch.compiles the step's models in place; the image is the
+    eager one (up to float reassociation), and the manifest says what compiling cost."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from studio.testing import run_yaml
+
+    steps = [{"id": "eager", "uses": "image.gan", "with": {"seed": 4}},
+             {"id": "compiled", "uses": "image.gan", "compile": True, "with": {"seed": 4}}]
+    result = run_yaml(json.dumps({"name": "c", "device": "cpu", "steps": steps}), tmp_path)
+    assert result.status == "done", [r.error for r in result.failed]
+    eager, compiled = (np.asarray(Image.open(result.artifacts(s)[0].path), dtype=int) for s in ("eager", "compiled"))
+    assert np.abs(eager - compiled).max() <= 2
+    report = json.loads(result.manifest_path.read_text())["runtime"]["compile"]
+    assert report["modules"] >= 1 and report["first_batch_s (includes compiling)"]["compiled"] > 0
+
+
+def test_compile_must_be_a_boolean(write_yaml):
+    import pytest
+
+    from studio.errors import PipelineError
+    from studio.spec import load_spec
+    from studio.testing import make_host
+
+    path = write_yaml("name: c\ncompile: yes please\nsteps:\n  - {id: a, uses: image.gan, compile: 3}\n")
+    with pytest.raises(PipelineError) as caught:
+        load_spec(path, make_host())
+    text = str(caught.value)
+    assert "pipeline.yaml:2: compile: got 'yes please'; allowed: true | false" in text
+    assert "steps[0].compile (step 'a'): got 3; allowed: true | false" in text

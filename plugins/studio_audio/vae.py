@@ -73,8 +73,8 @@ class AudioVAE(Generator):
                    "new audio from the prior, make variations of a clip, interpolate between two clips, "
                    "or reconstruct one. Input audio of any rate and channel count is converted.")
     outputs = {"audio": media.AUDIO}
-    precisions = ("bf16", "fp32")  # not fp16: see the model card (activations leave fp16's range)
-    version = "1"
+    precisions = ("bf16", "fp16", "fp32")  # the NaN guard catches a checkpoint that overflows fp16
+    version = "2"  # 2: loudness matched to the input by default
 
     class Params(Params):
         model: str = Field("default", max_length=500, description=(
@@ -99,6 +99,9 @@ class AudioVAE(Generator):
             "Decode only this point between `audio` (0) and `audio_b` (1); sweep it to get a sequence "
             "of files (mode interpolate)."))
         max_input_s: float = Field(30.0, gt=0.0, le=600.0, description="Longer inputs are cut to this many seconds.")
+        loudness: Literal["match_input", "as_decoded"] = Field("match_input", description=(
+            "match_input: scale the output to the RMS level of its input(s) (variation, reconstruct, "
+            "interpolate); as_decoded: leave the decoder's level. Either way the peak never clips."))
 
         @model_validator(mode="after")
         def inputs_fit_the_mode(self):
@@ -135,6 +138,7 @@ class AudioVAE(Generator):
                 shape = (1, int(vae.config.decoder_input_channels), frames)
                 z = torch.randn(shape, generator=ctx.torch_generator()) * params.temperature
                 audio = decode(vae, z)[:, : round(params.duration_s * rate)]
+                target = None
             elif params.mode in ("variation", "reconstruct"):
                 clip = self._input(params.audio, params, rate, channels, hop, ctx, "audio")
                 mean = encode(vae, clip)
@@ -142,8 +146,12 @@ class AudioVAE(Generator):
                 if params.mode == "variation" and params.strength > 0:
                     z = mean + params.strength * torch.randn(mean.shape, generator=ctx.torch_generator())
                 audio = decode(vae, z)[:, : clip.shape[1]]
+                target = rms(clip)
             else:
-                audio = self._interpolate(vae, params, rate, channels, hop, ctx)
+                audio, target = self._interpolate(vae, params, rate, channels, hop, ctx)
+        if params.loudness == "match_input" and target is not None:
+            audio, gain_db = match_rms(audio, target)
+            ctx.record(loudness_gain_db=gain_db)
         audio, scaled_db = limit_peak(audio)
         ctx.record(sample_rate=rate, channels=channels, seconds=round(audio.shape[1] / rate, 3),
                    **({"scaled_down_db": scaled_db} if scaled_db else {}))
@@ -169,7 +177,10 @@ class AudioVAE(Generator):
         points = [params.position] if params.position is not None else torch.linspace(0, 1, params.frames).tolist()
         segments = [decode(vae, torch.lerp(za, zb, t))[:, :length] for t in points]
         ctx.record(points=[round(t, 4) for t in points], segment_s=round(length / rate, 3))
-        return join(segments, round(CROSSFADE_S * rate))
+        if params.loudness == "match_input":  # each point at the level between the two inputs'
+            level_a, level_b = rms(a[:, :length]), rms(b[:, :length])
+            segments = [match_rms(seg, level_a + t * (level_b - level_a))[0] for seg, t in zip(segments, points)]
+        return join(segments, round(CROSSFADE_S * rate)), None
 
 
 def encode(vae, clip) -> Any:
@@ -203,6 +214,20 @@ def join(segments: list, crossfade: int) -> Any:
         mixed = out[:, -n:] * torch.cos(ramp * torch.pi / 2) + seg[:, :n] * torch.sin(ramp * torch.pi / 2)
         out = torch.cat([out[:, :-n], mixed, seg[:, n:]], dim=1)
     return out
+
+
+def rms(audio) -> float:
+    return float(audio.pow(2).mean().sqrt())
+
+
+def match_rms(audio, target: float) -> tuple[Any, float]:
+    """Scale `audio` to RMS `target`; (audio, gain in dB). Silence stays silence."""
+    import math
+
+    level = rms(audio)
+    if level < 1e-9 or target < 1e-9:
+        return audio, 0.0
+    return audio * (target / level), round(20 * math.log10(target / level), 2)
 
 
 def limit_peak(audio, ceiling: float = 0.99) -> tuple[Any, float]:

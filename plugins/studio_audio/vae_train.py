@@ -1,7 +1,7 @@
 """Trains audio.vae: an AutoencoderOobleck learns to reconstruct short windows of audio.
 
-Loss = multi-resolution STFT distance (auraloss: spectral convergence + log magnitude at
-four FFT sizes) + kl_weight x KL(q(z|x) || N(0, I)), with z drawn by the
+Loss = multi-resolution STFT distance (auraloss: spectral convergence + log magnitude +
+linear magnitude at four FFT sizes) + kl_weight x KL(q(z|x) || N(0, I)), with z drawn by the
 reparameterization trick (diffusers' OobleckDiagonalGaussianDistribution.sample).
 No adversarial loss: it keeps training small and stable, at the price of some buzz.
 """
@@ -16,11 +16,15 @@ from studio.training import Trainer
 FFT_SIZES = [2048, 1024, 512, 256]
 
 
-def stft_loss():
+def stft_loss(linear_magnitude: float = 0.0):
+    """auraloss' multi-resolution STFT distance: spectral convergence + log magnitude
+    (+ `linear_magnitude` x linear magnitude, which weighs the loud partials that log
+    magnitude alone leaves to the noise floor)."""
     import auraloss
 
     return auraloss.freq.MultiResolutionSTFTLoss(
-        fft_sizes=FFT_SIZES, hop_sizes=[n // 4 for n in FFT_SIZES], win_lengths=FFT_SIZES)
+        fft_sizes=FFT_SIZES, hop_sizes=[n // 4 for n in FFT_SIZES], win_lengths=FFT_SIZES,
+        w_lin_mag=linear_magnitude)
 
 
 def log_mel(audio, sample_rate: int):
@@ -50,7 +54,8 @@ class VAETrainer(Trainer):
         opts = self.config.options
         self.sample_rate = int(opts.get("sample_rate", 16000))
         self.window = int(opts.get("window", 8192))
-        self.kl_weight = float(opts.get("kl_weight", 1e-3))
+        self.kl_weight = float(opts.get("kl_weight", 1e-4))
+        self.linear_magnitude = float(opts.get("linear_magnitude", 1.0))
         clip_s = float(opts.get("clip_s", 2.0))
         cache = self.config.out / "training" / "clips.npy"
         if cache.is_file():  # synthesizing the data takes a while; a resumed run reuses it
@@ -74,7 +79,7 @@ class VAETrainer(Trainer):
                 encoder_hidden_size=hidden, downsampling_ratios=ratios, channel_multiples=multiples,
                 decoder_channels=int(opts.get("decoder_channels", 24)), decoder_input_channels=hidden // 2,
                 audio_channels=1, sampling_rate=self.sample_rate).to(self.device)
-        self.loss_fn = stft_loss().to(self.device)
+        self.loss_fn = stft_loss(self.linear_magnitude).to(self.device)
         self.modules = {"vae": self.vae}
         self.optimizers = {"vae": torch.optim.AdamW(self.vae.parameters(), lr=self.lr, betas=(0.8, 0.99),
                                                     weight_decay=0.0)}
@@ -114,7 +119,8 @@ class VAETrainer(Trainer):
 
     def export(self, out: Path) -> None:
         self.vae.save_pretrained(out)  # config.json + diffusion_pytorch_model.safetensors
-        (out / "studio.json").write_text(json.dumps({"data": self.config.data, "kl_weight": self.kl_weight}))
+        (out / "studio.json").write_text(json.dumps({"data": self.config.data, "kl_weight": self.kl_weight,
+                                                     "linear_magnitude": self.linear_magnitude}))
 
 
 def reconstruction_metrics(vae, clips, sample_rate: int, mean_log_mel=None, batch: int = 16) -> dict[str, float]:

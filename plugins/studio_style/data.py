@@ -15,13 +15,14 @@ from studio.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OPENCLIPART = Path("/usr/share/openclipart/png")
+MAX_SIDE = 384
 SOURCES = "a folder with A/ and B/ (or trainA/ and trainB/) sub-folders of images, or photo2clipart"
 # colour photographs that load without a download (scikit-image's data and scikit-learn's two)
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                   "retina", "cat")
 
 
-def load_domains(data: str, *, seed: int, max_b: int = 2000) -> tuple[list[Any], list[Any]]:
+def load_domains(data: str, *, seed: int, max_b: int = 1000) -> tuple[list[Any], list[Any]]:
     """(domain A images, domain B images) as RGB PIL images."""
     if data == "photo2clipart":
         return photos(), clipart(seed=seed, limit=max_b)
@@ -46,8 +47,9 @@ def _folder(folder: Path) -> list[Any]:
     return [flatten(p) for p in files]
 
 
-def flatten(path: Path):
-    """An image file as RGB, transparent parts on white (as clip art is seen)."""
+def flatten(path: Path, max_side: int = MAX_SIDE):
+    """An image file as RGB, transparent parts on white (as clip art is seen), no larger
+    than `max_side` (training crops are small; thousands of full-size images are not)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -55,8 +57,11 @@ def flatten(path: Path):
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             rgba = im.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return im.convert("RGB")
+            image = Image.alpha_composite(white, rgba).convert("RGB")
+        else:
+            image = im.convert("RGB")
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
 
 
 def photos() -> list[Any]:
@@ -75,11 +80,15 @@ def photos() -> list[Any]:
             continue
         if array.ndim == 3 and array.shape[2] >= 3:
             out.append(Image.fromarray(array[..., :3]))
+    for image in out:
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     return out
 
 
 def clipart(*, seed: int, limit: int) -> list[Any]:
     import random
+
+    from PIL import Image
 
     if not OPENCLIPART.is_dir():
         raise UserError(f"photo2clipart needs Debian's clip art in {OPENCLIPART}: apt-get install openclipart-png")
@@ -87,7 +96,10 @@ def clipart(*, seed: int, limit: int) -> list[Any]:
     random.Random(seed).shuffle(files)
     out = []
     for path in files:
-        image = flatten(path)
+        try:
+            image = flatten(path)
+        except (OSError, Image.DecompressionBombError):  # a few files are huge or damaged: skip them
+            continue
         if min(image.size) >= 96:  # icons smaller than a training crop teach little
             out.append(image)
         if len(out) >= limit:
