@@ -15,6 +15,8 @@ PIPELINE = {"name": "families", "device": "cpu", "steps": [
     {"id": "gan", "uses": "image.gan"},
     {"id": "tune", "uses": "music.transformer", "with": {"duration_s": 1}},
     {"id": "sound", "uses": "audio.vae", "with": {"mode": "sample", "duration_s": 0.5}},
+    {"id": "words", "uses": "text.gpt", "with": {"max_new_tokens": 5}},
+    {"id": "styled", "uses": "style.cyclegan", "with": {"image": "${steps.gan.outputs.image}"}},
 ]}
 
 
@@ -22,8 +24,8 @@ def test_three_runs_in_one_process_free_every_model(tmp_path, monkeypatch):
     loaded: list[weakref.ref] = []
     prepare = Runtime.prepare
 
-    def tracking_prepare(self, model, precision):
-        model = prepare(self, model, precision)
+    def tracking_prepare(self, model, precision, **kwargs):
+        model = prepare(self, model, precision, **kwargs)
         parts = model.values() if isinstance(model, dict) else [model]
         loaded.extend(weakref.ref(p) for p in parts if isinstance(p, torch.nn.Module))
         return model
@@ -35,4 +37,4 @@ def test_three_runs_in_one_process_free_every_model(tmp_path, monkeypatch):
         del result
         gc.collect()
         assert loaded and all(ref() is None for ref in loaded), "a model outlived its run"
-    assert len(loaded) >= 3 * 4  # every family loaded a module in every run
+    assert len(loaded) >= 3 * 6  # every family loaded a module in every run
