@@ -78,6 +78,18 @@ class Trainer:
     def export(self, out: Path) -> None:
         raise NotImplementedError
 
+    def optimize(self, loss, optimizer: str, *, clip: float | None = None) -> None:
+        """One update of `self.optimizers[optimizer]` from `loss`: clear the gradients,
+        backpropagate, clip their norm to `clip` (over the optimizer's parameters), step."""
+        import torch
+
+        opt = self.optimizers[optimizer]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+        opt.step()
+
     def learning_rate(self, step: int) -> float:
         """Linear warm-up, then cosine decay to a tenth."""
         warmup = min(100, self.steps // 10)
@@ -227,3 +239,21 @@ class _progress:
     def close(self) -> None:
         if self.bar:
             self.bar.stop()
+
+
+def causal_lm_nll(model, ids, window: int, device: str) -> tuple[float, int]:
+    """(summed next-token negative log-likelihood in nats, tokens scored) of a causal LM
+    over `ids` (a 1-D tensor), read in consecutive windows of `window` tokens."""
+    import torch
+
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, window):
+            chunk = ids[start:start + window + 1].to(device)
+            if len(chunk) < 2:
+                continue
+            logits = model(input_ids=chunk[None, :-1]).logits[0]
+            total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
+            count += len(chunk) - 1
+    return total, count

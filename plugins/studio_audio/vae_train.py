@@ -97,8 +97,6 @@ class VAETrainer(Trainer):
         return batch[:, None].to(self.device)
 
     def train_step(self, step: int) -> dict[str, float]:
-        import torch
-
         x = self._batch()
         self.vae.train()
         posterior = self.vae.encode(x).latent_dist
@@ -107,11 +105,7 @@ class VAETrainer(Trainer):
         recon = self.loss_fn(y, x)
         kl = posterior.kl()
         loss = recon + self.kl_weight * kl
-        optimizer = self.optimizers["vae"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
-        optimizer.step()
+        self.optimize(loss, "vae", clip=1.0)
         return {"loss": loss.item(), "stft": recon.item(), "kl": kl.item()}
 
     def evaluate(self) -> dict[str, float]:

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from studio.training import Trainer
+from studio.training import Trainer, causal_lm_nll
 
 WINDOW = 256
 
@@ -71,27 +71,12 @@ class MusicTrainer(Trainer):
         batch = torch.stack([self._transpose(self.stream[s:s + WINDOW + 1]) for s in starts]).to(self.device)
         self.model.train()
         loss = self.model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss  # HF shifts labels itself
-        optimizer = self.optimizers["model"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        optimizer.step()
+        self.optimize(loss, "model", clip=1.0)
         return {"loss": loss.item()}
 
     def evaluate(self) -> dict[str, float]:
         """Held-out negative log-likelihood per event (nats), against a unigram model."""
-        import torch
-
-        self.model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(self.test_stream) - 1, WINDOW):
-                chunk = self.test_stream[start:start + WINDOW + 1].to(self.device)
-                if len(chunk) < 2:
-                    continue
-                logits = self.model(input_ids=chunk[None, :-1]).logits[0]
-                total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
-                count += len(chunk) - 1
+        total, count = causal_lm_nll(self.model, self.test_stream, WINDOW, self.device)
         nll = total / count
         return {"held_out_nll_per_event": nll, "unigram_nll_per_event": self.unigram_nll,
                 "held_out_perplexity": math.exp(nll), "pieces": self.pieces, "events": self.events}

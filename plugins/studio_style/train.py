@@ -111,9 +111,7 @@ class CycleGANTrainer(Trainer):
         cycle = l1_loss(self.G_B(fake_b), real_a) + l1_loss(self.G_A(fake_a), real_b)
         identity = l1_loss(self.G_A(real_b), real_b) + l1_loss(self.G_B(real_a), real_a)
         loss_g = gan + CYCLE * cycle + CYCLE * IDENTITY * identity
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.optimizers["G"].step()
+        self.optimize(loss_g, "G")
         # discriminators: real is 1, a pooled fake is 0
         self.D_A.requires_grad_(True)
         self.D_B.requires_grad_(True)
@@ -123,9 +121,7 @@ class CycleGANTrainer(Trainer):
             pred_real, pred_fake = disc(real), disc(fake)
             loss_d = loss_d + 0.5 * (mse_loss(pred_real, torch.ones_like(pred_real))
                                      + mse_loss(pred_fake, torch.zeros_like(pred_fake)))
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.optimizers["D"].step()
+        self.optimize(loss_d, "D")
         return {"loss_G": loss_g.item(), "gan_G": gan.item(), "cycle": cycle.item(), "identity": identity.item(),
                 "loss_D": loss_d.item()}
 

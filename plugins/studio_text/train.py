@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from studio.training import Trainer
+from studio.training import Trainer, causal_lm_nll
 
 END = "<|endoftext|>"
 
@@ -80,27 +80,12 @@ class GPTTrainer(Trainer):
         batch = torch.stack([self.train_ids[s:s + self.block] for s in starts]).to(self.device)
         self.model.train()
         loss = self.model(input_ids=batch, labels=batch).loss  # transformers shifts the labels
-        optimizer = self.optimizers["model"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        optimizer.step()
+        self.optimize(loss, "model", clip=1.0)
         return {"loss": loss.item()}
 
     def evaluate(self) -> dict[str, float]:
         """Held-out loss over consecutive windows of the held-out documents."""
-        import torch
-
-        self.model.eval()
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for start in range(0, len(self.val_ids) - 1, self.block):
-                chunk = self.val_ids[start:start + self.block + 1].to(self.device)
-                if len(chunk) < 2:
-                    continue
-                logits = self.model(input_ids=chunk[None, :-1]).logits[0]
-                total += torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum").item()
-                count += len(chunk) - 1
+        total, count = causal_lm_nll(self.model, self.val_ids, self.block, self.device)
         per_token = total / count
         return {"val_loss_per_token": per_token, "val_loss_per_char": total / self.val_chars,
                 "val_perplexity_per_token": math.exp(per_token), "val_tokens": count,
