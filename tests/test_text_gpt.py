@@ -103,6 +103,18 @@ def test_a_batch_writes_what_each_item_writes_alone(tiny_lm):
     assert len({b["text"] for b in batched}) == 4
 
 
+def test_a_compiled_model_decodes_over_a_static_cache_and_writes_the_same_text(tiny_lm, tmp_path):
+    """`compile: true`: decode steps run through torch.compile over a static cache (CUDA
+    graphs on a GPU); the prompt is prefilled eagerly. Same seeds, same text."""
+    sweep = {"seed": [1, 2], "prompt": ["To be", "and by opposing end them, to"]}
+    steps = [gpt(tiny_lm, "eager", max_new_tokens=12, top_k=20, sweep=sweep),
+             {**gpt(tiny_lm, "compiled", max_new_tokens=12, top_k=20, sweep=sweep), "compile": True}]
+    result = run_yaml(json.dumps({"name": "t", "device": "cpu", "steps": steps}), tmp_path, use_cache=False)
+    assert texts(result, "compiled") == texts(result, "eager")
+    runtime = json.loads(result.manifest_path.read_text())["runtime"]
+    assert runtime["compile"]["modules"] == 1
+
+
 def test_a_prompt_longer_than_the_context_keeps_its_end(tiny_lm, tmp_path):
     result = run(tmp_path, [gpt(tiny_lm, prompt=TEXT, max_new_tokens=10, include_prompt=False)])
     text, = texts(result)

@@ -35,23 +35,19 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 def sample(model, prefix: list[int], *, duration_s: float, temperature: float, top_k: int, top_p: float,
            generator: torch.Generator, max_tokens: int | None = None, on_progress=None) -> list[int]:
     """Continue `prefix` (starting with BOS) until `duration_s` seconds of new music or
-    max_tokens. Returns the new tokens only."""
-    device = next(model.parameters()).device
+    max_tokens. Returns the new tokens only. The key/value cache (studio.decoding) is as
+    long as the model's context; when the context is full, its latest half is kept and
+    the cache refilled from it."""
+    from studio.decoding import Decoder
+
     window = model.config.n_positions
     max_tokens = max_tokens or int(duration_s * 150) + 64
+    decoder = Decoder(model, batch=1, length=window)
     context = list(prefix)[-window:]
     new: list[int] = []
     elapsed = 0.0
-    past = None
-    pending = context  # tokens the cache has not seen yet
+    logits = decoder.prefill(torch.tensor([context]), torch.ones((1, len(context)), dtype=torch.long))[0]
     while elapsed < duration_s and len(new) < max_tokens:
-        if len(context) >= window:  # slide: keep the latest half, rebuild the cache
-            context = [BOS] + context[-(window // 2):]
-            past, pending = None, context
-        ids = torch.tensor([pending], device=device)
-        out = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[0, -1].float()
         logits[BOS] = float("-inf")
         logits[EOS] = float("-inf")  # the user asked for duration_s: a piece may not end sooner
         if temperature == 0:
@@ -61,9 +57,15 @@ def sample(model, prefix: list[int], *, duration_s: float, temperature: float, t
             token = int(torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator))
         new.append(token)
         context.append(token)
-        pending = [token]
         if TIME_SHIFT <= token < VELOCITY:
             elapsed += (token - TIME_SHIFT + 1) * 0.01
             if on_progress:
                 on_progress(min(elapsed, duration_s), duration_s)
+        if elapsed >= duration_s or len(new) >= max_tokens:
+            break
+        if len(context) >= window:  # slide: keep the latest half, refill the cache from it
+            context = [BOS] + context[-(window // 2):]
+            logits = decoder.prefill(torch.tensor([context]), torch.ones((1, len(context)), dtype=torch.long))[0]
+        else:
+            logits = decoder.step([token])[0]
     return new

@@ -127,7 +127,7 @@ class TextGPT(Generator):
             return tokenizer.decode(ids, skip_special_tokens=True)
 
         with ctxs[0].autocast():
-            sample(lm, rows, settings, eos_id=eos, pad_id=pad, decode=decode,
+            sample(lm, rows, settings, eos_id=eos, pad_id=pad, decode=decode, context=context,
                    on_step=lambda done, total: [c.progress(done, total) for c in ctxs])
         texts = []
         for p, ctx, row in zip(params, ctxs, rows):

@@ -8,7 +8,8 @@ own processors (repetition penalty, temperature, top-k, top-p), and `temperature
 is plain argmax: transformers' greedy decoding.
 
 Prompts of different lengths are left-padded; the attention mask hides the padding and
-position ids count only real tokens, so padding changes nothing a row sees.
+position ids count only real tokens, so padding changes nothing a row sees. The cache
+(studio.decoding) is static when the model is compiled, so each token replays one graph.
 """
 
 from __future__ import annotations
@@ -54,46 +55,50 @@ def processors(settings: Settings):
 
 
 def sample(model, rows: list[Row], settings: Settings, *, eos_id: int | None, pad_id: int,
-           decode: Callable[[list[int]], str], on_step: Callable[[int, int], None] | None = None) -> list[Row]:
-    """Extend every row by up to `max_new_tokens`, in place; returns the rows."""
+           decode: Callable[[list[int]], str], context: int,
+           on_step: Callable[[int, int], None] | None = None) -> list[Row]:
+    """Extend every row by up to `max_new_tokens`, in place; returns the rows. The
+    cache (studio.decoding) holds `context` positions at most."""
     import torch
 
-    device = next(model.parameters()).device
+    from studio.decoding import Decoder, cache_length
+
     width = max(len(r.prompt) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
         mask[i, width - len(row.prompt):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    decoder = Decoder(model, len(rows), cache_length(width + settings.max_new_tokens, context))
     procs = processors(settings)
-    cache = None
-    step_input, step_positions = ids, positions
+    logits = decoder.prefill(ids, mask)
     for step in range(settings.max_new_tokens):
-        out = model(input_ids=step_input, attention_mask=mask, position_ids=step_positions,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        chosen = []
-        for i, row in enumerate(rows):
-            scores = procs(torch.tensor([row.prompt + row.new], device=device), logits[i:i + 1])[0]
-            if settings.temperature == 0:
-                token = int(scores.argmax())
-            else:
-                probs = torch.softmax(scores, dim=-1).cpu()
-                token = int(torch.multinomial(probs, 1, generator=row.generator))
-            chosen.append(token)
+        chosen = _choose(logits, rows, settings, procs)
+        for row, token in zip(rows, chosen):
             if not row.done:
                 _append(row, token, eos_id, settings.stop, decode)
         if on_step:
             on_step(step + 1, settings.max_new_tokens)
-        if all(r.done for r in rows):
+        if all(r.done for r in rows) or step + 1 == settings.max_new_tokens:
             break
-        step_input = torch.tensor(chosen, device=device)[:, None]
-        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-        step_positions = step_positions[:, -1:] + 1
+        logits = decoder.step(chosen)
     return rows
+
+
+def _choose(logits, rows: list[Row], settings: Settings, procs) -> list[int]:
+    """The next token of every row: the processors, then argmax or a draw from the
+    row's own generator (on the CPU, so a seed means the same text on any device)."""
+    import torch
+
+    if settings.repetition_penalty != 1.0:  # needs each row's own history, without padding
+        scores = torch.cat([procs(torch.tensor([r.prompt + r.new], device=logits.device), logits[i:i + 1])
+                            for i, r in enumerate(rows)])
+    else:  # the other processors look at the scores only: the whole batch at once
+        scores = procs(None, logits)
+    if settings.temperature == 0:
+        return scores.argmax(-1).tolist()
+    probs = torch.softmax(scores, dim=-1).cpu()
+    return [int(torch.multinomial(probs[i], 1, generator=row.generator)) for i, row in enumerate(rows)]
 
 
 def _append(row: Row, token: int, eos_id: int | None, stop: list[str], decode) -> None:
