@@ -146,6 +146,7 @@ class Runtime:
         self._max_vram_bytes = max_vram_bytes  # ... and when they live on a GPU
         self._models: ModelCache | None = None
         self.compiled = 0  # modules compiled this run
+        self.upcast: list[str] = []  # fp16 decoders that overflowed and now run in fp32
         self.first_batch_s: dict[str, float] = {}  # step -> seconds of its first batch, compile included
 
     @property
@@ -176,16 +177,22 @@ class Runtime:
         return getattr(_torch(), DTYPES[precision])
 
     def prepare(self, model: Any, precision: str, *, compile: bool = False) -> Any:
-        """Move a freshly loaded model to the device and precision; eval mode; with
-        `compile`, torch.compile its modules (CUDA graphs on a GPU)."""
+        """Move a freshly loaded model to the device and precision (the weights
+        themselves, not autocast over fp32 weights); eval mode; in fp16, guard its
+        decoders against overflow; with `compile`, torch.compile its modules (CUDA
+        graphs on a GPU)."""
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(model, torch.nn.Module):
             model = model.to(device=self.device, dtype=self.torch_dtype(precision)).eval()
             model.requires_grad_(False)
+            if precision == "fp16" and is_autoencoder(model):
+                self.upcast_on_overflow(model)
             if compile:
                 self._compile(model)
         elif hasattr(model, "to") and hasattr(model, "components"):  # diffusers pipeline
             model = model.to(self.device, self.torch_dtype(precision))
+            if precision == "fp16" and getattr(model, "vae", None) is not None:
+                self.upcast_on_overflow(model.vae)
             if compile:
                 for part in model.components.values():
                     if torch is not None and isinstance(part, torch.nn.Module):
@@ -193,6 +200,26 @@ class Runtime:
         elif isinstance(model, dict):  # several parts: prepare each
             model = {k: self.prepare(v, precision, compile=compile) for k, v in model.items()}
         return model
+
+    def upcast_on_overflow(self, module: Any) -> None:
+        """Per-component precision for an fp16 decoder (a diffusers autoencoder's
+        `decode`): when its output overflows (Inf/NaN), the module moves to fp32 for good
+        and the call runs again, its input cast to match. fp16 tops out at 65504 and VAE
+        decoders' last layers can pass it (SDXL's VAE does); the rest of the model stays
+        in fp16, and bf16, with fp32's range, needs no guard."""
+        torch = _torch()
+        decode = module.decode
+
+        def guarded(z, *args, **kwargs):
+            out = decode(z.to(module.dtype), *args, **kwargs)
+            sample = out[0] if isinstance(out, tuple) else out.sample
+            if module.dtype == torch.float16 and not bool(torch.isfinite(sample).all()):
+                module.to(torch.float32)
+                self.upcast.append(type(module).__name__)
+                out = decode(z.float(), *args, **kwargs)
+            return out
+
+        module.decode = guarded
 
     def _compile(self, module: Any) -> None:
         """Compile in place (nn.Module.compile), so attributes and methods stay as they
@@ -218,6 +245,8 @@ class Runtime:
         torch = sys.modules.get("torch")
         if torch is not None and self._device and self._device.startswith("cuda"):
             out["gpu"] = torch.cuda.get_device_name(self._device)
+        if self.upcast:
+            out["upcast_to_fp32 (fp16 overflowed)"] = self.upcast
         if self.first_batch_s:
             out["compile"] = {"modules": self.compiled, "first_batch_s (includes compiling)": self.first_batch_s}
         cache = self._models
@@ -233,6 +262,11 @@ class Runtime:
             return self._max_model_bytes
         on_gpu = (self._device or self.requested_device).startswith("cuda")
         return self._max_vram_bytes if on_gpu else self._max_ram_bytes
+
+
+def is_autoencoder(module: Any) -> bool:
+    """A diffusers autoencoder (AutoencoderKL, AutoencoderOobleck, ...)."""
+    return type(module).__module__.startswith("diffusers.models.autoencoders")
 
 
 def default_budget(device: str) -> int:

@@ -1,3 +1,4 @@
+import json
 import pytest
 import torch
 
@@ -151,3 +152,82 @@ def test_compile_must_be_a_boolean(write_yaml):
     text = str(caught.value)
     assert "pipeline.yaml:2: compile: got 'yes please'; allowed: true | false" in text
     assert "steps[0].compile (step 'a'): got 3; allowed: true | false" in text
+
+
+def overflowing_vae():
+    """A tiny AutoencoderKL whose decoder's last layer passes fp16's 65504 (as SDXL's
+    VAE does at full size) while fp32 is fine."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                        up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,), latent_channels=4,
+                        norm_num_groups=8, sample_size=16).eval()
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.fill_(2000.0)
+    return vae
+
+
+@torch.inference_mode()
+def test_an_fp16_decoder_that_overflows_is_upcast_to_fp32_and_the_rest_stays_half():
+    z = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    reference = overflowing_vae().decode(z).sample
+    plain_half = overflowing_vae().half()
+    assert not torch.isfinite(plain_half.decode(z.half()).sample).all()  # the overflow is real
+
+    runtime = Runtime("cpu", "fp16")
+    vae = runtime.prepare(overflowing_vae(), "fp16")
+    out = vae.decode(z.half()).sample
+    assert torch.isfinite(out).all() and vae.dtype == torch.float32
+    assert torch.allclose(out, reference, rtol=2e-3, atol=1.0)  # weights went through fp16 once
+    assert runtime.upcast == ["AutoencoderKL"]
+    assert runtime.describe()["upcast_to_fp32 (fp16 overflowed)"] == ["AutoencoderKL"]
+
+
+@torch.inference_mode()
+def test_an_fp16_decoder_in_range_stays_half():
+    vae = overflowing_vae()
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(1e-4)
+    runtime = Runtime("cpu", "fp16")
+    vae = runtime.prepare(vae, "fp16")
+    out = vae.decode(torch.randn((1, 4, 8, 8)).half()).sample
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    assert vae.dtype == torch.float16 and runtime.upcast == []
+
+
+def test_a_text_to_image_pipeline_in_fp16_upcasts_only_its_overflowing_vae(tiny_sd_dir, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    model = tmp_path / "sd-hot-vae"
+    shutil.copytree(tiny_sd_dir, model)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.fill_(2000.0)
+    vae.save_pretrained(model / "vae")
+    step = {"id": "i", "uses": "image.diffusion", "with": {"model": str(model), "prompt": "a cat", "steps": 2}}
+    result = run_yaml(f"name: h\ndevice: cpu\nprecision: fp16\nsteps: [{step}]\n", tmp_path)
+    assert result.status == "done", [i.error for i in result.failed]
+    runtime = json.loads(result.manifest_path.read_text())["runtime"]
+    assert runtime["upcast_to_fp32 (fp16 overflowed)"] == ["AutoencoderKL"]
+    assert result.artifacts("i")[0].path.stat().st_size > 0
+
+
+def test_the_nan_guard_covers_text_to_image_pipelines(tiny_sd_dir, tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    model = tmp_path / "sd-nan-unet"
+    shutil.copytree(tiny_sd_dir, model)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    with torch.no_grad():
+        unet.conv_out.bias.fill_(float("nan"))
+    unet.save_pretrained(model / "unet")
+    step = {"id": "i", "uses": "image.diffusion", "with": {"model": str(model), "prompt": "a cat", "steps": 2}}
+    result = run_yaml(f"name: h\ndevice: cpu\nsteps: [{step}]\n", tmp_path)
+    assert result.status != "done"
+    assert "NaN or Inf" in result.failed[0].error and "latents" in result.failed[0].error
+    assert not (result.run_dir / "i").exists() or not any((result.run_dir / "i").iterdir())

@@ -224,6 +224,8 @@ class ImageDiffusion(Generator):
         def on_step(pipeline, step, timestep, kwargs):
             for c in ctxs:
                 c.progress(step + 1, total)
+            if step + 1 == total:  # the NaN guard, before the VAE turns NaN into black pixels
+                check_finite(kwargs["latents"], f"image.diffusion latents ({first.model}, {pipe.unet.dtype})")
             return kwargs
 
         result = pipe(
@@ -233,9 +235,10 @@ class ImageDiffusion(Generator):
             guidance_scale=TEXT_GUIDANCE if first.guidance_scale is None else first.guidance_scale,
             width=first.width, height=first.height,
             generator=[c.torch_generator() for c in ctxs],
-            callback_on_step_end=on_step, output_type="pil",
+            callback_on_step_end=on_step, output_type="np",
         )
-        return result.images
+        check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
+        return pipe.numpy_to_pil(result.images)
 
 
 def _step_parameters(scheduler) -> set[str]:
