@@ -13,47 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: caches, allocator, lazy imports
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
-class StudioRunner:
-    """Runs one-step pipelines through the public API with a shared, warm Runtime."""
-
-    def __init__(self, tmp: Path):
-        from studio.runtime import Runtime
-
-        self.tmp, self.runtime, self.count = tmp, Runtime("cpu", "fp32"), 0
-
-    def __call__(self, steps: list[dict]):
-        from studio import api
-
-        self.count += 1
-        path = self.tmp / f"p{self.count}.yaml"
-        path.write_text(json.dumps({"name": "bench", "device": "cpu", "precision": "fp32", "steps": steps}))
-        result = api.run(path, out=self.tmp / "runs", use_cache=False, runtime=self.runtime)
-        assert result.status == "done", result.failed
-        return result
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, StudioRunner, command_seconds, median_time, write_json  # noqa: E402
 
 
 def bench_diffusion(studio, repeats):
@@ -163,12 +131,6 @@ def bench_batching(studio, repeats):
     return single, batched
 
 
-def command_seconds(args: list[str], repeats: int) -> float:
-    exe = Path(sys.executable).with_name("studio")
-    return median_time(lambda: subprocess.run([str(exe), *args], cwd=ROOT, check=True, capture_output=True),
-                       repeats)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -211,10 +173,7 @@ def main() -> None:
         rows.append({"row": "studio --help", "seconds": round(help_s, 3)})
         rows.append({"row": "studio validate pipelines/showcase.yaml", "seconds": round(validate_s, 3)})
         print(f"studio --help {help_s:.3f} s, validate {validate_s:.3f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "device": "cpu", "torch": torch.__version__, "python": platform.python_version(), "rows": rows}, indent=1))
+    write_json(args.json, "cpu", rows)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 terminal, plain lines elsewhere, JSON lines for machines, nothing with --quiet).
 
 Events: run_start, step_start, item_cached, item_progress, item_done, item_error,
-item_skipped, step_done, run_done. Each is a dict with "event" and "time"."""
+item_skipped, batch_shrunk (a batch ran out of device memory and is run again smaller),
+step_done, run_done. Each is a dict with "event" and "time"."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class Plain(Sink):
             "item_done": lambda: f"  done    {data['item']} ({data['seconds']:.2f} s)",
             "item_error": lambda: f"  FAILED  {data['item']}: {data['error']}",
             "item_skipped": lambda: f"  skipped {data['item']}: {data['reason']}",
+            "batch_shrunk": lambda: shrunk_message(data),
         }.get(event)
         if line:
             print(line(), file=self.stream, flush=True)
@@ -91,6 +93,8 @@ class RichProgress(Sink):
                 p.console.print(f"  [red]failed[/]  {data['item']}: {data['error']}")
             elif event == "item_skipped":
                 p.console.print(f"  [yellow]skipped[/] {data['item']}: {data['reason']}")
+        elif event == "batch_shrunk":
+            p.console.print(f"  [yellow]{shrunk_message(data)}[/]")
         elif event == "item_progress":
             if self.item_task is None:
                 self.item_task = p.add_task(f"  {data['item']}", total=data["total"])
@@ -110,3 +114,8 @@ def sink_for(*, quiet: bool, json_events: bool) -> Sink:
     if sys.stderr.isatty():
         return RichProgress()
     return Plain()
+
+
+def shrunk_message(data: dict[str, Any]) -> str:
+    return (f"  step {data['step']}: a batch of {data['tried']} ran out of memory; "
+            f"running {data['now']} at a time")

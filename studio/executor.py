@@ -26,7 +26,7 @@ from studio.manifest import Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
 from studio.refs import interpolate, whole_ref
 from studio.report import write_gallery
-from studio.runtime import Runtime, check_finite
+from studio.runtime import Runtime, check_finite, is_out_of_memory
 
 if TYPE_CHECKING:
     from studio.plugins import Host
@@ -95,6 +95,10 @@ class RunResult:
     @property
     def failed(self) -> list[ItemResult]:
         return [r for r in self.items.values() if r.status == "failed"]
+
+
+class BatchOutOfMemory(Exception):
+    """A batch of several items ran out of device memory: run it again smaller."""
 
 
 def new_run_id() -> str:
@@ -193,11 +197,22 @@ class Executor:
             )
             todo.append(ItemRun(item, params, ctx, item_dir, key))
         size = gen.max_batch_size if gen.batchable else 1
-        for start in range(0, len(todo), size):
+        start = 0
+        while start < len(todo):
+            batch = todo[start:start + size]
             began = time.perf_counter()
-            self._run_batch(StepRun(step.id, step.uses, plugin, gen, self.runtime, precision, todo[start:start + size]))
+            try:
+                self._run_batch(StepRun(step.id, step.uses, plugin, gen, self.runtime, precision, batch))
+            except BatchOutOfMemory as exc:
+                # the device's memory is the budget: halve the batch for the rest of the step
+                size = max(1, len(batch) // 2)
+                self.runtime.free_memory()
+                self.events.emit("batch_shrunk", step=step.id, tried=len(batch), now=size, error=str(exc.__cause__))
+                self.runtime.batch_shrunk[step.id] = size
+                continue
             if step.compile and start == 0:  # compiling happens on the first call: say what it cost
                 self.runtime.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
+            start += len(batch)
         self.events.emit("step_done", step=step.id)
 
     def _run_batch(self, run: StepRun) -> None:
@@ -208,6 +223,8 @@ class Executor:
                 raise RuntimeError(f"run_step returned {0 if outputs is None else len(outputs)} results "
                                    f"for {len(run.items)} items")
         except Exception as exc:  # a generator's bug is reported, the run goes on
+            if len(run.items) > 1 and is_out_of_memory(exc):
+                raise BatchOutOfMemory() from exc
             self._log_traceback(run, exc)
             for item_run in run.items:
                 self._finish(self.results[item_run.item.name], "failed",

@@ -124,9 +124,7 @@ class ModelCache:
     def _evict(self, key: Any) -> None:
         del self._models[key]
         self.evictions += 1
-        gc.collect()
-        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-            sys.modules["torch"].cuda.empty_cache()
+        free_memory()
 
     def clear(self) -> None:
         for key in list(self._models):
@@ -147,6 +145,7 @@ class Runtime:
         self._models: ModelCache | None = None
         self.compiled = 0  # modules compiled this run
         self.upcast: list[str] = []  # fp16 decoders that overflowed and now run in fp32
+        self.batch_shrunk: dict[str, int] = {}  # step -> the batch size it fell back to (out of memory)
         self.first_batch_s: dict[str, float] = {}  # step -> seconds of its first batch, compile included
 
     @property
@@ -228,6 +227,9 @@ class Runtime:
         module.compile(mode=mode)
         self.compiled += 1
 
+    def free_memory(self) -> None:
+        free_memory()
+
     def autocast(self, precision: str):
         if precision == "fp32" or not self.device.startswith("cuda"):
             return contextlib.nullcontext()
@@ -247,6 +249,8 @@ class Runtime:
             out["gpu"] = torch.cuda.get_device_name(self._device)
         if self.upcast:
             out["upcast_to_fp32 (fp16 overflowed)"] = self.upcast
+        if self.batch_shrunk:
+            out["batch_size_after_out_of_memory"] = self.batch_shrunk
         if self.first_batch_s:
             out["compile"] = {"modules": self.compiled, "first_batch_s (includes compiling)": self.first_batch_s}
         cache = self._models
@@ -264,6 +268,14 @@ class Runtime:
         return self._max_vram_bytes if on_gpu else self._max_ram_bytes
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA), or an allocator's "out of memory" RuntimeError."""
+    torch = sys.modules.get("torch")
+    if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 def is_autoencoder(module: Any) -> bool:
     """A diffusers autoencoder (AutoencoderKL, AutoencoderOobleck, ...)."""
     return type(module).__module__.startswith("diffusers.models.autoencoders")
@@ -276,6 +288,14 @@ def default_budget(device: str) -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+def free_memory() -> None:
+    """Collect garbage and give cached CUDA blocks back to the device."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def check_finite(value: Any, where: str) -> None:

@@ -175,6 +175,55 @@ def test_sweep_items_run_in_batches_with_their_own_seeds(tmp_path):
     assert colours == [(s, 0, 7) for s in range(1, 7)]
 
 
+class TightMemory(FakeImage):
+    """Runs out of device memory on batches larger than `fits`."""
+
+    name = "test.tight"
+    max_batch_size = 8
+    fits = 2
+    calls: list[int] = []
+
+    def generate_batch(self, params, ctxs):
+        import torch
+
+        TightMemory.calls.append(len(params))
+        if len(params) > TightMemory.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [self._one(p, c) for p, c in zip(params, ctxs)]
+
+    def generate(self, params, ctx):
+        return self.generate_batch([params], [ctx])[0]
+
+
+class TightPlugin:
+    @hookimpl
+    def register_generators(self, register):
+        register(TightMemory)
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_every_item_is_made(tmp_path):
+    TightMemory.calls, TightMemory.fits = [], 2
+    events = Collect()
+    text = "name: b\nsteps:\n  - {id: a, uses: test.tight, sweep: {seed: [1, 2, 3, 4, 5, 6, 7, 8]}}\n"
+    result = run_yaml(text, tmp_path, plugins=[("tight", TightPlugin())], events=events, use_cache=False)
+    assert result.status == "done"
+    assert TightMemory.calls == [8, 4, 2, 2, 2, 2]  # halved until it fits, then kept
+    colours = [Image.open(a.path).getpixel((0, 0)) for a in result.artifacts()]
+    assert colours == [(s, 0, 7) for s in range(1, 9)]
+    shrunk = [e for e in events.events if e["event"] == "batch_shrunk"]
+    assert [(e["tried"], e["now"]) for e in shrunk] == [(8, 4), (4, 2)]
+    runtime = json.loads(result.manifest_path.read_text())["runtime"]
+    assert runtime["batch_size_after_out_of_memory"] == {"a": 2}
+
+
+def test_an_item_that_runs_out_of_memory_alone_fails_with_the_message(tmp_path):
+    TightMemory.calls, TightMemory.fits = [], 0
+    text = "name: b\nsteps:\n  - {id: a, uses: test.tight, sweep: {seed: [1, 2]}}\n"
+    result = run_yaml(text, tmp_path, plugins=[("tight", TightPlugin())], use_cache=False)
+    assert result.status == "failed" and TightMemory.calls == [2, 1, 1]
+    assert all("CUDA out of memory" in item.error for item in result.failed)
+
+
 class NaNGen(Generator):
     name = "test.nan"
     description = "Returns an array with a NaN."
