@@ -1,0 +1,417 @@
+"""Studio against the raw libraries at real architecture sizes, in one process.
+
+    python benchmarks/real_size.py [--device cuda] [--only sd gpt2 ...] [--json FILE]
+    python benchmarks/real_size.py --device cpu --scale small    # a quick check of the harness
+
+The harness builds each model with random weights (speed does not depend on what the
+weights learned) and saves it the way a user's checkpoint is saved, then times Studio
+running the step from YAML against a hand-written loop of the raw library doing the same
+work, with the same warm model cache. Ratio = raw time / Studio time: >= 0.97 means the
+host adds nothing measurable.
+
+Rows (each a group; `--only` picks groups):
+- sd:       Stable Diffusion 1.5-size UNet + VAE + CLIP text encoder, a pipeline directory;
+            Studio vs StableDiffusionPipeline; UNet fp32 vs autocast vs bf16/fp16 weights;
+            bf16 vs fp32 output (relative error, PSNR); a 16-seed sweep batched vs one by one
+- gpt2:     GPT-2 124M, greedy decoding: Studio vs generate(); compiled Studio (static cache,
+            CUDA graphs) vs generate(); same tokens
+- music:    a MIDI transformer at a realistic size (8 layers, 512 wide, 2048 positions)
+- cyclegan: ResNet-9 generator at 256 and 512
+- oobleck:  Stable Audio Open-size Oobleck VAE, 10 s of 44.1 kHz stereo, encode + decode
+- tiny:     the embedded defaults, eager vs `compile: true` (CUDA graphs on a GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, StudioRunner, median_time, sync, write_json  # noqa: E402
+
+SCALES = {
+    "real": {
+        "sd": {"unet": (320, 640, 1280, 1280), "vae": (128, 256, 512, 512), "text": (768, 12, 3072), "heads": 8,
+               "layers": 2, "groups": 32},
+        "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab": 50257, "positions": 1024},
+        "music": {"n_layer": 8, "n_embd": 512, "n_head": 8, "positions": 2048},
+        "cyclegan": {"ngf": 64, "sizes": (256, 512)},
+        "oobleck": {"hidden": 128, "decoder": 128, "latent": 64, "seconds": 10.0},
+    },
+    "small": {  # the same code paths in seconds, for checking the harness on a CPU
+        "sd": {"unet": (32, 64), "vae": (32, 64), "text": (32, 2, 64), "heads": 2, "layers": 1, "groups": 8},
+        "gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 2, "vocab": 1000, "positions": 256},
+        "music": {"n_layer": 2, "n_embd": 64, "n_head": 2, "positions": 512},
+        "cyclegan": {"ngf": 8, "sizes": (64,)},
+        "oobleck": {"hidden": 16, "decoder": 16, "latent": 8, "seconds": 1.0},
+    },
+}
+
+
+class Harness:
+    def __init__(self, args, tmp: Path):
+        self.args, self.tmp = args, tmp
+        self.device = args.device
+        self.sizes = SCALES[args.scale]
+        self.studio = StudioRunner(tmp, self.device, args.precision)
+        self.rows: list[dict] = []
+        self.precision = self.studio.runtimes[args.precision].precision_for(("bf16", "fp16", "fp32"))
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
+
+    def time(self, fn) -> float:
+        return median_time(fn, self.args.repeats)
+
+    def row(self, group: str, name: str, raw_s: float, studio_s: float, target: str, **extra) -> None:
+        ratio = raw_s / studio_s
+        self.rows.append({"group": group, "row": name, "raw_s": round(raw_s, 4), "studio_s": round(studio_s, 4),
+                          "ratio": round(ratio, 3), "target": target, **extra})
+        more = "  ".join(f"{k} {v}" for k, v in extra.items())
+        print(f"[{group}] {name}: raw {raw_s:.3f} s, studio {studio_s:.3f} s, ratio {ratio:.2f} "
+              f"(target {target}) {more}", flush=True)
+
+    def note(self, group: str, name: str, **values) -> None:
+        self.rows.append({"group": group, "row": name, **values})
+        print(f"[{group}] {name}: " + "  ".join(f"{k} {v}" for k, v in values.items()), flush=True)
+
+    # -- Stable Diffusion 1.5 size ---------------------------------------------------
+
+    def sd(self) -> None:
+        path = build_sd(self.tmp / "sd", self.sizes["sd"])
+        side, steps = self.args.sd_size, self.args.sd_steps
+        self._sd_pipeline(path, side, steps)
+        self._sd_correctness(path, side, steps)
+        if self.args.sd_sweep:
+            self._sd_batching(path, side)
+
+    def _sd_pipeline(self, path: Path, side: int, steps: int) -> None:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=self.dtype).to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+
+        def raw():  # a diffusers user's script: one image, saved
+            image = pipe("a lighthouse at dusk", num_inference_steps=steps, height=side, width=side,
+                         generator=torch.Generator("cpu").manual_seed(1)).images[0]
+            image.save(self.tmp / "raw.png")
+
+        step = [{"id": "i", "uses": "image.diffusion", "with": {"model": str(path), "prompt": "a lighthouse at dusk",
+                                                              "steps": steps, "width": side, "height": side,
+                                                              "seed": 1}}]
+        size = "SD1.5-size" if self.args.scale == "real" else "small SD"
+        self.row("sd", f"{size} pipeline {side}px {steps} steps {self.precision}", self.time(raw),
+                 self.time(lambda: self.studio(step)), ">= 0.97")
+        self._sd_precision(pipe, side)
+
+    def _sd_precision(self, pipe, side: int) -> None:
+        """The UNet alone, one CFG step (batch 2): fp32 weights, autocast over fp32
+        weights, and weights cast to bf16/fp16 (what Studio's precision auto does)."""
+        unet = pipe.unet.to(torch.float32)
+        latents = torch.randn((2, 4, side // 8, side // 8), device=self.device)
+        text = torch.randn((2, 77, unet.config.cross_attention_dim), device=self.device)
+
+        @torch.inference_mode()
+        def forward(dtype, autocast=False):
+            if autocast:
+                with torch.autocast(self.device.split(":")[0], dtype=dtype):
+                    return unet(latents, 500, encoder_hidden_states=text).sample
+            return unet(latents.to(dtype), 500, encoder_hidden_states=text.to(dtype)).sample
+
+        fp32 = self.time(lambda: forward(torch.float32))
+        half = [torch.bfloat16, torch.float16] if self.device.startswith("cuda") else [torch.bfloat16]
+        for dtype in half:
+            autocast = self.time(lambda: forward(dtype, autocast=True))
+            unet.to(dtype)
+            cast = self.time(lambda: forward(dtype))
+            unet.to(torch.float32)
+            name = str(dtype).replace("torch.", "")
+            self.note("sd", f"UNet step {side}px, fp32 weights vs {name}", fp32_s=round(fp32, 4),
+                      autocast_over_fp32_s=round(autocast, 4), weights_cast_s=round(cast, 4),
+                      speedup_weights_cast=round(fp32 / cast, 2), speedup_autocast=round(fp32 / autocast, 2),
+                      target="weights cast >= 5x fp32 on CUDA")
+        unet.to(self.dtype)
+
+    def _sd_correctness(self, path: Path, side: int, steps: int) -> None:
+        """Studio's half-precision image against its fp32 image, same seed."""
+        from PIL import Image
+
+        if self.precision == "fp32":
+            return
+        step = [{"id": "i", "uses": "image.diffusion", "with": {"model": str(path), "prompt": "a red door",
+                                                              "steps": steps, "width": side, "height": side,
+                                                              "seed": 7}}]
+        images = {}
+        for precision in (self.precision, "fp32"):
+            result = self.studio(step, precision=precision)
+            images[precision] = np.asarray(Image.open(result.artifacts("i")[0].path), dtype=np.float64)
+        half, full = images[self.precision], images["fp32"]
+        mse = float(np.mean((half - full) ** 2))
+        psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+        relative = float(np.linalg.norm(half - full) / max(np.linalg.norm(full), 1e-9))
+        self.note("sd", f"{self.precision} vs fp32 image, same seed", psnr_db=round(psnr, 1),
+                  relative_error=round(relative, 4), target="close: PSNR reported")
+
+    def _sd_batching(self, path: Path, side: int) -> None:
+        from studio_image.diffusion import ImageDiffusion
+
+        count = self.args.sd_sweep
+        step = [{"id": "d", "uses": "image.diffusion", "sweep": {"seed": list(range(count))},
+                 "with": {"model": str(path), "prompt": "a lighthouse", "steps": 10, "width": side, "height": side}}]
+        batched = self.time(lambda: self.studio(step))
+        ImageDiffusion.max_batch_size = 1
+        try:
+            single = self.time(lambda: self.studio(step))
+        finally:
+            ImageDiffusion.max_batch_size = 16
+        self.note("sd", f"{count}-seed sweep, {side}px 10 steps: batched vs one by one", one_by_one_s=round(single, 3),
+                  batched_s=round(batched, 3), speedup=round(single / batched, 2), target=">= 4x")
+
+    # -- GPT-2 124M ----------------------------------------------------------------
+
+    def gpt2(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = build_gpt2(self.tmp / "gpt2", self.sizes["gpt2"])
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        prompt, new = "It was a dark and stormy night", self.args.tokens
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+        label = f"GPT-2 {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
+
+        @torch.inference_mode()
+        def raw():
+            return model.generate(ids, do_sample=False, max_new_tokens=new, min_new_tokens=new,
+                                  pad_token_id=tokenizer.eos_token_id)
+
+        with_ = {"model": str(path), "prompt": prompt, "temperature": 0, "max_new_tokens": new,
+                 "include_prompt": False}
+        eager = [{"id": "t", "uses": "text.gpt", "with": with_}]
+        compiled = [{"id": "t", "uses": "text.gpt", "compile": True, "with": with_}]
+        raw_s = self.time(raw)
+        self.row("gpt2", f"{label}, {new} tokens greedy, batch 1 (eager vs generate())", raw_s,
+                 self.time(lambda: self.studio(eager)), ">= 0.97")
+        began = time.perf_counter()
+        result = self.studio(compiled)  # compiles and captures; then the steady state is timed
+        first = time.perf_counter() - began
+        self.row("gpt2", f"{label}, {new} tokens greedy, batch 1 (compiled vs generate())", raw_s,
+                 self.time(lambda: self.studio(compiled)), ">= 5x on CUDA", first_call_s=round(first, 1),
+                 same_tokens=result.artifacts("t")[0].path.read_text() == tokenizer.decode(
+                     raw()[0, ids.shape[1]:], skip_special_tokens=True))
+
+    # -- MIDI transformer ------------------------------------------------------------
+
+    def music(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        size = self.sizes["music"]
+        label = f"MIDI transformer {size['n_layer']}x{size['n_embd']}"
+        path = build_music(self.tmp / "music", size)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        with_ = {"model": str(path), "duration_s": self.args.music_s, "seed": 1}
+        eager = [{"id": "m", "uses": "music.transformer", "with": with_}]
+        compiled = [{"id": "m", "uses": "music.transformer", "compile": True, "with": with_}]
+        result = self.studio(eager)
+        events = json.loads(result.manifest_path.read_text())["steps"]["m"]["items"][0]["notes"]["events"]
+        start = torch.tensor([[388]], device=self.device)
+
+        @torch.inference_mode()
+        def raw():  # transformers' sampling for as many events as Studio wrote
+            return model.generate(start, do_sample=True, top_p=0.95, max_new_tokens=events, min_new_tokens=events,
+                                  pad_token_id=389)
+
+        raw_s = self.time(raw)
+        self.row("music", f"{label}, {events} events (eager vs generate())", raw_s,
+                 self.time(lambda: self.studio(eager)), ">= 0.97")
+        began = time.perf_counter()
+        self.studio(compiled)
+        first = time.perf_counter() - began
+        self.row("music", f"{label}, {events} events (compiled vs generate())", raw_s,
+                 self.time(lambda: self.studio(compiled)), ">= 5x on CUDA", first_call_s=round(first, 1))
+
+    # -- CycleGAN ResNet-9 -----------------------------------------------------------
+
+    def cyclegan(self) -> None:
+        from PIL import Image
+
+        from studio_style.networks import ResnetGenerator
+
+        torch.manual_seed(0)
+        net = ResnetGenerator(ngf=self.sizes["cyclegan"]["ngf"], n_blocks=9).eval()
+        weights = self.tmp / "latest_net_G_A.pth"
+        torch.save(net.state_dict(), weights)  # the reference's checkpoint format
+        net = net.to(self.device, self.dtype)
+        rng = np.random.default_rng(0)
+        for side in self.sizes["cyclegan"]["sizes"]:
+            photo = self.tmp / f"photo{side}.png"
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(photo)
+
+            @torch.inference_mode()
+            def raw():  # the reference's test loop: normalise, forward, back to an image, save
+                x = torch.from_numpy(np.asarray(Image.open(photo), dtype=np.float32) / 127.5 - 1)
+                y = net(x.permute(2, 0, 1)[None].to(self.device, self.dtype))[0].float()
+                array = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+                Image.fromarray(array).save(self.tmp / "raw.png")
+
+            step = [{"id": "s", "uses": "style.cyclegan", "with": {"model": str(weights), "image": str(photo)}}]
+            self.row("cyclegan", f"ResNet-9 generator {side}x{side} {self.precision}", self.time(raw),
+                     self.time(lambda: self.studio(step)), ">= 0.97")
+
+    # -- Stable Audio Open-size Oobleck -------------------------------------------------
+
+    def oobleck(self) -> None:
+        import soundfile
+        from diffusers import AutoencoderOobleck
+
+        sizes = self.sizes["oobleck"]
+        torch.manual_seed(0)
+        vae = AutoencoderOobleck(encoder_hidden_size=sizes["hidden"], downsampling_ratios=[2, 4, 4, 8, 8],
+                                 channel_multiples=[1, 2, 4, 8, 16], decoder_channels=sizes["decoder"],
+                                 decoder_input_channels=sizes["latent"], audio_channels=2, sampling_rate=44100)
+        path = self.tmp / "oobleck"
+        vae.save_pretrained(path)
+        vae = vae.to(self.device, self.dtype).eval()
+        seconds = self.args.audio_s or sizes["seconds"]
+        t = np.arange(int(44100 * seconds)) / 44100
+        clip = self.tmp / "clip.wav"
+        soundfile.write(clip, 0.3 * np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1), 44100)
+
+        @torch.inference_mode()
+        def raw():  # read, encode, decode, write
+            audio = torch.from_numpy(soundfile.read(clip, dtype="float32")[0].T.copy())[None]
+            z = vae.encode(audio.to(self.device, self.dtype)).latent_dist.mean
+            out = vae.decode(z).sample[0].float().cpu().numpy().T
+            soundfile.write(self.tmp / "raw.wav", out, 44100)
+
+        step = [{"id": "v", "uses": "audio.vae", "with": {"model": str(path), "mode": "reconstruct",
+                                                         "audio": str(clip)}}]
+        self.row("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.precision}",
+                 self.time(raw), self.time(lambda: self.studio(step)), ">= 0.97")
+
+    # -- the embedded defaults, eager vs compiled ----------------------------------------
+
+    def tiny(self) -> None:
+        steps = {
+            "image.diffusion default, 25 steps": {"uses": "image.diffusion", "with": {"steps": 25, "seed": 1}},
+            "text.gpt default, 100 tokens": {"uses": "text.gpt", "with": {"prompt": "To be", "max_new_tokens": 100}},
+            "music.transformer default, 10 s": {"uses": "music.transformer", "with": {"duration_s": 10, "seed": 1}},
+        }
+        for name, step in steps.items():
+            eager = [{"id": "x", **step}]
+            compiled = [{"id": "x", "compile": True, **step}]
+            began = time.perf_counter()
+            self.studio(compiled)
+            first = time.perf_counter() - began
+            self.row("tiny", f"{name}: eager vs compiled", self.time(lambda: self.studio(eager)),
+                     self.time(lambda: self.studio(compiled)), ">= 4x on CUDA", first_call_s=round(first, 1))
+
+
+# -- model builders: random weights, saved as a user's checkpoint is ---------------------
+
+
+def build_sd(root: Path, size: dict) -> Path:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=77)
+    hidden, layers, inner = size["text"]
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=inner, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64), max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    blocks = len(size["unet"])
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=size["layers"],
+        block_out_channels=size["unet"], norm_num_groups=size["groups"], cross_attention_dim=hidden,
+        attention_head_dim=size["heads"],
+        down_block_types=("CrossAttnDownBlock2D",) * (blocks - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (blocks - 1))
+    vae_blocks = len(size["vae"])
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=size["vae"], layers_per_block=2,
+        norm_num_groups=size["groups"], sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks, up_block_types=("UpDecoderBlock2D",) * vae_blocks)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipeline")
+    params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
+    print(f"built an SD pipeline: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f}M, "
+          f"all {params / 1e6:.0f}M parameters")
+    return root / "pipeline"
+
+
+def build_gpt2(root: Path, size: dict) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from studio_text.train import train_tokenizer
+
+    text = " ".join(f"the {w} of {v} and a {w}{v}" for w in ("sea", "night", "storm", "house", "light")
+                    for v in ("stone", "rain", "wind", "fire", "glass")) * 20
+    tokenizer = train_tokenizer([text], vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=size["vocab"], n_positions=size["positions"],
+                                       n_embd=size["n_embd"], n_layer=size["n_layer"], n_head=size["n_head"],
+                                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    print(f"built a GPT-2: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
+    return root
+
+
+def build_music(root: Path, size: dict) -> Path:
+    from transformers import GPT2LMHeadModel
+
+    from studio_music.model import gpt2_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(gpt2_config(n_layer=size["n_layer"], n_embd=size["n_embd"], n_head=size["n_head"],
+                                        n_positions=size["positions"]))
+    model.save_pretrained(root)
+    print(f"built a MIDI transformer: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters")
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--scale", default="real", choices=sorted(SCALES))
+    parser.add_argument("--only", nargs="*", choices=["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sd-size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--sd-steps", type=int, default=20)
+    parser.add_argument("--sd-sweep", type=int, default=16, help="seeds in the batching row (0: skip it)")
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per GPT-2 row")
+    parser.add_argument("--music-s", type=float, default=60.0, help="seconds of music per row")
+    parser.add_argument("--audio-s", type=float, help="seconds of audio per Oobleck row (default: 10, small: 1)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    groups = args.only or ["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny"]
+    with tempfile.TemporaryDirectory() as tmp:
+        harness = Harness(args, Path(tmp))
+        for group in groups:
+            began = time.perf_counter()
+            getattr(harness, group)()
+            sync()
+            print(f"[{group}] done in {time.perf_counter() - began:.0f} s", flush=True)
+        json_path = args.json or ROOT / "benchmarks" / "results" / f"real_size_{args.device.split(':')[0]}.json"
+        write_json(json_path, args.device, harness.rows, scale=args.scale, precision=harness.precision)
+
+
+if __name__ == "__main__":
+    main()
