@@ -36,6 +36,21 @@ def median_time(fn, repeats: int, warmups: int = 1) -> float:
     return statistics.median(times)
 
 
+def paired_times(raw, studio, repeats: int) -> tuple[float, float]:
+    """Medians of `raw` and `studio`, each warmed up, then called in turn so that drift
+    in the machine's speed (clocks, other load) falls on both alike."""
+    raw(), studio()
+    sync()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((raw, times[0]), (studio, times[1])):
+            began = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - began)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 class StudioRunner:
     """Runs one-step pipelines through the public API with a shared, warm Runtime: what
     is compared with the raw loop is the step (parameters, seeds, the generator, writing

@@ -19,6 +19,7 @@ Rows (each a group; `--only` picks groups):
 - cyclegan: ResNet-9 generator at 256 and 512
 - oobleck:  Stable Audio Open-size Oobleck VAE, 10 s of 44.1 kHz stereo, encode + decode
 - tiny:     the embedded defaults, eager vs `compile: true` (CUDA graphs on a GPU)
+- memory:   the showcase three times in one process: memory back to its baseline?
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, StudioRunner, median_time, sync, write_json  # noqa: E402
+from common import ROOT, StudioRunner, median_time, paired_times, sync, write_json  # noqa: E402
 
 SCALES = {
     "real": {
@@ -67,6 +68,10 @@ class Harness:
 
     def time(self, fn) -> float:
         return median_time(fn, self.args.repeats)
+
+    def compare(self, group: str, name: str, raw, studio, target: str, **extra) -> None:
+        """Time `raw` and `studio` in turn and record the row."""
+        self.row(group, name, *paired_times(raw, studio, self.args.repeats), target, **extra)
 
     def row(self, group: str, name: str, raw_s: float, studio_s: float, target: str, **extra) -> None:
         ratio = raw_s / studio_s
@@ -105,8 +110,8 @@ class Harness:
                                                               "steps": steps, "width": side, "height": side,
                                                               "seed": 1}}]
         size = "SD1.5-size" if self.args.scale == "real" else "small SD"
-        self.row("sd", f"{size} pipeline {side}px {steps} steps {self.precision}", self.time(raw),
-                 self.time(lambda: self.studio(step)), ">= 0.97")
+        self.compare("sd", f"{size} pipeline {side}px {steps} steps {self.precision}", raw,
+                     lambda: self.studio(step), ">= 0.97")
         self._sd_precision(pipe, side)
 
     def _sd_precision(self, pipe, side: int) -> None:
@@ -193,14 +198,13 @@ class Harness:
                  "include_prompt": False}
         eager = [{"id": "t", "uses": "text.gpt", "with": with_}]
         compiled = [{"id": "t", "uses": "text.gpt", "compile": True, "with": with_}]
-        raw_s = self.time(raw)
-        self.row("gpt2", f"{label}, {new} tokens greedy, batch 1 (eager vs generate())", raw_s,
-                 self.time(lambda: self.studio(eager)), ">= 0.97")
+        self.compare("gpt2", f"{label}, {new} tokens greedy, batch 1 (eager vs generate())", raw,
+                     lambda: self.studio(eager), ">= 0.97")
         began = time.perf_counter()
         result = self.studio(compiled)  # compiles and captures; then the steady state is timed
         first = time.perf_counter() - began
-        self.row("gpt2", f"{label}, {new} tokens greedy, batch 1 (compiled vs generate())", raw_s,
-                 self.time(lambda: self.studio(compiled)), ">= 5x on CUDA", first_call_s=round(first, 1),
+        self.compare("gpt2", f"{label}, {new} tokens greedy, batch 1 (compiled vs generate())", raw,
+                     lambda: self.studio(compiled), ">= 5x on CUDA", first_call_s=round(first, 1),
                  same_tokens=result.artifacts("t")[0].path.read_text() == tokenizer.decode(
                      raw()[0, ids.shape[1]:], skip_special_tokens=True))
 
@@ -225,14 +229,13 @@ class Harness:
             return model.generate(start, do_sample=True, top_p=0.95, max_new_tokens=events, min_new_tokens=events,
                                   pad_token_id=389)
 
-        raw_s = self.time(raw)
-        self.row("music", f"{label}, {events} events (eager vs generate())", raw_s,
-                 self.time(lambda: self.studio(eager)), ">= 0.97")
+        self.compare("music", f"{label}, {events} events (eager vs generate())", raw,
+                     lambda: self.studio(eager), ">= 0.97")
         began = time.perf_counter()
         self.studio(compiled)
         first = time.perf_counter() - began
-        self.row("music", f"{label}, {events} events (compiled vs generate())", raw_s,
-                 self.time(lambda: self.studio(compiled)), ">= 5x on CUDA", first_call_s=round(first, 1))
+        self.compare("music", f"{label}, {events} events (compiled vs generate())", raw,
+                     lambda: self.studio(compiled), ">= 5x on CUDA", first_call_s=round(first, 1))
 
     # -- CycleGAN ResNet-9 -----------------------------------------------------------
 
@@ -259,8 +262,8 @@ class Harness:
                 Image.fromarray(array).save(self.tmp / "raw.png")
 
             step = [{"id": "s", "uses": "style.cyclegan", "with": {"model": str(weights), "image": str(photo)}}]
-            self.row("cyclegan", f"ResNet-9 generator {side}x{side} {self.precision}", self.time(raw),
-                     self.time(lambda: self.studio(step)), ">= 0.97")
+            self.compare("cyclegan", f"ResNet-9 generator {side}x{side} {self.precision}", raw,
+                         lambda: self.studio(step), ">= 0.97")
 
     # -- Stable Audio Open-size Oobleck -------------------------------------------------
 
@@ -290,8 +293,8 @@ class Harness:
 
         step = [{"id": "v", "uses": "audio.vae", "with": {"model": str(path), "mode": "reconstruct",
                                                          "audio": str(clip)}}]
-        self.row("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.precision}",
-                 self.time(raw), self.time(lambda: self.studio(step)), ">= 0.97")
+        self.compare("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.precision}",
+                     raw, lambda: self.studio(step), ">= 0.97")
 
     # -- the embedded defaults, eager vs compiled ----------------------------------------
 
@@ -307,8 +310,41 @@ class Harness:
             began = time.perf_counter()
             self.studio(compiled)
             first = time.perf_counter() - began
-            self.row("tiny", f"{name}: eager vs compiled", self.time(lambda: self.studio(eager)),
-                     self.time(lambda: self.studio(compiled)), ">= 4x on CUDA", first_call_s=round(first, 1))
+            self.compare("tiny", f"{name}: eager vs compiled", lambda: self.studio(eager),
+                         lambda: self.studio(compiled), ">= 4x on CUDA", first_call_s=round(first, 1))
+
+
+    # -- no leak: the showcase three times in one process ---------------------------------
+
+    def memory(self) -> None:
+        """Memory after each of three showcase runs (each with its own Runtime, as the CLI
+        makes one per run), against the baseline before the first: CUDA memory allocated
+        on a GPU, resident memory on a CPU (where the allocator keeps some pages)."""
+        import gc
+
+        from studio import api
+        from studio.runtime import Runtime
+
+        def used() -> int:
+            if self.device.startswith("cuda"):
+                return torch.cuda.memory_allocated(self.device)
+            return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+        gc.collect()
+        baseline, after = used(), []
+        for i in range(3):
+            result = api.run(ROOT / "pipelines" / "showcase.yaml", out=self.tmp / f"showcase{i}", use_cache=False,
+                             runtime=Runtime(self.device, self.args.precision))
+            assert result.status == "done", [item.error for item in result.failed]
+            peak = torch.cuda.max_memory_allocated(self.device) if self.device.startswith("cuda") else None
+            del result
+            gc.collect()
+            after.append(used())
+        what = "CUDA allocated" if self.device.startswith("cuda") else "resident"
+        self.note("memory", f"showcase x3 in one process, {what} MB after each run",
+                  baseline_mb=round(baseline / 2**20, 1), after_mb=[round(a / 2**20, 1) for a in after],
+                  **({"peak_mb": round(peak / 2**20, 1)} if peak else {}),
+                  target="back to baseline")
 
 
 # -- model builders: random weights, saved as a user's checkpoint is ---------------------
@@ -391,7 +427,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--scale", default="real", choices=sorted(SCALES))
-    parser.add_argument("--only", nargs="*", choices=["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny"])
+    parser.add_argument("--only", nargs="*", choices=["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny", "memory"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sd-size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--sd-steps", type=int, default=20)
@@ -401,7 +437,7 @@ def main() -> None:
     parser.add_argument("--audio-s", type=float, help="seconds of audio per Oobleck row (default: 10, small: 1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    groups = args.only or ["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny"]
+    groups = args.only or ["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny", "memory"]
     with tempfile.TemporaryDirectory() as tmp:
         harness = Harness(args, Path(tmp))
         for group in groups:

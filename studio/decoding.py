@@ -81,7 +81,8 @@ class Decoder:
         positions = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
         # forward, not __call__: the prefill stays eager when the module is compiled
         out = self.model.forward(input_ids=ids.to(self.device), attention_mask=self._mask(width),
-                                 position_ids=positions, past_key_values=self.cache, use_cache=True)
+                                 position_ids=positions, past_key_values=self.cache, use_cache=True,
+                                 **self._last_logits_only())
         self.filled, self.positions = width, positions[:, -1:].clone()
         return out.logits[:, -1, :].float()
 
@@ -98,6 +99,14 @@ class Decoder:
                          position_ids=self.positions, past_key_values=self.cache, use_cache=True)
         self.filled += 1
         return out.logits[:, -1, :].float()
+
+    def _last_logits_only(self) -> dict:
+        """Ask for the last position's logits only, where the model can (a 200-token
+        prompt would otherwise cost 200 vocabulary-sized projections)."""
+        import inspect
+
+        takes = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        return {"logits_to_keep": 1} if takes else {}
 
     def _mask(self, seen: int):
         """A static cache attends over its full length (fixed shapes); a dynamic one over
