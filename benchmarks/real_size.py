@@ -19,6 +19,7 @@ Rows (each a group; `--only` picks groups):
 - cyclegan: ResNet-9 generator at 256 and 512
 - oobleck:  Stable Audio Open-size Oobleck VAE, 10 s of 44.1 kHz stereo, encode + decode
 - tiny:     the embedded defaults, eager vs `compile: true` (CUDA graphs on a GPU)
+- precision: the trained defaults in bf16 vs fp32, same seed (PSNR, SNR, same tokens)
 - memory:   the showcase three times in one process: memory back to its baseline?
 """
 
@@ -56,6 +57,9 @@ SCALES = {
 }
 
 
+GROUPS = ["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny", "precision", "memory"]
+
+
 class Harness:
     def __init__(self, args, tmp: Path):
         self.args, self.tmp = args, tmp
@@ -63,8 +67,8 @@ class Harness:
         self.sizes = SCALES[args.scale]
         self.studio = StudioRunner(tmp, self.device, args.precision)
         self.rows: list[dict] = []
-        self.precision = self.studio.runtimes[args.precision].precision_for(("bf16", "fp16", "fp32"))
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
+        self.chosen = self.studio.runtimes[args.precision].precision_for(("bf16", "fp16", "fp32"))
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.chosen]
 
     def time(self, fn) -> float:
         return median_time(fn, self.args.repeats)
@@ -110,7 +114,7 @@ class Harness:
                                                               "steps": steps, "width": side, "height": side,
                                                               "seed": 1}}]
         size = "SD1.5-size" if self.args.scale == "real" else "small SD"
-        self.compare("sd", f"{size} pipeline {side}px {steps} steps {self.precision}", raw,
+        self.compare("sd", f"{size} pipeline {side}px {steps} steps {self.chosen}", raw,
                      lambda: self.studio(step), ">= 0.97")
         self._sd_precision(pipe, side)
 
@@ -146,20 +150,20 @@ class Harness:
         """Studio's half-precision image against its fp32 image, same seed."""
         from PIL import Image
 
-        if self.precision == "fp32":
+        if self.chosen == "fp32":
             return
         step = [{"id": "i", "uses": "image.diffusion", "with": {"model": str(path), "prompt": "a red door",
                                                               "steps": steps, "width": side, "height": side,
                                                               "seed": 7}}]
         images = {}
-        for precision in (self.precision, "fp32"):
+        for precision in (self.chosen, "fp32"):
             result = self.studio(step, precision=precision)
             images[precision] = np.asarray(Image.open(result.artifacts("i")[0].path), dtype=np.float64)
-        half, full = images[self.precision], images["fp32"]
+        half, full = images[self.chosen], images["fp32"]
         mse = float(np.mean((half - full) ** 2))
         psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
         relative = float(np.linalg.norm(half - full) / max(np.linalg.norm(full), 1e-9))
-        self.note("sd", f"{self.precision} vs fp32 image, same seed", psnr_db=round(psnr, 1),
+        self.note("sd", f"{self.chosen} vs fp32 image, same seed", psnr_db=round(psnr, 1),
                   relative_error=round(relative, 4), target="close: PSNR reported")
 
     def _sd_batching(self, path: Path, side: int) -> None:
@@ -262,7 +266,7 @@ class Harness:
                 Image.fromarray(array).save(self.tmp / "raw.png")
 
             step = [{"id": "s", "uses": "style.cyclegan", "with": {"model": str(weights), "image": str(photo)}}]
-            self.compare("cyclegan", f"ResNet-9 generator {side}x{side} {self.precision}", raw,
+            self.compare("cyclegan", f"ResNet-9 generator {side}x{side} {self.chosen}", raw,
                          lambda: self.studio(step), ">= 0.97")
 
     # -- Stable Audio Open-size Oobleck -------------------------------------------------
@@ -293,7 +297,7 @@ class Harness:
 
         step = [{"id": "v", "uses": "audio.vae", "with": {"model": str(path), "mode": "reconstruct",
                                                          "audio": str(clip)}}]
-        self.compare("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.precision}",
+        self.compare("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.chosen}",
                      raw, lambda: self.studio(step), ">= 0.97")
 
     # -- the embedded defaults, eager vs compiled ----------------------------------------
@@ -313,6 +317,42 @@ class Harness:
             self.compare("tiny", f"{name}: eager vs compiled", lambda: self.studio(eager),
                          lambda: self.studio(compiled), ">= 4x on CUDA", first_call_s=round(first, 1))
 
+
+    # -- bf16 against fp32 on the embedded defaults ------------------------------------------
+
+    def precision(self) -> None:
+        """Each trained default run in bf16 and in fp32 with the same seed: how close is
+        what half precision makes? (Numerics, so it is measurable on any device; bf16 runs
+        on CPUs too, slowly.)"""
+        from PIL import Image
+
+        photo = self.tmp / "photo.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(photo)
+        images = {
+            "image.diffusion": {"steps": 25, "class_label": 3, "seed": 1},
+            "image.gan": {"seed": 1},
+            "style.cyclegan": {"image": str(photo)},
+        }
+        for uses, with_ in images.items():
+            half, full = (self._output(uses, with_, p, read_image) for p in ("bf16", "fp32"))
+            mse = float(np.mean((half - full) ** 2))
+            self.note("precision", f"{uses} default, bf16 vs fp32 image",
+                      psnr_db=round(10 * np.log10(255**2 / mse), 1) if mse else "identical",
+                      max_abs_diff=int(np.abs(half - full).max()))
+        half, full = (self._output("audio.vae", {"mode": "sample", "duration_s": 2, "seed": 1}, p, read_audio)
+                      for p in ("bf16", "fp32"))
+        snr = 10 * np.log10(np.sum(full**2) / max(np.sum((half - full) ** 2), 1e-20))
+        self.note("precision", "audio.vae default, bf16 vs fp32 sample", snr_db=round(float(snr), 1))
+        for uses, with_ in {"text.gpt": {"prompt": "To be", "temperature": 0, "max_new_tokens": 100},
+                            "music.transformer": {"duration_s": 10, "temperature": 0}}.items():
+            half, full = (self._output(uses, with_, p, lambda path: path.read_bytes()) for p in ("bf16", "fp32"))
+            common = next((i for i, (a, b) in enumerate(zip(half, full)) if a != b), min(len(half), len(full)))
+            self.note("precision", f"{uses} default greedy, bf16 vs fp32", identical=half == full,
+                      same_prefix_bytes=common, bytes=len(full))
+
+    def _output(self, uses: str, with_: dict, precision: str, read):
+        result = self.studio([{"id": "x", "uses": uses, "with": with_}], precision=precision)
+        return read(result.artifacts("x")[0].path)
 
     # -- no leak: the showcase three times in one process ---------------------------------
 
@@ -348,6 +388,18 @@ class Harness:
 
 
 # -- model builders: random weights, saved as a user's checkpoint is ---------------------
+
+
+def read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path), dtype=np.float64)
+
+
+def read_audio(path: Path) -> np.ndarray:
+    import soundfile
+
+    return soundfile.read(path, dtype="float64")[0]
 
 
 def build_sd(root: Path, size: dict) -> Path:
@@ -427,7 +479,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--scale", default="real", choices=sorted(SCALES))
-    parser.add_argument("--only", nargs="*", choices=["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny", "memory"])
+    parser.add_argument("--only", nargs="*", choices=GROUPS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sd-size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--sd-steps", type=int, default=20)
@@ -437,7 +489,7 @@ def main() -> None:
     parser.add_argument("--audio-s", type=float, help="seconds of audio per Oobleck row (default: 10, small: 1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    groups = args.only or ["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny", "memory"]
+    groups = args.only or GROUPS
     with tempfile.TemporaryDirectory() as tmp:
         harness = Harness(args, Path(tmp))
         for group in groups:
@@ -446,7 +498,7 @@ def main() -> None:
             sync()
             print(f"[{group}] done in {time.perf_counter() - began:.0f} s", flush=True)
         json_path = args.json or ROOT / "benchmarks" / "results" / f"real_size_{args.device.split(':')[0]}.json"
-        write_json(json_path, args.device, harness.rows, scale=args.scale, precision=harness.precision)
+        write_json(json_path, args.device, harness.rows, scale=args.scale, precision=harness.chosen)
 
 
 if __name__ == "__main__":

@@ -184,12 +184,16 @@ class Runtime:
         if torch is not None and isinstance(model, torch.nn.Module):
             model = model.to(device=self.device, dtype=self.torch_dtype(precision)).eval()
             model.requires_grad_(False)
+            keep_fp32_modules(model)
             if precision == "fp16" and is_autoencoder(model):
                 self.upcast_on_overflow(model)
             if compile:
                 self._compile(model)
         elif hasattr(model, "to") and hasattr(model, "components"):  # diffusers pipeline
             model = model.to(self.device, self.torch_dtype(precision))
+            for part in model.components.values():
+                if torch is not None and isinstance(part, torch.nn.Module):
+                    keep_fp32_modules(part)
             if precision == "fp16" and getattr(model, "vae", None) is not None:
                 self.upcast_on_overflow(model.vae)
             if compile:
@@ -266,6 +270,19 @@ class Runtime:
             return self._max_model_bytes
         on_gpu = (self._device or self.requested_device).startswith("cuda")
         return self._max_vram_bytes if on_gpu else self._max_ram_bytes
+
+
+def keep_fp32_modules(model: Any) -> None:
+    """Per-component precision as the model's authors declare it: the submodules named in
+    diffusers' and transformers' `_keep_in_fp32_modules` go back to fp32 after a cast
+    (the models' code casts their inputs to match), as `from_pretrained(torch_dtype=)`
+    would leave them."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    if not keep or next(model.parameters(), None) is None or next(model.parameters()).dtype == _torch().float32:
+        return
+    for name, module in model.named_modules():
+        if any(k in name.split(".") for k in keep):
+            module.float()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

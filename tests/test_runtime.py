@@ -231,3 +231,18 @@ def test_the_nan_guard_covers_text_to_image_pipelines(tiny_sd_dir, tmp_path):
     assert result.status != "done"
     assert "NaN or Inf" in result.failed[0].error and "latents" in result.failed[0].error
     assert not (result.run_dir / "i").exists() or not any((result.run_dir / "i").iterdir())
+
+
+def test_modules_a_model_keeps_in_fp32_stay_fp32_when_the_rest_is_cast():
+    class Tower(torch.nn.Module):
+        _keep_in_fp32_modules = ["head"]
+
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+    model = Runtime("cpu", "bf16").prepare(Tower(), "bf16")
+    assert model.body.weight.dtype == torch.bfloat16
+    assert model.head.weight.dtype == torch.float32
+    assert Runtime("cpu", "fp32").prepare(Tower(), "fp32").body.weight.dtype == torch.float32
