@@ -44,13 +44,17 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def choose_precision(requested: str, device: str, supported: tuple[str, ...]) -> str:
+def choose_precision(requested: str, device: str, supported: tuple[str, ...], *,
+                     bf16_ok: bool | None = None) -> str:
     """The precision one generator runs in: the pipeline's wish, narrowed to what the
-    generator supports. auto = bf16 on CUDA when supported, else fp16; fp32 on CPU
-    (bf16 on a CPU without bf16 units is many times slower than fp32)."""
+    generator supports. auto = on CUDA, the generator's first choice among what the GPU
+    runs (bf16 needs Ampere or newer); fp32 on CPU (bf16 on a CPU without bf16 units is
+    many times slower than fp32)."""
     if requested == "auto":
         if device.startswith("cuda"):
-            wishes = ["bf16", "fp16", "fp32"] if _torch().cuda.is_bf16_supported() else ["fp16", "fp32"]
+            if bf16_ok is None:
+                bf16_ok = _torch().cuda.is_bf16_supported()
+            wishes = [p for p in supported if p != "bf16" or bf16_ok]
         else:
             wishes = ["fp32"]
     else:
@@ -252,7 +256,7 @@ class Runtime:
         if torch is not None and self._device and self._device.startswith("cuda"):
             out["gpu"] = torch.cuda.get_device_name(self._device)
         if self.upcast:
-            out["upcast_to_fp32 (fp16 overflowed)"] = self.upcast
+            out["upcast_to_fp32"] = self.upcast
         if self.batch_shrunk:
             out["batch_size_after_out_of_memory"] = self.batch_shrunk
         if self.first_batch_s:

@@ -16,6 +16,13 @@ def test_precision_auto_is_fp32_on_cpu_and_narrows_to_what_a_generator_supports(
     assert choose_precision("fp16", "cpu", ("bf16",)) == "bf16"
 
 
+def test_precision_auto_on_cuda_takes_the_generators_first_choice_the_gpu_runs():
+    assert choose_precision("auto", "cuda", ("bf16", "fp16", "fp32"), bf16_ok=True) == "bf16"
+    assert choose_precision("auto", "cuda", ("fp16", "bf16", "fp32"), bf16_ok=True) == "fp16"
+    assert choose_precision("auto", "cuda", ("bf16", "fp16", "fp32"), bf16_ok=False) == "fp16"
+    assert choose_precision("auto", "cuda:1", ("fp32",), bf16_ok=True) == "fp32"
+
+
 def test_missing_cuda_is_a_clear_user_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match=r"device 'cuda' was asked for, but CUDA is not available here"):
@@ -181,7 +188,7 @@ def test_an_fp16_decoder_that_overflows_is_upcast_to_fp32_and_the_rest_stays_hal
     assert torch.isfinite(out).all() and vae.dtype == torch.float32
     assert torch.allclose(out, reference, rtol=2e-3, atol=1.0)  # weights went through fp16 once
     assert runtime.upcast == ["AutoencoderKL"]
-    assert runtime.describe()["upcast_to_fp32 (fp16 overflowed)"] == ["AutoencoderKL"]
+    assert runtime.describe()["upcast_to_fp32"] == ["AutoencoderKL"]
 
 
 @torch.inference_mode()
@@ -211,7 +218,7 @@ def test_a_text_to_image_pipeline_in_fp16_upcasts_only_its_overflowing_vae(tiny_
     result = run_yaml(f"name: h\ndevice: cpu\nprecision: fp16\nsteps: [{step}]\n", tmp_path)
     assert result.status == "done", [i.error for i in result.failed]
     runtime = json.loads(result.manifest_path.read_text())["runtime"]
-    assert runtime["upcast_to_fp32 (fp16 overflowed)"] == ["AutoencoderKL"]
+    assert runtime["upcast_to_fp32"] == ["AutoencoderKL"]
     assert result.artifacts("i")[0].path.stat().st_size > 0
 
 

@@ -73,7 +73,10 @@ class AudioVAE(Generator):
                    "new audio from the prior, make variations of a clip, interpolate between two clips, "
                    "or reconstruct one. Input audio of any rate and channel count is converted.")
     outputs = {"audio": media.AUDIO}
-    precisions = ("bf16", "fp16", "fp32")  # the NaN guard catches a checkpoint that overflows fp16
+    # fp16 first: its 10-bit mantissa keeps the decoder's long chain of Snake activations
+    # close to fp32 (measured on the default, 2 s sampled: SNR 33 dB vs fp32, bf16 only
+    # 12 dB); a decode that overflows fp16 is rerun in fp32 by the runtime
+    precisions = ("fp16", "bf16", "fp32")
     version = "2"  # 2: loudness matched to the input by default
 
     class Params(Params):
