@@ -5,8 +5,9 @@ hand-written loop of the raw library doing the same work, in the same process.
 
 Studio's runs share one Runtime, so its model cache is warm as the raw loop's model is:
 what is compared is the step (parameters, seeds, the generator, writing the file with
-its provenance, the manifest), not loading. Times are medians of `--repeats` after one
-warm-up. Ratio = raw time / Studio time: 1.0 means the host adds nothing.
+its provenance, the manifest), not loading. Times are medians of `--repeats`, raw and
+Studio called in turn after a warm-up. Ratio = raw time / Studio time: 1.0 means the
+host adds nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, StudioRunner, command_seconds, median_time, write_json  # noqa: E402
+from common import ROOT, StudioRunner, command_seconds, median_time, paired_times, write_json  # noqa: E402
 
 
 def bench_diffusion(studio, repeats):
@@ -43,7 +44,7 @@ def bench_diffusion(studio, repeats):
         return x
 
     step = [{"id": "d", "uses": "image.diffusion", "with": {"steps": 25, "class_label": 3, "seed": 1}}]
-    return median_time(raw, repeats), median_time(lambda: studio(step), repeats)
+    return paired_times(raw, lambda: studio(step), repeats)
 
 
 def bench_text(studio, repeats):
@@ -60,7 +61,7 @@ def bench_text(studio, repeats):
 
     step = [{"id": "t", "uses": "text.gpt", "with": {"prompt": "To be, or not to be", "temperature": 0,
                                                       "max_new_tokens": 100}}]
-    return median_time(raw, repeats), median_time(lambda: studio(step), repeats)
+    return paired_times(raw, lambda: studio(step), repeats)
 
 
 def bench_music(studio, repeats):
@@ -76,7 +77,7 @@ def bench_music(studio, repeats):
         return model.generate(torch.tensor([[388]]), do_sample=True, top_p=0.95, max_new_tokens=events,
                               min_new_tokens=events, pad_token_id=389)
 
-    return median_time(raw, repeats), median_time(lambda: studio(step), repeats)
+    return paired_times(raw, lambda: studio(step), repeats)
 
 
 def bench_vae(studio, repeats, tmp):
@@ -94,7 +95,7 @@ def bench_vae(studio, repeats, tmp):
         return vae.decode(vae.encode(x).latent_dist.mean).sample
 
     step = [{"id": "v", "uses": "audio.vae", "with": {"mode": "reconstruct", "audio": str(tmp / "clip.wav")}}]
-    return median_time(raw, repeats), median_time(lambda: studio(step), repeats)
+    return paired_times(raw, lambda: studio(step), repeats)
 
 
 def bench_style(studio, repeats, tmp):
@@ -113,7 +114,7 @@ def bench_style(studio, repeats, tmp):
         Image.fromarray(((y + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(tmp / "raw.png")
 
     step = [{"id": "s", "uses": "style.cyclegan", "with": {"image": str(tmp / "photo.png")}}]
-    return median_time(raw, repeats), median_time(lambda: studio(step), repeats)
+    return paired_times(raw, lambda: studio(step), repeats)
 
 
 def bench_batching(studio, repeats):

@@ -98,7 +98,8 @@ class Decoder:
         out = self.model(input_ids=tokens, attention_mask=self._mask(self.filled + 1),
                          position_ids=self.positions, past_key_values=self.cache, use_cache=True)
         self.filled += 1
-        return out.logits[:, -1, :].float()
+        # a copy: a captured graph writes its next output into the same memory
+        return out.logits[:, -1, :].to(torch.float32, copy=True)
 
     def _last_logits_only(self) -> dict:
         """Ask for the last position's logits only, where the model can (a 200-token

@@ -172,14 +172,21 @@ class Generator:
     max_batch_size: ClassVar[int] = 16
     version: ClassVar[str] = "1"  # bump when outputs change for the same inputs (cache key)
     uses_device: ClassVar[bool] = True  # False: pure-CPU code (PIL, text) that never touches torch
+    default_weights: ClassVar[Path | None] = None  # the embedded weights `model: default` names
 
     def model_key(self, params: Params) -> str:
-        """Identifies the weights `load()` returns, for the model cache."""
-        return str(getattr(params, "model", "default"))
+        """Identifies the weights `load()` returns, for the model cache: the resolved
+        path of the `model` parameter (see resolve_weights) when there are default
+        weights, else its value."""
+        model = str(getattr(params, "model", "default"))
+        return resolve_weights(model, self.default_weights) if self.default_weights else model
 
     def weights_id(self, params: Params) -> str:
-        """A fingerprint of the weights (e.g. a file hash), part of the step cache key."""
-        return ""
+        """A fingerprint of the weights, part of the step cache key: the size and time of
+        the `model` parameter's files when there are default weights."""
+        if self.default_weights is None:
+            return ""
+        return weights_fingerprint(str(getattr(params, "model", "default")), self.default_weights)
 
     def load(self, params: Params, ctx: StepContext) -> Any:
         """Load weights (on CPU). Called at most once per model key while cached."""

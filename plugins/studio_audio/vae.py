@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from studio import Artifact, Generator, Params, media, media_input
 from studio.errors import UserError
-from studio.generator import resolve_weights, weights_fingerprint
+from studio.generator import resolve_weights
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "vae"
 CROSSFADE_S = 0.02  # between the segments of an interpolation written as one file
@@ -77,6 +77,7 @@ class AudioVAE(Generator):
     # close to fp32 (measured on the default, 2 s sampled: SNR 33 dB vs fp32, bf16 only
     # 12 dB); a decode that overflows fp16 is rerun in fp32 by the runtime
     precisions = ("fp16", "bf16", "fp32")
+    default_weights = DEFAULT_WEIGHTS
     version = "2"  # 2: loudness matched to the input by default
 
     class Params(Params):
@@ -119,12 +120,6 @@ class AudioVAE(Generator):
                 raise ValueError(f"mode {self.mode!r} does not use {' or '.join(repr(u) for u in unused)}; "
                                  "remove it, or pick a mode that does (variation, reconstruct, interpolate)")
             return self
-
-    def model_key(self, params: Params) -> str:
-        return resolve_model(params.model)
-
-    def weights_id(self, params: Params) -> str:
-        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         return load_vae(params.model)

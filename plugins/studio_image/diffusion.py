@@ -19,7 +19,7 @@ from pydantic import Field
 
 from studio import Generator, Params, media
 from studio.errors import UserError
-from studio.generator import resolve_weights, weights_fingerprint
+from studio.generator import resolve_weights
 from studio.runtime import check_finite
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion"
@@ -58,6 +58,7 @@ class ImageDiffusion(Generator):
                    "a UNet2DModel directory, or any text-to-image pipeline (Stable Diffusion ...).")
     outputs = {"image": media.IMAGE}
     precisions = ("bf16", "fp16", "fp32")
+    default_weights = DEFAULT_WEIGHTS
     batchable = True
     max_batch_size = 16
 
@@ -77,12 +78,6 @@ class ImageDiffusion(Generator):
         width: int | None = Field(None, ge=8, le=4096, description="Width in pixels; default: the model's size.")
         height: int | None = Field(None, ge=8, le=4096, description="Height in pixels; default: the model's size.")
         scheduler: SchedulerName = Field("default", description="Sampler; 'default' keeps the checkpoint's.")
-
-    def model_key(self, params: Params) -> str:
-        return resolve_model(params.model)
-
-    def weights_id(self, params: Params) -> str:
-        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         import diffusers

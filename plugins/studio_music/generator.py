@@ -9,7 +9,7 @@ from pydantic import Field
 
 from studio import Artifact, Generator, Params, media, media_input
 from studio.errors import UserError
-from studio.generator import resolve_weights, weights_fingerprint
+from studio.generator import resolve_weights
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "transformer"
 
@@ -24,6 +24,7 @@ class MusicTransformer(Generator):
                    "shifts, velocity): writes a new piece, or continues a primer.")
     outputs = {"midi": media.MIDI}
     precisions = ("bf16", "fp16", "fp32")
+    default_weights = DEFAULT_WEIGHTS
 
     class Params(Params):
         model: str = Field("default", max_length=500,
@@ -37,12 +38,6 @@ class MusicTransformer(Generator):
         primer_s: float = Field(30.0, gt=0, le=600, description="Use at most this many seconds from the end of the primer.")
         include_primer: bool = Field(True, description="Start the output with the primer (else only the continuation).")
         program: int = Field(0, ge=0, le=127, description="General MIDI instrument of the output (0 = piano, 19 = organ).")
-
-    def model_key(self, params: Params) -> str:
-        return resolve_model(params.model)
-
-    def weights_id(self, params: Params) -> str:
-        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         import transformers

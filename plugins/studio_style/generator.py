@@ -16,7 +16,7 @@ from pydantic import Field
 
 from studio import Artifact, Generator, Params, media, media_input
 from studio.errors import UserError
-from studio.generator import resolve_weights, weights_fingerprint
+from studio.generator import resolve_weights
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "cyclegan"
 MIN_SIDE = 16  # smaller images are scaled up to this and back
@@ -86,6 +86,7 @@ class StyleCycleGAN(Generator):
                    "model, or the reference implementation's published generators (.pth).")
     outputs = {"image": media.IMAGE}
     precisions = ("bf16", "fp16", "fp32")
+    default_weights = DEFAULT_WEIGHTS
     batchable = True
     max_batch_size = 16
 
@@ -101,11 +102,11 @@ class StyleCycleGAN(Generator):
             "Images with a longer side than this are processed at this size, and the result is "
             "scaled back to the input's size."))
 
-    def model_key(self, params: Params) -> str:
-        return f"{resolve_model(params.model)}#{params.direction}"
+    def model_key(self, params: Params) -> str:  # one model per direction
+        return f"{super().model_key(params)}#{params.direction}"
 
     def weights_id(self, params: Params) -> str:
-        return weights_fingerprint(params.model, DEFAULT_WEIGHTS) + params.direction
+        return super().weights_id(params) + params.direction
 
     def load(self, params: Params, ctx) -> Any:
         return load_generator(params.model, params.direction)

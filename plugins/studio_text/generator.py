@@ -9,7 +9,7 @@ from pydantic import Field
 
 from studio import Generator, Params, media
 from studio.errors import UserError
-from studio.generator import resolve_weights, weights_fingerprint
+from studio.generator import resolve_weights
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gpt"
 
@@ -53,6 +53,7 @@ class TextGPT(Generator):
                    "or any causal LM directory or hub id. Continues `prompt`.")
     outputs = {"text": media.TEXT}
     precisions = ("bf16", "fp16", "fp32")
+    default_weights = DEFAULT_WEIGHTS
     batchable = True
     max_batch_size = 32
 
@@ -70,12 +71,6 @@ class TextGPT(Generator):
         stop: list[str] = Field(default_factory=list, max_length=16, description=(
             "Writing ends at the first of these strings; the string itself is not kept."))
         include_prompt: bool = Field(True, description="Start the output with the prompt.")
-
-    def model_key(self, params: Params) -> str:
-        return resolve_model(params.model)
-
-    def weights_id(self, params: Params) -> str:
-        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         return load_model(params.model)
