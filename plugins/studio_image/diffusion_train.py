@@ -76,11 +76,7 @@ class DiffusionTrainer(Trainer):
         labels = self._labels(self.train_data.labels[index], drop=True)
         self.unet.train()
         loss = self._loss(self.unet, x0.to(self.device), labels, noise.to(self.device), t)
-        optimizer = self.optimizers["unet"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
-        optimizer.step()
+        self.optimize(loss, "unet", clip=1.0)
         decay = min(0.999, (1 + step) / (10 + step))  # short runs: let the average warm up
         with torch.no_grad():
             for e, p in zip(self.ema.parameters(), self.unet.parameters()):

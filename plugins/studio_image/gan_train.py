@@ -65,14 +65,10 @@ class GANTrainer(Trainer):
         # discriminator: real -> 1, fake -> 0
         fake = self.G(z)
         d_loss = F.softplus(-self.D(real)).mean() + F.softplus(self.D(fake.detach())).mean()
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.optimizers["D"].step()
+        self.optimize(d_loss, "D")
         # generator: non-saturating, make D call fakes real
         g_loss = F.softplus(-self.D(fake)).mean()
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.optimizers["G"].step()
+        self.optimize(g_loss, "G")
         losses = {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
         if (step + 1) % COLLAPSE_CHECK_EVERY == 0:
             losses["diversity"] = self._diversity()
