@@ -230,10 +230,17 @@ class Runtime:
 
     def _compile(self, module: Any) -> None:
         """Compile in place (nn.Module.compile), so attributes and methods stay as they
-        were. "reduce-overhead" captures CUDA graphs: small models are launch-bound."""
+        were. "reduce-overhead" captures CUDA graphs: small models are launch-bound.
+        nn.Module.compile covers calls of the module itself, and an autoencoder is used
+        through its `encode`/`decode` methods: its encoder and decoder are compiled."""
         mode = "reduce-overhead" if self.device.startswith("cuda") else "default"
-        module.compile(mode=mode)
-        self.compiled += 1
+        parts = [module]
+        if is_autoencoder(module):
+            parts = [getattr(module, name) for name in ("encoder", "decoder")
+                     if isinstance(getattr(module, name, None), _torch().nn.Module)] or parts
+        for part in parts:
+            part.compile(mode=mode)
+            self.compiled += 1
 
     def free_memory(self) -> None:
         free_memory()

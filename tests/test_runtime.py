@@ -253,3 +253,14 @@ def test_modules_a_model_keeps_in_fp32_stay_fp32_when_the_rest_is_cast():
     assert model.body.weight.dtype == torch.bfloat16
     assert model.head.weight.dtype == torch.float32
     assert Runtime("cpu", "fp32").prepare(Tower(), "fp32").body.weight.dtype == torch.float32
+
+
+def test_compiling_an_autoencoder_compiles_the_encoder_and_decoder_its_methods_call():
+    """nn.Module.compile covers `vae(...)`, but a VAE is used through vae.encode/decode."""
+    from studio.decoding import is_compiled
+
+    runtime = Runtime("cpu", "fp32")
+    vae = runtime.prepare(overflowing_vae(), "fp32", compile=True)
+    assert is_compiled(vae.encoder) and is_compiled(vae.decoder) and runtime.compiled == 2
+    linear = runtime.prepare(torch.nn.Linear(2, 2), "fp32", compile=True)
+    assert is_compiled(linear) and runtime.compiled == 3
