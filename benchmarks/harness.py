@@ -1,13 +1,14 @@
-"""Studio against the raw libraries at real architecture sizes, in one process.
+"""Studio against the raw libraries, in one process: real architecture sizes and the
+embedded defaults.
 
-    python benchmarks/real_size.py [--device cuda] [--only sd gpt2 ...] [--json FILE]
-    python benchmarks/real_size.py --device cpu --scale small    # a quick check of the harness
+    python benchmarks/harness.py [--device cuda] [--only sd gpt2 ...] [--json FILE]
+    python benchmarks/harness.py --device cpu --scale small    # a quick check of the harness
 
-The harness builds each model with random weights (speed does not depend on what the
-weights learned) and saves it the way a user's checkpoint is saved, then times Studio
-running the step from YAML against a hand-written loop of the raw library doing the same
-work, with the same warm model cache. Ratio = raw time / Studio time: >= 0.97 means the
-host adds nothing measurable.
+For the real sizes the harness builds each model with random weights (speed does not
+depend on what the weights learned) and saves it the way a user's checkpoint is saved.
+Each row times Studio running the step from YAML against a hand-written loop of the raw
+library doing the same work, with warm models on both sides, called in turn. Ratio =
+raw time / Studio time: >= 0.97 means the host adds nothing measurable.
 
 Rows (each a group; `--only` picks groups):
 - sd:       Stable Diffusion 1.5-size UNet + VAE + CLIP text encoder, a pipeline directory;
@@ -18,9 +19,11 @@ Rows (each a group; `--only` picks groups):
 - music:    a MIDI transformer at a realistic size (8 layers, 512 wide, 2048 positions)
 - cyclegan: ResNet-9 generator at 256 and 512
 - oobleck:  Stable Audio Open-size Oobleck VAE, 10 s of 44.1 kHz stereo, encode + decode
+- defaults: the embedded defaults vs their raw loops; a 16-seed sweep batched vs one by one
 - tiny:     the embedded defaults, eager vs `compile: true` (CUDA graphs on a GPU)
 - precision: the trained defaults in bf16 vs fp32, same seed (PSNR, SNR, same tokens)
 - memory:   the showcase three times in one process: memory back to its baseline?
+- cli:      the showcase end to end, `studio --help`, `studio validate` (fresh processes)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, StudioRunner, median_time, paired_times, sync, write_json  # noqa: E402
+from common import ROOT, StudioRunner, command_seconds, median_time, paired_times, sync, write_json  # noqa: E402
 
 SCALES = {
     "real": {
@@ -57,7 +60,7 @@ SCALES = {
 }
 
 
-GROUPS = ["sd", "gpt2", "music", "cyclegan", "oobleck", "tiny", "precision", "memory"]
+GROUPS = ["sd", "gpt2", "music", "cyclegan", "oobleck", "defaults", "tiny", "precision", "memory", "cli"]
 
 
 class Harness:
@@ -300,6 +303,152 @@ class Harness:
         self.compare("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.chosen}",
                      raw, lambda: self.studio(step), ">= 0.97")
 
+    # -- the embedded defaults against their raw loops -----------------------------------
+
+    def dtype_for(self, generator) -> torch.dtype:
+        """The dtype Studio runs `generator` in here, so the raw loop matches it."""
+        chosen = self.studio.runtimes[self.args.precision].precision_for(generator.precisions)
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[chosen]
+
+    def defaults(self) -> None:
+        self._default_diffusion()
+        self._default_text()
+        self._default_music()
+        self._default_vae()
+        self._default_style()
+        self._default_batching()
+
+    def _default_diffusion(self) -> None:
+        from diffusers import DDIMScheduler, UNet2DModel
+
+        from studio_image.diffusion import DEFAULT_WEIGHTS, ImageDiffusion
+
+        info = json.loads((DEFAULT_WEIGHTS / "studio.json").read_text())
+        dtype = self.dtype_for(ImageDiffusion)
+        unet = UNet2DModel.from_pretrained(DEFAULT_WEIGHTS, subfolder="unet").to(self.device, dtype).eval()
+        scheduler = DDIMScheduler.from_pretrained(DEFAULT_WEIGHTS, subfolder="scheduler")
+
+        @torch.inference_mode()
+        def raw():  # a diffusers user's loop: classifier-free guidance over class labels
+            scheduler.set_timesteps(25, device=self.device)
+            x = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(1)).to(self.device)
+            labels = torch.tensor([3, info["null_class"]], device=self.device)
+            for t in scheduler.timesteps:
+                cond, uncond = unet(torch.cat([x, x]).to(dtype), t, class_labels=labels).sample.float().chunk(2)
+                x = scheduler.step(uncond + 2.0 * (cond - uncond), t, x).prev_sample
+            return x.cpu()
+
+        step = [{"id": "d", "uses": "image.diffusion", "with": {"steps": 25, "class_label": 3, "seed": 1}}]
+        self.compare("defaults", "image.diffusion 16x16, 25 DDIM steps, CFG (raw: UNet2DModel + DDIMScheduler)",
+                     raw, lambda: self.studio(step), "reported (tiny model)")
+
+    def _default_text(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from studio_text.generator import DEFAULT_WEIGHTS, TextGPT
+
+        model = AutoModelForCausalLM.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(TextGPT))
+        model = model.to(self.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(DEFAULT_WEIGHTS)
+        ids = tokenizer("To be, or not to be", return_tensors="pt")["input_ids"].to(self.device)
+
+        @torch.inference_mode()
+        def raw():
+            return model.generate(ids, do_sample=False, max_new_tokens=100, min_new_tokens=100,
+                                  pad_token_id=tokenizer.eos_token_id)
+
+        step = [{"id": "t", "uses": "text.gpt", "with": {"prompt": "To be, or not to be", "temperature": 0,
+                                                          "max_new_tokens": 100}}]
+        self.compare("defaults", "text.gpt 100 tokens greedy (raw: generate(do_sample=False))", raw,
+                     lambda: self.studio(step), "reported (tiny model)")
+
+    def _default_music(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from studio_music.generator import DEFAULT_WEIGHTS, MusicTransformer
+
+        model = AutoModelForCausalLM.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(MusicTransformer))
+        model = model.to(self.device).eval()
+        step = [{"id": "m", "uses": "music.transformer", "with": {"duration_s": 10, "seed": 1}}]
+        events = json.loads(self.studio(step).manifest_path.read_text())["steps"]["m"]["items"][0]["notes"]["events"]
+        start = torch.tensor([[388]], device=self.device)
+
+        @torch.inference_mode()
+        def raw():  # transformers' sampling for the same number of events
+            return model.generate(start, do_sample=True, top_p=0.95, max_new_tokens=events, min_new_tokens=events,
+                                  pad_token_id=389)
+
+        self.compare("defaults", f"music.transformer 10 s, {events} events (raw: generate())", raw,
+                     lambda: self.studio(step), "reported (tiny model)")
+
+    def _default_vae(self) -> None:
+        import soundfile
+
+        from studio_audio.vae import AudioVAE, load_vae
+
+        t = np.arange(160000) / 16000
+        clip = self.tmp / "clip16k.wav"
+        soundfile.write(clip, 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+        dtype = self.dtype_for(AudioVAE)
+        vae = load_vae("default").to(self.device, dtype).eval()
+
+        @torch.inference_mode()
+        def raw():  # read, encode, decode, write
+            x = torch.from_numpy(soundfile.read(clip, dtype="float32")[0])[None, None].to(self.device, dtype)
+            out = vae.decode(vae.encode(x).latent_dist.mean).sample[0, 0].float().cpu().numpy()
+            soundfile.write(self.tmp / "raw.wav", out, 16000)
+
+        step = [{"id": "v", "uses": "audio.vae", "with": {"mode": "reconstruct", "audio": str(clip)}}]
+        self.compare("defaults", "audio.vae reconstruct 10 s (raw: read, encode, decode, write)", raw,
+                     lambda: self.studio(step), "reported (tiny model)")
+
+    def _default_style(self) -> None:
+        from PIL import Image
+
+        from studio_style.generator import StyleCycleGAN, load_generator
+
+        photo = self.tmp / "photo256.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(photo)
+        dtype = self.dtype_for(StyleCycleGAN)
+        net = load_generator("default", "AtoB").to(self.device, dtype).eval()
+
+        @torch.inference_mode()
+        def raw():  # the reference's test loop: normalise, forward, back to an image, save
+            x = torch.from_numpy(np.asarray(Image.open(photo), dtype=np.float32) / 127.5 - 1)
+            y = net(x.permute(2, 0, 1)[None].to(self.device, dtype))[0].float()
+            array = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+            Image.fromarray(array).save(self.tmp / "raw.png")
+
+        step = [{"id": "s", "uses": "style.cyclegan", "with": {"image": str(photo)}}]
+        self.compare("defaults", "style.cyclegan 256x256 (raw: normalise, forward, save PNG)", raw,
+                     lambda: self.studio(step), "reported (tiny model)")
+
+    def _default_batching(self) -> None:
+        from studio_image.diffusion import ImageDiffusion
+
+        step = [{"id": "d", "uses": "image.diffusion", "with": {"steps": 10, "class_label": 5},
+                 "sweep": {"seed": list(range(16))}}]
+        batched = self.time(lambda: self.studio(step))
+        ImageDiffusion.max_batch_size = 1
+        try:
+            single = self.time(lambda: self.studio(step))
+        finally:
+            ImageDiffusion.max_batch_size = 16
+        self.note("defaults", "16-seed sweep of image.diffusion, 10 steps: batched vs one by one",
+                  one_by_one_s=round(single, 3), batched_s=round(batched, 3), speedup=round(single / batched, 2),
+                  target=">= 4x")
+
+    # -- fresh processes: the showcase, --help, validate ------------------------------------
+
+    def cli(self) -> None:
+        showcase = command_seconds(["run", "pipelines/showcase.yaml", "--no-cache", "-q", "--device", self.device,
+                                    "--out", str(self.tmp / "cli")], 1)
+        self.note("cli", "showcase end to end (studio run, fresh process, no cache)", seconds=round(showcase, 1),
+                  target="< 60 s on 2 CPU cores")
+        self.note("cli", "studio --help", seconds=round(command_seconds(["--help"], 5), 3), target="< 1 s")
+        self.note("cli", "studio validate pipelines/showcase.yaml",
+                  seconds=round(command_seconds(["validate", "pipelines/showcase.yaml"], 5), 3))
+
     # -- the embedded defaults, eager vs compiled ----------------------------------------
 
     def tiny(self) -> None:
@@ -497,7 +646,7 @@ def main() -> None:
             getattr(harness, group)()
             sync()
             print(f"[{group}] done in {time.perf_counter() - began:.0f} s", flush=True)
-        json_path = args.json or ROOT / "benchmarks" / "results" / f"real_size_{args.device.split(':')[0]}.json"
+        json_path = args.json or ROOT / "benchmarks" / "results" / f"{args.device.split(':')[0]}.json"
         write_json(json_path, args.device, harness.rows, scale=args.scale, precision=harness.chosen)
 
 
