@@ -70,11 +70,17 @@ class Harness:
         self.sizes = SCALES[args.scale]
         self.studio = StudioRunner(tmp, self.device, args.precision)
         self.rows: list[dict] = []
-        self.chosen = self.studio.runtimes[args.precision].precision_for(("bf16", "fp16", "fp32"))
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.chosen]
 
     def time(self, fn) -> float:
         return median_time(fn, self.args.repeats)
+
+    def precision_of(self, generator) -> str:
+        """The precision Studio runs `generator` in here ("bf16", "fp16", "fp32")."""
+        return self.studio.runtimes[self.args.precision].precision_for(generator.precisions)
+
+    def dtype_for(self, generator) -> torch.dtype:
+        """... as a torch dtype, so a raw loop runs in the same one."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision_of(generator)]
 
     def compare(self, group: str, name: str, raw, studio, target: str, **extra) -> None:
         """Time `raw` and `studio` in turn and record the row."""
@@ -105,7 +111,10 @@ class Harness:
     def _sd_pipeline(self, path: Path, side: int, steps: int) -> None:
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=self.dtype).to(self.device)
+        from studio_image.diffusion import ImageDiffusion
+
+        dtype = self.dtype_for(ImageDiffusion)
+        pipe = StableDiffusionPipeline.from_pretrained(path, dtype=dtype).to(self.device)
         pipe.set_progress_bar_config(disable=True)
 
         def raw():  # a diffusers user's script: one image, saved
@@ -117,7 +126,7 @@ class Harness:
                                                               "steps": steps, "width": side, "height": side,
                                                               "seed": 1}}]
         size = "SD1.5-size" if self.args.scale == "real" else "small SD"
-        self.compare("sd", f"{size} pipeline {side}px {steps} steps {self.chosen}", raw,
+        self.compare("sd", f"{size} pipeline {side}px {steps} steps {self.precision_of(ImageDiffusion)}", raw,
                      lambda: self.studio(step), ">= 0.97")
         if self.device.startswith("cuda"):  # a CPU without bf16 units runs bf16 many times slower
             self._sd_precision(pipe, side)
@@ -147,26 +156,28 @@ class Harness:
                       autocast_over_fp32_s=round(autocast, 4), weights_cast_s=round(cast, 4),
                       speedup_weights_cast=round(fp32 / cast, 2), speedup_autocast=round(fp32 / autocast, 2),
                       target="weights cast >= 5x fp32 on CUDA")
-        unet.to(self.dtype)
 
     def _sd_correctness(self, path: Path, side: int, steps: int) -> None:
         """Studio's half-precision image against its fp32 image, same seed."""
         from PIL import Image
 
-        if self.chosen == "fp32":
+        from studio_image.diffusion import ImageDiffusion
+
+        chosen = self.precision_of(ImageDiffusion)
+        if chosen == "fp32":
             return
         step = [{"id": "i", "uses": "image.diffusion", "with": {"model": str(path), "prompt": "a red door",
                                                               "steps": steps, "width": side, "height": side,
                                                               "seed": 7}}]
         images = {}
-        for precision in (self.chosen, "fp32"):
+        for precision in (chosen, "fp32"):
             result = self.studio(step, precision=precision)
             images[precision] = np.asarray(Image.open(result.artifacts("i")[0].path), dtype=np.float64)
-        half, full = images[self.chosen], images["fp32"]
+        half, full = images[chosen], images["fp32"]
         mse = float(np.mean((half - full) ** 2))
         psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
         relative = float(np.linalg.norm(half - full) / max(np.linalg.norm(full), 1e-9))
-        self.note("sd", f"{self.chosen} vs fp32 image, same seed", psnr_db=round(psnr, 1),
+        self.note("sd", f"{chosen} vs fp32 image, same seed", psnr_db=round(psnr, 1),
                   relative_error=round(relative, 4), target="close: PSNR reported")
 
     def _sd_batching(self, path: Path, side: int) -> None:
@@ -191,7 +202,9 @@ class Harness:
 
         path = build_gpt2(self.tmp / "gpt2", self.sizes["gpt2"])
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        from studio_text.generator import TextGPT
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype_for(TextGPT)).to(self.device).eval()
         prompt, new = "It was a dark and stormy night", self.args.tokens
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
         label = f"GPT-2 {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
@@ -223,7 +236,10 @@ class Harness:
         size = self.sizes["music"]
         label = f"MIDI transformer {size['n_layer']}x{size['n_embd']}"
         path = build_music(self.tmp / "music", size)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        from studio_music.generator import MusicTransformer
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype_for(MusicTransformer))
+        model = model.to(self.device).eval()
         with_ = {"model": str(path), "duration_s": self.args.music_s, "seed": 1}
         eager = [{"id": "m", "uses": "music.transformer", "with": with_}]
         compiled = [{"id": "m", "uses": "music.transformer", "compile": True, "with": with_}]
@@ -255,7 +271,10 @@ class Harness:
         net = ResnetGenerator(ngf=self.sizes["cyclegan"]["ngf"], n_blocks=9).eval()
         weights = self.tmp / "latest_net_G_A.pth"
         torch.save(net.state_dict(), weights)  # the reference's checkpoint format
-        net = net.to(self.device, self.dtype)
+        from studio_style.generator import StyleCycleGAN
+
+        dtype = self.dtype_for(StyleCycleGAN)
+        net = net.to(self.device, dtype)
         rng = np.random.default_rng(0)
         for side in self.sizes["cyclegan"]["sizes"]:
             photo = self.tmp / f"photo{side}.png"
@@ -264,12 +283,12 @@ class Harness:
             @torch.inference_mode()
             def raw():  # the reference's test loop: normalise, forward, back to an image, save
                 x = torch.from_numpy(np.asarray(Image.open(photo), dtype=np.float32) / 127.5 - 1)
-                y = net(x.permute(2, 0, 1)[None].to(self.device, self.dtype))[0].float()
+                y = net(x.permute(2, 0, 1)[None].to(self.device, dtype))[0].float()
                 array = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
                 Image.fromarray(array).save(self.tmp / "raw.png")
 
             step = [{"id": "s", "uses": "style.cyclegan", "with": {"model": str(weights), "image": str(photo)}}]
-            self.compare("cyclegan", f"ResNet-9 generator {side}x{side} {self.chosen}", raw,
+            self.compare("cyclegan", f"ResNet-9 generator {side}x{side} {self.precision_of(StyleCycleGAN)}", raw,
                          lambda: self.studio(step), ">= 0.97")
 
     # -- Stable Audio Open-size Oobleck -------------------------------------------------
@@ -285,7 +304,10 @@ class Harness:
                                  decoder_input_channels=sizes["latent"], audio_channels=2, sampling_rate=44100)
         path = self.tmp / "oobleck"
         vae.save_pretrained(path)
-        vae = vae.to(self.device, self.dtype).eval()
+        from studio_audio.vae import AudioVAE
+
+        dtype = self.dtype_for(AudioVAE)  # fp16 on a GPU: audio.vae's first choice
+        vae = vae.to(self.device, dtype).eval()
         seconds = self.args.audio_s or sizes["seconds"]
         t = np.arange(int(44100 * seconds)) / 44100
         clip = self.tmp / "clip.wav"
@@ -294,21 +316,18 @@ class Harness:
         @torch.inference_mode()
         def raw():  # read, encode, decode, write
             audio = torch.from_numpy(soundfile.read(clip, dtype="float32")[0].T.copy())[None]
-            z = vae.encode(audio.to(self.device, self.dtype)).latent_dist.mean
+            z = vae.encode(audio.to(self.device, dtype)).latent_dist.mean
             out = vae.decode(z).sample[0].float().cpu().numpy().T
             soundfile.write(self.tmp / "raw.wav", out, 44100)
 
         step = [{"id": "v", "uses": "audio.vae", "with": {"model": str(path), "mode": "reconstruct",
                                                          "audio": str(clip)}}]
-        self.compare("oobleck", f"SAO-size Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.chosen}",
+        size = "SAO-size" if self.args.scale == "real" else "small"
+        self.compare("oobleck", f"{size} Oobleck, {seconds:g} s stereo 44.1 kHz reconstruct {self.precision_of(AudioVAE)}",
                      raw, lambda: self.studio(step), ">= 0.97")
 
     # -- the embedded defaults against their raw loops -----------------------------------
 
-    def dtype_for(self, generator) -> torch.dtype:
-        """The dtype Studio runs `generator` in here, so the raw loop matches it."""
-        chosen = self.studio.runtimes[self.args.precision].precision_for(generator.precisions)
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[chosen]
 
     def defaults(self) -> None:
         self._default_diffusion()
@@ -649,7 +668,7 @@ def main() -> None:
             sync()
             print(f"[{group}] done in {time.perf_counter() - began:.0f} s", flush=True)
         json_path = args.json or ROOT / "benchmarks" / "results" / f"{args.device.split(':')[0]}.json"
-        write_json(json_path, args.device, harness.rows, scale=args.scale, precision=harness.chosen)
+        write_json(json_path, args.device, harness.rows, scale=args.scale, precision=args.precision)
 
 
 if __name__ == "__main__":
