@@ -184,15 +184,19 @@ class Harness:
         from studio_image.diffusion import ImageDiffusion
 
         count = self.args.sd_sweep
-        step = [{"id": "d", "uses": "image.diffusion", "sweep": {"seed": list(range(count))},
-                 "with": {"model": str(path), "prompt": "a lighthouse", "steps": 10, "width": side, "height": side}}]
+        self.sweep("sd", f"{count}-seed sweep, {side}px 10 steps", ImageDiffusion, count,
+                   {"model": str(path), "prompt": "a lighthouse", "steps": 10, "width": side, "height": side})
+
+    def sweep(self, group: str, name: str, generator, count: int, with_: dict) -> None:
+        """A `count`-seed sweep as Studio batches it, and one item at a time."""
+        step = [{"id": "d", "uses": generator.name, "with": with_, "sweep": {"seed": list(range(count))}}]
         batched = self.time(lambda: self.studio(step))
-        ImageDiffusion.max_batch_size = 1
+        size, generator.max_batch_size = generator.max_batch_size, 1
         try:
             single = self.time(lambda: self.studio(step))
         finally:
-            ImageDiffusion.max_batch_size = 16
-        self.note("sd", f"{count}-seed sweep, {side}px 10 steps: batched vs one by one", one_by_one_s=round(single, 3),
+            generator.max_batch_size = size
+        self.note(group, f"{name}: batched vs one by one", one_by_one_s=round(single, 3),
                   batched_s=round(batched, 3), speedup=round(single / batched, 2), target=">= 4x")
 
     # -- GPT-2 124M ----------------------------------------------------------------
@@ -279,14 +283,7 @@ class Harness:
         for side in self.sizes["cyclegan"]["sizes"]:
             photo = self.tmp / f"photo{side}.png"
             Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(photo)
-
-            @torch.inference_mode()
-            def raw():  # the reference's test loop: normalise, forward, back to an image, save
-                x = torch.from_numpy(np.asarray(Image.open(photo), dtype=np.float32) / 127.5 - 1)
-                y = net(x.permute(2, 0, 1)[None].to(self.device, dtype))[0].float()
-                array = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-                Image.fromarray(array).save(self.tmp / "raw.png")
-
+            raw = cyclegan_test_loop(net, photo, self.tmp / "raw.png", self.device, dtype)
             step = [{"id": "s", "uses": "style.cyclegan", "with": {"model": str(weights), "image": str(photo)}}]
             self.compare("cyclegan", f"ResNet-9 generator {side}x{side} {self.precision_of(StyleCycleGAN)}", raw,
                          lambda: self.studio(step), ">= 0.97")
@@ -430,14 +427,7 @@ class Harness:
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(photo)
         dtype = self.dtype_for(StyleCycleGAN)
         net = load_generator("default", "AtoB").to(self.device, dtype).eval()
-
-        @torch.inference_mode()
-        def raw():  # the reference's test loop: normalise, forward, back to an image, save
-            x = torch.from_numpy(np.asarray(Image.open(photo), dtype=np.float32) / 127.5 - 1)
-            y = net(x.permute(2, 0, 1)[None].to(self.device, dtype))[0].float()
-            array = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-            Image.fromarray(array).save(self.tmp / "raw.png")
-
+        raw = cyclegan_test_loop(net, photo, self.tmp / "raw.png", self.device, dtype)
         step = [{"id": "s", "uses": "style.cyclegan", "with": {"image": str(photo)}}]
         self.compare("defaults", "style.cyclegan 256x256 (raw: normalise, forward, save PNG)", raw,
                      lambda: self.studio(step), "reported (tiny model)")
@@ -445,17 +435,8 @@ class Harness:
     def _default_batching(self) -> None:
         from studio_image.diffusion import ImageDiffusion
 
-        step = [{"id": "d", "uses": "image.diffusion", "with": {"steps": 10, "class_label": 5},
-                 "sweep": {"seed": list(range(16))}}]
-        batched = self.time(lambda: self.studio(step))
-        ImageDiffusion.max_batch_size = 1
-        try:
-            single = self.time(lambda: self.studio(step))
-        finally:
-            ImageDiffusion.max_batch_size = 16
-        self.note("defaults", "16-seed sweep of image.diffusion, 10 steps: batched vs one by one",
-                  one_by_one_s=round(single, 3), batched_s=round(batched, 3), speedup=round(single / batched, 2),
-                  target=">= 4x")
+        self.sweep("defaults", "16-seed sweep of image.diffusion, 10 steps", ImageDiffusion, 16,
+                   {"steps": 10, "class_label": 5})
 
     # -- fresh processes: the showcase, --help, validate ------------------------------------
 
@@ -558,6 +539,20 @@ class Harness:
 
 
 # -- model builders: random weights, saved as a user's checkpoint is ---------------------
+
+
+def cyclegan_test_loop(net, photo: Path, out: Path, device: str, dtype: torch.dtype):
+    """The reference's test loop for one image: normalise, forward, back to an image, save."""
+    from PIL import Image
+
+    @torch.inference_mode()
+    def run():
+        x = torch.from_numpy(np.asarray(Image.open(photo), dtype=np.float32) / 127.5 - 1)
+        y = net(x.permute(2, 0, 1)[None].to(device, dtype))[0].float()
+        array = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+        Image.fromarray(array).save(out)
+
+    return run
 
 
 def read_image(path: Path) -> np.ndarray:
