@@ -204,15 +204,18 @@ class Executor:
             try:
                 self._run_batch(StepRun(step.id, step.uses, plugin, gen, self.runtime, precision, batch))
             except BatchOutOfMemory as exc:
-                # the device's memory is the budget: halve the batch for the rest of the step
-                size = max(1, len(batch) // 2)
-                self.runtime.free_memory()
-                self.events.emit("batch_shrunk", step=step.id, tried=len(batch), now=size, error=str(exc.__cause__))
-                self.runtime.batch_shrunk[step.id] = size
+                error = str(exc.__cause__)
+            else:
+                if step.compile and start == 0:  # compiling happens on the first call: say what it cost
+                    self.runtime.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
+                start += len(batch)
                 continue
-            if step.compile and start == 0:  # compiling happens on the first call: say what it cost
-                self.runtime.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
-            start += len(batch)
+            # the device's memory is the budget: halve the batch for the rest of the step. (Out
+            # of the except clause, so the failed batch's tensors, held by its traceback, are freed.)
+            size = max(1, len(batch) // 2)
+            self.runtime.free_memory()
+            self.events.emit("batch_shrunk", step=step.id, tried=len(batch), now=size, error=error)
+            self.runtime.batch_shrunk[step.id] = size
         self.events.emit("step_done", step=step.id)
 
     def _run_batch(self, run: StepRun) -> None:
