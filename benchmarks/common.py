@@ -65,15 +65,16 @@ class StudioRunner:
     def __call__(self, steps: list[dict], precision: str | None = None):
         from studio import api
 
+        precision = precision or self.precision
         self.count += 1
         path = self.tmp / f"p{self.count}.yaml"
-        path.write_text(json.dumps({"name": "bench", "device": self.device,
-                                    "precision": precision or self.precision, "steps": steps}))
-        if (precision or self.precision) not in self.runtimes:
+        path.write_text(json.dumps({"name": "bench", "device": self.device, "precision": precision,
+                                    "steps": steps}))
+        if precision not in self.runtimes:
             from studio.runtime import Runtime
 
             self.runtimes[precision] = Runtime(self.device, precision)
-        runtime = self.runtimes[precision or self.precision]
+        runtime = self.runtimes[precision]
         result = api.run(path, out=self.tmp / "runs", use_cache=False, runtime=runtime)
         assert result.status == "done", [item.error for item in result.failed]
         return result

@@ -24,6 +24,7 @@ embedded music model on CPU: 23% slower).
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Any
 
@@ -58,14 +59,24 @@ class Decoder:
         self.mask = torch.zeros((batch, length), dtype=torch.long, device=self.device)
         self.positions: Any = None  # (batch, 1): the position of each row's latest token
         self.filled = 0  # cache slots written
+        self.padded = False  # any row of the prompt batch left-padded
+        # the last position's logits only, where the model can (a 200-token prompt would
+        # otherwise cost 200 vocabulary-sized projections)
+        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.prefill_options = {"logits_to_keep": 1} if takes else {}
 
     @property
     def room(self) -> int:
         return self.length - self.filled
 
-    def prefill(self, ids, mask) -> Any:
-        """Run the (left-padded) prompts `ids` (batch, width) with their 0/1 `mask`;
-        positions count real tokens only, so padding changes nothing a row sees."""
+    def prefill(self, ids, mask=None) -> Any:
+        """Run the (left-padded) prompts `ids` (batch, width) with their 0/1 `mask`
+        (None: no padding); positions count real tokens only, so padding changes
+        nothing a row sees."""
+        import torch
+
+        if mask is None:
+            mask = torch.ones_like(ids)
         width = ids.shape[1]
         if width > self.length:
             raise ValueError(f"prompt of {width} tokens does not fit a cache of {self.length}")
@@ -82,7 +93,7 @@ class Decoder:
         # forward, not __call__: the prefill stays eager when the module is compiled
         out = self.model.forward(input_ids=ids.to(self.device), attention_mask=self._mask(width),
                                  position_ids=positions, past_key_values=self.cache, use_cache=True,
-                                 **self._last_logits_only())
+                                 **self.prefill_options)
         self.filled, self.positions = width, positions[:, -1:].clone()
         return out.logits[:, -1, :].float()
 
@@ -100,14 +111,6 @@ class Decoder:
         self.filled += 1
         # a copy: a captured graph writes its next output into the same memory
         return out.logits[:, -1, :].to(torch.float32, copy=True)
-
-    def _last_logits_only(self) -> dict:
-        """Ask for the last position's logits only, where the model can (a 200-token
-        prompt would otherwise cost 200 vocabulary-sized projections)."""
-        import inspect
-
-        takes = "logits_to_keep" in inspect.signature(self.model.forward).parameters
-        return {"logits_to_keep": 1} if takes else {}
 
     def _mask(self, seen: int):
         """A static cache attends over its full length (fixed shapes); a dynamic one over

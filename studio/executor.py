@@ -26,7 +26,7 @@ from studio.manifest import Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
 from studio.refs import interpolate, whole_ref
 from studio.report import write_gallery
-from studio.runtime import Runtime, check_finite, is_out_of_memory
+from studio.runtime import Runtime, check_finite, free_memory, is_out_of_memory
 
 if TYPE_CHECKING:
     from studio.plugins import Host
@@ -213,7 +213,7 @@ class Executor:
             # the device's memory is the budget: halve the batch for the rest of the step. (Out
             # of the except clause, so the failed batch's tensors, held by its traceback, are freed.)
             size = max(1, len(batch) // 2)
-            self.runtime.free_memory()
+            free_memory()
             self.events.emit("batch_shrunk", step=step.id, tried=len(batch), now=size, error=error)
             self.runtime.batch_shrunk[step.id] = size
         self.events.emit("step_done", step=step.id)

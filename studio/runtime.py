@@ -188,25 +188,24 @@ class Runtime:
         if torch is not None and isinstance(model, torch.nn.Module):
             model = model.to(device=self.device, dtype=self.torch_dtype(precision)).eval()
             model.requires_grad_(False)
-            keep_fp32_modules(model)
-            if precision == "fp16" and is_autoencoder(model):
-                self.upcast_on_overflow(model)
-            if compile:
-                self._compile(model)
+            self._finish_module(model, precision, compile)
         elif hasattr(model, "to") and hasattr(model, "components"):  # diffusers pipeline
             model = model.to(self.device, self.torch_dtype(precision))
-            for part in model.components.values():
+            for part in model.components.values():  # its VAE is guarded as any autoencoder is
                 if torch is not None and isinstance(part, torch.nn.Module):
-                    keep_fp32_modules(part)
-            if precision == "fp16" and getattr(model, "vae", None) is not None:
-                self.upcast_on_overflow(model.vae)
-            if compile:
-                for part in model.components.values():
-                    if torch is not None and isinstance(part, torch.nn.Module):
-                        self._compile(part)
+                    self._finish_module(part, precision, compile)
         elif isinstance(model, dict):  # several parts: prepare each
             model = {k: self.prepare(v, precision, compile=compile) for k, v in model.items()}
         return model
+
+    def _finish_module(self, module: Any, precision: str, compile: bool) -> None:
+        """What every module gets once it is on the device in its dtype: its fp32-only
+        parts back in fp32, the overflow guard on an fp16 autoencoder, compiling."""
+        keep_fp32_modules(module)
+        if precision == "fp16" and is_autoencoder(module):
+            self.upcast_on_overflow(module)
+        if compile:
+            self._compile(module)
 
     def upcast_on_overflow(self, module: Any) -> None:
         """Per-component precision for an fp16 decoder (a diffusers autoencoder's
@@ -241,9 +240,6 @@ class Runtime:
         for part in parts:
             part.compile(mode=mode)
             self.compiled += 1
-
-    def free_memory(self) -> None:
-        free_memory()
 
     def autocast(self, precision: str):
         if precision == "fp32" or not self.device.startswith("cuda"):

@@ -46,7 +46,7 @@ def sample(model, prefix: list[int], *, duration_s: float, temperature: float, t
     context = list(prefix)[-window:]
     new: list[int] = []
     elapsed = 0.0
-    logits = decoder.prefill(torch.tensor([context]), torch.ones((1, len(context)), dtype=torch.long))[0]
+    logits = decoder.prefill(torch.tensor([context]))[0]
     while elapsed < duration_s and len(new) < max_tokens:
         logits[BOS] = float("-inf")
         logits[EOS] = float("-inf")  # the user asked for duration_s: a piece may not end sooner
@@ -65,7 +65,7 @@ def sample(model, prefix: list[int], *, duration_s: float, temperature: float, t
             break
         if len(context) >= window:  # slide: keep the latest half, refill the cache from it
             context = [BOS] + context[-(window // 2):]
-            logits = decoder.prefill(torch.tensor([context]), torch.ones((1, len(context)), dtype=torch.long))[0]
+            logits = decoder.prefill(torch.tensor([context]))[0]
         else:
             logits = decoder.step([token])[0]
     return new
