@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # heavy imports stay out of import time
 
 GENERATOR_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.-]*$")
 MEDIA_KEY = "studio_media"
+MODEL_KEY = "studio_model"
 MAX_SEED = 2**63 - 1
 
 
@@ -50,6 +51,26 @@ def accepted_media(params_cls: type[BaseModel], field_name: str) -> str | None:
     return extra.get(MEDIA_KEY) if isinstance(extra, dict) else None
 
 
+def model_input(default: str = "default", *, files: tuple[str, ...] = (), suffixes: tuple[str, ...] = (),
+                hub: bool = False, **kwargs: Any) -> Any:
+    """A parameter naming weights: "default" (the embedded ones), a local path or, with
+    `hub`, a Hugging Face hub id found in the local cache. Studio resolves a path
+    relative to the pipeline file, as it does media inputs, and checks before anything
+    runs that it looks like a model of the right kind: a directory holding one of `files`
+    at its top level (e.g. "model_index.json"), or a file ending in one of `suffixes`.
+    Nothing else is read, and the directory is never walked."""
+    extra = kwargs.pop("json_schema_extra", {}) or {}
+    marker = {"files": list(files), "suffixes": list(suffixes), "hub": hub}
+    kwargs.setdefault("max_length", 1000)
+    return Field(default, json_schema_extra={**extra, MODEL_KEY: marker}, **kwargs)
+
+
+def model_spec(params_cls: type[BaseModel], field_name: str) -> dict[str, Any] | None:
+    """What a model parameter accepts (see model_input), or None for other parameters."""
+    extra = params_cls.model_fields[field_name].json_schema_extra
+    return extra.get(MODEL_KEY) if isinstance(extra, dict) else None
+
+
 def resolve_weights(model: str, default_dir: Path) -> str:
     """A `model:` value as a loader takes it: "default" -> the generator's embedded
     weights, an existing path -> that path (absolute), anything else -> as given (a hub
@@ -66,9 +87,35 @@ def weights_fingerprint(model: str, default_dir: Path) -> str:
     path = Path(resolve_weights(model, default_dir))
     if not path.exists():
         return model
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and "training" not in p.relative_to(path).parts)
-    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    files = [path] if path.is_file() else _weights_files(path)
+    return ";".join(f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                    for p in files)
+
+
+def _weights_files(root: Path, max_depth: int = 3, max_files: int = 2000) -> list[Path]:
+    """The files of a weights directory, two sub-folders deep at most (a diffusers
+    pipeline's layout) and a bounded number of them: a model directory is small, and a
+    mistaken `model: /` must never turn into a walk of the whole disk."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(max_depth):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                entries = sorted(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_symlink() and not entry.resolve().is_relative_to(root.resolve()):
+                    continue
+                if entry.is_file():
+                    found.append(entry)
+                elif entry.is_dir() and entry.name != "training":
+                    below.append(entry)
+                if len(found) >= max_files:
+                    return found
+        level = below
+    return found
 
 
 class Artifact(BaseModel):
@@ -82,6 +129,19 @@ class Artifact(BaseModel):
     size: int
     producer: str | None = None  # item name, e.g. "cover@seed=1"; None for user files
     labels: dict[str, Any] = Field(default_factory=dict)  # sweep values that made it
+    # True while `studio validate` checks parameters: an upstream step will make this
+    # file, so its content cannot be checked yet (validators skip content checks).
+    pending: bool = False
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Facts read from the file's content (see studio.sniff): width/height of an
+        image, seconds/notes of a MIDI, seconds/sample_rate of audio. Empty while pending."""
+        if self.pending:
+            return {}
+        from studio.sniff import sniff
+
+        return dict(sniff(self.path).info)
 
     def read_text(self) -> str:
         return self.path.read_text(encoding="utf-8")

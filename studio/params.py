@@ -105,10 +105,11 @@ def check_value(params_cls: type[BaseModel], name: str, value: Any) -> str | Non
 
 
 def _strict(params_cls: type[BaseModel], name: str) -> bool:
-    # YAML already gives typed scalars: "5" for an integer is a user's mistake to show,
-    # but 5 for a float is fine, so numbers stay lax and strings/bools strict.
-    ann = _strip_optional(params_cls.model_fields[name].annotation)
-    return ann in (str, bool)
+    # YAML already gives typed scalars, so every parameter is checked strictly and the
+    # same way: "5" for an integer or "true" for a boolean is a mistake to show, not to
+    # guess at (strict mode still takes 5 for a float). The run validates laxly, after
+    # references have been replaced by their text.
+    return True
 
 
 def default_of(params_cls: type[BaseModel], name: str) -> Any:

@@ -13,7 +13,7 @@ import yaml
 
 from studio import params as P
 from studio.errors import Issue, PipelineError, UserError
-from studio.generator import MAX_SEED
+from studio.generator import MAX_SEED, model_spec
 from studio.refs import RefSyntaxError, find_refs, has_refs, whole_ref
 from studio.yamlfile import Locations, load_yaml
 
@@ -26,7 +26,8 @@ DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEP_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
+MAX_ECHO = 80  # characters of a user's value repeated in a message
 
 
 @dataclass
@@ -64,29 +65,77 @@ def closest(word: Any, choices: list[str]) -> str:
     return f" Did you mean {hint[0]!r}?" if hint else ""
 
 
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """Text cut to `limit` characters: a message never repeats megabytes of input."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def echo(value: Any, limit: int = MAX_ECHO) -> str:
+    """A user's value as a message repeats it: its repr, clipped."""
+    if isinstance(value, (list, dict)) and len(value) > 20:  # no repr of a huge structure
+        return f"<a {'list' if isinstance(value, list) else 'mapping'} of {len(value):,} entries>"
+    return clip(repr(value), limit)
+
+
 def read_pipeline_text(path: Path) -> str:
-    if not path.exists():
-        raise UserError(f"{path}: no such file. Give the path of a pipeline YAML file.")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; give the path of a pipeline YAML file.")
+    """The pipeline file's text. Only a regular file is read, and at most the size limit
+    plus one byte of it: a FIFO must not hang validation and /dev/zero must not fill memory."""
+    import os
+    import stat
+
+    from studio.yamlfile import MAX_BYTES
+
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file. Give the path of a pipeline YAML file.") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory; give the path of a pipeline YAML file.") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UserError(f"{path}: is a directory; give the path of a pipeline YAML file.")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{path}: is not a regular file (a pipe, socket or device); give the path of a "
+                            "pipeline YAML file.")
+        chunks, size = [], 0
+        while size <= MAX_BYTES:
+            chunk = os.read(fd, MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_BYTES:
+        raise UserError(f"{path}: larger than {MAX_BYTES // 1_000_000} MB; a pipeline is a small text file.")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}).")
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the "
+                        "pipeline as UTF-8.") from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """`STEP.PARAM=VALUE` -> (step, param, value); the value is read as YAML."""
+    """`STEP.PARAM=VALUE` -> (step, param, value); the value is read as YAML, with the
+    same limits as a pipeline file (size, nesting, aliases, control characters)."""
+    shown = repr(clip(text))
     key, sep, raw = text.partition("=")
     step, dot, param = key.strip().partition(".")
     if not sep or not dot or not step or not param:
-        raise UserError(
-            f"--set {text!r}: expected STEP.PARAM=VALUE, e.g. --set cover.steps=30"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        raise UserError(f"--set {shown}: expected STEP.PARAM=VALUE, e.g. --set cover.steps=30")
+    if not raw.strip():
+        return step, param, ""
+    value, _, issues = load_yaml(raw, None, what="the --set value")
+    if issues:
+        problem = issues[0].message.split("\n")[0]
+        raise UserError(f"--set {shown}: the value is not usable YAML: {problem}")
     return step, param, value
 
 
@@ -119,6 +168,12 @@ def load_spec(
         from studio.plan import check_graph
 
         issues += check_graph(spec, host)
+    if not issues:
+        # the rules a generator states about its parameters, item by item, with input
+        # files as validate can know them: only once the graph is sound and bounded
+        from studio.checks import check_items
+
+        issues += check_items(spec, host)
     if issues:
         raise PipelineError(issues)
     return spec
@@ -127,19 +182,23 @@ def load_spec(
 def _apply_overrides(data: dict, locs: Locations, overrides: list[str]) -> list[Issue]:
     issues = []
     for text in overrides:
-        step_id, param, value = parse_override(text)
+        try:
+            step_id, param, value = parse_override(text)
+        except UserError as exc:
+            issues.append(Issue(str(exc)))
+            continue
         for i, step in enumerate(data["steps"]):
             if isinstance(step, dict) and step.get("id") == step_id:
                 if not isinstance(step.get("with"), dict):
                     step["with"] = {}
                 step["with"][param] = value
-                locs.origins[("steps", i, "with", param)] = f"--set {text}"
+                locs.origins[("steps", i, "with", param)] = f"--set {clip(text)}"
                 break
         else:
-            ids = [s.get("id") for s in data["steps"] if isinstance(s, dict)]
+            ids = [str(s.get("id")) for s in data["steps"] if isinstance(s, dict)]
             issues.append(Issue(
-                f"no step {step_id!r}.{closest(step_id, [str(i) for i in ids])} "
-                f"Steps: {', '.join(map(str, ids))}", f"--set {text}"))
+                f"no step {echo(step_id)}.{closest(step_id, ids)} "
+                f"Steps: {clip(', '.join(ids), 400)}", f"--set {clip(text)}"))
     return issues
 
 
@@ -160,23 +219,30 @@ def build_spec(
     if name is None:
         issues.append(locs.issue(("name",), "missing `name:` (it names the run directory, e.g. name: cover-art)"))
     elif not isinstance(name, str) or not PIPELINE_NAME.match(name):
-        issues.append(locs.issue(("name",), f"got {name!r}; a name is 1-64 letters, digits, '_', '-' or '.', "
+        issues.append(locs.issue(("name",), f"got {echo(name)}; a name is 1-64 letters, digits, '_', '-' or '.', "
                                             "starting with a letter or digit (it names a directory)"))
     seed = data.get("seed", 0)
     if seed is None:
         seed = 0
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        issues.append(locs.issue(("seed",), f"got {seed!r}; a seed is an integer from 0 to {MAX_SEED}"))
+        issues.append(locs.issue(("seed",), f"got {echo(seed)}; a seed is an integer from 0 to {MAX_SEED}"))
     device = data.get("device", "auto")
     if not isinstance(device, str) or not DEVICE.match(device):
-        issues.append(locs.issue(("device",), f"got {device!r}; allowed: {DEVICES}"))
+        hint = ""
+        if isinstance(device, str) and device.startswith("cuda:"):
+            hint = " (N is the index of a GPU, 0 to 9999; `nvidia-smi -L` lists them)"
+        issues.append(locs.issue(("device",), f"got {echo(device)}; allowed: {DEVICES}{hint}"))
     precision = data.get("precision", "auto")
-    if precision not in PRECISIONS:
-        issues.append(locs.issue(("precision",), f"got {precision!r}; allowed: {' | '.join(PRECISIONS)}"))
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        issues.append(locs.issue(("precision",), f"got {echo(precision)}; allowed: {' | '.join(PRECISIONS)}"))
     compile_all = data.get("compile", False)
     if not isinstance(compile_all, bool):
-        issues.append(locs.issue(("compile",), f"got {compile_all!r}; allowed: true | false"))
+        issues.append(locs.issue(("compile",), f"got {echo(compile_all)}; allowed: true | false"))
     description = data.get("description")
+    if description is not None and not isinstance(description, str):
+        issues.append(locs.issue(("description",), f"got {_kind(description)}; a description is text "
+                                                   "(quote it, or use `|` for several lines)"))
+        description = None
     steps_data = data.get("steps")
     steps: list[StepSpec] = []
     if steps_data is None:
@@ -184,7 +250,7 @@ def build_spec(
     elif not isinstance(steps_data, list) or not steps_data:
         issues.append(locs.issue(("steps",), f"`steps:` must be a non-empty list, got {_kind(steps_data)}"))
     else:
-        first_line: dict[str, int | None] = {}
+        first_line: dict[str, tuple[int, int | None]] = {}
         for i, raw in enumerate(steps_data):
             step = _build_step(i, raw, locs, host, base_dir, first_line, issues)
             if step is not None:
@@ -197,7 +263,11 @@ def build_spec(
 
 
 def _kind(value: Any) -> str:
-    return "nothing" if value is None else f"a {type(value).__name__} ({value!r})"[:80]
+    if value is None:
+        return "nothing"
+    kind = {"dict": "a mapping", "list": "a list", "str": "a string", "int": "an integer", "float": "a number",
+            "bool": "a boolean"}.get(type(value).__name__, f"a {type(value).__name__}")
+    return f"{kind} ({echo(value, 60)})"
 
 
 def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | None:
@@ -214,17 +284,24 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
     if step_id is None:
         issues.append(locs.issue(at + ("id",), "missing `id:` (lower-case letters, digits, '_' and '-')"))
     elif not isinstance(step_id, str) or not STEP_ID.match(step_id):
-        issues.append(locs.issue(at + ("id",), f"step id {step_id!r} is not allowed: use 1-64 lower-case "
+        issues.append(locs.issue(at + ("id",), f"step id {echo(step_id)} is not allowed: use 1-64 lower-case "
                                                "letters, digits, '_' and '-' (it names a directory)"))
     elif step_id in first_line:
-        issues.append(locs.issue(at + ("id",), f"duplicate step id {step_id!r} (first defined at line "
-                                               f"{first_line[step_id]}); ids must be unique", label))
+        first_index, first_at = first_line[step_id]
+        where = at + ("id",)
+        if locs.lines.get(where) == first_at:  # the same mapping again, through a YAML alias
+            where = at
+        issues.append(locs.issue(where, f"duplicate step id {step_id!r} (first defined at line {first_at}, "
+                                        f"steps[{first_index}]); ids must be unique", label))
     else:
-        first_line[step_id] = locs.lines.get(at + ("id",))
+        first_line[step_id] = (i, locs.lines.get(at + ("id",)))
     uses = raw.get("uses")
     gen_cls = None
     if uses is None:
         issues.append(locs.issue(at + ("uses",), "missing `uses:`, the generator to run (see `studio plugins list`)", label))
+    elif not isinstance(uses, str) or len(uses) > 200:
+        issues.append(locs.issue(at + ("uses",), f"got {_kind(uses)}; `uses:` is the name of a registered "
+                                                 "generator, e.g. image.diffusion (see `studio plugins list`)", label))
     else:
         try:
             gen_cls = host.generator(str(uses))
@@ -241,7 +318,7 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
             issues.append(locs.issue(at + (section,), f"`{section}:` must be a mapping of parameter: value, "
                                                       f"got {_kind(value)}", label))
             value = {}
-        sections[section] = value
+        sections[section] = dict(value)  # a copy: resolved model paths do not rewrite the YAML as loaded
     if gen_cls is not None:
         _check_params(at, label, gen_cls, sections, locs, base_dir, issues, check_required=sections_ok)
     compile_step = raw.get("compile")
@@ -249,10 +326,18 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
         issues.append(locs.issue(at + ("compile",), f"got {compile_step!r}; allowed: true | false "
                                                     "(torch.compile this step's models)", label))
         compile_step = None
-    if not isinstance(step_id, str) or first_line.get(step_id) != locs.lines.get(at + ("id",)):
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        issues.append(locs.issue(at + ("description",), f"got {_kind(description)}; a description is text", label))
+        description = None
+    if not isinstance(step_id, str) or first_line.get(step_id, (None,))[0] != i:
         return None  # no usable id: graph checks cannot refer to this step
-    return StepSpec(step_id, uses, sections["with"], sections["sweep"], sections["zip"], raw.get("description"), i,
-                    compile_step)
+    # only well-formed lists expand (the others are reported): sizes stay arithmetic
+    sweep = {k: v for k, v in sections["sweep"].items() if isinstance(v, list) and v}
+    zipped = {k: v for k, v in sections["zip"].items() if isinstance(v, list) and v}
+    if len({len(v) for v in zipped.values()}) > 1:
+        zipped = {}
+    return StepSpec(step_id, uses, sections["with"], sweep, zipped, description, i, compile_step)
 
 
 def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_required=True) -> None:
@@ -263,7 +348,7 @@ def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_req
         for key, value in values.items():
             path = at + (section, key)
             if key not in params_cls.model_fields:
-                issues.append(locs.issue(path, f"unknown parameter {key!r} for {gen_cls.name}."
+                issues.append(locs.issue(path, f"unknown parameter {echo(key)} for {gen_cls.name}."
                                                f"{closest(key, fields)} Parameters: {', '.join(fields)} "
                                                f"(see `studio plugins show {gen_cls.name}`)", step))
                 continue
@@ -273,7 +358,9 @@ def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_req
                 continue
             given[key] = section
             if section == "with":
-                _check_value(path, step, params_cls, key, value, locs, base_dir, issues)
+                resolved = _check_value(path, step, params_cls, key, value, locs, base_dir, issues)
+                if resolved is not None:
+                    values[key] = resolved
                 continue
             if not isinstance(value, list) or not value:
                 issues.append(locs.issue(path, f"`{section}:` values are non-empty lists, got {_kind(value)}", step))
@@ -283,60 +370,25 @@ def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_req
                     issues.append(locs.issue(path + (j,), f"references are not allowed in `{section}:`; "
                                                           "put the reference in `with:`", step))
                 else:
-                    _check_value(path + (j,), step, params_cls, key, item, locs, base_dir, issues)
+                    resolved = _check_value(path + (j,), step, params_cls, key, item, locs, base_dir, issues)
+                    if resolved is not None:
+                        value = values[key] = [*value[:j], resolved, *value[j + 1:]]
             if section == "sweep" and len({repr(v) for v in value}) != len(value):
-                issues.append(locs.issue(path, f"the sweep over {key!r} repeats a value: {value!r}", step))
+                issues.append(locs.issue(path, f"the sweep over {key!r} repeats a value: {echo(value)}", step))
     lengths = {k: len(v) for k, v in sections["zip"].items() if isinstance(v, list)}
     if len(set(lengths.values())) > 1:
         issues.append(locs.issue(at + ("zip",), "`zip:` lists must have equal lengths, got "
                                                 + ", ".join(f"{k}: {n}" for k, n in lengths.items()), step))
-    problems_before = len(issues)
     for name in fields if check_required else ():
         if params_cls.model_fields[name].is_required() and name not in given:
             issues.append(locs.issue(at + ("with",), f"missing required parameter {name!r} for {gen_cls.name} "
                                                      f"({P.describe(params_cls, name)}): "
                                                      f"{params_cls.model_fields[name].description}", step))
-    if check_required and len(issues) == problems_before and not any(i.step == step for i in issues):
-        _check_combination(at, step, params_cls, sections, locs, issues)
 
 
-def _check_combination(at, step, params_cls, sections, locs, issues) -> None:
-    """Rules between parameters (a mode that needs a second input...) are the Params
-    model's own validators: run them on every item's values, media and references
-    standing in as placeholders, so `studio validate` reports what the run would."""
-    from itertools import product
-
-    from pydantic import ValidationError
-
-    from studio.generator import Artifact
-
-    placeholder = Artifact(path=Path("placeholder"), media_type="*/*", sha256="", size=0)
-
-    def stand_in(key: str, value: Any) -> Any:
-        kind = P.field_kind(params_cls, key)
-        if kind == "media":
-            return placeholder
-        if kind == "media_list":
-            return [placeholder] * (len(value) if isinstance(value, list) else 1)
-        return "" if has_refs(value) else value
-
-    swept = [[(k, v) for v in values] for k, values in sections["sweep"].items()]
-    zipped = list(zip(*[[(k, v) for v in values] for k, values in sections["zip"].items()])) or [()]
-    for combo in list(product(*swept))[:64]:
-        for row in zipped:
-            values = {**sections["with"], **dict(combo), **dict(row)}
-            try:
-                params_cls.model_validate({k: stand_in(k, v) for k, v in values.items()})
-            except ValidationError as exc:
-                for error in exc.errors(include_url=False):
-                    if error["loc"] == ():  # a rule between parameters; field errors were reported above
-                        item = ", ".join(f"{k}={v!r}" for k, v in [*combo, *row])
-                        message = error["msg"].removeprefix("Value error, ")
-                        issues.append(locs.issue(at + ("with",), message + (f" (item {item})" if item else ""), step))
-                        return
-
-
-def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> None:
+def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> Any:
+    """Report what is wrong with one value; return the value to run with when it differs
+    from the one written (a model path resolved against the pipeline's folder)."""
     kind = P.field_kind(params_cls, key)
     if kind in ("media", "media_list"):
         values = value if kind == "media_list" and isinstance(value, list) else [value]
@@ -362,9 +414,37 @@ def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> 
         else:
             _check_ref_syntax(path, step, value, locs, issues)
         return
+    nested = _nested_ref(value)
+    if nested is not None:
+        issues.append(locs.issue(path + nested[0], f"a reference inside a {nested[1]} ({echo(nested[2])}) is not "
+                                                   "resolved; a reference must be the whole value of a text or "
+                                                   "media parameter (or one entry of a media list)", step))
+        return
     problem = P.check_value(params_cls, key, value)
     if problem:
-        issues.append(locs.issue(path, f"got {value!r}: {problem}. Allowed: {P.describe(params_cls, key)}", step))
+        issues.append(locs.issue(path, f"got {echo(value)}: {problem}. Allowed: {P.describe(params_cls, key)}", step))
+        return
+    wanted = model_spec(params_cls, key)
+    if wanted is not None and isinstance(value, str):
+        from studio.modelpath import check_model
+
+        resolved, problem = check_model(value, wanted, base_dir)
+        if problem:
+            issues.append(locs.issue(path, f"model {echo(value)} {problem}", step))
+        return resolved
+    return None
+
+
+def _nested_ref(value: Any, at: tuple = ()) -> tuple[tuple, str, str] | None:
+    """(path, 'list' or 'mapping', text) of the first `${...}` inside a list or mapping."""
+    items = enumerate(value) if isinstance(value, list) else value.items() if isinstance(value, dict) else ()
+    for k, v in items:
+        if isinstance(v, str) and has_refs(v):
+            return at + (k,), "list" if isinstance(value, list) else "mapping", v
+        found = _nested_ref(v, at + (k,))
+        if found:
+            return found
+    return None
 
 
 def _is_whole_ref(value: str) -> bool:
@@ -382,18 +462,32 @@ def _check_ref_syntax(path, step, value, locs, issues) -> None:
 
 
 def _check_input_file(path, step, params_cls, key, value, locs, base_dir, issues) -> None:
+    """An input file must exist inside reach, be what its content says, and be usable:
+    sniffed, never trusted by its extension."""
     from studio import media
-    from studio.artifacts import media_type_of_file
     from studio.generator import accepted_media
+    from studio.sniff import sniff
 
-    file = (base_dir / value).resolve()
-    if not file.is_file():
-        issues.append(locs.issue(path, f"input file {value!r} not found (looked in {file}); give a path "
+    if "\x00" in value:
+        issues.append(locs.issue(path, f"input file {echo(value)} contains a NUL byte", step))
+        return
+    file = (base_dir / value).absolute()
+    try:
+        file = file.resolve()
+    except (OSError, RuntimeError):
+        issues.append(locs.issue(path, f"input file {echo(value)} cannot be resolved: a symbolic link loops", step))
+        return
+    if not file.exists():
+        issues.append(locs.issue(path, f"input file {echo(value)} not found (looked in {file}); give a path "
                                        "relative to the pipeline file, or a reference "
                                        "${steps.<id>.outputs.<port>}", step))
         return
     accepts = accepted_media(params_cls, key)
-    actual = media_type_of_file(file)
-    if actual is None or not media.matches(accepts, actual):
-        issues.append(locs.issue(path, f"input file {value!r} is {actual or 'of an unknown type'}; "
+    found = sniff(file)
+    if found.problem:
+        what = f" ({found.media_type})" if found.media_type else ""
+        issues.append(locs.issue(path, f"input file {echo(value)}{what} {found.problem}; '{key}' accepts {accepts}",
+                                 step))
+    elif not media.matches(accepts, found.media_type):
+        issues.append(locs.issue(path, f"input file {echo(value)} is {found.media_type} (by its content); "
                                        f"{key!r} accepts {accepts}", step))

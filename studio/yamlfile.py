@@ -3,6 +3,8 @@ and refuses alias bombs before building anything."""
 
 from __future__ import annotations
 
+import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,12 @@ from studio.errors import Issue
 
 MAX_BYTES = 2_000_000
 MAX_NODES = 100_000  # after expanding aliases; a real pipeline has a few hundred
+MAX_DEPTH = 64  # nesting of lists and mappings; a pipeline needs five or six
+
+# What YAML 1.1 allows in a stream (PyYAML's Reader rejects the rest with a traceback of
+# its own): tab, newline, carriage return, printable ASCII, NEL and printable Unicode.
+_NOT_PRINTABLE = re.compile("[^\x09\x0A\x0D\x20-\x7E\x85\xA0-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
+_CHAR_NAMES = {0: "NUL", 7: "BEL", 8: "backspace", 0x1B: "ESC", 0x7F: "DEL", 0xFEFF: "byte order mark"}
 
 Path_ = tuple  # ("steps", 1, "with", "prompt")
 
@@ -41,13 +49,51 @@ class Locations:
         return Issue(message, self.file, None, format_path(path) or None, step)
 
 
-def load_yaml(text: str, file: str | None) -> tuple[Any, Locations, list[Issue]]:
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose aliases remember where they were used: an aliased step is
+    reported at the alias's line, not only at its anchor's."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            used_here = copy.copy(node)  # shares the children: expansion is still counted
+            used_here.start_mark = mark
+            return used_here
+        return super().compose_node(parent, index)
+
+
+def unprintable_character(text: str) -> tuple[int, int, str] | None:
+    """(line, column, description) of the first character YAML does not allow."""
+    m = _NOT_PRINTABLE.search(text)
+    if m is None:
+        return None
+    code = ord(m.group())
+    line = text.count("\n", 0, m.start()) + 1
+    column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+    name = _CHAR_NAMES.get(code, "a control character")
+    return line, column, f"U+{code:04X} ({name})"
+
+
+def load_yaml(text: str, file: str | None, *, what: str = "file") -> tuple[Any, Locations, list[Issue]]:
     """Parse one YAML document with yaml's SafeLoader. Returns data, locations and any
-    issues (syntax errors, alias bombs, duplicate keys)."""
+    issues (syntax errors, alias bombs, nesting, duplicate and complex keys)."""
     locs = Locations(file)
-    if len(text.encode("utf-8", "replace")) > MAX_BYTES:
-        return None, locs, [Issue(f"file is larger than {MAX_BYTES // 1_000_000} MB; a pipeline is a small text file", file)]
-    loader = yaml.SafeLoader(text)
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        return None, locs, [Issue(f"{what} is larger than {MAX_BYTES // 1_000_000} MB; a pipeline is a small text "
+                                  "file", file)]
+    text = text.removeprefix("\ufeff")  # a byte order mark at the start is harmless
+    bad = unprintable_character(text)
+    if bad:
+        line, column, name = bad
+        return None, locs, [Issue(f"{name} at column {column}: YAML allows no control characters. Remove it "
+                                  "(inside a double-quoted string, write it as an escape such as \\t or "
+                                  "\\x1b)", file, line)]
+    deep = _too_deep(text)
+    if deep:
+        return None, locs, [Issue(f"lists and mappings are nested more than {MAX_DEPTH} levels deep; "
+                                  "a pipeline needs a handful", file, deep)]
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -58,6 +104,8 @@ def load_yaml(text: str, file: str | None) -> tuple[Any, Locations, list[Issue]]
         issues: list[Issue] = []
         # Before construction: it flattens merge keys (<<) into the mappings.
         _record_lines(node, (), locs, issues)
+        if any(i.message.startswith("a mapping key") for i in issues):
+            return None, locs, issues  # construction would fail on an unhashable key
         data = loader.construct_document(node)
     except yaml.constructor.ConstructorError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
@@ -68,10 +116,38 @@ def load_yaml(text: str, file: str | None) -> tuple[Any, Locations, list[Issue]]
     except yaml.YAMLError as exc:
         return None, locs, [Issue(f"YAML error: {exc}", file)]
     except RecursionError:
-        return None, locs, [Issue("YAML is nested too deeply", file)]
+        return None, locs, [Issue(f"lists and mappings are nested too deeply; a pipeline needs a handful", file)]
     finally:
         loader.dispose()
     return data, locs, issues
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where flow brackets ([ and {) nest past MAX_DEPTH, found by counting
+    before the recursive parser sees them. (Block nesting is bounded by MAX_DEPTH in
+    _record_lines; its indentation cannot recurse out of control.)"""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    depth = 0
+    quote = None
+    line = 1
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        if quote:  # brackets inside quoted strings do not nest (an apostrophe in plain text
+            # may hide some: then the parser's own recursion limit is the backstop)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return None
 
 
 def _count_nodes(root: yaml.Node) -> str | None:
@@ -96,6 +172,10 @@ def _count_nodes(root: yaml.Node) -> str | None:
 
 def _record_lines(node: yaml.Node, path: Path_, locs: Locations, issues: list[Issue]) -> None:
     locs.lines.setdefault(path, node.start_mark.line + 1)
+    if len(path) > MAX_DEPTH:
+        issues.append(Issue(f"nested more than {MAX_DEPTH} levels deep; a pipeline needs a handful",
+                            locs.file, node.start_mark.line + 1))
+        return
     if isinstance(node, yaml.MappingNode):
         first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -103,6 +183,11 @@ def _record_lines(node: yaml.Node, path: Path_, locs: Locations, issues: list[Is
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # merged values are reported at the mapping's line
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                issues.append(Issue(f"a mapping key must be a plain name, got a {kind} (a YAML complex key "
+                                    "`? ...`); write `name: value`", locs.file, line, format_path(path) or None))
+                continue
             if key in first_line:
                 issues.append(
                     Issue(f"duplicate key {key!r} (first at line {first_line[key]})",

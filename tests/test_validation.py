@@ -31,8 +31,7 @@ CASES = {
     ),
     "wrong_type": (
         "name: x\nsteps:\n  - id: a\n    uses: fake.image\n    with: {size: big}\n",
-        ["F:5: steps[0].with.size (step 'a'): got 'big': Input should be a valid integer, unable to parse "
-         "string as an integer. Allowed: integer, 1 <= value <= 256"],
+        ["F:5: steps[0].with.size (step 'a'): got 'big': Input should be a valid integer. Allowed: integer, 1 <= value <= 256"],
     ),
     "out_of_range": (
         "name: x\nsteps:\n  - id: a\n    uses: fake.image\n    with: {size: 500}\n",
@@ -70,7 +69,7 @@ CASES = {
     ),
     "duplicate_id": (
         "name: x\nsteps:\n  - {id: a, uses: fake.text, with: {prompt: hi}}\n  - {id: a, uses: fake.text, with: {prompt: hi}}\n",
-        ["F:4: steps[1].id (step 'a'): duplicate step id 'a' (first defined at line 3); ids must be unique"],
+        ["F:4: steps[1].id (step 'a'): duplicate step id 'a' (first defined at line 3, steps[0]); ids must be unique"],
     ),
     "unsafe_id": (
         "name: x\nsteps:\n  - {id: ../etc, uses: fake.text, with: {prompt: hi}}\n",
@@ -194,7 +193,7 @@ def test_input_file_must_exist_and_match(host, write_yaml, tmp_path):
         load_spec(path, host)
     messages = [i.message for i in info.value.issues]
     assert messages[0].startswith("input file 'nope.png' not found (looked in ")
-    assert messages[1] == "input file 'notes.txt' is text/plain; 'image' accepts image/*"
+    assert messages[1] == "input file 'notes.txt' is text/plain (by its content); 'image' accepts image/*"
 
 
 def test_overrides_are_validated_with_their_origin(host, write_yaml):
