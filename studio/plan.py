@@ -148,28 +148,28 @@ def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
 
 
 def find_cycle(steps: list[StepSpec]) -> list[str] | None:
+    """A cycle of references as a list of step ids, or None. Iterative: a chain of a
+    thousand steps must not exhaust Python's recursion limit."""
     deps = {s.id: [r.step for _, r in step_refs(s)] for s in steps}
-    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for dep in deps.get(node, []):
-            if dep not in deps:
-                continue
-            if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
-            if dep not in state and (found := visit(dep)):
-                return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for s in steps:
-        if s.id not in state and (found := visit(s.id)):
-            # report in the direction data flows: producer -> consumer
-            return list(reversed(found))
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    for start in deps:
+        if start in state:
+            continue
+        path: list[str] = [start]
+        pending = [iter(deps[start])]
+        state[start] = 1
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif dep in deps and state.get(dep) == 1:
+                found = path[path.index(dep):] + [dep]
+                return list(reversed(found))  # in the direction data flows: producer -> consumer
+            elif dep in deps and dep not in state:
+                state[dep] = 1
+                path.append(dep)
+                pending.append(iter(deps[dep]))
     return None
 
 
@@ -208,20 +208,29 @@ def _check_sizes(spec: PipelineSpec, host: Host) -> list[Issue]:
 
 
 def order_steps(steps: list[StepSpec]) -> list[StepSpec]:
-    """Topological order, keeping YAML order among independent steps."""
-    done: set[str] = set()
+    """Topological order, keeping YAML order among independent steps (steps of a cycle,
+    which check_graph reports, come last)."""
+    by_id = {s.id: s for s in steps}
+    needs = {s.id: {r.step for _, r in step_refs(s) if r.step in by_id and r.step != s.id} for s in steps}
+    users: dict[str, list[str]] = {s.id: [] for s in steps}
+    for step_id, deps in needs.items():
+        for dep in deps:
+            users[dep].append(step_id)
+    position = {s.id: i for i, s in enumerate(steps)}
+    import heapq
+
+    ready = [(position[i], i) for i, deps in needs.items() if not deps]
+    heapq.heapify(ready)
     ordered: list[StepSpec] = []
-    remaining = list(steps)
-    while remaining:
-        for step in remaining:
-            if all(r.step in done for _, r in step_refs(step)):
-                ordered.append(step)
-                done.add(step.id)
-                remaining.remove(step)
-                break
-        else:  # a cycle; check_graph reports it
-            return ordered + remaining
-    return ordered
+    while ready:
+        _, step_id = heapq.heappop(ready)
+        ordered.append(by_id[step_id])
+        for user in users[step_id]:
+            needs[user].discard(step_id)
+            if not needs[user]:
+                heapq.heappush(ready, (position[user], user))
+    placed = {s.id for s in ordered}
+    return ordered + [s for s in steps if s.id not in placed]
 
 
 def _mapped_upstreams(step: StepSpec, host: Host) -> list[str]:

@@ -106,7 +106,12 @@ def _what(kind: str) -> str:
 def _image(path: Path, kind: str) -> Sniffed:
     from PIL import Image
 
-    with Image.open(path) as im:  # reads the header only
+    try:
+        opened = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError:
+        return Sniffed(kind, f"declares more than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); images "
+                             "are limited to 8192 x 8192")
+    with opened as im:
         width, height = im.size
         info = {"width": width, "height": height, "mode": im.mode}
         if width * height > MAX_IMAGE_PIXELS:

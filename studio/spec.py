@@ -28,6 +28,7 @@ STEP_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
 MAX_ECHO = 80  # characters of a user's value repeated in a message
+MAX_STEPS = 1000
 
 
 @dataclass
@@ -249,6 +250,9 @@ def build_spec(
         issues.append(locs.issue(("steps",), "missing `steps:`, a list of steps (each with `id:` and `uses:`)"))
     elif not isinstance(steps_data, list) or not steps_data:
         issues.append(locs.issue(("steps",), f"`steps:` must be a non-empty list, got {_kind(steps_data)}"))
+    elif len(steps_data) > MAX_STEPS:
+        issues.append(locs.issue(("steps",), f"{len(steps_data):,} steps; the limit is {MAX_STEPS:,}. Use "
+                                             "`sweep:` or `zip:` to make many items of one step"))
     else:
         first_line: dict[str, tuple[int, int | None]] = {}
         for i, raw in enumerate(steps_data):
