@@ -341,6 +341,7 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
     zipped = {k: v for k, v in sections["zip"].items() if isinstance(v, list) and v}
     if len({len(v) for v in zipped.values()}) > 1:
         zipped = {}
+    uses = uses if isinstance(uses, str) else ""  # reported above; "" names no generator
     return StepSpec(step_id, uses, sections["with"], sweep, zipped, description, i, compile_step)
 
 
