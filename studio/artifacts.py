@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from studio import media
 
@@ -25,10 +26,14 @@ class Writer:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f: BinaryIO) -> str:
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -48,6 +53,23 @@ def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in `path` survive a power cut, where the file system
+    allows it (some refuse to open or sync a directory: then the rename is as safe as
+    the file system makes it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(final: Path, data: Any) -> None:
@@ -55,6 +77,30 @@ def write_json_atomic(final: Path, data: Any) -> None:
         final,
         lambda p: p.write_text(json.dumps(data, indent=2, default=str) + "\n", "utf-8"),
     )
+
+
+# --- file-system errors, in words ---------------------------------------------------
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def is_storage_problem(exc: BaseException) -> bool:
+    """A full disk or a folder that refuses writes: the machine's problem, which every
+    later write would hit too, not the generator's."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL | NOT_WRITABLE | {errno.EIO}
+
+
+def os_error_text(exc: OSError, path: Path | str | None = None, *, writing: bool = True) -> str:
+    """What went wrong with a file, naming it: `path` when the caller knows which file
+    mattered (the artifact rather than its temporary name), else the error's own.
+    `writing=False` when the caller does not know whether it was a read or a write."""
+    where = path if path is not None else (exc.filename or "?")
+    if exc.errno in DISK_FULL:
+        return f"disk full at {where}: free space or use --out on another disk"
+    if exc.errno in NOT_WRITABLE and writing:
+        return f"cannot write to {where}: {exc.strerror or exc}"
+    return f"{where}: {exc.strerror or exc}"
 
 
 # --- built-in writers ------------------------------------------------------------

@@ -5,6 +5,7 @@ mistake of theirs."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +31,9 @@ class StudioGroup(click.Group):
             return super().invoke(ctx)
         except StudioError as exc:
             raise StudioException(exc) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
 
 def _host():
@@ -57,7 +61,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("pipeline", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+@click.option("--out", default="runs", show_default=True, metavar="DIR",
               help="Root directory for runs: OUT/<pipeline>/<run-id>/.")
 @click.option("--set", "overrides", multiple=True, metavar="STEP.PARAM=VALUE",
               help="Override a step parameter (repeatable). VALUE is read as YAML.")
@@ -79,9 +83,15 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         max_vram_gb) -> None:
     """Run PIPELINE and write its outputs under OUT."""
     from studio import api
+    from studio.artifacts import os_error_text
+    from studio.errors import StorageError, UserError
     from studio.events import sink_for
+    from studio.executor import RunWarning
     from studio.runtime import Runtime
 
+    if not out.strip():
+        raise StorageError("--out is empty: give a folder for the runs, e.g. --out runs")
+    out = Path(out)
     loaded = api.load(pipeline, overrides=overrides, seed=seed, device=device, precision=precision,
                       compile=True if compile_ else None, host=_host())
     runtime = Runtime(loaded.spec.device, loaded.spec.precision,
@@ -89,11 +99,25 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
                       max_vram_bytes=None if max_vram_gb is None else int(max_vram_gb * 2**30))
     events = sink_for(quiet=quiet, json_events=json_events)
     try:
-        result = loaded.run(out=out, use_cache=not no_cache, events=events, runtime=runtime)
+        with warnings.catch_warnings():
+            # the run's warnings (a read-only step cache ...) as plain lines, when they happen
+            show_others = warnings.showwarning
+
+            def show(message, category, *args, **kwargs):
+                if issubclass(category, RunWarning):
+                    click.echo(f"warning: {message}", err=True)
+                else:
+                    show_others(message, category, *args, **kwargs)
+
+            warnings.showwarning = show
+            warnings.simplefilter("always", RunWarning)
+            result = loaded.run(out=out, use_cache=not no_cache, events=events, runtime=runtime)
     except KeyboardInterrupt:
         events.close()
         click.echo("interrupted: finished artifacts are kept; run again to reuse them", err=True)
         sys.exit(130)
+    except OSError as exc:  # a file problem the run did not put in words
+        raise StorageError(os_error_text(exc, writing=False)) from None
     finally:
         events.close()
     if json_events:
@@ -102,13 +126,18 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         click.echo(_display(result.run_dir))
     else:
         _print_summary(result)
+    if result.error:  # the run stopped, or could not record itself: a full disk ...
+        raise StorageError(f"{result.error}\n  finished artifacts are kept in {_display(result.run_dir)}")
     if result.failed:
         lines = [f"{len(result.failed)} item(s) failed; finished artifacts are kept in {_display(result.run_dir)}"]
         for r in result.failed:
             lines.append(f"  step {r.step_id!r}, item {r.name!r}: {r.error}")
         if (result.run_dir / "errors.log").exists():
             lines.append(f"  tracebacks: {result.run_dir / 'errors.log'}")
-        raise GeneratorFailed("\n".join(lines))
+        # exit 1 only when a generator crashed on valid input; the user's input or the
+        # machine (memory, disk) is for the user to fix: exit 2
+        crashed = any(r.error_kind == "generator" for r in result.failed)
+        raise (GeneratorFailed if crashed else UserError)("\n".join(lines))
 
 
 def _display(path: Path) -> str:
@@ -310,35 +339,86 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_dir, as_json) -> None:
     """What a run made: status, seeds, timings and artifacts per item."""
+    from rich.markup import escape
+
     from studio.manifest import read_manifest
 
-    manifest = read_manifest(run_dir)
+    # completed from the run's journal when the run was killed, and saved back
+    manifest = read_manifest(run_dir, repair=True)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    rt = manifest.get("runtime", {})
+    def text(value) -> str:  # the manifest is a file: show what is there, markup escaped
+        return escape("" if value is None else str(value))
+
+    rt = manifest.get("runtime") if isinstance(manifest.get("runtime"), dict) else {}
     console = Console()
-    console.print(f"[bold]{manifest['pipeline']}[/]  {manifest['status']}  {manifest['started']}  "
-                  f"{manifest['seconds']} s  device {rt.get('device')}  seed {manifest['seed']}")
+    console.print(f"[bold]{text(manifest.get('pipeline'))}[/]  {text(manifest.get('status'))}  "
+                  f"{text(manifest.get('started'))}  {text(manifest.get('seconds'))} s  "
+                  f"device {text(rt.get('device'))}  seed {text(manifest.get('seed'))}")
+    for line in ([manifest["error"]] if manifest.get("error") else []) + list(manifest.get("warnings") or []):
+        console.print(f"  {text(line)}")
     table = Table()
     for col in ("item", "uses", "status", "seed", "seconds", "artifacts"):
         table.add_column(col, overflow="fold")
-    for step_id, step in manifest["steps"].items():
-        for item in step["items"]:
-            arts = "\n".join(f"{a['path']} ({a['size']} B)" for a in item["artifacts"].values())
-            table.add_row(item["name"], step["uses"], item["status"], str(item["seed"]),
-                          "" if item["seconds"] is None else f"{item['seconds']:.2f}", arts or (item["error"] or ""))
+    for step in manifest["steps"].values():
+        for item in step.get("items", []) if isinstance(step, dict) else []:
+            if not isinstance(item, dict):
+                continue
+            arts = "\n".join(f"{text(a.get('path'))} ({text(a.get('size'))} B)"
+                             for a in (item.get("artifacts") or {}).values() if isinstance(a, dict))
+            seconds = item.get("seconds")
+            table.add_row(text(item.get("name")), text(step.get("uses")), text(item.get("status")),
+                          text(item.get("seed")), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "",
+                          arts or text(item.get("error")))
     console.print(table)
 
 
 def main() -> None:
+    """The console entry point: whatever happens, the user gets a message and an exit
+    code, never a Python traceback (that goes to a crash log the message names)."""
     try:
         host = _host()
+        host.call_each("register_commands", cli=cli)
+        cli(prog_name="studio")
     except StudioError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    host.call_each("register_commands", cli=cli)
-    cli(prog_name="studio")
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:  # `studio plan x | head`: the reader left; say nothing more
+        sys.stderr = open(os.devnull, "w")
+        sys.exit(141)
+    except OSError as exc:
+        from studio.artifacts import os_error_text
+
+        click.echo(f"Error: {os_error_text(exc, writing=False)}", err=True)
+        sys.exit(2)
+    except MemoryError:
+        click.echo("Error: out of memory. Lower the sizes in the pipeline (width, height, sweep lengths, "
+                   "batch) or free memory, then run again.", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        log = _write_crash_log(exc)
+        click.echo(f"Error: internal error, not a mistake of yours: {type(exc).__name__}: {str(exc)[:300]}\n"
+                   f"  The details are in {log}; please report them with the command you ran.", err=True)
+        sys.exit(1)
+
+
+def _write_crash_log(exc: BaseException) -> str:
+    import tempfile
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"studio-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"studio {__version__}, argv: {sys.argv!r}\n{text}")
+        return path
+    except OSError:
+        return "(no crash log: the temporary directory is not writable)"

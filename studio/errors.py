@@ -62,3 +62,8 @@ class NonFiniteOutput(StudioError):
     """A generator produced NaN or Inf values."""
 
     exit_code = 1
+
+
+class StorageError(UserError):
+    """A file could not be written: a full disk, a read-only folder, an --out that is a
+    file. The machine needs fixing, not the generator, so it exits with code 2."""

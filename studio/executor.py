@@ -1,15 +1,23 @@
 """Walks a plan: per item, cache lookup -> runtime -> generator -> writers.
 
 Failure policy: an item that fails marks the items that need it as skipped; the rest
-of the pipeline still runs, and every finished artifact is kept (exit code 1). Ctrl-C
-stops at once, records what finished, and leaves no partial file behind."""
+of the pipeline still runs, and every finished artifact is kept. Each failure has a
+kind: "user" (the user's input is wrong: a UserError, parameters that do not
+validate), "environment" (the machine: out of memory even alone, a full disk) or
+"generator" (it crashed on valid input). A full or read-only disk stops the run, since
+every later write would fail too. Ctrl-C stops at once, records what finished, and
+leaves no partial file behind; after `kill -9` the run's journal still holds every
+item that finished (see studio.manifest)."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
 import time
 import traceback
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,12 +25,13 @@ from pydantic import ValidationError
 
 from studio import __version__
 from studio import params as P
-from studio.artifacts import atomic_write, media_type_of_file, sha256_file
-from studio.cache import StepCache, cache_key, canonical
-from studio.errors import StudioError, UserError
+from studio.artifacts import (atomic_write, fsync_dir, is_storage_problem, os_error_text,
+                              sha256_file, write_json_atomic)
+from studio.cache import DamagedEntry, StepCache, cache_key, canonical
+from studio.errors import StorageError, StudioError, UserError
 from studio.events import Sink
 from studio.generator import Artifact, Generator, Params, StepContext
-from studio.manifest import Manifest
+from studio.manifest import MANIFEST, Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
 from studio.refs import interpolate, whole_ref
 from studio.report import write_gallery
@@ -69,6 +78,7 @@ class ItemResult:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     seconds: float | None = None
     error: str | None = None
+    error_kind: str | None = None  # for a failed item: user | environment | generator
     cache_key: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # what the generator recorded
 
@@ -85,6 +95,8 @@ class RunResult:
     status: str
     items: dict[str, ItemResult]
     manifest_path: Path
+    error: str | None = None  # what stopped the run or kept it from recording itself (a full disk)
+    warnings: list[str] = field(default_factory=list)  # e.g. the step cache could not be written
 
     def step(self, step_id: str) -> list[ItemResult]:
         return [r for r in self.items.values() if r.step_id == step_id]
@@ -99,6 +111,11 @@ class RunResult:
 
 class BatchOutOfMemory(Exception):
     """A batch of several items ran out of device memory: run it again smaller."""
+
+
+class RunWarning(UserWarning):
+    """Something the user should know that does not fail the run (the step cache is
+    read-only ...). Also in the manifest's `warnings` and as a `warning` event."""
 
 
 def new_run_id() -> str:
@@ -119,8 +136,12 @@ class Executor:
         self.host = host
         self.plan = plan
         self.spec = plan.spec
-        self.out = Path(out).resolve()
+        self.out_given = Path(out)  # as the user wrote it, for messages
+        # absolute, links kept: a run folder that is a link to another disk stays one
+        self.out = Path(out).absolute()
         self.cache = StepCache(self.out / ".cache" / "steps") if use_cache else None
+        self._cache_writable = True
+        self._manifest_warned = False
         self.events = events or Sink()
         self.runtime = runtime
         self.results: dict[str, ItemResult] = {}
@@ -131,28 +152,84 @@ class Executor:
         if self.runtime is None:
             self.runtime = Runtime(self.spec.device, self.spec.precision)
         self.runtime.check_device()  # an unavailable GPU fails before anything is written
-        run_dir = self.out / self.spec.name / new_run_id()
-        run_dir.mkdir(parents=True)
-        self.run_dir = run_dir
         for item in self.plan.items:
             self.results[item.name] = ItemResult(item.name, item.step_id, item.dirname, item.labels, item.seed)
-        self.manifest = Manifest(run_dir, self.plan, self.host, self.runtime, self.results)
-        self.manifest.write("running")
+        run_dir = self._make_run_dir()
         self.events.emit("run_start", pipeline=self.spec.name, run_dir=str(run_dir), items=len(self.results))
         status = "interrupted"
         try:
+            self.manifest.start_journal()
             for step in self.plan.steps:
                 self._run_step(step)
             status = "failed" if any(r.status == "failed" for r in self.results.values()) else "done"
+        except StorageError as exc:  # nothing more can be written: stop, keep what finished
+            self.manifest.error, status = str(exc), "failed"
+        except OSError as exc:  # a file problem no step put in words
+            self.manifest.error, status = os_error_text(exc, writing=False), "failed"
         finally:
-            for r in self.results.values():
-                if r.status == "pending":
-                    r.status = "interrupted"
+            self._end_run(status)
+        return RunResult(run_dir, status, self.results, self.manifest.path, self.manifest.error,
+                         list(self.manifest.warnings))
+
+    def _make_run_dir(self) -> Path:
+        """OUT/<pipeline>/<run-id>, made under a hidden name with its first manifest and
+        renamed into place: a run folder always has a manifest that says what it is."""
+        if self.out.exists() and not self.out.is_dir():
+            raise StorageError(f"cannot write to {self.out_given}: it is a file, not a folder; "
+                               "give --out a folder")
+        parent = self.out / self.spec.name
+        for _ in range(5):
+            run_dir = parent / new_run_id()
+            building = parent / f".{run_dir.name}.partial-{os.getpid()}"
+            self.manifest = Manifest(run_dir, self.plan, self.host, self.runtime, self.results)
+            try:
+                building.mkdir(parents=True)
+            except OSError as exc:
+                raise self._out_error(exc) from None
+            try:
+                write_json_atomic(building / MANIFEST, self.manifest.as_dict("running"))
+                if run_dir.exists():
+                    continue  # another run took this id in the same second
+                os.rename(building, run_dir)
+            except OSError as exc:
+                raise self._out_error(exc) from None
+            finally:
+                shutil.rmtree(building, ignore_errors=True)  # gone once renamed
+            fsync_dir(parent)
+            self.run_dir = run_dir
+            return run_dir
+        raise StorageError(f"cannot make a run folder in {parent}: every name tried is taken")
+
+    def _out_error(self, exc: OSError) -> StorageError:
+        # a full or read-only disk is --out's; anything else (a file where a folder
+        # should be) is named by the path it happened at
+        return StorageError(os_error_text(exc, self.out_given if is_storage_problem(exc) else None))
+
+    def _end_run(self, status: str) -> None:
+        """Record how the run ended. Never raises for a file problem: a full disk must
+        not hide the run's outcome, and the journal already holds every finished item."""
+        stopped = "not made: the run stopped early" if self.manifest.error else None
+        for r in self.results.values():
+            if r.status == "pending":
+                r.status, r.error = "interrupted", stopped
+        try:
             self.manifest.write(status)
-            steps = {s.id: [self.results[i.name] for i in s.items] for s in self.plan.steps}
-            write_gallery(run_dir, self.spec.name, status, steps)
-            self.events.emit("run_done", status=status, run_dir=str(run_dir))
-        return RunResult(run_dir, status, self.results, self.manifest.path)
+        except OSError as exc:
+            self.manifest.error = self.manifest.error or (
+                f"{os_error_text(exc, self.manifest.path)} (journal.jsonl records every finished item)")
+            try:
+                self.manifest.record_end(status)
+            except OSError:
+                pass  # the journal's item lines still tell what finished
+            self.manifest.journal.close()
+        else:
+            self.manifest.journal.remove()  # the manifest now says all the journal did
+        steps = {s.id: [self.results[i.name] for i in s.items] for s in self.plan.steps}
+        try:
+            write_gallery(self.run_dir, self.spec.name, status, steps)
+        except OSError as exc:
+            self._warn(f"gallery.html is not written ({os_error_text(exc, self.run_dir / 'gallery.html')})")
+        self.events.emit("run_done", status=status, run_dir=str(self.run_dir))
 
     # -- one step -----------------------------------------------------------------
 
@@ -176,8 +253,9 @@ class Executor:
                 continue
             try:
                 params = self._resolve_params(item, gen)
-            except (ValidationError, StudioError, OSError) as exc:
-                self._finish(result, "failed", error=f"parameters: {_short_error(exc)}")
+            except Exception as exc:
+                kind, error = self._parameter_failure(step, exc)
+                self._finish(result, "failed", error=f"parameters: {error}", kind=kind)
                 continue
             result.params = _jsonable(params)
             key = cache_key({
@@ -187,7 +265,7 @@ class Executor:
             })
             result.cache_key = key
             item_dir = self._item_dir(item)
-            if self.cache and self._restore(result, item_dir, key, step):
+            if self.cache and self._restore(result, item_dir, key, step, gen):
                 continue
             ctx = StepContext(
                 step_id=step.id, item_name=item.name, seed=item.seed, runtime=self.runtime,
@@ -220,6 +298,7 @@ class Executor:
 
     def _run_batch(self, run: StepRun) -> None:
         began = time.perf_counter()
+        failure: Exception | None = None
         try:
             outputs = self.host.pm.hook.run_step(step=run)
             if outputs is None or len(outputs) != len(run.items):
@@ -228,16 +307,66 @@ class Executor:
         except Exception as exc:  # a generator's bug is reported, the run goes on
             if len(run.items) > 1 and is_out_of_memory(exc):
                 raise BatchOutOfMemory() from exc
-            self._log_traceback(run, exc)
+            failure = exc
+        if failure is not None:
+            if len(run.items) > 1 and isinstance(failure, UserError):
+                # one item's input is wrong, but which? Alone, the others are still made
+                del failure
+                for item_run in run.items:
+                    self._run_batch(replace(run, items=[item_run]))
+                return
+            kind, error = self._generator_failure(run, failure)
             for item_run in run.items:
-                self._finish(self.results[item_run.item.name], "failed",
-                             error=f"{run.uses} (plugin {run.plugin!r}) raised {_short_error(exc)}")
+                self._finish(self.results[item_run.item.name], "failed", error=error, kind=kind)
             return
         seconds = (time.perf_counter() - began) / len(run.items)
         for item_run, out in zip(run.items, outputs):
             self._save(run, item_run, out, seconds)
 
+    def _generator_failure(self, run: StepRun, exc: Exception) -> tuple[str, str]:
+        """The kind of a failed item and its message."""
+        if isinstance(exc, UserError):
+            return "user", f"{run.uses}: {exc}"
+        self._log_traceback(run, exc)
+        if is_out_of_memory(exc):
+            return "environment", ("out of memory with a batch of 1: lower width/height/steps or free memory "
+                                   f"({_short_error(exc)})")
+        if is_storage_problem(exc):
+            return "environment", f"{run.uses}: {os_error_text(exc, writing=False)}"
+        return "generator", f"{run.uses} (plugin {run.plugin!r}) raised {_short_error(exc)}"
+
+    def _parameter_failure(self, step: PlanStep, exc: Exception) -> tuple[str, str]:
+        """Resolved values that the generator's parameters refuse are the user's input."""
+        if isinstance(exc, (ValidationError, UserError)):
+            return "user", _short_error(exc)
+        if isinstance(exc, OSError):  # an input file that cannot be read
+            return "user", os_error_text(exc, writing=False)
+        run = StepRun(step.id, step.uses, self.host.plugin_of(step.uses), self._generator(step.uses),
+                      self.runtime, "", [])
+        self._log_traceback(run, exc)
+        return "generator", _short_error(exc)
+
     def _save(self, run: StepRun, item_run: ItemRun, outputs: Any, seconds: float) -> None:
+        result = self.results[item_run.item.name]
+        try:
+            self._write_outputs(run, item_run, outputs)
+        except StorageError as exc:  # a full or read-only disk: this item fails, and the run stops
+            self._finish(result, "failed", error=str(exc), kind="environment")
+            raise
+        except Exception as exc:
+            self._log_traceback(run, exc)
+            self._finish(result, "failed", error=f"{run.uses} (plugin {run.plugin!r}): {_short_error(exc)}",
+                         kind="generator")
+            return
+        result.notes = dict(item_run.ctx.notes)
+        # the cache before the journal: an item the journal calls finished is one the next run reuses
+        self._store(item_run.cache_key, result)
+        for artifact in result.artifacts.values():
+            self.host.pm.hook.artifact_saved(artifact=artifact, step=run)
+        self._finish(result, "done", seconds=seconds)
+
+    def _write_outputs(self, run: StepRun, item_run: ItemRun, outputs: Any) -> None:
+        """Check and write an item's outputs; an item is whole or absent."""
         gen, item = run.generator, item_run.item
         result = self.results[item.name]
         written: list[Path] = []
@@ -251,46 +380,75 @@ class Executor:
                 check_finite(value, f"step {run.step_id!r} item {item.name!r} output {port!r}")
                 writer = self.host.writer(media_type)
                 path = item_run.dir / f"{port}.{writer.extension}"
-                atomic_write(path, lambda tmp: writer.write(value, tmp, provenance))
+                try:
+                    atomic_write(path, lambda tmp: writer.write(value, tmp, provenance))
+                except OSError as exc:
+                    if is_storage_problem(exc):
+                        raise StorageError(os_error_text(exc, path)) from exc
+                    raise  # e.g. PIL's "cannot write mode RGBA as JPEG": the generator's
                 written.append(path)
                 result.artifacts[port] = Artifact(
                     path=path, media_type=media_type, sha256=sha256_file(path), size=path.stat().st_size,
                     producer=item.name, labels=item.labels)
-        except Exception as exc:
-            for path in written:  # an item is whole or absent
+        except BaseException:
+            for path in written:
                 path.unlink(missing_ok=True)
             result.artifacts.clear()
-            self._log_traceback(run, exc)
-            self._finish(result, "failed", error=f"{run.uses} (plugin {run.plugin!r}): {_short_error(exc)}")
-            return
-        result.notes = dict(item_run.ctx.notes)
-        if self.cache:
-            self.cache.store(item_run.cache_key, result.artifacts, result.notes)
-        for artifact in result.artifacts.values():
-            self.host.pm.hook.artifact_saved(artifact=artifact, step=run)
-        self._finish(result, "done", seconds=seconds)
+            raise
 
-    def _restore(self, result: ItemResult, item_dir: Path, key: str, step: PlanStep) -> bool:
-        files = self.cache.lookup(key)
-        if files is None:
+    def _restore(self, result: ItemResult, item_dir: Path, key: str, step: PlanStep, gen: Generator) -> bool:
+        """Copy a cached item into the run. False (make it again) when the entry is
+        missing, damaged, or not the shape of this generator's outputs."""
+        entry = self.cache.lookup(key)
+        if entry is None or {f.port: f.media_type for f in entry.files} != gen.outputs:
             return False
-        result.notes = self.cache.notes(key)
-        for f in files:
-            target = item_dir / f.path.name
-            atomic_write(target, lambda tmp, src=f.path: tmp.write_bytes(src.read_bytes()))
-            result.artifacts[f.port] = Artifact(
-                path=target, media_type=f.media_type, sha256=f.sha256, size=target.stat().st_size,
-                producer=result.name, labels=result.labels)
-        run = StepRun(step.id, step.uses, self.host.plugin_of(step.uses), self._generator(step.uses),
-                      self.runtime, "", [])
+        target = item_dir
+        try:
+            for f in entry.files:
+                target = item_dir / f.path.name
+                atomic_write(target, lambda tmp, f=f: self.cache.copy_out(f, tmp))
+                result.artifacts[f.port] = Artifact(
+                    path=target, media_type=f.media_type, sha256=f.sha256, size=target.stat().st_size,
+                    producer=result.name, labels=result.labels)
+        except DamagedEntry:
+            self._discard(result)
+            return False
+        except OSError as exc:
+            self._discard(result)
+            raise StorageError(os_error_text(exc, target)) from exc
+        result.notes = entry.notes
+        run = StepRun(step.id, step.uses, self.host.plugin_of(step.uses), gen, self.runtime, "", [])
         for artifact in result.artifacts.values():
             self.host.pm.hook.artifact_saved(artifact=artifact, step=run)
         self._finish(result, "cached", seconds=0.0)
         return True
 
-    def _finish(self, result: ItemResult, status: str, *, error: str | None = None, seconds: float | None = None) -> None:
-        result.status, result.error, result.seconds = status, error, seconds
-        self.manifest.write("running", at_most_every_s=1.0)  # the run's end always writes
+    @staticmethod
+    def _discard(result: ItemResult) -> None:
+        for artifact in result.artifacts.values():
+            artifact.path.unlink(missing_ok=True)
+        result.artifacts.clear()
+
+    def _store(self, key: str, result: ItemResult) -> None:
+        """Keep a finished item in the step cache. A cache that cannot be written (full,
+        read-only) costs only reuse later: warn once and go on without it."""
+        if not self.cache or not self._cache_writable:
+            return
+        try:
+            self.cache.store(key, result.artifacts, result.notes)
+        except OSError as exc:
+            self._cache_writable = False
+            self._warn(f"the step cache is not written ({os_error_text(exc, self.cache.root)}); "
+                       "this run's items are kept, but a later run will make them again")
+
+    def _finish(self, result: ItemResult, status: str, *, error: str | None = None, kind: str | None = None,
+                seconds: float | None = None) -> None:
+        result.status, result.error, result.error_kind, result.seconds = status, error, kind, seconds
+        try:
+            self.manifest.record(result)
+        except OSError as exc:  # the journal is the run's record: without it, stop
+            raise StorageError(os_error_text(exc, self.manifest.journal.path)) from exc
+        self._update_manifest()
         event = {"done": "item_done", "cached": "item_cached", "failed": "item_error", "skipped": "item_skipped"}[status]
         data: dict[str, Any] = {"step": result.step_id, "item": result.name}
         if status == "done":
@@ -300,9 +458,26 @@ class Executor:
             data["artifacts"] = {p: str(a.path) for p, a in result.artifacts.items()}
         elif status == "failed":
             data["error"] = error
+            data["kind"] = kind
         else:
             data["reason"] = error
         self.events.emit(event, **data)
+
+    def _update_manifest(self) -> None:
+        """manifest.json at most once a second while running (the run's end always
+        writes it). Failing is no loss: the journal has every finished item."""
+        try:
+            self.manifest.write("running", at_most_every_s=1.0)
+        except OSError as exc:
+            if not self._manifest_warned:
+                self._manifest_warned = True
+                self._warn(f"manifest.json is not updated ({os_error_text(exc, self.manifest.path)}); "
+                           "journal.jsonl records every finished item")
+
+    def _warn(self, message: str) -> None:
+        self.manifest.warnings.append(message)
+        self.events.emit("warning", message=message)
+        warnings.warn(message, RunWarning, stacklevel=2)
 
     # -- inputs -------------------------------------------------------------------
 
@@ -338,20 +513,28 @@ class Executor:
 
     def _file(self, relative: str) -> Artifact:
         if relative not in self._files:
+            from studio.sniff import sniff
+
             path = (self.spec.base_dir / relative).resolve()
             if not path.is_file():
                 raise UserError(f"input file {relative!r} not found ({path})")
+            found = sniff(path)  # checked again: the file may have changed since validation
+            if not found.ok:
+                raise UserError(f"input file {relative!r} {found.problem or 'is not a file type Studio reads'}")
             self._files[relative] = Artifact(
-                path=path, media_type=media_type_of_file(path) or "application/octet-stream",
-                sha256=sha256_file(path), size=path.stat().st_size)
+                path=path, media_type=found.media_type, sha256=sha256_file(path), size=path.stat().st_size)
         return self._files[relative]
 
     # -- bookkeeping --------------------------------------------------------------
 
     def _item_dir(self, item: PlanItem) -> Path:
-        path = (self.run_dir / item.dirname).resolve()
-        if path.parent != self.run_dir.resolve():  # names are validated; belt and braces
-            raise UserError(f"item directory {item.dirname!r} would leave the run directory")
+        # Names are validated; belt and braces: one plain name directly below the run
+        # folder, compared without resolving links (the run folder may be a link to
+        # another disk, and artifact paths are recorded relative to it).
+        name = item.dirname
+        path = self.run_dir / name
+        if name in ("", ".", "..") or "\0" in name or path.parent != self.run_dir or path.name != name:
+            raise UserError(f"item directory {name!r} would leave the run directory")
         return path
 
     def _provenance(self, run: StepRun, item_run: ItemRun) -> dict[str, Any]:
@@ -365,11 +548,14 @@ class Executor:
         }
 
     def _log_traceback(self, run: StepRun, exc: BaseException) -> None:
-        with open(self.run_dir / "errors.log", "a", encoding="utf-8") as log:
-            names = ", ".join(i.item.name for i in run.items)
-            log.write(f"--- {time.strftime('%H:%M:%S')} step {run.step_id!r} ({run.uses}, plugin {run.plugin!r}) "
-                      f"items: {names}\n")
-            log.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        try:
+            with open(self.run_dir / "errors.log", "a", encoding="utf-8") as log:
+                names = ", ".join(i.item.name for i in run.items)
+                log.write(f"--- {time.strftime('%H:%M:%S')} step {run.step_id!r} ({run.uses}, "
+                          f"plugin {run.plugin!r}) items: {names}\n")
+                log.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        except OSError:
+            pass  # the item's message says what failed; the traceback is a bonus
 
 
 def _short_error(exc: BaseException) -> str:
@@ -377,7 +563,7 @@ def _short_error(exc: BaseException) -> str:
         return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
     if isinstance(exc, StudioError):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _jsonable(params: Params) -> dict[str, Any]:

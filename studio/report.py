@@ -1,10 +1,14 @@
-"""gallery.html: one page per run to look at what it made, opened from disk."""
+"""gallery.html: one page per run to look at what it made, opened from disk. A file it
+cannot read is shown as a link, never a reason to fail the run."""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from studio.artifacts import atomic_write
+from studio.manifest import relative_path
 
 if TYPE_CHECKING:
     from studio.executor import ItemResult
@@ -24,20 +28,27 @@ def _display_width(path: Path) -> int:
     high and 320 px wide, so they can be seen; large ones at most 320 px wide."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        w, h = im.size
-    return w * max(1, min(96 // h, 320 // w))
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # unreadable or not an image PIL knows: let the browser size it
+        return 320
+    return w * max(1, min(96 // max(h, 1), 320 // max(w, 1)))
 
 
 def _artifact_html(run_dir: Path, media_type: str, path: Path) -> str:
-    rel = html.escape(str(path.relative_to(run_dir)))
+    rel = html.escape(relative_path(path, run_dir))
     if media_type.startswith("image/"):
         return f'<a href="{rel}"><img src="{rel}" width="{_display_width(path)}" loading="lazy"></a>'
     if media_type.startswith("audio/") and media_type != "audio/midi":
         return f'<audio controls src="{rel}"></audio>'
     if media_type.startswith("text/"):
-        text = path.read_text("utf-8", errors="replace")
-        return f"<pre>{html.escape(text[:5000])}</pre>"
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read(5000)
+        except OSError:
+            return f'<a href="{rel}">{rel}</a>'
+        return f"<pre>{html.escape(text)}</pre>"
     return f'<a href="{rel}">{rel}</a>'
 
 
@@ -56,5 +67,5 @@ def write_gallery(run_dir: Path, pipeline: str, status: str, steps: dict[str, li
                          f'<div class=meta>{meta}</div></div>')
         parts.append("</div>")
     out = run_dir / "gallery.html"
-    out.write_text("\n".join(parts), encoding="utf-8")
+    atomic_write(out, lambda tmp: tmp.write_text("\n".join(parts), encoding="utf-8"))
     return out

@@ -293,11 +293,18 @@ def keep_fp32_modules(model: Any) -> None:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError (CUDA), or an allocator's "out of memory" RuntimeError."""
+    """torch's OutOfMemoryError (CUDA), MemoryError, or an allocator's RuntimeError
+    saying it is out of memory: on a GPU or a CPU, a smaller batch may fit."""
     torch = sys.modules.get("torch")
     if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    words = (
+        "out of memory",  # CUDA, MPS, and most allocators
+        "can't allocate memory",  # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: ..."
+        "cannot allocate memory",  # ENOMEM in words
+    )
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(w in text for w in words)
 
 
 def is_autoencoder(module: Any) -> bool:

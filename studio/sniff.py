@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -107,7 +108,9 @@ def _image(path: Path, kind: str) -> Sniffed:
     from PIL import Image
 
     try:
-        opened = Image.open(path)  # reads the header only
+        with warnings.catch_warnings():  # the size is judged below, in Studio's words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)  # reads the header only
     except Image.DecompressionBombError:
         return Sniffed(kind, f"declares more than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); images "
                              "are limited to 8192 x 8192")
