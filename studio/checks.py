@@ -2,7 +2,8 @@
 generator's own Params model (its field and model validators), with input files as
 validation can know them.
 
-A file the user named is checked by content (studio.sniff) and handed to the
+Validators get `info.context["device"]` ("cpu" or "cuda"), so a rule may weigh the
+work against the device. A file the user named is checked by content (studio.sniff) and handed to the
 validators as a real Artifact, so a rule such as "this MIDI renders to at most an
 hour of audio" is checked by `studio validate`. An input an upstream step will make is
 a *pending* Artifact (its media type is known, its content is not); validators skip
@@ -34,6 +35,7 @@ MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other
 
 def check_items(spec: PipelineSpec, host: Host) -> list[Issue]:
     plan = build_plan(spec, host)
+    context = {"device": likely_device(spec.device)}
     outputs = {s.id: host.generators[s.uses].outputs for s in spec.steps}
     files: dict[str, Artifact | None] = {}
     issues: list[Issue] = []
@@ -46,7 +48,7 @@ def check_items(spec: PipelineSpec, host: Host) -> list[Issue]:
             if values is None:
                 continue  # an input file is unusable: reported already
             try:
-                params_cls.model_validate(values)
+                params_cls.model_validate(values, context=context)
             except ValidationError as exc:
                 for error in exc.errors(include_url=False):
                     field = str(error["loc"][0]) if error["loc"] else None
@@ -60,6 +62,15 @@ def check_items(spec: PipelineSpec, host: Host) -> list[Issue]:
                     where = f" (item {item.name})" if item.name != step.id else ""
                     issues.append(spec.locations.issue(_path_of(step, field, item.labels), message + where, step.id))
     return issues
+
+
+def likely_device(requested: str) -> str:
+    """The device kind the run will most likely get, without importing torch (which
+    would cost validation seconds): "cuda" or "cpu". Validators use it to weigh work
+    (image size x steps on a CPU); the run checks again with the real device."""
+    if requested == "auto":
+        return "cuda" if any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0")) else "cpu"
+    return "cpu" if requested == "cpu" else "cuda"
 
 
 def _stand_ins(params: dict[str, Any], params_cls, outputs, base_dir: Path,

@@ -19,6 +19,34 @@ from studio.errors import GeneratorFailed, StudioError
 PRECISION_CHOICES = click.Choice(["auto", "fp32", "bf16", "fp16"])
 
 
+class IntRange(click.IntRange):
+    """click's IntRange, with the rejected value clipped in the message (a 5,000-digit
+    --seed is not echoed whole)."""
+
+    def fail(self, message, param=None, ctx=None):
+        from studio.errors import clip
+
+        super().fail(clip(str(message), 200), param, ctx)
+
+
+class FloatRange(click.FloatRange):
+    """click's FloatRange, refusing NaN (which compares false with both bounds and so
+    slips through a plain range) and clipping the rejected value in the message."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number; give a value in the range {self._describe_range()}", param, ctx)
+        return number
+
+    def fail(self, message, param=None, ctx=None):
+        from studio.errors import clip
+
+        super().fail(clip(str(message), 200), param, ctx)
+
+
 class StudioException(click.ClickException):
     def __init__(self, error: StudioError):
         super().__init__(str(error))
@@ -65,7 +93,7 @@ def cli() -> None:
               help="Root directory for runs: OUT/<pipeline>/<run-id>/.")
 @click.option("--set", "overrides", multiple=True, metavar="STEP.PARAM=VALUE",
               help="Override a step parameter (repeatable). VALUE is read as YAML.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), help="Run seed (overrides the pipeline's).")
+@click.option("--seed", type=IntRange(0, 2**63 - 1), help="Run seed (overrides the pipeline's).")
 @click.option("--device", help="auto | cpu | cuda | cuda:N (overrides the pipeline's).")
 @click.option("--precision", type=PRECISION_CHOICES, help="Overrides the pipeline's precision.")
 @click.option("--no-cache", is_flag=True, help="Recompute every step instead of reusing finished ones.")
@@ -74,10 +102,10 @@ def cli() -> None:
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile every step's models (CUDA graphs on a GPU); the manifest reports "
                    "the first batch's time, which includes compiling.")
-@click.option("--max-ram-gb", type=click.FloatRange(0.1, 100000), metavar="GB",
+@click.option("--max-ram-gb", type=FloatRange(0.1, 100000), metavar="GB",
               help="Memory for loaded models on the CPU; least recently used models are unloaded "
                    "beyond it. Default: half the machine's memory.")
-@click.option("--max-vram-gb", type=click.FloatRange(0.1, 100000), metavar="GB",
+@click.option("--max-vram-gb", type=FloatRange(0.1, 100000), metavar="GB",
               help="The same on a GPU. Default: 80% of the GPU's memory.")
 def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, compile_, max_ram_gb,
         max_vram_gb) -> None:
@@ -203,7 +231,7 @@ def validate(pipelines) -> None:
 @cli.command()
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="STEP.PARAM=VALUE")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1))
+@click.option("--seed", type=IntRange(0, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True)
 def plan(pipeline, overrides, seed, as_json) -> None:
     """Show the steps and items PIPELINE expands to, in run order (a dry run)."""
@@ -232,13 +260,13 @@ def plan(pipeline, overrides, seed, as_json) -> None:
 @click.argument("generator")
 @click.option("--data", required=True, help="A folder of training files, or a named source (e.g. sklearn:digits).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Weights directory to write (model: OUT loads it).")
-@click.option("--steps", type=click.IntRange(1, 10_000_000), help="Optimisation steps (default: the trainer's).")
-@click.option("--batch-size", type=click.IntRange(1, 65536), help="Examples per step (default: the trainer's).")
-@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), help="Peak learning rate (default: the trainer's).")
+@click.option("--steps", type=IntRange(1, 10_000_000), help="Optimisation steps (default: the trainer's).")
+@click.option("--batch-size", type=IntRange(1, 65536), help="Examples per step (default: the trainer's).")
+@click.option("--lr", type=FloatRange(0, 1, min_open=True), help="Peak learning rate (default: the trainer's).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
+@click.option("--seed", type=IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=250, show_default=True)
+@click.option("--checkpoint-every", type=IntRange(1), default=250, show_default=True)
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Trainer-specific setting (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(generator, data, out, steps, batch_size, lr, device, seed, resume, checkpoint_every, options, quiet) -> None:

@@ -4,6 +4,21 @@ nothing else in the host prints tracebacks or exits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+MAX_ECHO = 80  # characters of a user's value a message repeats
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """Text cut to `limit` characters: a message never repeats megabytes of input."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def echo(value: Any, limit: int = MAX_ECHO) -> str:
+    """A user's value as a message repeats it: its repr, clipped."""
+    if isinstance(value, (list, dict)) and len(value) > 20:  # no repr of a huge structure
+        return f"<a {'list' if isinstance(value, list) else 'mapping'} of {len(value):,} entries>"
+    return clip(repr(value), limit)
 
 
 class StudioError(Exception):

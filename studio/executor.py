@@ -494,7 +494,9 @@ class Executor:
             else:
                 values[key] = value
         values["seed"] = item.seed
-        return gen.Params.model_validate(values)
+        # validators may weigh the work against the device (image size x steps on a CPU)
+        device = self.runtime.device if gen.uses_device else "cpu"
+        return gen.Params.model_validate(values, context={"device": device})
 
     def _bind(self, binding: Binding, kind: str) -> Any:
         def artifacts(ref) -> list[Artifact]:

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from studio.errors import clip
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 # Directories that hold a system, never a model: refused by name, before any look inside.
 SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc", "/root", "/run",
@@ -40,19 +42,21 @@ def check_model(value: str, wanted: dict[str, Any], base_dir: Path) -> tuple[str
     path = (base_dir / Path(value).expanduser()).absolute()
     try:
         real = path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop
-        return value, f"cannot be resolved ({path}): a symbolic link loops"
+    except RuntimeError:
+        return value, f"cannot be resolved ({clip(str(path))}): a symbolic link loops"
+    except OSError as exc:  # a name too long ...
+        return value, f"cannot be used: {exc.strerror or exc}"
     if str(real) in SYSTEM_DIRS or real == Path.home():
         return value, f"names {real}, a system directory; give the directory of one model's weights"
     if os.path.lexists(path):
         return str(real), _looks_like_weights(real, wanted)
-    if wanted.get("hub") and HUB_ID.match(value) and not value.startswith("."):
+    if wanted.get("hub") and HUB_ID.fullmatch(value) and not value.startswith("."):
         cached = hub_cache() / f"models--{value.replace('/', '--')}"
         if cached.is_dir():
             return value, None
-        return value, (f"is neither a local path (looked in {path}) nor in the Hugging Face cache ({cached}); "
+        return value, (f"is neither a local path (looked in {clip(str(path))}) nor in the Hugging Face cache ({cached}); "
                        "Studio never downloads: copy the weights here and give their path")
-    return value, f"not found (looked in {path}); give a path relative to the pipeline file, or 'default'"
+    return value, f"not found (looked in {clip(str(path), 200)}); give a path relative to the pipeline file, or 'default'"
 
 
 def _looks_like_weights(path: Path, wanted: dict[str, Any]) -> str | None:

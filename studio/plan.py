@@ -111,7 +111,8 @@ def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
     issues: list[Issue] = []
     locs = spec.locations
     by_id = {s.id: s for s in spec.steps}
-    ids = [str(s.get("id")) for s in spec.data.get("steps", []) if isinstance(s, dict)]
+    raw_steps = spec.data.get("steps") if isinstance(spec.data.get("steps"), list) else []
+    ids = [str(s.get("id")) for s in raw_steps if isinstance(s, dict)]
     for step in spec.steps:
         gen_cls = host.generators.get(step.uses)
         for key, ref in step_refs(step):
@@ -325,7 +326,7 @@ def _name_dirs(step_id: str, items: list[PlanItem]) -> None:
     """`cover@seed=1,guidance_scale=3` (other characters become '_') when that is short
     and unique; otherwise `cover@item-0003`."""
     suffixes = [_slug(format_labels(i.labels)) for i in items]
-    safe = all(_SAFE_DIR.match(s) for s in suffixes if s) and len(set(suffixes)) == len(suffixes)
+    safe = all(_SAFE_DIR.fullmatch(s) for s in suffixes if s) and len(set(suffixes)) == len(suffixes)
     for item, suffix in zip(items, suffixes):
         if len(items) == 1 and not suffix:
             item.dirname = step_id

@@ -183,7 +183,7 @@ class Host:
                 raise TypeError(f"register() takes a studio.artifacts.Writer, got {writer!r}")
             plugin = self._current
             extension = writer.extension.lstrip(".")
-            if not EXTENSION.match(extension):  # it ends file names in the run directory
+            if not EXTENSION.fullmatch(extension):  # it ends file names in the run directory
                 raise ValueError(f"writer for {writer.media_type!r}: extension {writer.extension!r} "
                                  f"must match {EXTENSION.pattern}")
             self.writers[writer.media_type] = Writer(writer.media_type, extension, writer.write, plugin)
@@ -273,7 +273,7 @@ def check_generator_class(gen_cls: Any) -> None:
     """What register() insists on; a violation is reported against the plugin."""
     if not (isinstance(gen_cls, type) and issubclass(gen_cls, Generator)):
         raise TypeError(f"register() takes a Generator subclass, got {gen_cls!r}")
-    if not GENERATOR_NAME.match(gen_cls.name or ""):
+    if not GENERATOR_NAME.fullmatch(gen_cls.name or ""):
         raise ValueError(
             f"{gen_cls.__name__}.name is {gen_cls.name!r}; it must look like "
             "'<modality>.<name>' in lower case, e.g. 'image.diffusion'"
@@ -281,7 +281,7 @@ def check_generator_class(gen_cls: Any) -> None:
     if not gen_cls.outputs:
         raise ValueError(f"{gen_cls.__name__} declares no output ports")
     for port in gen_cls.outputs:
-        if not PORT_NAME.match(port):  # ports name files in the run directory
+        if not PORT_NAME.fullmatch(port):  # ports name files in the run directory
             raise ValueError(f"{gen_cls.__name__}: output port {port!r} must match {PORT_NAME.pattern}")
     if not (isinstance(gen_cls.Params, type) and issubclass(gen_cls.Params, Params)):
         raise TypeError(f"{gen_cls.__name__}.Params must subclass studio.Params")

@@ -30,6 +30,13 @@ class RefSyntaxError(ValueError):
 def find_refs(value: str) -> list[Ref]:
     """Every reference in a string, in order. Raises RefSyntaxError on `${...}` that is
     not `steps.<id>.outputs.<port>`."""
+    rest = _TOKEN.sub("", value)
+    if "${" in rest.replace("$${", ""):
+        start = rest.replace("$${", "  ").index("${")
+        raise RefSyntaxError(
+            f"unterminated reference {rest[start:start + 40]!r}: a reference ends with '}}'; write "
+            "${steps.<step-id>.outputs.<port>} (or $${ for a literal '${')"
+        )
     refs = []
     for escape, body in _TOKEN.findall(value):
         if escape:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from studio import params as P
-from studio.errors import Issue, PipelineError, UserError
+from studio.errors import Issue, PipelineError, UserError, clip, echo
 from studio.generator import MAX_SEED, model_spec
 from studio.refs import RefSyntaxError, find_refs, has_refs, whole_ref
 from studio.yamlfile import Locations, load_yaml
@@ -27,7 +27,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEP_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
-MAX_ECHO = 80  # characters of a user's value repeated in a message
 MAX_STEPS = 1000
 
 
@@ -64,18 +63,6 @@ class PipelineSpec:
 def closest(word: Any, choices: list[str]) -> str:
     hint = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
     return f" Did you mean {hint[0]!r}?" if hint else ""
-
-
-def clip(text: str, limit: int = MAX_ECHO) -> str:
-    """Text cut to `limit` characters: a message never repeats megabytes of input."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def echo(value: Any, limit: int = MAX_ECHO) -> str:
-    """A user's value as a message repeats it: its repr, clipped."""
-    if isinstance(value, (list, dict)) and len(value) > 20:  # no repr of a huge structure
-        return f"<a {'list' if isinstance(value, list) else 'mapping'} of {len(value):,} entries>"
-    return clip(repr(value), limit)
 
 
 def read_pipeline_text(path: Path) -> str:
@@ -219,7 +206,7 @@ def build_spec(
     name = data.get("name")
     if name is None:
         issues.append(locs.issue(("name",), "missing `name:` (it names the run directory, e.g. name: cover-art)"))
-    elif not isinstance(name, str) or not PIPELINE_NAME.match(name):
+    elif not isinstance(name, str) or not PIPELINE_NAME.fullmatch(name):
         issues.append(locs.issue(("name",), f"got {echo(name)}; a name is 1-64 letters, digits, '_', '-' or '.', "
                                             "starting with a letter or digit (it names a directory)"))
     seed = data.get("seed", 0)
@@ -228,7 +215,7 @@ def build_spec(
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         issues.append(locs.issue(("seed",), f"got {echo(seed)}; a seed is an integer from 0 to {MAX_SEED}"))
     device = data.get("device", "auto")
-    if not isinstance(device, str) or not DEVICE.match(device):
+    if not isinstance(device, str) or not DEVICE.fullmatch(device):
         hint = ""
         if isinstance(device, str) and device.startswith("cuda:"):
             hint = " (N is the index of a GPU, 0 to 9999; `nvidia-smi -L` lists them)"
@@ -287,7 +274,7 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
                                                   f"Allowed in a step: {', '.join(STEP_KEYS)}", label))
     if step_id is None:
         issues.append(locs.issue(at + ("id",), "missing `id:` (lower-case letters, digits, '_' and '-')"))
-    elif not isinstance(step_id, str) or not STEP_ID.match(step_id):
+    elif not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id):
         issues.append(locs.issue(at + ("id",), f"step id {echo(step_id)} is not allowed: use 1-64 lower-case "
                                                "letters, digits, '_' and '-' (it names a directory)"))
     elif step_id in first_line:
@@ -479,10 +466,14 @@ def _check_input_file(path, step, params_cls, key, value, locs, base_dir, issues
     file = (base_dir / value).absolute()
     try:
         file = file.resolve()
-    except (OSError, RuntimeError):
+        exists = file.exists()
+    except RuntimeError:
         issues.append(locs.issue(path, f"input file {echo(value)} cannot be resolved: a symbolic link loops", step))
         return
-    if not file.exists():
+    except OSError as exc:  # a name too long, a component that is a file ...
+        issues.append(locs.issue(path, f"input file {echo(value)} cannot be used: {exc.strerror or exc}", step))
+        return
+    if not exists:
         issues.append(locs.issue(path, f"input file {echo(value)} not found (looked in {file}); give a path "
                                        "relative to the pipeline file, or a reference "
                                        "${steps.<id>.outputs.<port>}", step))

@@ -100,7 +100,7 @@ def load_yaml(text: str, file: str | None, *, what: str = "file") -> tuple[Any, 
             return None, locs, []
         bomb = _count_nodes(node)
         if bomb:
-            return None, locs, [Issue(bomb, file, node.start_mark.line + 1)]
+            return None, locs, [Issue(bomb[0], file, bomb[1])]
         issues: list[Issue] = []
         # Before construction: it flattens merge keys (<<) into the mappings.
         _record_lines(node, (), locs, issues)
@@ -150,23 +150,31 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
-def _count_nodes(root: yaml.Node) -> str | None:
-    """Walk the node graph as construction would expand it; stop past MAX_NODES."""
-    stack, seen = [root], 0
+def _count_nodes(root: yaml.Node) -> tuple[str, int] | None:
+    """Walk the node graph as construction would expand it; stop past MAX_NODES, or at
+    an alias inside the very list or mapping it names (which would expand forever)."""
+    stack: list[tuple[yaml.Node, bool]] = [(root, True)]
+    on_path: set[int] = set()  # the collections being walked, by identity of their contents
+    seen = 0
     while stack:
-        node = stack.pop()
-        seen += 1
+        node, entering = stack.pop()
+        if not isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            seen += 1
+        elif not entering:
+            on_path.discard(id(node.value))
+            continue
+        else:
+            if id(node.value) in on_path:
+                return ("an alias refers to the list or mapping that contains it, which would never end; "
+                        "remove the alias", node.start_mark.line + 1)
+            on_path.add(id(node.value))
+            seen += 1
+            stack.append((node, False))
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            stack.extend((child, True) for child in children)
         if seen > MAX_NODES:
-            return (
-                f"YAML expands to more than {MAX_NODES:,} values through anchors and "
-                "aliases (an alias bomb?); a pipeline needs far fewer. Remove the aliases."
-            )
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                stack.append(k)
-                stack.append(v)
+            return (f"YAML expands to more than {MAX_NODES:,} values through anchors and aliases (an alias "
+                    "bomb?); a pipeline needs far fewer. Remove the aliases.", root.start_mark.line + 1)
     return None
 
 
@@ -187,6 +195,10 @@ def _record_lines(node: yaml.Node, path: Path_, locs: Locations, issues: list[Is
                 kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
                 issues.append(Issue(f"a mapping key must be a plain name, got a {kind} (a YAML complex key "
                                     "`? ...`); write `name: value`", locs.file, line, format_path(path) or None))
+                continue
+            if key_node.tag == "tag:yaml.org,2002:null":
+                issues.append(Issue("a mapping key is empty (null: `~`, `null` or a bare `?`); write "
+                                    "`name: value`", locs.file, line, format_path(path) or None))
                 continue
             if key in first_line:
                 issues.append(
@@ -215,5 +227,11 @@ def _syntax_issue(exc: yaml.MarkedYAMLError, text: str, file: str | None) -> Iss
     lines = text.splitlines()
     snippet = ""
     if 0 <= mark.line < len(lines):
-        snippet = f"\n      {lines[mark.line]}\n      {' ' * mark.column}^"
+        # the line around the column, never the whole of a 100 KB line
+        line, column = lines[mark.line], mark.column
+        start = max(0, column - 60)
+        shown = line[start:start + 120]
+        prefix = "..." if start else ""
+        suffix = "..." if start + 120 < len(line) else ""
+        snippet = f"\n      {prefix}{shown}{suffix}\n      {' ' * (len(prefix) + column - start)}^"
     return Issue(f"YAML syntax error: {problem}{snippet}", file, mark.line + 1)
