@@ -562,7 +562,10 @@ class Executor:
 
 def _short_error(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        # "field: message" for a field, the message alone for a rule between fields
+        return "; ".join(
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors(include_url=False))
     if isinstance(exc, StudioError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

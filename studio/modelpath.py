@@ -54,7 +54,7 @@ def check_model(value: str, wanted: dict[str, Any], base_dir: Path) -> tuple[str
         cached = hub_cache() / f"models--{value.replace('/', '--')}"
         if cached.is_dir():
             return value, None
-        return value, (f"is neither a local path (looked in {clip(str(path))}) nor in the Hugging Face cache ({cached}); "
+        return value, (f"is neither a local path (looked in {clip(str(path), 200)}) nor in the Hugging Face cache ({cached}); "
                        "Studio never downloads: copy the weights here and give their path")
     return value, f"not found (looked in {clip(str(path), 200)}); give a path relative to the pipeline file, or 'default'"
 

@@ -422,7 +422,7 @@ def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> 
 
         resolved, problem = check_model(value, wanted, base_dir)
         if problem:
-            issues.append(locs.issue(path, f"model {echo(value)} {problem}", step))
+            issues.append(locs.issue(path, f"{key} {echo(value)} {problem}", step))
         return resolved
     return None
 

@@ -192,17 +192,22 @@ def write_zero_length_wav(path):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda p: p.write_bytes(b""), "a.wav: the file is empty (0 bytes)"),
-    (lambda p: p.write_text("this is a text file, not audio"), "a.wav: not an audio file Studio can read"),
-    (write_zero_length_wav, "a.wav: the audio has no samples (0 s long)"),
-    (lambda p: tone(p, seconds=0.0005), "a.wav: 0.5 ms of audio is too short"),
+    (lambda p: p.write_bytes(b""), "steps[0].with.audio (step 'v'): input file 'a.wav' is empty (0 bytes)"),
+    (lambda p: p.write_text("this is a text file, not audio"),
+     "steps[0].with.audio (step 'v'): input file 'a.wav' is not a file type Studio reads (PNG, JPEG, WebP, WAV, "
+     "FLAC, OGG, MIDI or UTF-8 text); 'audio' accepts audio/*"),
+    (write_zero_length_wav, "steps[0].with.audio (step 'v'): input file 'a.wav' (audio/wav) holds no audio (0 frames)"),
+    (lambda p: tone(p, seconds=0.0005), "steps[0].with (step 'v'): a.wav: 0.5 ms of audio is too short"),
 ])
 def test_bad_audio_gets_a_clear_error(tiny_vae, tmp_path, make, message):
+    """Judged before anything runs: by content, then by the generator's own rules."""
+    from studio.errors import PipelineError
+
     make(tmp_path / "a.wav")
-    result = run(tmp_path, [vae_step(tiny_vae, mode="variation", audio="a.wav")])
-    assert result.status == "failed"
-    assert message in result.failed[0].error, result.failed[0].error
-    assert not list((tmp_path / "runs").rglob("audio.wav"))  # nothing half written
+    with pytest.raises(PipelineError) as refused:
+        run(tmp_path, [vae_step(tiny_vae, mode="variation", audio="a.wav")])
+    assert message in str(refused.value)
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 @pytest.mark.parametrize("with_,message", [

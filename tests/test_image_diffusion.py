@@ -32,6 +32,15 @@ def run(tmp_path, with_, sweep=None, **kwargs):
     return run_yaml(text, tmp_path, **kwargs)
 
 
+def refused(tmp_path, with_) -> str:
+    """What `studio validate` says about an image.diffusion step (before anything runs)."""
+    from studio.errors import PipelineError
+
+    with pytest.raises(PipelineError) as info:
+        run(tmp_path, with_)
+    return str(info.value)
+
+
 def pixels(result):
     return [np.asarray(Image.open(a.path)) for a in result.artifacts()]
 
@@ -68,21 +77,23 @@ def test_schedulers_swap_by_name(tiny_unet_dir, tmp_path):
 
 
 @pytest.mark.parametrize("with_,message", [
-    ({"prompt": "a cat"}, "is an unconditional UNet; it takes no prompt or negative_prompt"),
-    ({"class_label": 3}, "is unconditional: it takes no class_label"),
-    ({"width": 9}, "`height` and `width` have to be divisible by 2 for this model but are 8 and 9"),
+    ({"prompt": "a cat"}, "steps[0].with.prompt (step 'img'): model '{model}' is an unconditional UNet; it takes "
+                          "no prompt or negative_prompt"),
+    ({"class_label": 3}, "steps[0].with.class_label (step 'img'): model '{model}' is unconditional: it takes no "
+                         "class_label"),
+    ({"width": 9}, "steps[0].with.width (step 'img'): width 9 is not a multiple of 2, as this model needs; try 8"),
 ])
 def test_parameters_that_do_not_apply_are_refused(tiny_unet_dir, tmp_path, with_, message):
-    result = run(tmp_path, {"model": str(tiny_unet_dir), "steps": 2, **with_})
-    assert result.status == "failed"
-    assert message in result.failed[0].error
+    said = refused(tmp_path, {"model": str(tiny_unet_dir), "steps": 2, **with_})
+    assert message.format(model=tiny_unet_dir) in said
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = run(tmp_path, {"model": "no-such-org/no-such-model", "steps": 2})
-    assert result.status == "failed"
-    assert "model 'no-such-org/no-such-model' could not be loaded" in result.failed[0].error
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    said = refused(tmp_path, {"model": "no-such-org/no-such-model", "steps": 2})
+    assert ("steps[0].with.model (step 'img'): model 'no-such-org/no-such-model' is neither a local path "
+            f"(looked in {tmp_path}/no-such-org/no-such-model) nor in the Hugging Face cache") in said
+    assert "Studio never downloads" in said
 
 
 def test_text_to_image_matches_diffusers_and_takes_upstream_text(tiny_sd_dir, tmp_path):
@@ -108,5 +119,5 @@ def test_text_to_image_matches_diffusers_and_takes_upstream_text(tiny_sd_dir, tm
 
 
 def test_text_to_image_needs_a_prompt(tiny_sd_dir, tmp_path):
-    result = run(tmp_path, {"model": str(tiny_sd_dir), "steps": 1})
-    assert "is a text-to-image pipeline: give a prompt" in result.failed[0].error
+    said = refused(tmp_path, {"model": str(tiny_sd_dir), "steps": 1})
+    assert f"steps[0].with (step 'img'): model '{tiny_sd_dir}' is a text-to-image pipeline: give a prompt" in said

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from studio.errors import UserError
+from studio.errors import PipelineError, UserError
 from studio.testing import make_host, run_yaml
 from studio.training import TrainConfig, train
 
@@ -59,9 +59,10 @@ def test_diffusion_training_lowers_the_loss_and_its_weights_load(shapes, tmp_pat
     assert ran.status == "done", ran.failed
     image = Image.open(ran.artifacts()[0].path)
     assert image.size == (8, 8) and image.mode == "L"
-    bad = run_yaml(text.replace('"square"', '"triangle"'), tmp_path / "bad")
-    assert "class_label 'triangle' is not a class of model" in bad.failed[0].error
-    assert "classes: circle, square" in bad.failed[0].error
+    with pytest.raises(PipelineError) as refused:  # validate reads the classes from the model's studio.json
+        run_yaml(text.replace('"square"', '"triangle"'), tmp_path / "bad")
+    assert "steps[0].with.class_label (step 'img'): class_label 'triangle' is not a class of model" in str(refused.value)
+    assert "classes: circle, square" in str(refused.value)
 
 
 class Interrupt(Exception):

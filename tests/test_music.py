@@ -119,19 +119,24 @@ def test_a_primer_is_continued(tiny_model, chorales, tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"", "the file is empty (0 bytes)"),
-    (b"RIFF....WAVEfmt ", "not a MIDI file (it starts with b'RIFF'"),
-    (None, "the MIDI file is damaged or truncated"),
+    (b"", "input file 'bad.mid' is empty (0 bytes)"),
+    (b"RIFF....WAVEfmt ", "input file 'bad.mid' (audio/wav) is a damaged WAV"),
+    (None, "input file 'bad.mid' (audio/midi) is a damaged MIDI file"),
 ])
 def test_bad_midi_gets_a_clear_error(tiny_model, chorales, tmp_path, content, message):
+    """Input files are judged by their content before anything runs, at the field that names them."""
+    from studio.errors import PipelineError
+
     bad = tmp_path / "bad.mid"
     bad.write_bytes(content if content is not None else chorales[0].read_bytes()[:60])
-    result = run(tmp_path, [{"id": "r", "uses": "audio.render", "with": {"midi": "bad.mid"}},
-                            {"id": "m", "uses": "music.transformer",
-                             "with": {"model": str(tiny_model), "duration_s": 1, "primer": "bad.mid"}}])
-    assert result.status == "failed"
-    for item in result.failed:
-        assert message in item.error, item.error
+    with pytest.raises(PipelineError) as refused:
+        run(tmp_path, [{"id": "r", "uses": "audio.render", "with": {"midi": "bad.mid"}},
+                       {"id": "m", "uses": "music.transformer",
+                        "with": {"model": str(tiny_model), "duration_s": 1, "primer": "bad.mid"}}])
+    said = [issue.format() for issue in refused.value.issues]
+    assert len(said) == 2
+    assert "steps[0].with.midi (step 'r'): " + message in said[0]
+    assert "steps[1].with.primer (step 'm'): " + message in said[1]
 
 
 def render(tmp_path, midi_path, **with_):
@@ -177,9 +182,12 @@ def test_fluidsynth_renders_with_a_general_midi_soundfont(a440, tmp_path):
 
 
 def test_a_missing_soundfont_is_a_clear_error(a440, tmp_path):
-    result = run(tmp_path, [{"id": "r", "uses": "audio.render",
-                             "with": {"midi": str(a440), "synthesizer": "fluidsynth", "soundfont": "/nope.sf2"}}])
-    assert "soundfont '/nope.sf2' not found; give the path of a .sf2 file" in result.failed[0].error
+    from studio.errors import PipelineError
+
+    with pytest.raises(PipelineError) as refused:
+        run(tmp_path, [{"id": "r", "uses": "audio.render",
+                        "with": {"midi": str(a440), "synthesizer": "fluidsynth", "soundfont": "/nope.sf2"}}])
+    assert "steps[0].with.soundfont (step 'r'): soundfont '/nope.sf2' not found (looked in /nope.sf2)" in str(refused.value)
 
 
 def test_vocabulary_size():

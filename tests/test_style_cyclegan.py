@@ -107,10 +107,14 @@ def test_direction_picks_the_generator_of_a_pair(checkpoints, tmp_path):
                              "sweep": {"direction": ["AtoB", "BtoA"]}}])
     forward, back = styled(result)
     assert not np.array_equal(np.asarray(forward), np.asarray(back))
-    single = run(tmp_path / "single", [{"id": "s", "uses": "style.cyclegan",
-                                        "with": {"model": str(root / "latest_net_G.pth"),
-                                                 "image": str(tmp_path / "in.png"), "direction": "BtoA"}}])
-    assert "only goes one way" in single.failed[0].error
+    from studio.errors import PipelineError
+
+    with pytest.raises(PipelineError) as refused:  # validate looks at which files the model has
+        run(tmp_path / "single", [{"id": "s", "uses": "style.cyclegan",
+                                   "with": {"model": str(root / "latest_net_G.pth"),
+                                            "image": str(tmp_path / "in.png"), "direction": "BtoA"}}])
+    assert "steps[0].with (step 's'): " in str(refused.value)
+    assert "only goes one way" in str(refused.value)
 
 
 @pytest.mark.parametrize("size,mode", [((37, 23), "RGB"), ((5, 3), "RGB"), ((30, 30), "RGBA"), ((33, 17), "L"),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from studio.errors import PipelineError
 from studio.testing import make_context, run_yaml
 
 TEXT = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
@@ -141,14 +142,18 @@ def test_bad_parameters_are_caught_before_running(with_, message, write_yaml):
 
 
 def test_more_new_tokens_than_the_context_is_a_clear_error(tiny_lm, tmp_path):
-    result = run(tmp_path, [gpt(tiny_lm, max_new_tokens=64)])
-    assert "max_new_tokens 64 does not fit the model's context of 64 tokens; give at most 63" in result.failed[0].error
+    with pytest.raises(PipelineError) as refused:  # validate reads the context from the model's config.json
+        run(tmp_path, [gpt(tiny_lm, max_new_tokens=64)])
+    assert ("with.max_new_tokens (step 't'): max_new_tokens 64 does not fit the model's context of 64 tokens; "
+            "give at most 63") in str(refused.value)
 
 
 def test_a_directory_without_a_model_is_a_clear_error(tmp_path):
     (tmp_path / "nothing").mkdir()
-    result = run(tmp_path, [gpt(tmp_path / "nothing")])
-    assert "could not be loaded as a causal language model" in result.failed[0].error
+    with pytest.raises(PipelineError) as refused:
+        run(tmp_path, [gpt(tmp_path / "nothing")])
+    assert "with.model (step 't'): model '" in str(refused.value)
+    assert "is a directory without config.json" in str(refused.value)
 
 
 def test_written_text_feeds_a_text_to_image_model(tiny_lm, tiny_sd_dir, tmp_path):

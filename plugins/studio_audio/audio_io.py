@@ -12,11 +12,27 @@ from typing import Any
 from studio.errors import UserError
 
 READABLE = "WAV, FLAC, OGG/Vorbis, MP3 or AIFF"
+# Samples decoded from one input at most (frames x channels, 1 GB as float32): 10 minutes
+# of 8-channel 48 kHz audio. A few kilobytes of FLAC can declare far more.
+MAX_DECODED_SAMPLES = 2**28
 
 
-def read_audio(path: Path) -> tuple[Any, int]:
+def decode_problem(frames: int, channels: int, rate: int, max_seconds: float | None) -> str | None:
+    """Why decoding `frames` (at most max_seconds of them) of `channels` is refused, or None."""
+    if max_seconds is not None:
+        frames = min(frames, int(max_seconds * rate) + 1)
+    if frames * channels > MAX_DECODED_SAMPLES:
+        return (f"{frames / max(rate, 1):,.0f} s of {channels}-channel audio at {rate:,} Hz is {frames * channels:,} "
+                f"samples to decode; inputs are limited to {MAX_DECODED_SAMPLES:,} (10 minutes of 8-channel "
+                "48 kHz audio). Give a shorter clip or fewer channels")
+    return None
+
+
+def read_audio(path: Path, max_seconds: float | None = None) -> tuple[Any, int]:
     """(samples as float32 numpy (frames, channels), sample rate), or a UserError that
-    names the file and what was wrong with it."""
+    names the file and what was wrong with it. With max_seconds (a generator's input),
+    only the start of the file is decoded, a second more than asked so resampling sees
+    past the cut, and at most MAX_DECODED_SAMPLES of it; training reads whole files."""
     import soundfile
 
     path = Path(path)
@@ -25,7 +41,14 @@ def read_audio(path: Path) -> tuple[Any, int]:
     if path.stat().st_size == 0:
         raise UserError(f"{path.name}: the file is empty (0 bytes); give a {READABLE} file")
     try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        frames = -1
+        if max_seconds is not None:
+            info = soundfile.info(str(path))
+            problem = decode_problem(info.frames, info.channels, info.samplerate, max_seconds)
+            if problem:
+                raise UserError(f"{path.name}: {problem}")
+            frames = int((max_seconds + 1) * info.samplerate)
+        samples, rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise UserError(f"{path.name}: not an audio file Studio can read ({exc}); "
                         f"give a {READABLE} file") from exc
@@ -49,9 +72,11 @@ def conform(samples: Any, rate: int, *, sample_rate: int, channels: int) -> Any:
     return audio
 
 
-def load_audio(path: Path, *, sample_rate: int, channels: int, min_frames: int = 1) -> Any:
-    """The file at `path` as a torch (channels, frames) tensor ready for the model."""
-    samples, rate = read_audio(path)
+def load_audio(path: Path, *, sample_rate: int, channels: int, min_frames: int = 1,
+               max_seconds: float | None = None) -> Any:
+    """The file at `path` as a torch (channels, frames) tensor ready for the model; with
+    max_seconds, a little more than that many seconds (the caller cuts)."""
+    samples, rate = read_audio(path, max_seconds)
     audio = conform(samples, rate, sample_rate=sample_rate, channels=channels)
     if audio.shape[1] < min_frames:
         raise UserError(f"{Path(path).name}: {samples.shape[0] / rate * 1000:.1f} ms of audio is too short; "

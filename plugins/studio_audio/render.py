@@ -1,21 +1,32 @@
 """audio.render: MIDI -> WAV. FluidSynth with a General MIDI soundfont when the system
-has it; otherwise a small additive synthesizer built in, so a pipeline still sounds."""
+has it; otherwise a small additive synthesizer built in, so a pipeline still sounds.
+
+A MIDI file is a few bytes that can ask for days of audio (one note at 100,000 s), so
+its length is measured before anything is rendered: by `studio validate` for a file,
+and again at run time before pretty_midi reads it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from studio import Artifact, Generator, Params, media, media_input
-from studio.errors import UserError
+from studio import Artifact, Generator, Params, UserError, media, media_input, model_input
 
 SYSTEM_SOUNDFONTS = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",  # Debian/Ubuntu fluid-soundfont-gm
     "/usr/share/soundfonts/FluidR3_GM.sf2",
     "/usr/share/soundfonts/default.sf2",
 )
+MAX_SECONDS = 20 * 60  # of MIDI rendered: 20 minutes at 96 kHz is 0.9 GB of samples in float64
+# The built-in synthesizer renders each note on its own: a note's sound decays to
+# e^-25 of its level (below 16-bit resolution) within NOTE_S, and all notes together
+# may add up to this many seconds of sound (64 voices through 20 minutes)
+NOTE_S = 10.0
+MAX_VOICE_SECONDS = 64 * MAX_SECONDS
+NO_FLUIDSYNTH = ("synthesizer 'fluidsynth' needs the FluidSynth library: on Debian/Ubuntu "
+                 "`apt-get install fluidsynth fluid-soundfont-gm`, or use synthesizer: builtin")
 
 
 def fluidsynth_available() -> bool:
@@ -40,39 +51,77 @@ def find_soundfont(requested: str | None) -> str:
     return str(Path(pretty_midi.__file__).parent / "TimGM6mb.sf2")  # small GM font pretty_midi ships
 
 
+def soundfont_problem(path: Path) -> str | None:
+    """Why a file is not a SoundFont 2 (a RIFF file of form 'sfbk'), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        return f"is not a SoundFont 2 file (it starts with {head[:12]!r}); give a .sf2 file"
+    return None
+
+
 class AudioRender(Generator):
     name = "audio.render"
     description = ("Render MIDI to a WAV: FluidSynth with a General MIDI soundfont when installed "
                    "(Debian: fluidsynth, fluid-soundfont-gm), else a built-in additive synthesizer. "
-                   "The result is peak-normalised to gain_db, never clipped.")
+                   "The result is peak-normalised to gain_db, never clipped. MIDI of up to 20 minutes.")
     outputs = {"audio": media.AUDIO}
     uses_device = False
 
     class Params(Params):
-        midi: Artifact = media_input("audio/midi", description="The MIDI to play: an upstream MIDI or a .mid file.")
+        midi: Artifact = media_input("audio/midi", description=(
+            "The MIDI to play: an upstream MIDI or a .mid file, at most 20 minutes long."))
         sample_rate: int = Field(44100, ge=8000, le=96000, description="Samples per second of the WAV.")
-        soundfont: str | None = Field(None, max_length=1000, description=(
-            "A .sf2 file for FluidSynth; default: the system's General MIDI font."))
+        soundfont: str | None = model_input(None, suffixes=(".sf2",), description=(
+            "A .sf2 file for FluidSynth, relative to the pipeline file; default: the system's General MIDI font."))
         synthesizer: Literal["auto", "fluidsynth", "builtin"] = Field(
             "auto", description="auto: FluidSynth when installed, else the built-in synthesizer.")
         gain_db: float = Field(-1.0, ge=-60.0, le=0.0, description="Peak level of the output in dBFS.")
         tail_s: float = Field(1.0, ge=0.0, le=10.0, description="Seconds of release kept after the last note.")
+
+        @field_validator("midi")
+        @classmethod
+        def midi_is_playable(cls, value: Artifact) -> Artifact:
+            from studio_music.data import check_midi_input
+
+            check_midi_input(value, MAX_SECONDS, "audio.render")
+            return value
+
+        @field_validator("soundfont")
+        @classmethod
+        def soundfont_is_a_soundfont(cls, value: str | None) -> str | None:
+            if value in (None, "default"):  # the system's font (model_input's word for it, too)
+                return None
+            path = Path(value).expanduser()
+            problem = soundfont_problem(path) if path.is_file() else None
+            if problem:
+                raise ValueError(f"soundfont {value!r} {problem}")
+            return value
+
+        @model_validator(mode="after")
+        def synthesizer_is_there(self):
+            if self.soundfont and self.synthesizer == "builtin":
+                raise ValueError("soundfont is for FluidSynth, and synthesizer is 'builtin'; remove one of them")
+            if self.synthesizer == "fluidsynth" and not fluidsynth_available():
+                raise ValueError(NO_FLUIDSYNTH)
+            return self
 
     def generate(self, params: Params, ctx) -> dict:
         import numpy as np
 
         from studio_music.data import load_midi
 
-        midi = load_midi(params.midi.path)
-        if not any(inst.notes for inst in midi.instruments):
-            raise UserError(f"{params.midi.path.name}: the MIDI file has no notes to play")
+        # measured before pretty_midi reads it: length, notes and last tick
+        midi = load_midi(params.midi.path, max_seconds=MAX_SECONDS, what="audio.render")
         use_fluid = params.synthesizer == "fluidsynth" or (params.synthesizer == "auto" and fluidsynth_available())
         if use_fluid:
             if not fluidsynth_available():
-                raise UserError("synthesizer 'fluidsynth' needs the FluidSynth library: on Debian/Ubuntu "
-                                "`apt-get install fluidsynth fluid-soundfont-gm`, or use synthesizer: builtin")
+                raise UserError(NO_FLUIDSYNTH)
             soundfont = find_soundfont(params.soundfont)
-            audio = midi.fluidsynth(fs=params.sample_rate, synthesizer=soundfont)
+            audio = fluid(midi, params.sample_rate, soundfont)
             ctx.record(synthesizer="fluidsynth", soundfont=soundfont)
         else:
             audio = additive(midi, params.sample_rate)
@@ -86,26 +135,58 @@ class AudioRender(Generator):
         return {"audio": media.Audio(audio.astype(np.float32), params.sample_rate)}
 
 
+def fluid(midi, sample_rate: int, soundfont: str) -> Any:
+    """PrettyMIDI.fluidsynth, one instrument at a time: its sum is the same, and only one
+    instrument's samples exist beside the mix (pretty_midi holds them all at once)."""
+    import fluidsynth
+    import numpy as np
+
+    problem = soundfont_problem(Path(soundfont))
+    if problem:
+        raise UserError(f"soundfont {soundfont!r} {problem}")
+    synth = fluidsynth.Synth(samplerate=sample_rate)
+    try:
+        sfid = synth.sfload(soundfont)
+        if sfid == -1:
+            raise UserError(f"soundfont {soundfont!r}: FluidSynth could not load it; give a SoundFont 2 (.sf2) file")
+        out = np.zeros(0)
+        for instrument in midi.instruments:
+            if not instrument.notes:
+                continue
+            wave = instrument.fluidsynth(synthesizer=synth, sfid=sfid)
+            if len(wave) > len(out):
+                out = np.concatenate([out, np.zeros(len(wave) - len(out))])
+            out[: len(wave)] += wave
+            del wave
+    finally:
+        synth.delete()
+    return out
+
+
 def additive(midi, sample_rate: int) -> Any:
     """Each note: four harmonics with falling weights, a 10 ms attack and an exponential
     decay, released over 80 ms at the note's end. Enough to hear a piece, not a piano."""
     import numpy as np
 
+    notes = [note for inst in midi.instruments if not inst.is_drum for note in inst.notes]
+    voice_seconds = sum(min(max(n.end - n.start, 0.02) + 0.08, NOTE_S) for n in notes)
+    if voice_seconds > MAX_VOICE_SECONDS:
+        raise UserError(f"the MIDI's notes add up to {voice_seconds:,.0f} s of sound, more than the built-in "
+                        f"synthesizer renders ({MAX_VOICE_SECONDS:,.0f} s: 64 voices through 20 minutes); use "
+                        "synthesizer: fluidsynth")
     length = int((midi.get_end_time() + 1.0) * sample_rate) + 1
     out = np.zeros(length)
-    for inst in midi.instruments:
-        if inst.is_drum:
-            continue
-        for note in inst.notes:
-            start = int(note.start * sample_rate)
-            dur = max(note.end - note.start, 0.02)
-            n = int((dur + 0.08) * sample_rate)
-            t = np.arange(n) / sample_rate
-            freq = 440.0 * 2 ** ((note.pitch - 69) / 12)
-            wave = sum(np.sin(2 * np.pi * freq * k * t) / k ** 1.5 for k in range(1, 5) if freq * k < sample_rate / 2)
-            envelope = np.minimum(t / 0.01, 1.0) * np.exp(-t * 2.5)
-            envelope *= np.clip((dur + 0.08 - t) / 0.08, 0.0, 1.0)
-            segment = wave * envelope * (note.velocity / 127)
-            stop = min(length, start + n)
-            out[start:stop] += segment[: stop - start]
+    for note in notes:
+        start = int(note.start * sample_rate)
+        dur = max(note.end - note.start, 0.02)
+        # past NOTE_S the decay is below what a 16-bit WAV resolves: not computed
+        n = min(int((dur + 0.08) * sample_rate), int(NOTE_S * sample_rate))
+        t = np.arange(n) / sample_rate
+        freq = 440.0 * 2 ** ((note.pitch - 69) / 12)
+        wave = sum(np.sin(2 * np.pi * freq * k * t) / k ** 1.5 for k in range(1, 5) if freq * k < sample_rate / 2)
+        envelope = np.minimum(t / 0.01, 1.0) * np.exp(-t * 2.5)
+        envelope *= np.clip((dur + 0.08 - t) / 0.08, 0.0, 1.0)
+        segment = wave * envelope * (note.velocity / 127)
+        stop = min(length, start + n)
+        out[start:stop] += segment[: stop - start]
     return out

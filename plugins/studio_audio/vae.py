@@ -16,18 +16,16 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from studio import Artifact, Generator, Params, media, media_input
-from studio.errors import UserError
-from studio.generator import resolve_weights
+from studio import Artifact, Generator, Params, UserError, media, media_input, model_input
+from studio.weights import config, loading, local_path, refuse, weights_problem
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "vae"
 CROSSFADE_S = 0.02  # between the segments of an interpolation written as one file
-
-
-def resolve_model(model: str) -> str:
-    return resolve_weights(model, DEFAULT_WEIGHTS)
+MAX_OUTPUT_S = 20 * 60  # an interpolation writes frames x its inputs' length
+LOAD_FIX = ("Give 'default', a diffusers VAE directory (config.json + diffusion_pytorch_model.safetensors), a "
+            "Stable Audio Open directory with a vae/ folder, or a hub id in your Hugging Face cache")
 
 
 def vae_folder(path: str) -> tuple[str, str | None]:
@@ -41,6 +39,36 @@ def vae_folder(path: str) -> tuple[str, str | None]:
     return path, "vae"  # a hub id names a pipeline repository, as stabilityai/stable-audio-open-1.0
 
 
+def vae_config(model: str) -> dict[str, Any] | None:
+    """The VAE's config.json as a dict, read without loading weights; None when there is
+    nothing local to read."""
+    root = local_path(model, DEFAULT_WEIGHTS)
+    if root is None or not root.is_dir():
+        return None
+    _, subfolder = vae_folder(str(root))
+    return config(root / subfolder if subfolder else root)
+
+
+def config_problem(data: dict[str, Any]) -> str | None:
+    """Why a config.json is not an AutoencoderOobleck's, or None."""
+    if data.get("_class_name") != "AutoencoderOobleck":
+        return (f"its config.json describes a {data.get('_class_name')!r}, not an AutoencoderOobleck (Stable Audio "
+                "Open's VAE)")
+    return None
+
+
+def hop_and_rate(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(samples per latent frame, sample rate) from an Oobleck config, as diffusers derives them."""
+    ratios, rate = data.get("downsampling_ratios"), data.get("sampling_rate")
+    if not isinstance(ratios, list) or not all(isinstance(r, int) and r > 0 for r in ratios) or \
+            not isinstance(rate, int) or rate <= 0:
+        return None
+    hop = 1
+    for r in ratios:
+        hop *= r
+    return hop, rate
+
+
 def load_vae(model: str) -> Any:
     """An AutoencoderOobleck from 'default', a directory, or a hub id in the local cache."""
     import diffusers
@@ -48,14 +76,18 @@ def load_vae(model: str) -> Any:
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
-    path, subfolder = vae_folder(resolve_model(model))
-    try:
+    root = local_path(model, DEFAULT_WEIGHTS)
+    refuse(model, root, ("", "vae"))
+    path, subfolder = vae_folder(str(root) if root is not None else model)
+    with loading(model, "an AutoencoderOobleck", LOAD_FIX):
+        data = vae_config(model)
+        problem = config_problem(data) if data else None
+        if problem:
+            raise UserError(f"model {model!r}: {problem}. {LOAD_FIX}")
         with quiet_weight_norm():
-            return AutoencoderOobleck.from_pretrained(path, subfolder=subfolder)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise UserError(f"model {model!r} could not be loaded as an AutoencoderOobleck: {exc}. Give 'default', "
-                        "a diffusers VAE directory (config.json + diffusion_pytorch_model.safetensors), a "
-                        "Stable Audio Open directory with a vae/ folder, or a hub id in your Hugging Face cache") from exc
+            # local files only, safetensors only: nothing is downloaded and no pickle is read
+            return AutoencoderOobleck.from_pretrained(path, subfolder=subfolder, use_safetensors=True,
+                                                      local_files_only=True)
 
 
 @contextlib.contextmanager
@@ -81,9 +113,10 @@ class AudioVAE(Generator):
     version = "2"  # 2: loudness matched to the input by default
 
     class Params(Params):
-        model: str = Field("default", max_length=500, description=(
+        model: str = model_input("default", files=("config.json", "vae/config.json"), hub=True, description=(
             "'default' (embedded, 16 kHz mono, trained on FluidSynth instrument notes), a diffusers "
-            "AutoencoderOobleck directory, a Stable Audio Open directory (vae/ inside), or a hub id."))
+            "AutoencoderOobleck directory (safetensors), a Stable Audio Open directory (vae/ inside), or a hub id "
+            "in the local Hugging Face cache."))
         mode: Literal["sample", "variation", "interpolate", "reconstruct"] = Field(
             "sample", description="sample: from the prior; variation: perturb `audio`; interpolate: "
                                   "`audio` -> `audio_b`; reconstruct: encode and decode `audio`.")
@@ -98,11 +131,13 @@ class AudioVAE(Generator):
             "Noise added to the latents, in units of the prior's standard deviation (mode variation); "
             "0 gives the reconstruction."))
         frames: int = Field(5, ge=2, le=64, description=(
-            "Points from `audio` to `audio_b`, written one after another in one file (mode interpolate)."))
+            "Points from `audio` to `audio_b`, written one after another in one file (mode interpolate); "
+            "the file is at most 20 minutes long."))
         position: float | None = Field(None, ge=0.0, le=1.0, description=(
             "Decode only this point between `audio` (0) and `audio_b` (1); sweep it to get a sequence "
             "of files (mode interpolate)."))
-        max_input_s: float = Field(30.0, gt=0.0, le=600.0, description="Longer inputs are cut to this many seconds.")
+        max_input_s: float = Field(30.0, gt=0.0, le=600.0, description=(
+            "Longer inputs are cut to this many seconds before they are decoded."))
         loudness: Literal["match_input", "as_decoded"] = Field("match_input", description=(
             "match_input: scale the output to the RMS level of its input(s) (variation, reconstruct, "
             "interpolate); as_decoded: leave the decoder's level. Either way the peak never clips."))
@@ -119,6 +154,47 @@ class AudioVAE(Generator):
             if unused:
                 raise ValueError(f"mode {self.mode!r} does not use {' or '.join(repr(u) for u in unused)}; "
                                  "remove it, or pick a mode that does (variation, reconstruct, interpolate)")
+            return self
+
+        @field_validator("model")
+        @classmethod
+        def is_an_oobleck(cls, value: str) -> str:
+            problem = weights_problem(value, local_path(value, DEFAULT_WEIGHTS), ("", "vae"))
+            if problem is None and value != "default":
+                try:
+                    data = vae_config(value)
+                    problem = config_problem(data) if data else None
+                except ValueError as exc:
+                    problem = str(exc)
+                problem = problem and f"model {value!r}: {problem}"
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @model_validator(mode="after")
+        def inputs_are_usable(self):
+            # what the sniffed inputs tell: how much would be decoded, whether the model
+            # gets a whole latent frame, how long an interpolation comes out
+            from studio_audio.audio_io import decode_problem
+
+            known = {name: a.info for name in ("audio", "audio_b")
+                     if (a := getattr(self, name)) is not None and "frames" in a.info}
+            for name, info in known.items():
+                problem = decode_problem(info["frames"], info["channels"], info["sample_rate"], self.max_input_s)
+                if problem:
+                    raise ValueError(f"{getattr(self, name).path.name}: {problem}")
+            model = vae_config(self.model)
+            sizes = hop_and_rate(model) if model else None
+            if sizes:
+                for name, info in known.items():
+                    too_short = short_input_problem(info["seconds"], *sizes)
+                    if too_short:
+                        raise ValueError(f"{getattr(self, name).path.name}: {too_short}")
+            if self.mode == "interpolate" and self.position is None and len(known) == 2:
+                seconds = min(known["audio"]["seconds"], known["audio_b"]["seconds"], self.max_input_s)
+                problem = interpolation_problem(seconds, self.frames)
+                if problem:
+                    raise ValueError(problem)
             return self
 
     def load(self, params: Params, ctx) -> Any:
@@ -158,7 +234,8 @@ class AudioVAE(Generator):
     def _input(self, artifact: Artifact, params: Params, rate: int, channels: int, hop: int, ctx, name: str):
         from studio_audio.audio_io import load_audio
 
-        clip = load_audio(artifact.path, sample_rate=rate, channels=channels, min_frames=hop)
+        clip = load_audio(artifact.path, sample_rate=rate, channels=channels, min_frames=hop,
+                          max_seconds=params.max_input_s)
         limit = round(params.max_input_s * rate)
         if clip.shape[1] > limit:
             ctx.record(**{f"{name}_cut_to_s": params.max_input_s})
@@ -171,6 +248,10 @@ class AudioVAE(Generator):
         a = self._input(params.audio, params, rate, channels, hop, ctx, "audio")
         b = self._input(params.audio_b, params, rate, channels, hop, ctx, "audio_b")
         length = min(a.shape[1], b.shape[1])  # both clips cut to the shorter one
+        points_out = 1 if params.position is not None else params.frames
+        problem = interpolation_problem(length / rate, points_out)
+        if problem:  # before any decoding: the inputs' lengths are sure only now
+            raise UserError(problem)
         za, zb = encode(vae, a[:, :length]), encode(vae, b[:, :length])
         points = [params.position] if params.position is not None else torch.linspace(0, 1, params.frames).tolist()
         segments = [decode(vae, torch.lerp(za, zb, t))[:, :length] for t in points]
@@ -179,6 +260,24 @@ class AudioVAE(Generator):
             level_a, level_b = rms(a[:, :length]), rms(b[:, :length])
             segments = [match_rms(seg, level_a + t * (level_b - level_a))[0] for seg, t in zip(segments, points)]
         return join(segments, round(CROSSFADE_S * rate)), None
+
+
+def short_input_problem(seconds: float, hop: int, rate: int) -> str | None:
+    """Why a clip of `seconds` is too short for a model that needs `hop` samples at `rate`."""
+    if seconds * rate < hop:
+        return (f"{seconds * 1000:.1f} ms of audio is too short; the model needs at least "
+                f"{hop / rate * 1000:.0f} ms")
+    return None
+
+
+def interpolation_problem(segment_s: float, frames: int) -> str | None:
+    """Why `frames` segments of `segment_s` each make too long a file, or None."""
+    total = segment_s * frames
+    if total > MAX_OUTPUT_S:
+        return (f"{frames} frames of {segment_s:,.1f} s make {total:,.0f} s of audio; an interpolation is at most "
+                f"{MAX_OUTPUT_S // 60} minutes. Lower frames or max_input_s, or sweep position for one file "
+                "per point")
+    return None
 
 
 def encode(vae, clip) -> Any:

@@ -11,18 +11,22 @@ script with `generator=`, so the same seed gives the same image in both.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from studio import Generator, Params, media
-from studio.errors import UserError
-from studio.generator import resolve_weights
+from studio import Generator, Params, UserError, media, model_input
 from studio.runtime import check_finite
+from studio.weights import components, config, loading, local_path, read_config, refuse, weights_problem
+from studio.limits import cpu_budget_problem, on_cpu
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion"
+# width x height: 2048 x 2048, or any shape of the same area. Beyond it a UNet's attention
+# over the latent grows past what a GPU holds (diffusion models are trained far below).
+MAX_PIXELS = 2048 * 2048
+LOAD_FIX = ("Give 'default', a diffusers directory (model_index.json, or unet/ and scheduler/, with "
+            ".safetensors weights), or a hub id in your Hugging Face cache")
 
 # name -> diffusers scheduler class; swapped in with from_config(), as diffusers documents
 SCHEDULERS = {
@@ -40,16 +44,65 @@ TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
 SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", "heun", "pndm", "unipc"]
 
 
-def resolve_model(model: str) -> str:
-    return resolve_weights(model, DEFAULT_WEIGHTS)
-
-
-def is_unet_checkpoint(path: str) -> bool:
-    index = Path(path) / "model_index.json"
-    if index.is_file():
-        unet = json.loads(index.read_text()).get("unet", [None, None])
-        return unet[1] == "UNet2DModel"
+def is_unet_checkpoint(path: str | Path) -> bool:
+    index = read_config(Path(path) / "model_index.json")
+    if index is not None:
+        unet = index.get("unet")
+        return isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DModel"
     return (Path(path) / "unet" / "config.json").is_file() and not (Path(path) / "text_encoder").exists()
+
+
+def component_folders(root: Path | None) -> tuple[str, ...]:
+    """The top folder and a pipeline's component folders: where its weights are."""
+    if root is None or not root.is_dir():
+        return ("",)
+    index = read_config(root / "model_index.json") or {}
+    return tuple(dict.fromkeys(["", "unet", *(name for name, _ in components(index))]))
+
+
+def model_facts(model: str) -> dict[str, Any] | None:
+    """What the configs of `model` say, read without loading weights (None when there is
+    nothing local to read): kind ("unet" or "pipeline"), classes, default size, and the
+    factor width and height must be multiples of."""
+    root = local_path(model, DEFAULT_WEIGHTS)
+    if root is None or not root.is_dir():
+        return None
+    if is_unet_checkpoint(root):
+        unet = config(root / "unet")
+        info = config(root, "studio.json")
+        classes = info.get("classes") if isinstance(info.get("classes"), list) else []
+        blocks = unet.get("block_out_channels")
+        return {"kind": "unet", "classes": [str(c) for c in classes], "size": _size(unet.get("sample_size")),
+                "factor": 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 1}
+    vae = config(root / "vae")
+    blocks = vae.get("block_out_channels")
+    scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+    unet_size = _size(config(root / "unet").get("sample_size"))
+    return {"kind": "pipeline", "classes": [], "size": unet_size and (unet_size[0] * scale, unet_size[1] * scale),
+            # SD 1.x/2.x/XL: the latent is width/scale x height/scale; other pipelines say their own rules
+            "factor": scale if (root / "unet").is_dir() else 1}
+
+
+def _size(sample_size: Any) -> tuple[int, int] | None:
+    """A UNet config's sample_size as (width, height): square, its first entry when it
+    is a list, as Studio has always sampled it."""
+    side = sample_size[0] if isinstance(sample_size, (list, tuple)) and sample_size else sample_size
+    return (side, side) if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
+
+
+def class_index(label: int | str, classes: list[str]) -> int | None:
+    """A class_label as the model's index: a class name, or an index into the classes."""
+    if str(label) in classes:
+        return classes.index(str(label))
+    if isinstance(label, int) and 0 <= label < len(classes):
+        return label
+    return None
+
+
+def _facts(info: ValidationInfo) -> dict[str, Any] | None:
+    """The model facts for a field validator (None when `model` itself was refused)."""
+    model = info.data.get("model")
+    return model_facts(model) if isinstance(model, str) else None
 
 
 class ImageDiffusion(Generator):
@@ -63,8 +116,10 @@ class ImageDiffusion(Generator):
     max_batch_size = 16
 
     class Params(Params):
-        model: str = Field("default", max_length=500,
-                           description="'default' (embedded), a local diffusers directory, or a hub id.")
+        model: str = model_input(
+            "default", files=("model_index.json", "unet/config.json"), hub=True,
+            description="'default' (embedded), a local diffusers directory (safetensors weights), or a hub id "
+                        "in the local Hugging Face cache.")
         prompt: str | None = Field(None, max_length=2000, description="Text prompt (text-to-image models).")
         negative_prompt: str | None = Field(None, max_length=2000,
                                             description="What to steer away from (text-to-image models).")
@@ -75,9 +130,68 @@ class ImageDiffusion(Generator):
         guidance_scale: float | None = Field(None, ge=0.0, le=50.0, description=(
             "Classifier-free guidance; 1 or less turns it off. Default: 7.5 for text-to-image "
             "models, 2 for class-conditional ones."))
-        width: int | None = Field(None, ge=8, le=4096, description="Width in pixels; default: the model's size.")
+        width: int | None = Field(None, ge=8, le=4096, description=(
+            "Width in pixels; default: the model's size. width x height is at most 2048 x 2048 "
+            "(4.2 megapixels), and on a CPU width x height x steps at most 1024 x 1024 x 50."))
         height: int | None = Field(None, ge=8, le=4096, description="Height in pixels; default: the model's size.")
         scheduler: SchedulerName = Field("default", description="Sampler; 'default' keeps the checkpoint's.")
+
+        @field_validator("model")
+        @classmethod
+        def weights_are_plain(cls, value: str) -> str:
+            root = local_path(value, DEFAULT_WEIGHTS)
+            problem = weights_problem(value, root, component_folders(root))
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @field_validator("prompt", "negative_prompt")
+        @classmethod
+        def prompt_fits_the_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+            facts = _facts(info)
+            if value and facts and facts["kind"] == "unet":
+                raise ValueError(_no_prompt_message(info.data["model"], facts["classes"]))
+            return value
+
+        @field_validator("class_label")
+        @classmethod
+        def class_label_is_a_class(cls, value: int | str | None, info: ValidationInfo) -> int | str | None:
+            facts = _facts(info)
+            if value is None or facts is None:
+                return value
+            model = info.data["model"]
+            if facts["kind"] == "pipeline":
+                raise ValueError(f"model {model!r} is a text-to-image pipeline: use prompt, not class_label")
+            if not facts["classes"]:
+                raise ValueError(f"model {model!r} is unconditional: it takes no class_label")
+            if class_index(value, facts["classes"]) is None:
+                raise ValueError(f"class_label {value!r} is not a class of model {model!r}; "
+                                 f"classes: {', '.join(facts['classes'])} (or their index, 0 to "
+                                 f"{len(facts['classes']) - 1})")
+            return value
+
+        @field_validator("width", "height")
+        @classmethod
+        def size_fits_the_model(cls, value: int | None, info: ValidationInfo) -> int | None:
+            facts = _facts(info)
+            if value is not None and facts and value % facts["factor"]:
+                raise ValueError(f"{info.field_name} {value} is not a multiple of {facts['factor']}, as this model "
+                                 f"needs; try {max(facts['factor'], value // facts['factor'] * facts['factor'])}")
+            return value
+
+        @model_validator(mode="after")
+        def fits(self, info: ValidationInfo):
+            facts = model_facts(self.model)
+            if facts and facts["kind"] == "pipeline" and self.prompt is None:
+                raise ValueError(f"model {self.model!r} is a text-to-image pipeline: give a prompt")
+            width, height = image_size(self, facts)
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{width} x {height} is {width * height / 1e6:.1f} megapixels; image.diffusion makes "
+                                 f"at most {MAX_PIXELS / 1e6:.1f} (2048 x 2048, or the same area in another shape)")
+            problem = cpu_budget_problem(width, height, self.steps) if on_cpu(info) else None
+            if problem:
+                raise ValueError(problem)
+            return self
 
     def load(self, params: Params, ctx) -> Any:
         import diffusers
@@ -88,26 +202,38 @@ class ImageDiffusion(Generator):
         diffusers.utils.logging.disable_progress_bar()
         diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-        path = resolve_model(params.model)
-        try:
-            if is_unet_checkpoint(path):
-                from diffusers import UNet2DModel
-
-                unet = UNet2DModel.from_pretrained(path, subfolder="unet")
-                with open(Path(path) / "scheduler" / "scheduler_config.json") as f:
-                    scheduler_config = json.load(f)
-                info_path = Path(path) / "studio.json"
-                info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-                return {"unet": unet, "scheduler_config": scheduler_config,
-                        "classes": info.get("classes") or [], "null_class": info.get("null_class")}
+        root = local_path(params.model, DEFAULT_WEIGHTS)
+        refuse(params.model, root, component_folders(root))
+        # local files only, safetensors only: nothing is downloaded and no pickle is read
+        options = {"use_safetensors": True, "local_files_only": True}
+        with loading(params.model, "a diffusers model", LOAD_FIX):
+            if root is not None and root.is_dir() and is_unet_checkpoint(root):
+                return self._load_unet(root, options)
+            index = config(root, "model_index.json") if root is not None and root.is_dir() else {}
+            name = index.get("_class_name")
+            if isinstance(name, str) and not hasattr(diffusers, name):
+                raise UserError(f"model {params.model!r} names the pipeline class {name!r}, which diffusers "
+                                f"{diffusers.__version__} does not have; Studio runs diffusers' own pipelines only")
             from diffusers import AutoPipelineForText2Image
 
-            pipe = AutoPipelineForText2Image.from_pretrained(path)
+            pipe = AutoPipelineForText2Image.from_pretrained(str(root) if root is not None else params.model,
+                                                             **options)
             pipe.set_progress_bar_config(disable=True)
             return {"pipeline": pipe, "scheduler_config": dict(pipe.scheduler.config)}
-        except (OSError, ValueError) as exc:
-            raise UserError(f"model {params.model!r} could not be loaded: {exc}. Give 'default', a local "
-                            "diffusers directory, or a hub id that is in your Hugging Face cache") from exc
+
+    @staticmethod
+    def _load_unet(root: Path, options: dict) -> dict:
+        from diffusers import UNet2DModel
+
+        unet = UNet2DModel.from_pretrained(root, subfolder="unet", **options)
+        scheduler_config = read_config(root / "scheduler" / "scheduler_config.json")
+        if scheduler_config is None:
+            raise UserError(f"model {str(root)!r} has a unet/ but no scheduler/scheduler_config.json; save the "
+                            "whole pipeline (DDIMPipeline.save_pretrained) or copy its scheduler/ folder")
+        info = config(root, "studio.json")
+        classes = info.get("classes") if isinstance(info.get("classes"), list) else []
+        return {"unet": unet, "scheduler_config": scheduler_config, "classes": [str(c) for c in classes],
+                "null_class": info.get("null_class")}
 
     def generate(self, params: Params, ctx) -> dict:
         return self.generate_batch([params], [ctx])[0]
@@ -144,10 +270,10 @@ class ImageDiffusion(Generator):
         unet, first = model["unet"], batch[0]
         for p in batch:
             if p.prompt or p.negative_prompt:
-                raise UserError(self._no_prompt_message(model, p))
-        size = unet.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        width, height = first.width or size, first.height or size
+                raise UserError(_no_prompt_message(p.model, model["classes"]))
+        size = _size(unet.config.sample_size) or (64, 64)
+        width, height = first.width or size[0], first.height or size[1]
+        check_budget(width, height, first.steps, ctxs[0].device)
         factor = 2 ** (len(unet.config.block_out_channels) - 1)
         if width % factor or height % factor:
             raise UserError(f"`height` and `width` have to be divisible by {factor} for this model but are "
@@ -190,22 +316,12 @@ class ImageDiffusion(Generator):
             return None
         labels = []
         for p, c in zip(batch, ctxs):
-            if p.class_label is None:
-                labels.append(c.seed % len(classes))
-            elif str(p.class_label) in classes:
-                labels.append(classes.index(str(p.class_label)))
-            elif isinstance(p.class_label, int) and 0 <= p.class_label < len(classes):
-                labels.append(p.class_label)
-            else:
+            index = c.seed % len(classes) if p.class_label is None else class_index(p.class_label, classes)
+            if index is None:
                 raise UserError(f"class_label {p.class_label!r} is not a class of model {p.model!r}; "
                                 f"classes: {', '.join(classes)}")
+            labels.append(index)
         return torch.tensor(labels, device=model["unet"].device)
-
-    def _no_prompt_message(self, model: dict, p: Params) -> str:
-        kind = (f"a class-conditional (class_label: {', '.join(model['classes'])})" if model["classes"]
-                else "an unconditional")
-        return (f"model {p.model!r} is {kind} UNet; it takes no prompt or negative_prompt. "
-                "Remove them, or use a text-to-image model (a Stable Diffusion directory or hub id)")
 
     def _pipeline(self, model: dict, batch: list[Params], ctxs: list) -> list:
         pipe, first = model["pipeline"], batch[0]
@@ -213,6 +329,8 @@ class ImageDiffusion(Generator):
             raise UserError(f"model {first.model!r} is a text-to-image pipeline: use prompt, not class_label")
         if any(not p.prompt for p in batch):
             raise UserError(f"model {first.model!r} is a text-to-image pipeline: give a prompt")
+        width, height = image_size(first, model_facts(first.model))
+        check_budget(width, height, first.steps, ctxs[0].device)
         pipe.scheduler = self._scheduler(model, first.scheduler)
         total = first.steps
 
@@ -234,6 +352,25 @@ class ImageDiffusion(Generator):
         )
         check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
         return pipe.numpy_to_pil(result.images)
+
+
+def _no_prompt_message(model: str, classes: list[str]) -> str:
+    kind = f"a class-conditional (class_label: {', '.join(classes)})" if classes else "an unconditional"
+    return (f"model {model!r} is {kind} UNet; it takes no prompt or negative_prompt. "
+            "Remove them, or use a text-to-image model (a Stable Diffusion directory or hub id)")
+
+
+def image_size(params: Params, facts: dict[str, Any] | None) -> tuple[int, int]:
+    """The size an item is sampled at: as given, else the model's (512 when unknown)."""
+    default = (facts or {}).get("size") or (512, 512)
+    return params.width or default[0], params.height or default[1]
+
+
+def check_budget(width: int, height: int, steps: int, device: str) -> None:
+    """Refuse, before any tensor exists, sampling that would run for days on a CPU."""
+    problem = cpu_budget_problem(width, height, steps) if device == "cpu" else None
+    if problem:
+        raise UserError(problem)
 
 
 def _step_parameters(scheduler) -> set[str]:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from studio import Generator, Params, media
-from studio.errors import UserError
+from studio import Generator, Params, UserError, media, model_input
 from studio.generator import weights_fingerprint
 from studio.runtime import check_finite
+from studio.weights import config, loading, refuse, short, weights_problem
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gan"
+MAX_IMAGE_SIZE = 1024  # a strip of 64 frames at this size is the largest image Studio writes
+CHUNK_PIXELS = 2**26  # images per forward pass: at most this many output pixels at once
+LOAD_FIX = "Give 'default' or a directory that `studio train image.gan --out DIR` wrote"
 
 
 def resolve_dir(model: str) -> Path:
@@ -22,6 +24,23 @@ def resolve_dir(model: str) -> Path:
         raise UserError(f"model {model!r}: expected a directory with config.json and model.safetensors "
                         "(what `studio train image.gan --out DIR` writes)")
     return path
+
+
+def config_problem(data: dict[str, Any]) -> str | None:
+    """Why a GAN config.json does not describe a DCGAN Studio builds, or None. The
+    network is built from these numbers, so they are bounded before anything is."""
+    if data.get("architecture") != "dcgan":
+        return f"config.json is not a Studio DCGAN's (architecture: {data.get('architecture')!r}, expected 'dcgan')"
+    size = data.get("image_size", 16)
+    if not isinstance(size, int) or size < 8 or size > MAX_IMAGE_SIZE or size & (size - 1):
+        return f"config.json: image_size {size!r} is not a power of two from 8 to {MAX_IMAGE_SIZE}"
+    if data.get("channels", 1) not in (1, 3):
+        return f"config.json: channels {data.get('channels')!r} is not 1 (grey) or 3 (RGB)"
+    for key, limit in (("z_dim", 4096), ("ngf", 1024), ("ndf", 1024)):
+        value = data.get(key, 64)
+        if not isinstance(value, int) or not 1 <= value <= limit:
+            return f"config.json: {key} {value!r} is not an integer from 1 to {limit}"
+    return None
 
 
 class ImageGAN(Generator):
@@ -34,12 +53,33 @@ class ImageGAN(Generator):
     max_batch_size = 64
 
     class Params(Params):
-        model: str = Field("default", max_length=500, description="'default' (embedded) or a trained directory.")
+        model: str = model_input("default", files=("config.json",), description=(
+            "'default' (embedded) or a directory `studio train image.gan` wrote (config.json, model.safetensors)."))
         truncation: float = Field(1.0, ge=0.05, le=1.0, description=(
             "Scale the latent toward its mean: lower trades variety for typical-looking images."))
         interpolate_to: int | None = Field(None, ge=0, le=2**63 - 1,
                                            description="Another seed: walk from this item's latent to that one's.")
         frames: int = Field(8, ge=2, le=64, description="Frames in an interpolation strip.")
+
+        @field_validator("model")
+        @classmethod
+        def is_a_dcgan(cls, value: str) -> str:
+            if value == "default" or not Path(value).is_dir():
+                return value
+            path = Path(value)
+            if not (path / "model.safetensors").is_file():
+                raise ValueError(f"model {value!r} has no model.safetensors beside its config.json (what "
+                                 "`studio train image.gan --out DIR` writes)")
+            problem = weights_problem(value, path)
+            if problem is None:
+                try:
+                    problem = config_problem(config(path))
+                except ValueError as exc:
+                    problem = str(exc)
+                problem = problem and f"model {value!r}: {problem}"
+            if problem:
+                raise ValueError(problem)
+            return value
 
     def model_key(self, params: Params) -> str:
         return str(resolve_dir(params.model).resolve())
@@ -48,14 +88,28 @@ class ImageGAN(Generator):
         return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
+        import torch
         from safetensors.torch import load_file
 
         from studio_image.gan_model import DCGenerator, GANConfig
 
         path = resolve_dir(params.model)
-        config = GANConfig.from_dict(json.loads((path / "config.json").read_text()))
-        model = DCGenerator(config)
-        model.load_state_dict(load_file(path / "model.safetensors"))
+        refuse(params.model, path)
+        with loading(params.model, "a DCGAN", LOAD_FIX):
+            data = config(path)
+            problem = config_problem(data)
+            if problem:
+                raise UserError(f"model {params.model!r}: {problem}")
+            state = load_file(path / "model.safetensors")
+            # built without memory and given the file's tensors: the model takes what the
+            # weights file holds, whatever its config claims
+            with torch.device("meta"):
+                model = DCGenerator(GANConfig.from_dict(data))
+            try:
+                model.load_state_dict(state, assign=True)
+            except RuntimeError as exc:
+                raise UserError(f"model {params.model!r}: model.safetensors does not match its config.json "
+                                f"({short(exc)}). {LOAD_FIX}") from exc
         return model
 
     def _latent(self, seed: int, z_dim: int):
@@ -84,8 +138,12 @@ class ImageGAN(Generator):
             latents += [z * p.truncation for z in path]
             counts.append(len(path))
         param = next(model.parameters())
+        size = model.config.image_size
+        chunk = max(1, CHUNK_PIXELS // (size * size))  # a batch of long walks at a large size: in parts
+        stacked = torch.stack(latents)
         with ctxs[0].autocast():
-            images = model(torch.stack(latents).to(param.device, param.dtype)).float()
+            images = torch.cat([model(part.to(param.device, param.dtype)).float()
+                                for part in stacked.split(chunk)])
         check_finite(images, f"image.gan output ({params[0].model}, {param.dtype})")
         from studio_image.diffusion import _to_pil
 

@@ -62,9 +62,14 @@ def notes_of(midi) -> list[Note]:
 
 def encode(midi) -> list[int]:
     """pretty_midi.PrettyMIDI -> event tokens (without BOS/EOS)."""
+    return encode_notes(notes_of(midi))
+
+
+def encode_notes(notes: list[Note]) -> list[int]:
+    """Notes in time order -> event tokens (without BOS/EOS), from time 0."""
     edges = []  # (step, order, kind, pitch, velocity, note id); offs sort before ons
     spans = {}  # note id -> (start step, end step)
-    for i, n in enumerate(notes_of(midi)):
+    for i, n in enumerate(notes):
         start, end = round(n.start / STEP_S), round(n.end / STEP_S)
         end = max(end, start + 1)
         spans[i] = (start, end)
@@ -96,6 +101,20 @@ def encode(midi) -> list[int]:
             tokens.append(NOTE_OFF + pitch)
             del current[pitch]
     return tokens
+
+
+def tail_notes(notes: list[Note], seconds: float) -> list[Note]:
+    """The notes that start in the last `seconds` of a piece, moved to start at 0: a
+    primer as the model continues it, cut before it is encoded (a long file is never
+    tokenized whole)."""
+    if not notes:
+        return []
+    end = max(n.end for n in notes)
+    kept = [n for n in notes if n.start >= end - seconds]
+    if not kept or len(kept) == len(notes):
+        return kept
+    offset = kept[0].start
+    return [Note(n.pitch, n.velocity, n.start - offset, n.end - offset) for n in kept]
 
 
 def decode(tokens, *, program: int = 0, tempo_bpm: float = 120.0, min_note_s: float = 0.05):

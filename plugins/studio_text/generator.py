@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from studio import Generator, Params, media
-from studio.errors import UserError
+from studio import Generator, Params, UserError, media, model_input
 from studio.generator import resolve_weights
+from studio.weights import config, loading, local_path, refuse, weights_problem
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gpt"
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length")
+LOAD_FIX = ("Give 'default', a directory with config.json, .safetensors weights and tokenizer files (as "
+            "save_pretrained writes them), or a hub id in your Hugging Face cache")
 
 
 def resolve_model(model: str) -> str:
@@ -21,30 +24,47 @@ def resolve_model(model: str) -> str:
 def load_model(model: str) -> dict[str, Any]:
     """{"model": causal LM, "tokenizer": its tokenizer} from 'default', a directory
     (config.json + weights + tokenizer files, as save_pretrained writes) or a hub id in
-    the local cache."""
+    the local cache. Never downloads, never reads a pickle, never runs a model's own code."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    path = resolve_model(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"model {model!r} could not be loaded as a causal language model: {exc}. Give "
-                        "'default', a directory with config.json, weights and tokenizer files (as "
-                        "save_pretrained writes them), or a hub id in your Hugging Face cache") from exc
+    root = local_path(model, DEFAULT_WEIGHTS)
+    refuse(model, root)
+    path = str(root) if root is not None else model
+    with loading(model, "a causal language model", LOAD_FIX):
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True)
     return {"model": lm, "tokenizer": tokenizer}
+
+
+def context_of(data: dict[str, Any]) -> int | None:
+    """The context length a config.json states (or its text model's), None when unstated."""
+    for source in (data, data.get("text_config") if isinstance(data.get("text_config"), dict) else {}):
+        for name in CONTEXT_KEYS:
+            value = source.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 def context_length(lm) -> int:
     config = lm.config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+    for name in CONTEXT_KEYS:
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return 2048
+
+
+def context_problem(max_new_tokens: int, context: int) -> str | None:
+    """The decoder keeps the end of the prompt and writes max_new_tokens after it, all
+    within the model's context: at least one prompt token must fit."""
+    if max_new_tokens >= context:
+        return (f"max_new_tokens {max_new_tokens} does not fit the model's context of {context} tokens; give at "
+                f"most {context - 1}")
+    return None
 
 
 class TextGPT(Generator):
@@ -58,19 +78,49 @@ class TextGPT(Generator):
     max_batch_size = 32
 
     class Params(Params):
-        model: str = Field("default", max_length=500, description=(
-            "'default' (embedded GPT-2 trained on Shakespeare's plays), a causal LM directory, or a hub id."))
+        model: str = model_input("default", files=("config.json",), hub=True, description=(
+            "'default' (embedded GPT-2 trained on Shakespeare's plays), a causal LM directory (safetensors), "
+            "or a hub id in the local Hugging Face cache."))
         prompt: str = Field("", max_length=20000, description=(
             "Text to continue: literal, or upstream text (${steps.<id>.outputs.text}). Empty: start fresh."))
-        max_new_tokens: int = Field(120, ge=1, le=4096, description="At most this many tokens are written.")
+        max_new_tokens: int = Field(120, ge=1, le=4096, description=(
+            "At most this many tokens are written; less than the model's context (the prompt's end fills the rest)."))
         temperature: float = Field(0.8, ge=0.0, le=3.0, description="Sampling temperature; 0 is greedy decoding.")
         top_k: int = Field(0, ge=0, le=100000, description="Sample among the k likeliest tokens; 0 = all.")
         top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: the likeliest tokens up to this mass.")
         repetition_penalty: float = Field(1.0, ge=1.0, le=5.0, description=(
             "Above 1 makes tokens already in the text less likely (transformers' repetition penalty)."))
         stop: list[str] = Field(default_factory=list, max_length=16, description=(
-            "Writing ends at the first of these strings; the string itself is not kept."))
+            "Writing ends at the first of these strings (1 to 200 characters each); the string itself is not kept."))
         include_prompt: bool = Field(True, description="Start the output with the prompt.")
+
+        @field_validator("model")
+        @classmethod
+        def weights_are_plain(cls, value: str) -> str:
+            problem = weights_problem(value, local_path(value, DEFAULT_WEIGHTS))
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @field_validator("stop")
+        @classmethod
+        def stops_are_strings(cls, value: list[str]) -> list[str]:
+            for s in value:
+                if not 1 <= len(s) <= 200:  # "" is in every text: writing would stop before it starts
+                    raise ValueError(f"stop string {s[:40]!r} has {len(s)} characters; give 1 to 200")
+            return value
+
+        @field_validator("max_new_tokens")
+        @classmethod
+        def fits_the_context(cls, value: int, info: ValidationInfo) -> int:
+            model = info.data.get("model")
+            root = local_path(model, DEFAULT_WEIGHTS) if isinstance(model, str) else None
+            if root is not None and root.is_dir():
+                context = context_of(config(root))  # config.json: read once, a few kilobytes
+                problem = context and context_problem(value, context)
+                if problem:
+                    raise ValueError(problem)
+            return value
 
     def load(self, params: Params, ctx) -> Any:
         return load_model(params.model)
@@ -97,9 +147,9 @@ class TextGPT(Generator):
         loaded = ctxs[0].model(self, first)
         lm, tokenizer = loaded["model"], loaded["tokenizer"]
         context = context_length(lm)
-        if first.max_new_tokens >= context:
-            raise UserError(f"max_new_tokens {first.max_new_tokens} does not fit the model's context of {context} "
-                            f"tokens; give at most {context - 1}")
+        problem = context_problem(first.max_new_tokens, context)
+        if problem:
+            raise UserError(problem)
         room = context - first.max_new_tokens
         eos = tokenizer.eos_token_id
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos

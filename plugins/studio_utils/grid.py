@@ -3,9 +3,34 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from studio import Artifact, Generator, Params, media, media_input
+from studio import Artifact, Generator, Params, UserError, media, media_input
+from studio.limits import colour_problem
+
+# A contact sheet is one PNG in memory: 100 megapixels is 300 MB of RGB, and no side
+# longer than PNG viewers and browsers open.
+MAX_SHEET_PIXELS = 100_000_000
+MAX_SHEET_SIDE = 32_768
+
+
+def sheet_problem(width: int, height: int, count: int, cell: int, at_least: bool = False) -> str | None:
+    """Why a sheet of width x height pixels is refused, or None."""
+    if width * height <= MAX_SHEET_PIXELS and max(width, height) <= MAX_SHEET_SIDE:
+        return None
+    return (f"{count:,} images in cells of {cell} px make a sheet of {'at least ' if at_least else ''}"
+            f"{width:,} x {height:,} pixels; a sheet is limited to {MAX_SHEET_PIXELS / 1e6:.0f} megapixels and "
+            f"{MAX_SHEET_SIDE:,} pixels a side. Lower cell_size, or split the images over several grid steps")
+
+
+def smallest_sheet(count: int, cell: int, pad: int, columns: int) -> tuple[int, int]:
+    """A lower bound of the sheet's size before labels are known: `count` padded cells
+    in `columns` columns; with columns 0, the square of the same area (the layout, plain
+    or an X/Y plot, has at least `count` cells)."""
+    if columns:
+        return pad + columns * (cell + pad), pad + math.ceil(count / columns) * (cell + pad)
+    side = pad + math.floor(math.sqrt(count) * (cell + pad))
+    return side, side
 
 
 class ImageGrid(Generator):
@@ -28,11 +53,28 @@ class ImageGrid(Generator):
         padding: int = Field(8, ge=0, le=256, description="Pixels between cells.")
         background: str = Field("#ffffff", max_length=32, description="Sheet colour (any PIL colour).")
 
+        @field_validator("background")
+        @classmethod
+        def background_is_a_colour(cls, value: str) -> str:
+            problem = colour_problem(value)
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @model_validator(mode="after")
+        def sheet_is_bounded(self):
+            # the number of images is known before the run (an upstream step's items
+            # arrive as one pending input each), their labels are not: a lower bound
+            width, height = smallest_sheet(len(self.images), self.cell_size, self.padding, self.columns)
+            problem = sheet_problem(width, height, len(self.images), self.cell_size, at_least=True)
+            if problem:
+                raise ValueError(problem)
+            return self
+
     def generate(self, params: Params, ctx) -> dict:
         from PIL import Image, ImageDraw, ImageFont, ImageOps
 
         cell, pad = params.cell_size, params.padding
-        images = [ImageOps.contain(a.open_image().convert("RGB"), (cell, cell)) for a in params.images]
         labels = [a.labels for a in params.images]
         varying = _varying_keys(labels)
         font = ImageFont.load_default(size=max(10, cell // 16))
@@ -52,13 +94,19 @@ class ImageGrid(Generator):
             head_h = text_h if params.labels else 0
             n_rows, n_cols = len(rows), len(cols)
         else:
-            n_cols = params.columns or math.ceil(math.sqrt(len(images)))
-            n_rows = math.ceil(len(images) / n_cols)
+            n_cols = params.columns or math.ceil(math.sqrt(len(labels)))
+            n_rows = math.ceil(len(labels) / n_cols)
             head_w = head_h = 0
-            where = [(i // n_cols, i % n_cols) for i in range(len(images))]
+            where = [(i // n_cols, i % n_cols) for i in range(len(labels))]
         cell_h = cell + (0 if xy else text_h)
-        sheet = Image.new("RGB", (head_w + pad + n_cols * (cell + pad), head_h + pad + n_rows * (cell_h + pad)),
-                          params.background)
+        size = (head_w + pad + n_cols * (cell + pad), head_h + pad + n_rows * (cell_h + pad))
+        # the exact size, before anything is allocated: an X/Y plot of zipped values is
+        # as many rows as columns, mostly empty
+        problem = sheet_problem(*size, len(labels), cell)
+        if problem:
+            raise UserError(problem)
+        images = [ImageOps.contain(a.open_image().convert("RGB"), (cell, cell)) for a in params.images]
+        sheet = Image.new("RGB", size, params.background)
         draw = ImageDraw.Draw(sheet)
         ink = "#111111" if sum(sheet.getpixel((0, 0))) > 384 else "#eeeeee"
         for image, label, (r, c) in zip(images, labels, where):

@@ -4,8 +4,28 @@ import string
 
 from pydantic import Field, model_validator
 
-from studio import Generator, Params
+from studio import Generator, Params, UserError
 from studio import media
+
+MAX_OUTPUT_CHARS = 1_000_000  # a template repeating a long value must not grow without bound
+
+
+def placeholders(template: str) -> list[str]:
+    """The {name} placeholders of a template, once per occurrence. A ValueError says
+    what is wrong: unbalanced braces, a placeholder that is not a plain name."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"bad placeholder syntax ({exc}); write {{{{ and }}}} for literal braces") from None
+    for name, spec, conversion in fields:
+        # plain names only: `{x.attr}`, `{x[0]}`, `{x!r}` and `{x:>999999999}` reach into
+        # Python objects or build huge strings, and a template has no use for them
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"placeholder {shown!r} is not a plain name; write placeholders as {{name}} (letters, "
+                             "digits and _), and {{ and }} for literal braces")
+    return [name for name, _, _ in fields]
 
 
 class TextTemplate(Generator):
@@ -27,19 +47,24 @@ class TextTemplate(Generator):
 
         @model_validator(mode="after")
         def placeholders_are_valid(self):
-            if self.vars:
-                try:
-                    list(string.Formatter().parse(self.template))
-                except ValueError as exc:
-                    raise ValueError(f"bad placeholder syntax ({exc}); write {{{{ and }}}} for literal braces")
+            if not self.vars:  # without vars, braces are plain text (upstream text may hold some)
+                return self
+            names = placeholders(self.template)
+            missing = sorted(set(n for n in names if n not in self.vars))
+            if missing:
+                raise ValueError(f"placeholders {missing} have no value in `vars` (given: {sorted(self.vars)}); "
+                                 "add them to `vars`, or write {{ and }} for literal braces")
+            length = len(self.template) + sum(len(self.vars[n]) for n in names)
+            if length > MAX_OUTPUT_CHARS:
+                raise ValueError(f"the text would be {length:,} characters (the template repeats long `vars` "
+                                 f"values); the limit is {MAX_OUTPUT_CHARS:,}")
             return self
 
     def generate(self, params: Params, ctx) -> dict:
         text = params.template
-        if params.vars:  # without vars, braces are plain text (upstream text may hold some)
-            names = [f for _, f, _, _ in string.Formatter().parse(text) if f]
-            missing = [n for n in names if n not in params.vars]
+        if params.vars:
+            missing = sorted(set(n for n in placeholders(text) if n not in params.vars))
             if missing:
-                raise ValueError(f"placeholders {missing} have no value in `vars` (given: {sorted(params.vars)})")
+                raise UserError(f"placeholders {missing} have no value in `vars` (given: {sorted(params.vars)})")
             text = text.format_map(params.vars)
         return {"text": text.strip() if params.strip else text}

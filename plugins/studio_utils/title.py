@@ -3,9 +3,10 @@ from __future__ import annotations
 import colorsys
 import random
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from studio import Generator, Params, media
+from studio.limits import colour_problem
 
 
 class ImageTitle(Generator):
@@ -23,6 +24,22 @@ class ImageTitle(Generator):
                                 description="A PIL colour ('#203040', 'navy'), or 'seed' for a colour from the seed.")
         color: str = Field("auto", max_length=32, description="Text colour; 'auto' picks black or white for contrast.")
         font_size: int = Field(0, ge=0, le=1000, description="Font size in pixels; 0 fits the text to the card.")
+
+        @field_validator("background")
+        @classmethod
+        def background_is_a_colour(cls, value: str) -> str:
+            problem = colour_problem(value, also=("seed",))
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @field_validator("color")
+        @classmethod
+        def color_is_a_colour(cls, value: str) -> str:
+            problem = colour_problem(value, also=("auto",))
+            if problem:
+                raise ValueError(problem)
+            return value
 
     def generate(self, params: Params, ctx) -> dict:
         from PIL import Image, ImageColor, ImageDraw, ImageFont
