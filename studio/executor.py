@@ -28,7 +28,7 @@ from studio import params as P
 from studio.artifacts import (atomic_write, fsync_dir, is_storage_problem, os_error_text,
                               sha256_file, write_json_atomic)
 from studio.cache import DamagedEntry, StepCache, cache_key, canonical
-from studio.errors import StorageError, StudioError, UserError
+from studio.errors import StorageError, StudioError, UserError, echo
 from studio.events import Sink
 from studio.generator import Artifact, Generator, Params, StepContext
 from studio.manifest import MANIFEST, Manifest
@@ -562,13 +562,23 @@ class Executor:
 
 def _short_error(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
-        # "field: message" for a field, the message alone for a rule between fields
+        # "field: message (got ...)" for a field, the message alone for a rule between fields
         return "; ".join(
             (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
+            + (_received(e.get("input")) if e["loc"] else "")
             for e in exc.errors(include_url=False))
     if isinstance(exc, StudioError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _received(value: Any) -> str:
+    """What a parameter received at run time, as a message shows it (clipped)."""
+    if isinstance(value, str) and len(value) > 60:
+        return f" (got a text of {len(value):,} characters: {echo(value[:40] + '...')})"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return f" (got {echo(value)})"
+    return ""
 
 
 def _jsonable(params: Params) -> dict[str, Any]:
