@@ -15,6 +15,7 @@ items is already bounded (studio.plan.MAX_ITEMS).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,15 @@ if TYPE_CHECKING:
     from studio.spec import PipelineSpec, StepSpec
 
 MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other items
+# Validation answers in well under two seconds whatever a pipeline declares: items past
+# this budget are left to the run, which checks each one with the same validators.
+TIME_BUDGET_S = 1.0
 
 
 def check_items(spec: PipelineSpec, host: Host) -> list[Issue]:
     plan = build_plan(spec, host)
     context = {"device": likely_device(spec.device)}
+    deadline = time.monotonic() + TIME_BUDGET_S
     outputs = {s.id: host.generators[s.uses].outputs for s in spec.steps}
     files: dict[str, Artifact | None] = {}
     issues: list[Issue] = []
@@ -43,7 +48,9 @@ def check_items(spec: PipelineSpec, host: Host) -> list[Issue]:
         step = spec.step(plan_step.id)
         params_cls = host.generators[step.uses].Params
         reported: set[str] = set()
-        for item in plan_step.items:
+        for n, item in enumerate(plan_step.items):
+            if n and time.monotonic() > deadline:
+                break  # the first item of every step is always checked
             values = _stand_ins(item.params, params_cls, outputs, spec.base_dir, files)
             if values is None:
                 continue  # an input file is unusable: reported already

@@ -56,11 +56,16 @@ class Issue:
 class PipelineError(UserError):
     """A pipeline failed validation. Carries every issue found, not just the first."""
 
+    SHOWN = 50  # a pipeline with 10,000 problems is shown by its first ones
+
     def __init__(self, issues: list[Issue]):
         self.issues = list(issues)
         n = len(self.issues)
-        header = f"pipeline is invalid ({n} problem{'s' if n != 1 else ''}):"
-        super().__init__("\n".join([header] + ["  " + i.format() for i in self.issues]))
+        header = f"pipeline is invalid ({n:,} problem{'s' if n != 1 else ''}):"
+        lines = ["  " + clip(i.format(), 2000) for i in self.issues[:self.SHOWN]]
+        if n > self.SHOWN:
+            lines.append(f"  ... and {n - self.SHOWN:,} more; fix these first")
+        super().__init__("\n".join([header] + lines))
 
 
 class PluginError(StudioError):

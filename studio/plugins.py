@@ -261,12 +261,18 @@ class Host:
 
 
 def unknown_generator_message(name: str, known: Iterable[str]) -> str:
+    from studio.errors import echo
+
     known = sorted(known)
-    hint = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-    msg = f"unknown generator {name!r}."
+    hint = difflib.get_close_matches(str(name)[:200], known, n=1, cutoff=0.6)
+    msg = f"unknown generator {echo(name)}."
     if hint:
         msg += f" Did you mean {hint[0]!r}?"
-    return msg + f" Registered: {', '.join(known) or 'none'} (see `studio plugins list`)."
+    msg += f" Registered: {', '.join(known) or 'none'} (see `studio plugins list`)."
+    only = os.environ.get("STUDIO_LOAD_PLUGINS")
+    if only is not None:  # a filter the user may have forgotten is set
+        msg += f" Only the plugins named in STUDIO_LOAD_PLUGINS={echo(only)} are loaded; unset it to load all."
+    return msg
 
 
 def check_generator_class(gen_cls: Any) -> None:

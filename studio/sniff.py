@@ -23,7 +23,9 @@ from studio import media
 
 MAX_INPUT_BYTES = 512 * 2**20  # an input file larger than this is not read at all
 MAX_IMAGE_PIXELS = 8192 * 8192  # beyond it, decoding is a memory hazard (a decompression bomb)
-MAX_MIDI_BYTES = 16 * 2**20  # real MIDI files are kilobytes; larger ones are not parsed
+MAX_PNG_CHUNKS = 30_000  # PNG writers use 8-64 KB IDAT chunks: a few thousand at most here
+MAX_DECODED_PIXELS = 4096 * 4096  # non-PNG images up to this size are decoded to find damage
+MAX_MIDI_BYTES = 2 * 2**20  # real MIDI files are kilobytes; larger ones are not read
 MAX_AUDIO_SECONDS = 4 * 3600
 MAX_TEXT_BYTES = 16 * 2**20
 
@@ -122,12 +124,33 @@ def _image(path: Path, kind: str) -> Sniffed:
                                  f"{MAX_IMAGE_PIXELS:,} pixels (8192 x 8192)", info)
         if width == 0 or height == 0:
             return Sniffed(kind, "has no pixels", info)
-    with Image.open(path) as im:
-        if kind == media.IMAGE:
+    if kind == media.IMAGE:
+        chunks = _png_chunk_count(path)
+        if chunks > MAX_PNG_CHUNKS:
+            return Sniffed(kind, f"has more than {MAX_PNG_CHUNKS:,} chunks; a real PNG has a few hundred", info)
+        with Image.open(path) as im:
             im.verify()  # walks every chunk and its checksum: finds truncation cheaply
-        else:
-            im.load()  # other formats have no cheap check; the size is bounded above
+    elif width * height <= MAX_DECODED_PIXELS:
+        with Image.open(path) as im:
+            im.load()  # other formats have no cheap check: small ones are decoded to find damage
     return Sniffed(kind, None, info)
+
+
+def _png_chunk_count(path: Path) -> int:
+    """Chunks in a PNG, counted by their headers (stops past the limit): millions of
+    empty chunks would make a full check crawl."""
+    count = 0
+    with open(path, "rb") as f:
+        f.seek(8)
+        while count <= MAX_PNG_CHUNKS:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            count += 1
+            if header[4:8] == b"IEND":
+                break
+            f.seek(int.from_bytes(header[:4], "big") + 4, os.SEEK_CUR)
+    return count
 
 
 def _audio(path: Path, kind: str) -> Sniffed:
@@ -169,26 +192,101 @@ def _wav_data_bytes(path: Path) -> int | None:
 
 def _midi(path: Path, size: int) -> Sniffed:
     if size > MAX_MIDI_BYTES:
-        return Sniffed(media.MIDI, f"is {size / 2**20:.0f} MB; MIDI inputs are limited to "
-                                   f"{MAX_MIDI_BYTES // 2**20} MB")
-    import mido
+        return Sniffed(media.MIDI, f"is {size / 2**20:.1f} MB; MIDI inputs are limited to "
+                                   f"{MAX_MIDI_BYTES // 2**20} MB (a piece is kilobytes)")
+    facts = midi_facts(path.read_bytes())
+    if isinstance(facts, str):
+        return Sniffed(media.MIDI, facts)
+    if facts["notes"] == 0:
+        return Sniffed(media.MIDI, "has no notes", facts)
+    return Sniffed(media.MIDI, None, facts)
 
-    midi = mido.MidiFile(str(path))
-    if midi.type == 2:
-        return Sniffed(media.MIDI, "is a type 2 MIDI file (independent patterns); give a type 0 or 1 file")
-    notes = 0
-    seconds = 0.0
-    # mido's merged playback walks tempo changes in order: seconds without building any
-    # per-tick table (pretty_midi allocates one as long as the last tick)
-    for message in midi:
-        seconds += message.time
-        if message.type == "note_on" and message.velocity > 0:
-            notes += 1
-    info = {"notes": notes, "seconds": seconds, "tracks": len(midi.tracks),
-            "ticks_per_beat": midi.ticks_per_beat}
-    if notes == 0:
-        return Sniffed(media.MIDI, "has no notes", info)
-    return Sniffed(media.MIDI, None, info)
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = 0
+    for _ in range(4):  # the standard allows four bytes
+        byte = data[i]
+        i += 1
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            return value, i
+    raise ValueError("a variable-length number longer than four bytes")
+
+
+def midi_facts(data: bytes) -> dict[str, Any] | str:
+    """Notes, length in seconds and last tick of a Standard MIDI File, read in one pass
+    over its bytes (no message objects, no per-tick table), or a problem in words."""
+    if len(data) < 14 or data[:4] != b"MThd":
+        return "is not a Standard MIDI File"
+    kind, tracks, division = int.from_bytes(data[8:10], "big"), int.from_bytes(data[10:12], "big"), \
+        int.from_bytes(data[12:14], "big")
+    if kind > 2:
+        return f"is a damaged MIDI file (format {kind})"
+    if kind == 2:
+        return "is a type 2 MIDI file (independent patterns); give a type 0 or 1 file"
+    if division & 0x8000:
+        return "counts time in SMPTE frames; give a file that counts ticks per beat (what editors write)"
+    if division == 0:
+        return "is a damaged MIDI file (0 ticks per beat)"
+    tempos: list[tuple[int, int]] = []  # (tick, microseconds per beat)
+    notes = last_tick = found = 0
+    i = 8 + int.from_bytes(data[4:8], "big")
+    try:
+        while i + 8 <= len(data) and found < tracks:
+            length = int.from_bytes(data[i + 4:i + 8], "big")
+            body_end = min(i + 8 + length, len(data))
+            if data[i:i + 4] != b"MTrk":
+                i = body_end  # an unknown chunk: skipped, as the standard says
+                continue
+            found += 1
+            j, tick, status = i + 8, 0, 0
+            while j < body_end:
+                delta, j = _varint(data, j)
+                tick += delta
+                byte = data[j]
+                if byte == 0xFF:  # meta event
+                    kind_byte = data[j + 1]
+                    size, j = _varint(data, j + 2)
+                    if kind_byte == 0x51 and size == 3:
+                        tempos.append((tick, int.from_bytes(data[j:j + 3], "big")))
+                    j += size
+                    if kind_byte == 0x2F:
+                        break
+                elif byte in (0xF0, 0xF7):  # system exclusive
+                    size, j = _varint(data, j + 1)
+                    j += size
+                else:
+                    if byte & 0x80:
+                        status, j = byte, j + 1
+                    elif not status:
+                        raise ValueError("a data byte without a status")
+                    high = status & 0xF0
+                    if high in (0xC0, 0xD0):
+                        j += 1
+                    else:
+                        if high == 0x90 and data[j + 1] > 0:
+                            notes += 1
+                        j += 2
+            last_tick = max(last_tick, tick)
+            i = body_end
+    except (IndexError, ValueError) as exc:
+        return f"is a damaged MIDI file ({exc or 'it ends inside an event'})"
+    if found == 0:
+        return "is a damaged MIDI file (no tracks)"
+    return {"notes": notes, "seconds": _seconds_at(last_tick, tempos, division), "last_tick": last_tick,
+            "tracks": found, "ticks_per_beat": division}
+
+
+def _seconds_at(tick: int, tempos: list[tuple[int, int]], division: int) -> float:
+    """Seconds from the start to `tick` through the tempo map (120 bpm until the first
+    tempo event, as the standard says)."""
+    seconds, at, tempo = 0.0, 0, 500_000
+    for change_tick, change_tempo in sorted(tempos):
+        if change_tick >= tick:
+            break
+        seconds += (change_tick - at) * tempo / division / 1e6
+        at, tempo = change_tick, change_tempo
+    return seconds + (tick - at) * tempo / division / 1e6
 
 
 def _text(path: Path, size: int) -> Sniffed:

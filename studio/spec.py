@@ -26,7 +26,7 @@ DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STEP_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,4})$")
+DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,3}))$")  # ASCII digits, no leading zeros
 MAX_STEPS = 1000
 
 
@@ -73,20 +73,22 @@ def read_pipeline_text(path: Path) -> str:
 
     from studio.yamlfile import MAX_BYTES
 
+    shown = clip(str(path), 200)
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file. Give the path of a pipeline YAML file.") from None
+        raise UserError(f"{shown}: no such file. Give the path of a pipeline YAML file.") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a directory; give the path of a pipeline YAML file.") from None
+        raise UserError(f"{shown}: is a directory; give the path of a pipeline YAML file.") from None
     except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+        raise UserError(f"{shown}: cannot be read ({exc.strerror or exc}).") from None
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
-            raise UserError(f"{path}: is a directory; give the path of a pipeline YAML file.")
+            raise UserError(f"{shown}: is a directory; give the path of a pipeline YAML file.")
         if not stat.S_ISREG(mode):
-            raise UserError(f"{path}: is not a regular file (a pipe, socket or device); give the path of a "
+            raise UserError(f"{shown}: is not a regular file (a pipe, socket or device); give the path of a "
                             "pipeline YAML file.")
         chunks, size = [], 0
         while size <= MAX_BYTES:
@@ -96,17 +98,17 @@ def read_pipeline_text(path: Path) -> str:
             chunks.append(chunk)
             size += len(chunk)
     except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+        raise UserError(f"{shown}: cannot be read ({exc.strerror or exc}).") from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > MAX_BYTES:
-        raise UserError(f"{path}: larger than {MAX_BYTES // 1_000_000} MB; a pipeline is a small text file.")
+        raise UserError(f"{shown}: larger than {MAX_BYTES // 1_000_000} MB; a pipeline is a small text file.")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path}:{line}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the "
+        raise UserError(f"{shown}:{line}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the "
                         "pipeline as UTF-8.") from None
 
 

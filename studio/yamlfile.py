@@ -49,9 +49,32 @@ class Locations:
         return Issue(message, self.file, None, format_path(path) or None, step)
 
 
+# Scalars as YAML 1.2 reads them, not YAML 1.1's surprises: `no`, `on` and `y` stay
+# words (not booleans), `040` is not octal 32 and `1:00` is not 60 (sexagesimal): they
+# stay strings, which a parameter that wants a number then refuses in words.
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+
+
+def _yaml12_resolvers() -> dict:
+    table = {first: [(tag, rx) for tag, rx in entries
+                     if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+             for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for tag, rx, firsts in (("tag:yaml.org,2002:bool", _BOOL, "tTfF"),
+                            ("tag:yaml.org,2002:int", _INT, "-+0123456789"),
+                            ("tag:yaml.org,2002:float", _FLOAT, "-+.0123456789")):
+        for first in firsts:
+            table.setdefault(first, []).append((tag, rx))
+    return table
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader whose aliases remember where they were used: an aliased step is
-    reported at the alias's line, not only at its anchor's."""
+    """SafeLoader with YAML 1.2's plain scalars, whose aliases remember where they were
+    used: an aliased step is reported at the alias's line, not only at its anchor's."""
+
+    yaml_implicit_resolvers = _yaml12_resolvers()
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):

@@ -946,7 +946,64 @@ CASES: list[Case] = [
          budget_s=BUDGET_S, writes="any"),
     Case("fs", "run-dir-parent-is-a-dangling-symlink", R, {"p.yaml": OK_TITLE, "runs/t": symlink("/proc/nowhere")},
          where=("runs/t",), budget_s=BUDGET_S, writes="any"),
+
+    # --- round two: YAML 1.1 surprises, devices, sizes that cost time ------------------
+    Case("types", "octal-looking-width", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: hi, width: 040}}")},
+         where=("p.yaml:3", "steps[0].with.width"), expect=("'040'", "valid integer")),
+    Case("types", "sexagesimal-looking-width", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: hi, width: 1:00}}")},
+         where=("p.yaml:3", "steps[0].with.width"), expect=("'1:00'",)),
+    Case("types", "norway-is-a-word", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: no, width: 32, height: 32}}")},
+         code=0, expect=("ok",)),
+    Case("types", "yes-for-a-boolean", V, {"p.yaml": pipe("{id: a, uses: image.grid, with: {images: [x.png], labels: yes}}"),
+                                            "x.png": png()},
+         where=("p.yaml:3", "steps[0].with.labels"), expect=("'yes'", "valid boolean")),
+    Case("types", "device-with-leading-zero", V, {"p.yaml": "name: t\ndevice: cuda:00\nsteps:\n  - " + TITLE + "\n"},
+         where=("p.yaml:2", "device"), expect=("cuda:00",)),
+    Case("types", "device-with-unicode-digit", V, {"p.yaml": "name: t\ndevice: cuda:\u0663\nsteps:\n  - " + TITLE + "\n"},
+         where=("p.yaml:2", "device")),
+    Case("sweep", "ten-thousand-problems-are-summarised", V, {"p.yaml": pipe(*[
+        "{id: s%d, uses: image.title, with: {text: hi}, zip: {width: [%s]}}" % (n, ", ".join(["1"] * 1000))
+        for n in range(10)])}, where=("p.yaml:3", "steps[0].zip.width[0]"), expect=("more; fix these first",),
+         max_output=30_000),
+    Case("media", "png-with-a-million-empty-chunks", V, {
+        "p.yaml": pipe("{id: a, uses: image.resize, with: {image: x.png, width: 8}}"),
+        "x.png": lambda path, root: path.write_bytes(png()[:33] + _chunk(b"teSt", b"") * 1_000_000 + png()[33:])},
+         where=("p.yaml:3", "steps[0].with.image"), expect=("chunks",)),
+    Case("media", "midi-over-the-size-limit", V, {
+        "p.yaml": pipe("{id: a, uses: audio.render, with: {midi: m.mid}}"),
+        "m.mid": lambda path, root: path.write_bytes(_long_midi(3 * 2**20))},
+         where=("p.yaml:3", "steps[0].with.midi"), expect=("MB",)),
+    Case("media", "midi-with-smpte-time", V, {
+        "p.yaml": pipe("{id: a, uses: audio.render, with: {midi: m.mid}}"),
+        "m.mid": lambda path, root: path.write_bytes(midi()[:12] + bytes([0xE7, 0x28]) + midi()[14:])},
+         where=("p.yaml:3", "steps[0].with.midi"), expect=("SMPTE",)),
+    Case("media", "forty-large-webps-in-a-grid", V, {
+        "p.yaml": pipe("{id: g, uses: image.grid, with: {images: [%s], cell_size: 16}}"
+                       % ", ".join(f"w{i}.webp" for i in range(40))),
+        **{f"w{i}.webp": (lambda path, root: _webp(path, root, 8192)) for i in range(40)}},
+         code=0, expect=("ok",)),
+    Case("cli", "pipeline-path-of-6000-characters", ["validate", "x" * 6000 + ".yaml"], {},
+         expect=("cannot be read (File name too long)",), max_output=2_000),
+    Case("cli", "unknown-generator-name-of-100k-characters", ["plugins", "show", "g." + "x" * 100_000], {},
+         expect=("unknown generator",), max_output=2_000),
 ]
+
+
+def _long_midi(size: int) -> bytes:
+    """A type-0 MIDI of about `size` bytes of running-status notes (built by joining)."""
+    body = b"\x00\x3c\x40\x00\x3c\x00" * (size // 6)
+    track = b"\x00\x90\x3c\x40" + body + b"\x00\xff\x2f\x00"
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, 96) + b"MTrk" + struct.pack(">I", len(track)) + track
+
+
+def _webp(path: Path, root: Path, side: int) -> None:
+    """A solid side x side WebP (160 KB); made once per case, then hard-linked."""
+    from PIL import Image
+
+    first = root / "first.webp"
+    if not first.exists():
+        Image.new("RGB", (side, side), "red").save(first, "WEBP", quality=1, method=0)
+    os.link(first, path)
 
 
 def test_corpus_is_large_and_names_are_unique():
