@@ -234,7 +234,10 @@ def midi_facts(data: bytes) -> dict[str, Any] | str:
     try:
         while i + 8 <= len(data) and found < tracks:
             length = int.from_bytes(data[i + 4:i + 8], "big")
-            body_end = min(i + 8 + length, len(data))
+            body_end = i + 8 + length
+            if body_end > len(data):
+                return (f"is a damaged MIDI file: truncated (a chunk declares {length:,} bytes, "
+                        f"{len(data) - i - 8:,} are there)")
             if data[i:i + 4] != b"MTrk":
                 i = body_end  # an unknown chunk: skipped, as the standard says
                 continue

@@ -136,19 +136,37 @@ def load_checkpoint(trainer: Trainer) -> int:
     import torch
     from safetensors.torch import load_file
 
+    from studio.limits import regular_file_problem
+    from studio.weights import safetensors_problem
+
     weights_path, state_path = _checkpoint_paths(trainer.config.out)
     if not weights_path.exists() or not state_path.exists():
         raise UserError(f"--resume: no checkpoint in {weights_path.parent}; start without --resume")
-    tensors = load_file(weights_path)
-    for name, module in trainer.modules.items():
-        prefix = name + "."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    state = torch.load(state_path, weights_only=True)  # never unpickles code
-    for name, optimizer in trainer.optimizers.items():
-        optimizer.load_state_dict(state["optimizers"][name])
-    trainer.rng.set_state(state["rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+    start_over = f"delete {trainer.config.out} to start over"
+    # the checkpoint is a file on disk like any input: never block on a FIFO, never
+    # trust a damaged file, and say which file and what to do
+    for path in (weights_path, state_path):
+        problem = regular_file_problem(path)
+        if problem:
+            raise UserError(f"--resume: {problem}; {start_over}")
+    problem = safetensors_problem(weights_path)
+    if problem:
+        raise UserError(f"--resume: {problem} (in {weights_path.parent}); {start_over}")
+    try:
+        tensors = load_file(weights_path)
+        for name, module in trainer.modules.items():
+            prefix = name + "."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        state = torch.load(state_path, weights_only=True)  # never unpickles code
+        for name, optimizer in trainer.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        trainer.rng.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+    except Exception as exc:  # a checkpoint of another model, other options, or damaged
+        raise UserError(f"--resume: the checkpoint in {weights_path.parent} does not fit this training "
+                        f"({type(exc).__name__}: {str(exc)[:300]}); resume with the options it was started "
+                        f"with, or {start_over}") from None
 
 
 # --- the loop ----------------------------------------------------------------------

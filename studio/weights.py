@@ -83,7 +83,9 @@ def _read_config(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = json.loads(f.read(MAX_CONFIG_BYTES + 1))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable JSON config ({exc})") from None
+        raise ValueError(f"{path}: not a readable JSON config ({short(exc)})") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{path}: not a readable JSON config (nested too deeply to be a model config)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a model config is a JSON object, this one holds a {type(data).__name__}")
     return data
@@ -148,6 +150,37 @@ def _diffusers_pipeline_module(name: Any) -> bool:
     return False
 
 
+MAX_LISTED = 2000  # entries of a model folder looked at; a model folder holds a few dozen
+
+
+def listing(folder: Path) -> tuple[str, ...]:
+    """The names of the regular files at the top of `folder` (at most MAX_LISTED entries
+    are looked at), cached by the folder's mtime: validators ask once per item."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return ()
+    return _listing(str(folder), st.st_mtime_ns, st.st_ino)
+
+
+@lru_cache(maxsize=256)
+def _listing(folder: str, mtime_ns: int, ino: int) -> tuple[str, ...]:
+    names = []
+    try:
+        with os.scandir(folder) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_LISTED:
+                    break
+                try:
+                    if entry.is_file():
+                        names.append(entry.name)
+                except OSError:
+                    continue
+    except OSError:
+        return ()
+    return tuple(sorted(names))
+
+
 def pickle_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
     """Why the weights at `root` are pickles where safetensors are expected, or None.
     Only `folders` (relative; "" the top) are listed, never walked below."""
@@ -156,11 +189,7 @@ def pickle_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
             return f"{root.name} is a pickle file; Studio loads weights from .safetensors only"
         return None
     for folder in folders:
-        where = root / folder
-        try:
-            names = [p.name for p in where.iterdir() if p.is_file()]
-        except OSError:
-            continue
+        names = listing(root / folder)
         if any(n.endswith(".safetensors") for n in names):
             continue
         pickles = sorted(n for n in names if n.lower().endswith(PICKLE_SUFFIXES))
@@ -172,16 +201,22 @@ def pickle_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
     return None
 
 
-MAX_SAFETENSORS_HEADER = 100 * 2**20  # the format's own limit on its JSON header
+# The format allows 100 MB; real headers are kilobytes to a few megabytes, and parsing a
+# hostile 100 MB of JSON costs seconds and gigabytes.
+MAX_SAFETENSORS_HEADER = 16 * 2**20
 
 
 def safetensors_problem(path: Path) -> str | None:
     """Why a .safetensors file is damaged (truncated, not safetensors), or None. Only its
     header is read: 8 bytes of length, a JSON table of tensors and their byte ranges."""
+    import stat
+
     try:
         st = os.stat(path)
     except OSError as exc:
         return f"{path.name} cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever
+        return f"{path.name} is not a regular file (a FIFO, device or folder)"
     problem = _safetensors_problem(str(path), st.st_size, st.st_mtime_ns)
     return problem and problem + "; copy or save the weights again"
 
@@ -198,6 +233,8 @@ def _safetensors_problem(path: str, size: int, mtime_ns: int) -> str | None:
             header = json.loads(f.read(length))
     except (OSError, ValueError) as exc:
         return f"{damaged} ({short(exc)})"
+    except (RecursionError, MemoryError):
+        return f"{damaged} (its header is nested too deeply to be a table of tensors)"
     if not isinstance(header, dict):
         return f"{damaged} (its header is not a table of tensors)"
     data = size - 8 - length
@@ -216,11 +253,8 @@ def damaged_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
     if root.is_file():
         return safetensors_problem(root) if root.suffix == ".safetensors" else None
     for folder in folders:
-        try:
-            files = sorted(p for p in (root / folder).iterdir() if p.suffix == ".safetensors" and p.is_file())
-        except OSError:
-            continue
-        for file in files:
+        files = [root / folder / n for n in listing(root / folder) if n.endswith(".safetensors")]
+        for file in files[:64]:
             problem = safetensors_problem(file)
             if problem:
                 return f"{folder}/{problem}" if folder else problem

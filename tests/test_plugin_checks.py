@@ -296,9 +296,11 @@ def test_diffusion_on_a_cpu_refuses_days_of_work(tmp_path, host):
     assert where == "steps[0].with"
     assert message.startswith("2048 x 2048 pixels at 1000 steps is too much work for a CPU (width x height x steps "
                               "= 4,194,304,000; the limit on a CPU is 52,428,800")
-    load_spec(pipeline(tmp_path, step, device="cuda"), host)  # the same work on a GPU is allowed
+    # on a GPU the work is allowed; this 16 px model is not sampled at 2048 px anywhere
+    ((_, message),) = issues(pipeline(tmp_path, step, device="cuda"), host)
+    assert "trained size" in message
     # at run time the device is sure: refused before any noise is drawn
-    params = ImageDiffusion.Params(steps=1000, width=2048, height=2048)
+    params = ImageDiffusion.Params(steps=1000).model_copy(update={"width": 2048, "height": 2048})
     with pytest.raises(UserError, match="too much work for a CPU"):
         ImageDiffusion().generate(params, make_context())
 
@@ -520,3 +522,165 @@ def test_audio_inputs_are_decoded_only_as_far_as_they_are_used(tmp_path):
     assert decode_problem(10**9, 8, 192_000, 600.0) is not None  # a few kB of FLAC can declare this
     assert decode_problem(600 * 48_000, 8, 48_000, 600.0) is None
     assert 600 * 48_000 * 8 <= MAX_DECODED_SAMPLES
+
+
+# -- hostile inputs: deep JSON, huge config numbers, slow validators, FIFOs -----------------
+
+
+def test_deeply_nested_json_is_a_damaged_file_not_a_crash(tmp_path, host):
+    from studio.weights import safetensors_problem
+
+    deep = copy_gpt(tmp_path, "deep")
+    (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    found = issues(pipeline(tmp_path, {"id": "g", "uses": "text.gpt", "with": {"prompt": "hi", "model": "deep"}}),
+                   host)
+    assert any("nested too deeply" in m for _, m in found), found
+    header = b"[" * 100_000 + b"]" * 100_000
+    (tmp_path / "deep.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    assert "nested too deeply" in safetensors_problem(tmp_path / "deep.safetensors")
+    big = 20 * 2**20  # over the header cap: refused without being parsed
+    with open(tmp_path / "big.safetensors", "wb") as f:
+        f.write(big.to_bytes(8, "little"))
+        f.truncate(big + 8)
+    assert "header claims" in safetensors_problem(tmp_path / "big.safetensors")
+
+
+def diffusion_copy(tmp_path, name):
+    return shutil.copytree(PLUGINS / "studio_image" / "weights" / "diffusion", tmp_path / name)
+
+
+def test_diffusion_config_numbers_are_bounded_before_arithmetic(tmp_path, host):
+    blocks = diffusion_copy(tmp_path, "blocks")
+    unet = json.loads((blocks / "unet" / "config.json").read_text())
+    (blocks / "unet" / "config.json").write_text(json.dumps({**unet, "block_out_channels": [1] * 1100}))
+    size = diffusion_copy(tmp_path, "size")
+    (size / "unet" / "config.json").write_text(json.dumps({**unet, "sample_size": 10**300}))
+    found = issues(pipeline(tmp_path, {"id": "a", "uses": "image.diffusion", "with": {"model": "blocks", "width": 64}},
+                            {"id": "b", "uses": "image.diffusion", "with": {"model": "size"}}), host)
+    assert found and all("out of range" in m and len(m) < 400 for _, m in found), found
+    assert {w.split(".")[0] for w, _ in found} == {"steps[0]", "steps[1]"}
+
+
+def test_validate_reads_a_model_folder_once_not_per_item(tmp_path, host):
+    import time
+
+    crowded = copy_gpt(tmp_path, "crowded")
+    for i in range(5000):
+        (crowded / f"f{i}.txt").write_bytes(b"")
+    path = pipeline(tmp_path, {"id": "g", "uses": "text.gpt", "with": {"prompt": "hi", "model": "crowded",
+                                                                       "max_new_tokens": 4},
+                               "sweep": {"seed": list(range(1000))}})
+    start = time.monotonic()
+    load_spec(path, host)
+    assert time.monotonic() - start < 8
+
+
+def test_diffusion_with_many_classes_is_checked_quickly_and_briefly(tmp_path, host):
+    import time
+
+    many = diffusion_copy(tmp_path, "many")
+    (many / "studio.json").write_text(json.dumps({"classes": [f"c{i}" for i in range(200_000)], "null_class": 10}))
+    path = pipeline(tmp_path, {"id": "d", "uses": "image.diffusion",
+                               "with": {"model": "many", "class_label": "nope", "steps": 1},
+                               "sweep": {"seed": list(range(1000))}})
+    start = time.monotonic()
+    found = issues(path, host)
+    assert time.monotonic() - start < 8
+    assert found and all(len(m) < 1000 for _, m in found)
+    assert "199,980 more" in found[0][1]
+
+
+def test_diffusion_refuses_sizes_far_past_the_unets_training_and_pipelines_get_a_lower_cpu_budget(tmp_path, host):
+    from studio_image.diffusion import ImageDiffusion, _budget, check_budget
+
+    step = {"id": "d", "uses": "image.diffusion", "with": {"steps": 5, "width": 256, "height": 256}}
+    ((where, message),) = issues(pipeline(tmp_path, step, device="cuda"), host)
+    assert "8x its trained size, 128 pixels a side" in message
+    with pytest.raises(UserError, match="trained size"):
+        params = ImageDiffusion.Params(steps=1).model_copy(update={"width": 512, "height": 512})
+        ImageDiffusion().generate(params, make_context())
+    with pytest.raises(UserError, match="512 x 512 at 50 steps"):
+        check_budget(1024, 1024, 50, "cpu", **_budget({"kind": "pipeline"}))
+    check_budget(512, 512, 50, "cpu", **_budget({"kind": "pipeline"}))
+
+
+def test_grid_clips_long_labels_in_log_time():
+    from PIL import ImageDraw, ImageFont
+    from studio_utils.grid import _clip
+
+    draw = ImageDraw.Draw(Image.new("RGB", (8, 8)))
+    font = ImageFont.load_default(size=12)
+    calls = []
+    measure = draw.textlength
+    draw.textlength = lambda *a, **k: calls.append(1) or measure(*a, **k)
+    for _ in range(50):
+        text = _clip("x" * 2000, draw, font, 100)
+        assert text.endswith("...") and measure(text, font=font) <= 100
+    assert len(calls) < 50 * 20
+
+
+@pytest.mark.parametrize("kw", [dict(text="W" * 300, width=16, height=16, font_size=1000),
+                                dict(text="W" * 600, width=512, height=4096),
+                                dict(text="W" * 270, width=512, height=512)])
+def test_title_bounds_long_unbroken_text(kw):
+    import warnings
+
+    from studio_utils.title import ImageTitle
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ImageTitle().generate(ImageTitle.Params(**kw), make_context())
+    assert out["image"].size == (kw["width"], kw["height"])
+
+
+@pytest.mark.parametrize("value, word", [(np.nan, "NaN"), (np.inf, "infinite"), (1e30, "beyond")])
+def test_audio_with_nan_or_huge_samples_is_a_user_error(tmp_path, value, word):
+    from studio_audio.audio_io import read_audio
+
+    samples = np.zeros(8000, dtype=np.float32)
+    samples[960] = value
+    soundfile.write(tmp_path / "bad.wav", samples, 8000, subtype="FLOAT")
+    with pytest.raises(UserError, match=rf"bad.wav: holds .*{word}.* at 0.12 s"):
+        read_audio(tmp_path / "bad.wav")
+
+
+def test_output_size_caps_each_side():
+    from studio.limits import output_size_problem
+
+    assert "8,192 pixels a side" in output_size_problem(20, 163_840)
+    assert output_size_problem(8192, 8192) is None
+
+
+def test_a_drums_only_midi_is_refused_for_the_builtin_synthesizer(tmp_path, host):
+    midi = mido.MidiFile()
+    track = mido.MidiTrack()
+    midi.tracks.append(track)
+    track.append(mido.Message("note_on", channel=9, note=36, velocity=100, time=0))
+    track.append(mido.Message("note_off", channel=9, note=36, velocity=0, time=480))
+    midi.save(tmp_path / "drums.mid")
+    found = issues(pipeline(tmp_path, {"id": "r", "uses": "audio.render",
+                                       "with": {"midi": "drums.mid", "synthesizer": "builtin"}}), host)
+    assert len(found) == 1 and "all drums" in found[0][1]
+
+
+def test_training_data_loaders_open_only_regular_files(tmp_path):
+    from studio.limits import data_files, regular_file_problem
+    from studio.weights import safetensors_problem
+    from studio_image.data import load_images
+    from studio_text.data import load_documents
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "f.png")
+    assert data_files(tmp_path, {".png"}) == [tmp_path / "a.png"]
+    assert len(load_images(str(tmp_path), 8, 3).images) == 1
+    os.mkfifo(tmp_path / "checkpoint.safetensors")
+    assert "not a regular file" in safetensors_problem(tmp_path / "checkpoint.safetensors")
+    assert "not a regular file" in regular_file_problem(tmp_path / "checkpoint.safetensors")
+    os.mkfifo(tmp_path / "t.txt")
+    with pytest.raises(UserError, match="not a regular file"):
+        load_documents(str(tmp_path / "t.txt"))
+    bomb = tmp_path / "bombs"
+    bomb.mkdir()
+    Image.new("1", (12000, 12000)).save(bomb / "bomb.png")
+    with pytest.raises(UserError, match="bomb.png is too large"):
+        load_images(str(bomb), 8, 3)

@@ -54,7 +54,31 @@ def read_audio(path: Path, max_seconds: float | None = None) -> tuple[Any, int]:
                         f"give a {READABLE} file") from exc
     if samples.shape[0] == 0:
         raise UserError(f"{path.name}: the audio has no samples (0 s long); give a clip with sound in it")
+    problem = samples_problem(samples, int(rate))
+    if problem:
+        raise UserError(f"{path.name}: {problem}")
     return samples, int(rate)
+
+
+# Float WAVs hold any float; real audio stays within [-1, 1], a little over when clipped.
+MAX_SAMPLE = 64.0
+
+
+def samples_problem(samples: Any, rate: int) -> str | None:
+    """Why decoded samples (frames, channels) are not audio a model can take, or None:
+    NaN or infinite samples, or samples far outside [-1, 1] (a damaged float file)."""
+    import numpy as np
+
+    for what, bad in (("NaN", np.isnan), ("infinite", np.isinf),
+                      (f"samples beyond +-{MAX_SAMPLE:g} (audio lies within +-1)",
+                       lambda a: np.abs(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)) > MAX_SAMPLE)):
+        flags = bad(samples).any(axis=1)
+        if flags.any():
+            at = int(np.argmax(flags)) / max(rate, 1)
+            label = what if what.startswith("samples") else f"{what} samples"
+            return (f"holds {label} at {at:.2f} s; the file is damaged or not audio. "
+                    "Give a clip of plain samples (re-export it as 16-bit PCM WAV)")
+    return None
 
 
 def conform(samples: Any, rate: int, *, sample_rate: int, channels: int) -> Any:

@@ -32,7 +32,9 @@ def folder_clips(folder: Path, *, sample_rate: int, clip_s: float) -> list[Any]:
     """Every audio file under `folder`, mixed to mono, resampled and cut into clips."""
     from studio_audio.audio_io import conform, read_audio
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    from studio.limits import data_files
+
+    files = data_files(folder, AUDIO_SUFFIXES)
     if not files:
         raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
     size = round(clip_s * sample_rate)

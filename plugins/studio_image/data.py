@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import UserError
+from studio.limits import data_files
 
 if TYPE_CHECKING:
     import torch
@@ -70,8 +71,12 @@ def _square(im, size: int, channels: int):
 
 
 def _folder(root: Path, size: int, channels: int) -> ImageData:
+    import warnings
+
     import torch
     from PIL import Image, UnidentifiedImageError
+
+    from studio.weights import short
 
     if not root.is_dir():
         raise UserError(f"--data {str(root)!r}: no such folder. Give a folder of images "
@@ -80,17 +85,21 @@ def _folder(root: Path, size: int, channels: int) -> ImageData:
     entries: list[tuple[Path, int]] = []
     if classes:
         for index, name in enumerate(classes):
-            entries += [(p, index) for p in sorted((root / name).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+            entries += [(p, index) for p in data_files(root / name, IMAGE_SUFFIXES)]
     else:
-        entries = [(p, 0) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        entries = [(p, 0) for p in data_files(root, IMAGE_SUFFIXES)]
     if not entries:
         raise UserError(f"--data {str(root)!r}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     images, labels = [], []
     for path, label in entries:
         try:
-            with Image.open(path) as im:
-                im.load()
-                images.append(im.copy())
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    im.load()
+                    images.append(im.copy())
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise UserError(f"--data: {path} is too large to train on ({short(exc, 200)}); remove it or shrink it")
         except (UnidentifiedImageError, OSError) as exc:
             raise UserError(f"--data: {path} is not a readable image ({exc}); remove it or fix it")
         labels.append(label)

@@ -11,6 +11,8 @@ script with `generator=`, so the same seed gives the same image in both.
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,8 @@ from studio import Generator, Params, UserError, media, model_input
 from studio.runtime import check_finite
 from studio.weights import components, config, loading, local_path, read_config, refuse, weights_problem
 from studio.limits import cpu_budget_problem, on_cpu
+
+MAX_CPU_PIPELINE_PIXEL_STEPS = 512 * 512 * 50
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion"
 # width x height: 2048 x 2048, or any shape of the same area. Beyond it a UNet's attention
@@ -60,42 +64,108 @@ def component_folders(root: Path | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["", "unet", *(name for name, _ in components(index))]))
 
 
+MAX_BLOCKS = 16  # entries of block_out_channels: real models have 3 to 5
+MAX_SAMPLE_SIZE = 65536  # a UNet's sample_size, in pixels or latent cells
+MAX_CLASSES_SHOWN = 20
+# A UNet2DModel sampled far past its trained size makes garbage, and its attention
+# grows faster than the pixels: each side at most this many times the trained size.
+MAX_UNET_SCALE = 8
+
+
 def model_facts(model: str) -> dict[str, Any] | None:
     """What the configs of `model` say, read without loading weights (None when there is
-    nothing local to read): kind ("unet" or "pipeline"), classes, default size, and the
-    factor width and height must be multiples of."""
+    nothing local to read): kind ("unet" or "pipeline"), classes (and "index", name ->
+    index), default size, "trained" (a UNet2DModel's sample_size) and the factor width
+    and height must be multiples of. Cached per version of the configs; a ValueError
+    says which config value is out of range."""
     root = local_path(model, DEFAULT_WEIGHTS)
     if root is None or not root.is_dir():
         return None
+    stamps = []
+    for name in ("model_index.json", "unet/config.json", "vae/config.json", "studio.json", "text_encoder"):
+        try:
+            st = os.stat(root / name)
+            stamps.append((st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return _model_facts(str(root), tuple(stamps))
+
+
+@lru_cache(maxsize=64)
+def _model_facts(path: str, stamps: tuple) -> dict[str, Any]:
+    root = Path(path)
     if is_unet_checkpoint(root):
         unet = config(root / "unet")
         info = config(root, "studio.json")
         classes = info.get("classes") if isinstance(info.get("classes"), list) else []
-        blocks = unet.get("block_out_channels")
-        return {"kind": "unet", "classes": [str(c) for c in classes], "size": _size(unet.get("sample_size")),
-                "factor": 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 1}
-    vae = config(root / "vae")
-    blocks = vae.get("block_out_channels")
-    scale = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
-    unet_size = _size(config(root / "unet").get("sample_size"))
-    return {"kind": "pipeline", "classes": [], "size": unet_size and (unet_size[0] * scale, unet_size[1] * scale),
+        classes = [str(c)[:100] for c in classes[:1_000_000]]
+        size = _size(unet.get("sample_size"), "unet/config.json")
+        return {"kind": "unet", "classes": classes, "index": {c: i for i, c in reversed(list(enumerate(classes)))},
+                "size": size, "trained": size,
+                "factor": 2 ** (_blocks(unet.get("block_out_channels"), "unet/config.json") or 1) // 2}
+    blocks = _blocks(config(root / "vae").get("block_out_channels"), "vae/config.json")
+    scale = 2 ** (blocks - 1) if blocks else 8
+    unet_size = _size(config(root / "unet").get("sample_size"), "unet/config.json")
+    return {"kind": "pipeline", "classes": [], "index": {}, "trained": None,
+            "size": unet_size and (unet_size[0] * scale, unet_size[1] * scale),
             # SD 1.x/2.x/XL: the latent is width/scale x height/scale; other pipelines say their own rules
             "factor": scale if (root / "unet").is_dir() else 1}
 
 
-def _size(sample_size: Any) -> tuple[int, int] | None:
+def _blocks(value: Any, where: str) -> int:
+    """How many entries block_out_channels has (0 when it is not a list), at most MAX_BLOCKS."""
+    if not isinstance(value, list):
+        return 0
+    if len(value) > MAX_BLOCKS:
+        raise ValueError(f"{where}: config value block_out_channels is out of range ({len(value):,} entries; "
+                         f"a diffusers model has at most {MAX_BLOCKS})")
+    return len(value)
+
+
+def _size(sample_size: Any, where: str = "unet config") -> tuple[int, int] | None:
     """A UNet config's sample_size as (width, height): square, its first entry when it
     is a list, as Studio has always sampled it."""
     side = sample_size[0] if isinstance(sample_size, (list, tuple)) and sample_size else sample_size
-    return (side, side) if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
+    if not (isinstance(side, int) and not isinstance(side, bool) and side > 0):
+        return None
+    if side > MAX_SAMPLE_SIZE:
+        raise ValueError(f"{where}: config value sample_size is out of range ({clip_number(side)}; "
+                         f"at most {MAX_SAMPLE_SIZE:,})")
+    return (side, side)
 
 
-def class_index(label: int | str, classes: list[str]) -> int | None:
+def clip_number(value: int) -> str:
+    """A number for a message: never hundreds of digits."""
+    text = str(value)
+    return text if len(text) <= 12 else f"a {len(text)}-digit number"
+
+
+def classes_text(classes: list[str]) -> str:
+    """The class list for a message: the first few and how many more."""
+    shown = ", ".join(classes[:MAX_CLASSES_SHOWN])
+    more = len(classes) - MAX_CLASSES_SHOWN
+    return shown + (f" and {more:,} more" if more > 0 else "")
+
+
+def class_index(label: int | str, classes: list[str], index: dict[str, int] | None = None) -> int | None:
     """A class_label as the model's index: a class name, or an index into the classes."""
-    if str(label) in classes:
-        return classes.index(str(label))
+    found = (index if index is not None else {c: i for i, c in reversed(list(enumerate(classes)))}).get(str(label))
+    if found is not None:
+        return found
     if isinstance(label, int) and 0 <= label < len(classes):
         return label
+    return None
+
+
+def unet_scale_problem(width: int, height: int, trained: tuple[int, int] | None) -> str | None:
+    """Why width x height is too far past a UNet2DModel's trained sample_size, or None."""
+    if not trained:
+        return None
+    limit = trained[0] * MAX_UNET_SCALE
+    if width > limit or height > limit:
+        return (f"{width} x {height} is far past the size this UNet was trained at ({trained[0]} x {trained[1]}); "
+                f"image.diffusion samples a UNet2DModel at most {MAX_UNET_SCALE}x its trained size, "
+                f"{limit} pixels a side (beyond that it draws noise, slowly)")
     return None
 
 
@@ -132,7 +202,8 @@ class ImageDiffusion(Generator):
             "models, 2 for class-conditional ones."))
         width: int | None = Field(None, ge=8, le=4096, description=(
             "Width in pixels; default: the model's size. width x height is at most 2048 x 2048 "
-            "(4.2 megapixels), and on a CPU width x height x steps at most 1024 x 1024 x 50."))
+            "(4.2 megapixels); a UNet2DModel at most 8x its trained size a side; on a CPU width x height x "
+            "steps at most 1024 x 1024 x 50 (512 x 512 x 50 for a text-to-image pipeline)."))
         height: int | None = Field(None, ge=8, le=4096, description="Height in pixels; default: the model's size.")
         scheduler: SchedulerName = Field("default", description="Sampler; 'default' keeps the checkpoint's.")
 
@@ -164,9 +235,9 @@ class ImageDiffusion(Generator):
                 raise ValueError(f"model {model!r} is a text-to-image pipeline: use prompt, not class_label")
             if not facts["classes"]:
                 raise ValueError(f"model {model!r} is unconditional: it takes no class_label")
-            if class_index(value, facts["classes"]) is None:
-                raise ValueError(f"class_label {value!r} is not a class of model {model!r}; "
-                                 f"classes: {', '.join(facts['classes'])} (or their index, 0 to "
+            if class_index(value, facts["classes"], facts["index"]) is None:
+                raise ValueError(f"class_label {str(value)[:100]!r} is not a class of model {model!r}; "
+                                 f"classes: {classes_text(facts['classes'])} (or their index, 0 to "
                                  f"{len(facts['classes']) - 1})")
             return value
 
@@ -188,7 +259,8 @@ class ImageDiffusion(Generator):
             if width * height > MAX_PIXELS:
                 raise ValueError(f"{width} x {height} is {width * height / 1e6:.1f} megapixels; image.diffusion makes "
                                  f"at most {MAX_PIXELS / 1e6:.1f} (2048 x 2048, or the same area in another shape)")
-            problem = cpu_budget_problem(width, height, self.steps) if on_cpu(info) else None
+            problem = cpu_budget_problem(width, height, self.steps, **_budget(facts)) if on_cpu(info) else None
+            problem = problem or unet_scale_problem(width, height, facts and facts["trained"])
             if problem:
                 raise ValueError(problem)
             return self
@@ -271,10 +343,16 @@ class ImageDiffusion(Generator):
         for p in batch:
             if p.prompt or p.negative_prompt:
                 raise UserError(_no_prompt_message(p.model, model["classes"]))
-        size = _size(unet.config.sample_size) or (64, 64)
-        width, height = first.width or size[0], first.height or size[1]
+        try:
+            size = _size(unet.config.sample_size)
+            factor = 2 ** (_blocks(list(unet.config.block_out_channels), "unet/config.json") or 1) // 2
+        except ValueError as exc:
+            raise UserError(f"model {first.model!r}: {exc}") from None
+        width, height = first.width or (size or (64, 64))[0], first.height or (size or (64, 64))[1]
         check_budget(width, height, first.steps, ctxs[0].device)
-        factor = 2 ** (len(unet.config.block_out_channels) - 1)
+        problem = unet_scale_problem(width, height, size)
+        if problem:
+            raise UserError(problem)
         if width % factor or height % factor:
             raise UserError(f"`height` and `width` have to be divisible by {factor} for this model but are "
                             f"{height} and {width}")
@@ -318,8 +396,8 @@ class ImageDiffusion(Generator):
         for p, c in zip(batch, ctxs):
             index = c.seed % len(classes) if p.class_label is None else class_index(p.class_label, classes)
             if index is None:
-                raise UserError(f"class_label {p.class_label!r} is not a class of model {p.model!r}; "
-                                f"classes: {', '.join(classes)}")
+                raise UserError(f"class_label {str(p.class_label)[:100]!r} is not a class of model {p.model!r}; "
+                                f"classes: {classes_text(classes)}")
             labels.append(index)
         return torch.tensor(labels, device=model["unet"].device)
 
@@ -329,8 +407,12 @@ class ImageDiffusion(Generator):
             raise UserError(f"model {first.model!r} is a text-to-image pipeline: use prompt, not class_label")
         if any(not p.prompt for p in batch):
             raise UserError(f"model {first.model!r} is a text-to-image pipeline: give a prompt")
-        width, height = image_size(first, model_facts(first.model))
-        check_budget(width, height, first.steps, ctxs[0].device)
+        try:
+            facts = model_facts(first.model)
+        except ValueError as exc:
+            raise UserError(f"model {first.model!r}: {exc}") from None
+        width, height = image_size(first, facts)
+        check_budget(width, height, first.steps, ctxs[0].device, **_budget(facts))
         pipe.scheduler = self._scheduler(model, first.scheduler)
         total = first.steps
 
@@ -366,9 +448,17 @@ def image_size(params: Params, facts: dict[str, Any] | None) -> tuple[int, int]:
     return params.width or default[0], params.height or default[1]
 
 
-def check_budget(width: int, height: int, steps: int, device: str) -> None:
+def _budget(facts: dict[str, Any] | None) -> dict[str, Any]:
+    """The CPU budget's arguments for a model: text-to-image pipelines get the lower one."""
+    if facts and facts["kind"] == "pipeline":
+        return {"limit": MAX_CPU_PIPELINE_PIXEL_STEPS, "example": "512 x 512 at 50 steps, about a native Stable "
+                                                                  "Diffusion 1.5 image"}
+    return {}
+
+
+def check_budget(width: int, height: int, steps: int, device: str, **budget: Any) -> None:
     """Refuse, before any tensor exists, sampling that would run for days on a CPU."""
-    problem = cpu_budget_problem(width, height, steps) if device == "cpu" else None
+    problem = cpu_budget_problem(width, height, steps, **budget) if device == "cpu" else None
     if problem:
         raise UserError(problem)
 

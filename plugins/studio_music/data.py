@@ -121,7 +121,9 @@ def load_pieces(source: str) -> list[list[int]]:
     if not root.is_dir():
         raise UserError(f"--data {source!r}: give a folder of MIDI files or one of: "
                         + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES)
+    from studio.limits import data_files
+
+    files = data_files(root, MIDI_SUFFIXES)
     if not files:
         raise UserError(f"--data {source!r}: no .mid or .midi files found")
     pieces = [encode(load_midi(p, need_notes=False)) for p in files]

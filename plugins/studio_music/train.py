@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from studio.errors import UserError
 from studio.training import Trainer, causal_lm_nll
 
 WINDOW = 256
@@ -35,12 +36,18 @@ class MusicTrainer(Trainer):
             pieces = load_pieces(self.config.data)
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(pieces))
+        if len(pieces) < 2 or not isinstance(pieces, list):
+            raise UserError(f"--data {self.config.data!r}: {len(pieces)} piece(s) with notes; training needs at "
+                            "least 2 MIDI files with notes (one in ten is held out to measure the model)")
         order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(0)).tolist()
         n_test = max(1, len(pieces) // 10)
         self.test_pieces = [pieces[i] for i in order[:n_test]]
         train_pieces = [pieces[i] for i in order[n_test:]]
         self.stream = torch.tensor([t for p in train_pieces for t in [BOS, *p, EOS]])
         self.test_stream = torch.tensor([t for p in self.test_pieces for t in [BOS, *p, EOS]])
+        if len(self.stream) <= WINDOW + 1:
+            raise UserError(f"--data {self.config.data!r}: {len(self.stream):,} events of training music; need more "
+                            f"than {WINDOW + 1} (a few minutes of MIDI): give more or longer files")
         counts = np.bincount(self.stream.numpy(), minlength=VOCAB_SIZE) + 1  # add-one smoothing
         self.unigram_nll = float(-(np.log(counts / counts.sum()) * counts).sum() / counts.sum())
         opts = self.config.options

@@ -41,10 +41,27 @@ def split_held_out(domain_a: list[Any]) -> tuple[list[Any], list[Any]]:
 
 
 def _folder(folder: Path) -> list[Any]:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from studio.limits import data_files
+    from studio.weights import short
+
+    files = data_files(folder, IMAGE_SUFFIXES)
     if not files:
         raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return [flatten(p) for p in files]
+    images = []
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                images.append(flatten(path))
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise UserError(f"--data: {path} is too large to train on ({short(exc, 200)}); remove it or shrink it")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"--data: {path} is not a readable image ({short(exc, 200)}); remove it or fix it")
+    return images
 
 
 def flatten(path: Path, max_side: int = MAX_SIDE):

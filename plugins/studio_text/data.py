@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio.errors import UserError
+from studio.limits import data_files, regular_file_problem
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
 SOURCES = "a .txt file, a folder of .txt/.md files, or shakespeare"
@@ -16,10 +17,13 @@ def load_documents(data: str) -> list[tuple[str, str]]:
     if data == "shakespeare":
         return shakespeare()
     path = Path(data).expanduser()
-    if path.is_file():
+    if path.exists() and not path.is_dir():
+        problem = regular_file_problem(path)
+        if problem:
+            raise UserError(f"--data: {problem}")
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES)
+        files = data_files(path, TEXT_SUFFIXES)
         if not files:
             raise UserError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {path}")
     else:

@@ -12,7 +12,10 @@ import json
 import math
 from pathlib import Path
 
+from studio.errors import UserError
 from studio.training import Trainer, causal_lm_nll
+
+MIN_CHARS = 1000
 
 END = "<|endoftext|>"
 
@@ -45,6 +48,10 @@ class GPTTrainer(Trainer):
         opts = self.config.options
         self.block = int(opts.get("block", 256))
         docs = load_documents(self.config.data)
+        chars = sum(len(t) for _, t in docs)
+        if chars < MIN_CHARS:
+            raise UserError(f"--data: too little text: {chars:,} characters; need at least {MIN_CHARS:,} "
+                            "(a few pages) to train a tokenizer and a model")
         held_out = [d for i, d in enumerate(docs) if i % 10 == 9] or docs[-1:]
         train_docs = [d for d in docs if d not in held_out] or docs
         tok_dir = self.config.out / "training" / "tokenizer"
@@ -62,6 +69,10 @@ class GPTTrainer(Trainer):
             return torch.tensor(ids)
 
         self.train_ids, self.val_ids = stream(train_docs), stream(held_out)
+        if len(self.train_ids) <= self.block + 1 or len(self.val_ids) < 2:
+            raise UserError(f"--data: too little text: {chars:,} characters make {len(self.train_ids):,} training "
+                            f"tokens; need more than {self.block + 1} (block {self.block}). Give more text or "
+                            "a smaller --option block")
         self.val_chars = sum(len(t) + 1 for _, t in held_out)  # +1: the document break
         self.docs = {"train": [n for n, _ in train_docs], "held_out": [n for n, _ in held_out]}
         config = GPT2Config(vocab_size=len(self.tokenizer), n_positions=self.block,

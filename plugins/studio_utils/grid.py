@@ -155,7 +155,21 @@ def _xy_layout(labels, varying):
     return row_key, col_key, [first[r] for r in rows], [first[c] for c in cols], where
 
 
+MAX_LABEL_CHARS = 500  # far more than a cell shows; longer labels are cut before measuring
+
+
 def _clip(text: str, draw, font, width: int) -> str:
-    while len(text) > 3 and draw.textlength(text, font=font) > width:
-        text = text[:-4] + "..."
-    return text
+    """The text, or its longest prefix + "..." that fits `width`: a binary search, so a
+    label costs O(log n) measurements however long it is."""
+    if len(text) > MAX_LABEL_CHARS:
+        text = text[:MAX_LABEL_CHARS - 3] + "..."
+    if len(text) <= 3 or draw.textlength(text, font=font) <= width:
+        return text
+    low, high = 0, len(text) - 4  # the longest prefix known to fit, and the shortest too long + 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if draw.textlength(text[:mid] + "...", font=font) <= width:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + "..."

@@ -42,6 +42,17 @@ class ImageTitle(Generator):
             return value
 
     def generate(self, params: Params, ctx) -> dict:
+        import warnings
+
+        from PIL import Image
+
+        # every line drawn is bounded below (at most the card's width, one character more, by
+        # a line's height); PIL's size warnings never reach the terminal
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return self._generate(params)
+
+    def _generate(self, params: Params) -> dict:
         from PIL import Image, ImageColor, ImageDraw, ImageFont
 
         if params.background == "seed":
@@ -65,7 +76,11 @@ class ImageTitle(Generator):
             if params.font_size or size <= 8 or (box[3] - box[1] <= params.height - 2 * margin):
                 break
             size = int(size * 0.85)
-        text = "\n".join(lines)
+        # only the lines the card can show are drawn: a font of 1000 px on a 16 px card
+        # shows part of one line, and rendering the rest would cost memory for nothing
+        line_box = draw.textbbox((0, 0), "Ag", font=font)
+        shown = max(1, params.height // max(1, line_box[3] - line_box[1]) + 1)
+        text = "\n".join(lines[:shown])
         box = draw.multiline_textbbox((0, 0), text, font=font, align="center")
         x = (params.width - (box[2] - box[0])) / 2 - box[0]
         y = (params.height - (box[3] - box[1])) / 2 - box[1]
@@ -74,10 +89,12 @@ class ImageTitle(Generator):
 
 
 def _wrap(text: str, font, draw, max_width: int) -> list[str]:
+    """Lines at most max_width wide; a word wider than that is broken between characters
+    (at least one character a line), so no line is wider than the card."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
-        for word in paragraph.split():
+        for word in _pieces(paragraph.split(), font, draw, max_width):
             trial = f"{line} {word}".strip()
             if line and draw.textlength(trial, font=font) > max_width:
                 lines.append(line)
@@ -86,3 +103,22 @@ def _wrap(text: str, font, draw, max_width: int) -> list[str]:
                 line = trial
         lines.append(line)
     return lines
+
+
+def _pieces(words: list[str], font, draw, max_width: int) -> list[str]:
+    """The words, each one wider than max_width cut into pieces that fit (a binary
+    search for each piece's length)."""
+    out: list[str] = []
+    for word in words:
+        while len(word) > 1 and draw.textlength(word, font=font) > max_width:
+            low, high = 1, len(word) - 1  # the longest prefix known to fit (or 1), the longest possible
+            while low < high:
+                mid = (low + high + 1) // 2
+                if draw.textlength(word[:mid], font=font) <= max_width:
+                    low = mid
+                else:
+                    high = mid - 1
+            out.append(word[:low])
+            word = word[low:]
+        out.append(word)
+    return out
