@@ -214,7 +214,8 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 def midi_facts(data: bytes) -> dict[str, Any] | str:
-    """Notes, length in seconds and last tick of a Standard MIDI File, read in one pass
+    """Notes (and how many on the drum channel), length in seconds and last tick of a
+    Standard MIDI File, read in one pass
     over its bytes (no message objects, no per-tick table), or a problem in words."""
     if len(data) < 14 or data[:4] != b"MThd":
         return "is not a Standard MIDI File"
@@ -229,7 +230,7 @@ def midi_facts(data: bytes) -> dict[str, Any] | str:
     if division == 0:
         return "is a damaged MIDI file (0 ticks per beat)"
     tempos: list[tuple[int, int]] = []  # (tick, microseconds per beat)
-    notes = last_tick = found = 0
+    notes = drum_notes = last_tick = found = 0
     i = 8 + int.from_bytes(data[4:8], "big")
     try:
         while i + 8 <= len(data) and found < tracks:
@@ -269,6 +270,7 @@ def midi_facts(data: bytes) -> dict[str, Any] | str:
                     else:
                         if high == 0x90 and data[j + 1] > 0:
                             notes += 1
+                            drum_notes += (status & 0x0F) == 9  # channel 10, General MIDI's drums
                         j += 2
             last_tick = max(last_tick, tick)
             i = body_end
@@ -276,8 +278,8 @@ def midi_facts(data: bytes) -> dict[str, Any] | str:
         return f"is a damaged MIDI file ({exc or 'it ends inside an event'})"
     if found == 0:
         return "is a damaged MIDI file (no tracks)"
-    return {"notes": notes, "seconds": _seconds_at(last_tick, tempos, division), "last_tick": last_tick,
-            "tracks": found, "ticks_per_beat": division}
+    return {"notes": notes, "drum_notes": drum_notes, "seconds": _seconds_at(last_tick, tempos, division),
+            "last_tick": last_tick, "tracks": found, "ticks_per_beat": division}
 
 
 def _seconds_at(tick: int, tempos: list[tuple[int, int]], division: int) -> float:

@@ -7,7 +7,6 @@ and again at run time before pretty_midi reads it."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,37 +197,9 @@ def additive(midi, sample_rate: int) -> Any:
     return out
 
 
-MAX_SCAN_MESSAGES = 2_000_000  # messages looked at for only_drums; a MIDI within the limits has fewer
-
-
 def only_drums(path: Path) -> bool:
     """True when every sounding note of the MIDI at `path` is on the drum channel (10),
-    which the built-in synthesizer skips. A bounded scan with mido, cached by the file's
-    version; False when unsure (the run says so if the audio is silent)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return False
-    return _only_drums(str(path), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _only_drums(path: str, size: int, mtime_ns: int) -> bool:
-    import mido
-
-    try:
-        midi = mido.MidiFile(path, clip=True)
-    except Exception:  # sniffing refused what it could not read; nothing more to say here
-        return False
-    drums = 0
-    seen = 0
-    for track in midi.tracks:
-        for message in track:
-            seen += 1
-            if seen > MAX_SCAN_MESSAGES:
-                return False
-            if message.type == "note_on" and message.velocity > 0:
-                if message.channel != 9:
-                    return False
-                drums += 1
-    return drums > 0
+    which the built-in synthesizer skips (counted in studio.sniff's one pass over the
+    file, cached by its version)."""
+    facts = Artifact(path=path, media_type=media.MIDI, sha256="", size=0).info
+    return bool(facts.get("notes")) and facts.get("drum_notes") == facts.get("notes")
