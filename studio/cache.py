@@ -30,6 +30,11 @@ from studio.generator import Artifact
 
 ENTRY = "entry.json"
 MAX_ENTRY_BYTES = 1 << 20  # an entry.json is a few hundred bytes; a huge one is not ours
+# A cached file larger than an input Studio would read is not one a step made (it may
+# be a damaged file grown sparse to fill the disk it is copied to): a miss.
+MAX_FILE_BYTES = 512 << 20
+# media types whose content studio.sniff checks; a plugin's own types are checked by hash
+SNIFFED = {"image/png", "audio/wav", "audio/midi", "text/plain"}
 KEY = re.compile(r"[0-9a-f]{64}")
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 # A file name inside an entry: no separators, no leading dot (temporary and hidden
@@ -91,8 +96,12 @@ class StepCache:
         Their content is checked by copy_out, as it is read."""
         try:
             return _read_entry(self._dir(key))
-        except (DamagedEntry, OSError, ValueError):
+        except (DamagedEntry, OSError, ValueError, RecursionError, MemoryError):
             return None
+
+    def verify(self, f: CachedFile) -> None:
+        """Check a cached file before it is copied: see verify_file."""
+        verify_file(f)
 
     def copy_out(self, f: CachedFile, dest: Path) -> None:
         """Copy a cached file to `dest`, hashing it on the way: DamagedEntry when the
@@ -103,6 +112,8 @@ class StepCache:
             raise DamagedEntry(str(exc)) from None
         with src, open(dest, "wb") as out:
             h = hashlib.sha256()
+            copied = 0
+            limit = f.size if f.size is not None else MAX_FILE_BYTES
             while True:
                 try:
                     block = src.read(1 << 20)
@@ -110,6 +121,9 @@ class StepCache:
                     raise DamagedEntry(str(exc)) from None
                 if not block:
                     break
+                copied += len(block)
+                if copied > limit:  # it grew since it was checked
+                    raise DamagedEntry(f"{f.path.name}: larger than recorded")
                 h.update(block)
                 out.write(block)
         if h.hexdigest() != f.sha256:
@@ -170,12 +184,34 @@ def _intact(entry_dir: Path) -> bool:
     try:
         entry = _read_entry(entry_dir)
         for f in entry.files:
-            with _open_plain(f.path) as src:
-                if sha256_stream(src) != f.sha256:
-                    return False
-    except (DamagedEntry, OSError, ValueError):
+            verify_file(f)  # hash, size and content: a poisoned entry is replaced
+    except (DamagedEntry, OSError, ValueError, RecursionError, MemoryError):
         return False
     return True
+
+
+def verify_file(f: CachedFile) -> None:
+    """Check a cached file before it is copied: DamagedEntry unless it is a plain
+    file of sane size with the recorded hash (read, never copied) whose content is
+    what its media type says and usable (a PNG, not a bomb; UTF-8 text ...). A
+    self-consistent but poisoned entry is caught here, not by the next step."""
+    try:
+        with _open_plain(f.path) as src:
+            size = os.fstat(src.fileno()).st_size
+            if size > MAX_FILE_BYTES or (f.size is not None and size != f.size):
+                raise DamagedEntry(f"{f.path.name}: {size} bytes")
+            if sha256_stream(src) != f.sha256:
+                raise DamagedEntry(f"{f.path.name}: content changed")
+    except OSError as exc:
+        raise DamagedEntry(str(exc)) from None
+    if f.media_type in SNIFFED and not (f.media_type == "text/plain" and size == 0):
+        from studio.sniff import sniff
+
+        found = sniff(f.path)
+        # a MIDI without notes or a WAV without frames is what a step may make; the rest is not
+        usable = found.ok or found.problem in ("has no notes", "holds no audio (0 frames)")
+        if not usable or found.media_type != f.media_type:
+            raise DamagedEntry(f"{f.path.name}: {found.problem or 'not ' + f.media_type}")
 
 
 def _open_plain(path: Path) -> BinaryIO:
@@ -224,6 +260,8 @@ def _checked_file(entry_dir: Path, port: Any, info: Any) -> CachedFile:
         raise DamagedEntry(f"{ENTRY}: bad sha256 for {port!r}")
     if size is not None and (type(size) is not int or size < 0):
         raise DamagedEntry(f"{ENTRY}: bad size for {port!r}")
+    if size is not None and size > MAX_FILE_BYTES:
+        raise DamagedEntry(f"{ENTRY}: {name!r} is {size} bytes, larger than a step makes")
     path = entry_dir / name
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):

@@ -114,7 +114,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     from studio.artifacts import os_error_text
     from studio.errors import StorageError, UserError
     from studio.events import sink_for
-    from studio.executor import RunWarning
+    from studio.executor import GuardedSink, RunWarning
     from studio.runtime import Runtime
 
     if not out.strip():
@@ -125,7 +125,8 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     runtime = Runtime(loaded.spec.device, loaded.spec.precision,
                       max_ram_bytes=None if max_ram_gb is None else int(max_ram_gb * 2**30),
                       max_vram_bytes=None if max_vram_gb is None else int(max_vram_gb * 2**30))
-    events = sink_for(quiet=quiet, json_events=json_events)
+    # a broken or full stdout (`--json-events | head`) closes the sink; the run goes on
+    events = GuardedSink(sink_for(quiet=quiet, json_events=json_events))
     try:
         with warnings.catch_warnings():
             # the run's warnings (a read-only step cache ...) as plain lines, when they happen
@@ -133,7 +134,10 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
 
             def show(message, category, *args, **kwargs):
                 if issubclass(category, RunWarning):
-                    click.echo(f"warning: {message}", err=True)
+                    try:
+                        click.echo(f"warning: {message}", err=True)
+                    except OSError:
+                        pass  # stderr is gone: the manifest keeps the warning
                 else:
                     show_others(message, category, *args, **kwargs)
 
@@ -148,12 +152,31 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         raise StorageError(os_error_text(exc, writing=False)) from None
     finally:
         events.close()
-    if json_events:
-        pass
-    elif quiet:
-        click.echo(_display(result.run_dir))
-    else:
-        _print_summary(result)
+        if json_events and events.error is not None:
+            _stdout_to_devnull()  # what is still buffered for it must not fail again at exit
+    try:
+        if json_events:
+            pass
+        elif quiet:
+            click.echo(_display(result.run_dir))
+        else:
+            _print_summary(result)
+        sys.stdout.flush()
+        broken = events.error if json_events else None  # the other sinks write to stderr
+    except OSError as exc:
+        broken = exc
+    if broken is not None:
+        _stdout_to_devnull()  # what is still buffered for it must not fail again at exit
+        import errno
+
+        if not isinstance(broken, BrokenPipeError) and broken.errno != errno.EPIPE:
+            message = f"cannot write to standard output ({broken.strerror or broken})"
+            if not (result.error or result.failed):
+                raise StorageError(f"{message}; the run itself is {result.status}: {_display(result.run_dir)}")
+            try:
+                click.echo(f"warning: {message}", err=True)
+            except OSError:
+                pass
     if result.error:  # the run stopped, or could not record itself: a full disk ...
         raise StorageError(f"{result.error}\n  finished artifacts are kept in {_display(result.run_dir)}")
     if result.failed:
@@ -166,6 +189,15 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         # machine (memory, disk) is for the user to fix: exit 2
         crashed = any(r.error_kind == "generator" for r in result.failed)
         raise (GeneratorFailed if crashed else UserError)("\n".join(lines))
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _display(path: Path) -> str:
@@ -369,39 +401,63 @@ def runs_show(run_dir, as_json) -> None:
     """What a run made: status, seeds, timings and artifacts per item."""
     from rich.markup import escape
 
-    from studio.manifest import read_manifest
+    from studio.manifest import read_manifest, shown
 
     # completed from the run's journal when the run was killed, and saved back
     manifest = read_manifest(run_dir, repair=True)
-    if as_json:
-        click.echo(json.dumps(manifest, indent=2))
-        return
+    try:
+        if as_json:
+            click.echo(json.dumps(manifest, indent=2))
+            return
+        _show_manifest(manifest, escape, shown)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # `studio runs show DIR | head`: main() ends quietly
+    except OSError as exc:
+        from studio.errors import StorageError
+
+        raise StorageError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
+def _show_manifest(manifest, escape, shown) -> None:
+    """The table `runs show` prints. Every field of the file may be any JSON type, and
+    every string is shown with its control characters made visible, clipped."""
     from rich.console import Console
     from rich.table import Table
 
-    def text(value) -> str:  # the manifest is a file: show what is there, markup escaped
-        return escape("" if value is None else str(value))
+    def text(value, limit: int = 500) -> str:  # the manifest is a file: show what is there, markup escaped
+        return escape(shown(value, limit))
+
+    def as_list(value) -> list:
+        return value if isinstance(value, list) else [] if value is None else [value]
 
     rt = manifest.get("runtime") if isinstance(manifest.get("runtime"), dict) else {}
-    console = Console()
-    console.print(f"[bold]{text(manifest.get('pipeline'))}[/]  {text(manifest.get('status'))}  "
-                  f"{text(manifest.get('started'))}  {text(manifest.get('seconds'))} s  "
-                  f"device {text(rt.get('device'))}  seed {text(manifest.get('seed'))}")
-    for line in ([manifest["error"]] if manifest.get("error") else []) + list(manifest.get("warnings") or []):
+    console = Console(emoji=False, highlight=False)
+    console.print(f"[bold]{text(manifest.get('pipeline'), 200)}[/]  {text(manifest.get('status'), 100)}  "
+                  f"{text(manifest.get('started'), 100)}  {text(manifest.get('seconds'), 100)} s  "
+                  f"device {text(rt.get('device'), 100)}  seed {text(manifest.get('seed'), 100)}")
+    lines = as_list(manifest.get("error") or None) + as_list(manifest.get("warnings"))
+    for line in lines[:50]:
         console.print(f"  {text(line)}")
+    if len(lines) > 50:
+        console.print(f"  ... and {len(lines) - 50} more")
     table = Table()
     for col in ("item", "uses", "status", "seed", "seconds", "artifacts"):
         table.add_column(col, overflow="fold")
     for step in manifest["steps"].values():
-        for item in step.get("items", []) if isinstance(step, dict) else []:
+        if not isinstance(step, dict):
+            continue
+        for item in as_list(step.get("items")):
             if not isinstance(item, dict):
                 continue
-            arts = "\n".join(f"{text(a.get('path'))} ({text(a.get('size'))} B)"
-                             for a in (item.get("artifacts") or {}).values() if isinstance(a, dict))
+            artifacts = item.get("artifacts")
+            artifacts = artifacts.values() if isinstance(artifacts, dict) else as_list(artifacts)
+            arts = "\n".join(f"{text(a.get('path'))} ({text(a.get('size'), 40)} B)" if isinstance(a, dict)
+                             else text(a) for a in artifacts)
             seconds = item.get("seconds")
-            table.add_row(text(item.get("name")), text(step.get("uses")), text(item.get("status")),
-                          text(item.get("seed")), f"{seconds:.2f}" if isinstance(seconds, (int, float)) else "",
-                          arts or text(item.get("error")))
+            seconds = f"{seconds:.2f}" if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else ""
+            table.add_row(text(item.get("name"), 200), text(step.get("uses"), 200), text(item.get("status"), 100),
+                          text(item.get("seed"), 100), seconds, arts or text(item.get("error")))
     console.print(table)
 
 
@@ -411,7 +467,17 @@ def main() -> None:
     try:
         host = _host()
         host.call_each("register_commands", cli=cli)
-        cli(prog_name="studio")
+        stdout_was = _stdout_identity()
+        try:
+            cli(prog_name="studio")
+        except SystemExit as exc:
+            # a broken pipe that click or rich handled: click turns EPIPE into a silent
+            # exit 1 with stdout wrapped in its _PacifyFlushWrapper; rich points stdout at
+            # /dev/null and exits 1. Either is a broken pipe, handled below.
+            if exc.code == 1 and (type(sys.stdout).__name__ == "_PacifyFlushWrapper"
+                                  or _stdout_identity() != stdout_was):
+                raise BrokenPipeError() from None
+            raise
     except StudioError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -419,8 +485,7 @@ def main() -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:  # `studio plan x | head`: the reader left; say nothing more
-        sys.stderr = open(os.devnull, "w")
-        sys.exit(141)
+        _quiet_broken_pipe()
     except OSError as exc:
         from studio.artifacts import os_error_text
 
@@ -435,6 +500,30 @@ def main() -> None:
         click.echo(f"Error: internal error, not a mistake of yours: {type(exc).__name__}: {str(exc)[:300]}\n"
                    f"  The details are in {log}; please report them with the command you ran.", err=True)
         sys.exit(1)
+
+
+def _stdout_identity() -> tuple[int, int] | None:
+    """Which file descriptor 1 is, to tell when something pointed it at /dev/null."""
+    try:
+        st = os.fstat(1)
+        return st.st_dev, st.st_ino
+    except OSError:
+        return None
+
+
+def _quiet_broken_pipe() -> None:
+    """Exit 141 (as a shell reports SIGPIPE) without a word: what is still buffered for
+    stdout goes to /dev/null, so the interpreter's last flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+    except OSError:
+        pass
+    sys.exit(141)
 
 
 def _write_crash_log(exc: BaseException) -> str:

@@ -28,7 +28,7 @@ from studio import params as P
 from studio.artifacts import (atomic_write, fsync_dir, is_storage_problem, os_error_text,
                               sha256_file, write_json_atomic)
 from studio.cache import DamagedEntry, StepCache, cache_key, canonical
-from studio.errors import StorageError, StudioError, UserError, echo
+from studio.errors import StorageError, StudioError, UserError, clip, echo
 from studio.events import Sink
 from studio.generator import Artifact, Generator, Params, StepContext
 from studio.manifest import MANIFEST, Manifest
@@ -118,6 +118,34 @@ class RunWarning(UserWarning):
     read-only ...). Also in the manifest's `warnings` and as a `warning` event."""
 
 
+class GuardedSink(Sink):
+    """A sink whose output may break (`studio run --json-events | head`, a full disk
+    behind stdout): the first error closes it, and the run goes on and records
+    everything. `error` is what broke it."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.error: OSError | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.error is not None
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.sink.emit(event, **data)
+        except OSError as exc:  # BrokenPipeError, ENOSPC ...
+            self.error = exc
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except OSError as exc:
+            self.error = self.error or exc
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
@@ -142,7 +170,8 @@ class Executor:
         self.cache = StepCache(self.out / ".cache" / "steps") if use_cache else None
         self._cache_writable = True
         self._manifest_warned = False
-        self.events = events or Sink()
+        given = events or Sink()
+        self.events = given if isinstance(given, GuardedSink) else GuardedSink(given)
         self.runtime = runtime
         self.results: dict[str, ItemResult] = {}
         self._generators: dict[str, Generator] = {}
@@ -329,7 +358,8 @@ class Executor:
             return "user", f"{run.uses}: {exc}"
         self._log_traceback(run, exc)
         if is_out_of_memory(exc):
-            return "environment", ("out of memory with a batch of 1: lower width/height/steps or free memory "
+            return "environment", ("out of memory with a batch of 1: lower the sizes in its parameters "
+                                   "(image size, steps, audio length, batch) or free memory "
                                    f"({_short_error(exc)})")
         if is_storage_problem(exc):
             return "environment", f"{run.uses}: {os_error_text(exc, writing=False)}"
@@ -401,6 +431,11 @@ class Executor:
         missing, damaged, or not the shape of this generator's outputs."""
         entry = self.cache.lookup(key)
         if entry is None or {f.port: f.media_type for f in entry.files} != gen.outputs:
+            return False
+        try:
+            for f in entry.files:
+                self.cache.verify(f)  # content, kind and size, before a byte is copied
+        except DamagedEntry:
             return False
         target = item_dir
         try:
@@ -493,10 +528,32 @@ class Executor:
                 values[key] = [self._file(v.path) for v in value]
             else:
                 values[key] = value
+        self._check_models(gen, values)
         values["seed"] = item.seed
         # validators may weigh the work against the device (image size x steps on a CPU)
         device = self.runtime.device if gen.uses_device else "cpu"
         return gen.Params.model_validate(values, context={"device": device})
+
+    def _check_models(self, gen: Generator, values: dict[str, Any]) -> None:
+        """A model parameter's value as validation checks it (see studio.spec), now that
+        references are resolved: `model: '${steps.a.outputs.text}'` gets the same check
+        as a literal path."""
+        from studio.generator import model_spec
+        from studio.modelpath import check_model
+
+        for key, value in values.items():
+            if key not in gen.Params.model_fields or not isinstance(value, str):
+                continue
+            wanted = model_spec(gen.Params, key)
+            if wanted is None:
+                continue
+            try:
+                resolved, problem = check_model(value, wanted, self.spec.base_dir)
+            except (RuntimeError, ValueError, OSError) as exc:  # `~nobody/x`: no such home ...
+                resolved, problem = value, f"cannot be used ({clip(str(exc), 200)})"
+            if problem:
+                raise UserError(f"{key}: {echo(value, 200)} {problem}")
+            values[key] = resolved
 
     def _bind(self, binding: Binding, kind: str) -> Any:
         def artifacts(ref) -> list[Artifact]:

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,11 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 JOURNAL = "journal.jsonl"
-MAX_MANIFEST_BYTES = 256 << 20
+# A manifest of a 10,000-item run is 20-30 MB, and parsing JSON costs many times its
+# size in memory: a larger file is not one Studio wrote, and is not read.
+MAX_MANIFEST_BYTES = 32 << 20
+# a journal line per item, a few hundred bytes each: a 10,000-item run writes a few MB
+MAX_JOURNAL_BYTES = 64 << 20
 
 
 def versions(host: Host) -> dict[str, Any]:
@@ -198,11 +203,72 @@ class Journal:
             pass  # a stale journal is harmless: the manifest is final, so it is not read
 
 
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """The journal's records. A line cut short by a crash is skipped."""
+def read_bounded(path: Path, limit: int, what: str) -> bytes | None:
+    """The bytes of `path`, read only if it is a regular file of at most `limit` bytes
+    (opened without blocking, so a FIFO or a device never hangs or floods the reader).
+    None when there is no such file; UserError, naming it, when it is not one to read."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"{_shown(path)}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{_shown(path)}: the {what} is not a regular file (a pipe, device or folder)")
+        if st.st_size > limit:
+            raise UserError(f"{_shown(path)}: the {what} is {st.st_size / 2**20:,.0f} MB; a run's {what} "
+                            f"is at most {limit >> 20} MB, so this one is not read")
+        chunks, total = [], 0
+        while True:
+            block = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not block:
+                break
+            chunks.append(block)
+            total += len(block)
+            if total > limit:
+                raise UserError(f"{_shown(path)}: the {what} grows beyond {limit >> 20} MB; it is not read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UserError(f"{_shown(path)}: cannot read the {what} ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+
+
+def _shown(path: Path) -> str:
+    return shown(str(path), 300)
+
+
+# control characters a terminal acts on: C0 except newline and tab, DEL, C1
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+
+
+def shown(value: Any, limit: int = 500) -> str:
+    """A value read from a run's files as a terminal may show it: any JSON type as
+    text, control characters (escape sequences) as visible escapes, clipped."""
+    from studio.errors import clip
+
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = value[:limit * 2]
+    elif isinstance(value, (list, dict)):
+        try:
+            text = json.dumps(value, default=str)[:limit * 2]
+        except (ValueError, TypeError, RecursionError):
+            text = f"<a {type(value).__name__}>"
+    else:
+        text = str(value)[:limit * 2]
+    return clip(text.translate(_CONTROL), limit)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's records. A line cut short by a crash is skipped; a journal that is
+    not a plain file of sane size, or nested too deep to parse, is a UserError."""
+    data = read_bounded(path, MAX_JOURNAL_BYTES, "journal")
+    if data is None:
         return []
     records = []
     for line in data.splitlines():
@@ -210,6 +276,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             continue
+        except RecursionError:
+            raise UserError(f"{_shown(path)}: not a valid journal (JSON nested too deep)") from None
         if isinstance(record, dict):
             records.append(record)
     return records
@@ -282,13 +350,21 @@ def read_manifest(run_dir: Path, *, repair: bool = False) -> dict[str, Any]:
     journal corrected for a run that is over is written back (when the folder allows)."""
     given = Path(run_dir)
     path = given / MANIFEST if given.is_dir() else given
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no {MANIFEST} here; give a run directory, e.g. runs/<pipeline>/<run-id>")
+    if not os.path.lexists(path):
+        raise UserError(f"{_shown(given)}: no {MANIFEST} here; give a run directory, e.g. runs/<pipeline>/<run-id>")
+    data = read_bounded(path, MAX_MANIFEST_BYTES, "manifest")
+    if data is None:
+        raise UserError(f"{_shown(path)}: no such file; give a run directory, e.g. runs/<pipeline>/<run-id>")
     try:
-        with open(path, "rb") as f:
-            manifest = json.loads(f.read(MAX_MANIFEST_BYTES))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a valid manifest ({exc})")
+        manifest = json.loads(data)
+    except ValueError as exc:
+        from studio.errors import clip
+
+        raise UserError(f"{_shown(path)}: not a valid manifest ({clip(str(exc), 200)})") from None
+    except RecursionError:
+        raise UserError(f"{_shown(path)}: not a valid manifest (JSON nested too deep)") from None
+    except MemoryError:
+        raise UserError(f"{_shown(path)}: not read: it needs more memory than is free") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("steps"), dict):
         raise UserError(f"{path}: not a valid manifest (no steps)")
     if manifest.get("status") != "running":
@@ -308,13 +384,15 @@ def merge_journal(manifest: dict[str, Any], records: list[dict[str, Any]]) -> di
     record, or its process is gone) the status says how it ended."""
     items = _items_by_name(manifest)
     for record in records:
-        if record.get("record") == "item" and record.get("name") in items:
-            entry = items[record["name"]]
+        name = record.get("name")
+        if record.get("record") == "item" and isinstance(name, str) and name in items:
+            entry = items[name]
             entry.clear()
             entry.update({k: v for k, v in record.items() if k not in ("record", "step")})
     end = next((r for r in reversed(records) if r.get("record") == "end"), None)
     if end is not None:
-        manifest["status"] = end.get("status") or "interrupted"
+        status = end.get("status")
+        manifest["status"] = status if isinstance(status, str) and status else "interrupted"
         manifest["error"] = end.get("error") or manifest.get("error")
     elif process_is_gone(manifest.get("process") or _journaled_process(records)):
         manifest["status"] = "interrupted"
@@ -325,7 +403,8 @@ def merge_journal(manifest: dict[str, Any], records: list[dict[str, Any]]) -> di
                 entry["status"] = "interrupted"
     for step in manifest["steps"].values():
         if isinstance(step, dict) and isinstance(step.get("items"), list):
-            step["status"] = _step_status([i.get("status") for i in step["items"] if isinstance(i, dict)])
+            step["status"] = _step_status([i.get("status") for i in step["items"]
+                                           if isinstance(i, dict) and isinstance(i.get("status"), str)])
     return manifest
 
 
@@ -336,7 +415,8 @@ def _journaled_process(records: list[dict[str, Any]]) -> Any:
 def _items_by_name(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     out = {}
     for step in manifest["steps"].values():
-        for item in step.get("items", []) if isinstance(step, dict) else []:
+        items = step.get("items") if isinstance(step, dict) else None
+        for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and isinstance(item.get("name"), str):
                 out[item["name"]] = item
     return out

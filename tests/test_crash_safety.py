@@ -367,6 +367,6 @@ def test_an_item_too_big_for_memory_alone_says_so_and_exits_2(invoke):
     result = invoke("name: m\nsteps:\n  - {id: a, uses: test.cpu_tight, sweep: {seed: [1, 2]}}\n")
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
-    assert ("step 'a', item 'a@seed=1': out of memory with a batch of 1: lower width/height/steps or free "
-            "memory (RuntimeError: [enforce fail") in result.output
+    assert ("step 'a', item 'a@seed=1': out of memory with a batch of 1: lower the sizes in its parameters "
+            "(image size, steps, audio length, batch) or free memory (RuntimeError: [enforce fail") in result.output
     assert AllocatorFails.calls == [2, 1, 1]
