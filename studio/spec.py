@@ -411,8 +411,9 @@ def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> 
     nested = _nested_ref(value)
     if nested is not None:
         issues.append(locs.issue(path + nested[0], f"a reference inside a {nested[1]} ({echo(nested[2])}) is not "
-                                                   "resolved; a reference must be the whole value of a text or "
-                                                   "media parameter (or one entry of a media list)", step))
+                                                   "resolved; a reference goes in a text parameter's string, as "
+                                                   "a media parameter's value, or as an entry of a media list",
+                                     step))
         return
     problem = P.check_value(params_cls, key, value)
     if problem:
