@@ -239,6 +239,8 @@ def _mapped_upstreams(step: StepSpec, host: Host) -> list[str]:
     gen_cls = host.generators[step.uses]
     out: list[str] = []
     for key, ref in step_refs(step):
+        if key not in gen_cls.Params.model_fields:
+            continue  # an unknown parameter, reported by the spec check
         if P.field_kind(gen_cls.Params, key) != "media_list" and ref.step not in out:
             out.append(ref.step)
     return out

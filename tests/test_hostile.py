@@ -982,6 +982,9 @@ CASES: list[Case] = [
                        % ", ".join(f"w{i}.webp" for i in range(40))),
         **{f"w{i}.webp": (lambda path, root: _webp(path, root, 8192)) for i in range(40)}},
          code=0, expect=("ok",)),
+    Case("refs", "reference-in-an-unknown-parameter", V, {"p.yaml": pipe(
+        TITLE, "{id: b, uses: image.resize, with: {imag: '${steps.a.outputs.image}', width: 8}}")},
+         where=("p.yaml:4", "steps[1].with.imag"), expect=("unknown parameter 'imag'", "Did you mean 'image'")),
     Case("cli", "pipeline-path-of-6000-characters", ["validate", "x" * 6000 + ".yaml"], {},
          expect=("cannot be read (File name too long)",), max_output=2_000),
     Case("cli", "unknown-generator-name-of-100k-characters", ["plugins", "show", "g." + "x" * 100_000], {},
