@@ -53,9 +53,9 @@ class Locations:
 # words (not booleans), `040` is not octal 32 and `1:00` is not 60 (sexagesimal): they
 # stay strings, which a parameter that wants a number then refuses in words.
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$")
-_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
-                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F][0-9a-fA-F_]*)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
+                    r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 
 
 def _yaml12_resolvers() -> dict:
@@ -138,6 +138,8 @@ def load_yaml(text: str, file: str | None, *, what: str = "file") -> tuple[Any, 
         return None, locs, [_syntax_issue(exc, text, file)]
     except yaml.YAMLError as exc:
         return None, locs, [Issue(f"YAML error: {exc}", file)]
+    except (ValueError, OverflowError) as exc:  # a scalar the constructor cannot read
+        return None, locs, [Issue(f"a value cannot be read: {str(exc)[:200]}", file)]
     except RecursionError:
         return None, locs, [Issue(f"lists and mappings are nested too deeply; a pipeline needs a handful", file)]
     finally:

@@ -952,6 +952,8 @@ CASES: list[Case] = [
          where=("p.yaml:3", "steps[0].with.width"), expect=("'040'", "valid integer")),
     Case("types", "sexagesimal-looking-width", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: hi, width: 1:00}}")},
          where=("p.yaml:3", "steps[0].with.width"), expect=("'1:00'",)),
+    Case("types", "lone-dot-for-a-number", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: hi, width: .}}")},
+         where=("p.yaml:3", "steps[0].with.width"), expect=("'.'", "valid integer")),
     Case("types", "norway-is-a-word", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: no, width: 32, height: 32}}")},
          code=0, expect=("ok",)),
     Case("types", "yes-for-a-boolean", V, {"p.yaml": pipe("{id: a, uses: image.grid, with: {images: [x.png], labels: yes}}"),
