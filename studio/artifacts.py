@@ -170,29 +170,6 @@ BUILTIN_WRITERS = [
     Writer(media.MIDI, "mid", write_midi),
 ]
 
-EXTENSION_MEDIA = {
-    ".png": media.IMAGE,
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".webp": "image/webp",
-    ".txt": media.TEXT,
-    ".md": media.TEXT,
-    ".mid": media.MIDI,
-    ".midi": media.MIDI,
-    ".wav": media.AUDIO,
-    ".flac": "audio/flac",
-    ".ogg": "audio/ogg",
-    ".mp3": "audio/mpeg",
-    ".aif": "audio/aiff",
-    ".aiff": "audio/aiff",
-    ".json": media.JSON,
-}
-
-
-def media_type_of_file(path: Path) -> str | None:
-    return EXTENSION_MEDIA.get(path.suffix.lower())
-
-
 def read_provenance(path: Path) -> dict[str, Any] | None:
     """The provenance Studio embedded in a PNG, WAV or MIDI file, or None."""
     suffix = path.suffix.lower()

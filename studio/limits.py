@@ -102,3 +102,12 @@ def colour_problem(value: str, *, also: tuple[str, ...] = ()) -> str | None:
         return (f"{value!r} is not a colour; give a name ('navy'), '#rrggbb' ('#203040') or 'rgb(r, g, b)'"
                 + (f", or {words}" if words else ""))
     return None
+def colour(value: str, *, also: tuple[str, ...] = ()) -> str:
+    """`value` when colour_problem finds nothing, else a ValueError saying why: the body
+    of a Params field validator for a colour parameter."""
+    problem = colour_problem(value, also=also)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+

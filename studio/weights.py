@@ -25,7 +25,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from studio.errors import UserError
 from studio.modelpath import HUB_ID
@@ -272,6 +272,24 @@ def weights_problem(model: str, root: Path | None, folders: tuple[str, ...] = ("
     except ValueError as exc:
         problem = str(exc)
     return f"model {model!r}: {problem}" if problem else None
+
+
+def model_problem(model: str, root: Path | None, judge: Callable[[dict[str, Any]], str | None],
+                  folders: tuple[str, ...] = ("",), read: Callable[[], dict[str, Any] | None] | None = None
+                  ) -> str | None:
+    """What a model parameter's validator checks: weights_problem, then the model's own
+    config judged by `judge` (a problem in words, or None). `read` gives the config
+    (default: root/config.json; None from it: nothing to judge); a config that cannot be
+    read is the problem. The embedded default is trusted."""
+    problem = weights_problem(model, root, folders)
+    if problem is not None or root is None or model == "default":
+        return problem
+    try:
+        data = read() if read else config(root)
+        problem = judge(data) if data is not None else None
+    except ValueError as exc:
+        problem = str(exc)
+    return problem and f"model {model!r}: {problem}"
 
 
 def refuse(model: str, root: Path | None, folders: tuple[str, ...] = ("",)) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from studio import Artifact, Generator, Params, UserError, media, media_input, model_input
-from studio.weights import config, loading, local_path, refuse, weights_problem
+from studio.weights import config, loading, local_path, model_problem, refuse
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "vae"
 CROSSFADE_S = 0.02  # between the segments of an interpolation written as one file
@@ -159,14 +159,8 @@ class AudioVAE(Generator):
         @field_validator("model")
         @classmethod
         def is_an_oobleck(cls, value: str) -> str:
-            problem = weights_problem(value, local_path(value, DEFAULT_WEIGHTS), ("", "vae"))
-            if problem is None and value != "default":
-                try:
-                    data = vae_config(value)
-                    problem = config_problem(data) if data else None
-                except ValueError as exc:
-                    problem = str(exc)
-                problem = problem and f"model {value!r}: {problem}"
+            problem = model_problem(value, local_path(value, DEFAULT_WEIGHTS), config_problem, ("", "vae"),
+                                    read=lambda: vae_config(value) or None)
             if problem:
                 raise ValueError(problem)
             return value

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from studio import Generator, Params, UserError, media, model_input
 from studio.generator import weights_fingerprint
 from studio.runtime import check_finite
-from studio.weights import config, loading, refuse, short, weights_problem
+from studio.weights import config, loading, model_problem, refuse, short
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gan"
 MAX_IMAGE_SIZE = 1024  # a strip of 64 frames at this size is the largest image Studio writes
@@ -70,13 +70,7 @@ class ImageGAN(Generator):
             if not (path / "model.safetensors").is_file():
                 raise ValueError(f"model {value!r} has no model.safetensors beside its config.json (what "
                                  "`studio train image.gan --out DIR` writes)")
-            problem = weights_problem(value, path)
-            if problem is None:
-                try:
-                    problem = config_problem(config(path))
-                except ValueError as exc:
-                    problem = str(exc)
-                problem = problem and f"model {value!r}: {problem}"
+            problem = model_problem(value, path, config_problem)
             if problem:
                 raise ValueError(problem)
             return value

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from studio import Artifact, Generator, Params, UserError, media, media_input, model_input
-from studio.weights import config, loading, local_path, refuse, weights_problem
+from studio.weights import config, loading, local_path, model_problem, refuse
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "transformer"
 MAX_CONTEXT = 65_536  # positions: the decoding cache is allocated this long at most
@@ -58,14 +58,7 @@ class MusicTransformer(Generator):
         @field_validator("model")
         @classmethod
         def is_a_music_model(cls, value: str) -> str:
-            root = local_path(value, DEFAULT_WEIGHTS)
-            problem = weights_problem(value, root)
-            if problem is None and root is not None and value != "default":
-                try:
-                    problem = config_problem(config(root))
-                except ValueError as exc:
-                    problem = str(exc)
-                problem = problem and f"model {value!r}: {problem}"
+            problem = model_problem(value, local_path(value, DEFAULT_WEIGHTS), config_problem)
             if problem:
                 raise ValueError(problem)
             return value

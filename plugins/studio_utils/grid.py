@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from studio import Artifact, Generator, Params, UserError, media, media_input
-from studio.limits import colour_problem
+from studio.limits import colour
 
 # A contact sheet is one PNG in memory: 100 megapixels is 300 MB of RGB, and no side
 # longer than PNG viewers and browsers open.
@@ -56,10 +56,7 @@ class ImageGrid(Generator):
         @field_validator("background")
         @classmethod
         def background_is_a_colour(cls, value: str) -> str:
-            problem = colour_problem(value)
-            if problem:
-                raise ValueError(problem)
-            return value
+            return colour(value)
 
         @model_validator(mode="after")
         def sheet_is_bounded(self):

@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from studio import Artifact, Generator, Params, UserError, media, media_input
-from studio.limits import colour_problem, output_size_problem
+from studio.limits import colour, output_size_problem
 
 RESAMPLE = ("lanczos", "bicubic", "bilinear", "nearest")
 
@@ -34,10 +34,7 @@ class ImageResize(Generator):
         @field_validator("background")
         @classmethod
         def background_is_a_colour(cls, value: str) -> str:
-            problem = colour_problem(value)
-            if problem:
-                raise ValueError(problem)
-            return value
+            return colour(value)
 
         @model_validator(mode="after")
         def needs_a_size(self):

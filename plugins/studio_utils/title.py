@@ -6,7 +6,7 @@ import random
 from pydantic import Field, field_validator
 
 from studio import Generator, Params, media
-from studio.limits import colour_problem
+from studio.limits import colour
 
 
 class ImageTitle(Generator):
@@ -28,18 +28,12 @@ class ImageTitle(Generator):
         @field_validator("background")
         @classmethod
         def background_is_a_colour(cls, value: str) -> str:
-            problem = colour_problem(value, also=("seed",))
-            if problem:
-                raise ValueError(problem)
-            return value
+            return colour(value, also=("seed",))
 
         @field_validator("color")
         @classmethod
         def color_is_a_colour(cls, value: str) -> str:
-            problem = colour_problem(value, also=("auto",))
-            if problem:
-                raise ValueError(problem)
-            return value
+            return colour(value, also=("auto",))
 
     def generate(self, params: Params, ctx) -> dict:
         import warnings
