@@ -25,6 +25,7 @@ from studio import params as P
 from studio.errors import Issue
 from studio.generator import Artifact
 from studio.plan import Binding, FileInput, build_plan
+from studio.refs import whole_ref
 from studio.sniff import sniff
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def _pending(binding: Binding, kind: str, outputs, base_dir, files) -> Any:
     if binding.mode == "list":
         out: list[Artifact | None] = []
         for entry in binding.template:
-            ref = next((r for r in binding.items if str(r) == entry.strip()), None)
+            ref = whole_ref(entry)
             if ref is None:  # a file path among the references
                 out.append(_file(entry, base_dir, files))
             else:
