@@ -1,0 +1,3 @@
+"""Causal language-model support shared by the text and music plugins: decoding over a
+key/value cache, batched per-row sampling and held-out likelihood. Not a plugin (it
+registers nothing); it exists so the host never has to know transformers."""
