@@ -12,7 +12,8 @@ from studio.executor import Executor, RunResult
 from studio.plan import Plan, build_plan
 from studio.plugins import Host
 from studio.runtime import Runtime
-from studio.spec import PipelineSpec, load_spec
+from studio.spec import PipelineSpec
+from studio.validate import load_spec
 
 _host: Host | None = None
 
@@ -31,11 +32,11 @@ class Pipeline:
     host: Host
 
     def plan(self) -> Plan:
-        return build_plan(self.spec, self.host)
+        return build_plan(self.spec, self.host.registry)
 
     def run(self, *, out: str | Path = "runs", use_cache: bool = True, events: Sink | None = None,
             runtime: Runtime | None = None) -> RunResult:
-        return Executor(self.host, self.plan(), out=Path(out), use_cache=use_cache, events=events,
+        return Executor(self.host.registry, self.host.hooks, self.plan(), out=Path(out), use_cache=use_cache, events=events,
                         runtime=runtime).run()
 
 
@@ -52,7 +53,7 @@ def load(
     """Read and validate a pipeline. Raises PipelineError listing every problem.
     `overrides` are "STEP.PARAM=VALUE" strings, as `--set` takes them."""
     host = host or default_host()
-    spec = load_spec(path, host, overrides=list(overrides), seed=seed, device=device, precision=precision,
+    spec = load_spec(path, host.registry, overrides=list(overrides), seed=seed, device=device, precision=precision,
                      compile=compile)
     return Pipeline(spec, host)
 

@@ -29,7 +29,7 @@ from studio.refs import whole_ref
 from studio.sniff import sniff
 
 if TYPE_CHECKING:
-    from studio.plugins import Host
+    from studio.registry import Registry
     from studio.spec import PipelineSpec, StepSpec
 
 MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other items
@@ -38,16 +38,16 @@ MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other
 TIME_BUDGET_S = 1.0
 
 
-def check_items(spec: PipelineSpec, host: Host) -> list[Issue]:
-    plan = build_plan(spec, host)
+def check_items(spec: PipelineSpec, registry: Registry) -> list[Issue]:
+    plan = build_plan(spec, registry)
     context = {"device": likely_device(spec.device)}
     deadline = time.monotonic() + TIME_BUDGET_S
-    outputs = {s.id: host.generators[s.uses].outputs for s in spec.steps}
+    outputs = {s.id: registry.generators[s.uses].outputs for s in spec.steps}
     files: dict[str, Artifact | None] = {}
     issues: list[Issue] = []
     for plan_step in plan.steps:
         step = spec.step(plan_step.id)
-        params_cls = host.generators[step.uses].Params
+        params_cls = registry.generators[step.uses].Params
         reported: set[str] = set()
         for n, item in enumerate(plan_step.items):
             if n and time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from studio import __version__
+from studio.version import __version__
 from studio.errors import GeneratorFailed, StudioError
 
 PRECISION_CHOICES = click.Choice(["auto", "fp32", "bf16", "fp16"])
@@ -113,18 +113,18 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     from studio import api
     from studio.artifacts import os_error_text
     from studio.errors import StorageError, UserError
-    from studio.events import sink_for
-    from studio.executor import GuardedSink, RunWarning
-    from studio.runtime import Runtime
+    from studio.events import GuardedSink, sink_for
+    from studio.executor import RunWarning
+    from studio.runtime import ModelBudget, Runtime
 
     if not out.strip():
         raise StorageError("--out is empty: give a folder for the runs, e.g. --out runs")
     out = Path(out)
     loaded = api.load(pipeline, overrides=overrides, seed=seed, device=device, precision=precision,
                       compile=True if compile_ else None, host=_host())
-    runtime = Runtime(loaded.spec.device, loaded.spec.precision,
-                      max_ram_bytes=None if max_ram_gb is None else int(max_ram_gb * 2**30),
-                      max_vram_bytes=None if max_vram_gb is None else int(max_vram_gb * 2**30))
+    budget = ModelBudget(cpu=None if max_ram_gb is None else int(max_ram_gb * 2**30),
+                         gpu=None if max_vram_gb is None else int(max_vram_gb * 2**30))
+    runtime = Runtime(loaded.spec.device, loaded.spec.precision, budget)
     # a broken or full stdout (`--json-events | head`) closes the sink; the run goes on
     events = GuardedSink(sink_for(quiet=quiet, json_events=json_events))
     try:
@@ -242,13 +242,13 @@ def _print_summary(result) -> None:
 def validate(pipelines) -> None:
     """Check pipelines without running them. Lists every problem found."""
     from studio.errors import PipelineError, UserError
-    from studio.spec import load_spec
+    from studio.validate import load_spec
 
     host = _host()
     failed = False
     for path in pipelines:
         try:
-            load_spec(path, host)
+            load_spec(path, host.registry)
             click.echo(f"{path}: ok")
         except PipelineError as exc:
             failed = True
@@ -336,7 +336,7 @@ def plugins_list(as_json) -> None:
     rows = [
         {"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
          "generators": p.generators, "ok": p.ok, "errors": p.errors}
-        for p in host.plugins.values()
+        for p in host.registry.plugins.values()
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -361,14 +361,14 @@ def plugins_show(name, as_json) -> None:
     from studio import params as P
 
     host = _host()
-    gen = host.generator(name)
+    gen = host.registry.generator(name)
     fields = []
     for key, field in gen.Params.model_fields.items():
         default = P.default_of(gen.Params, key)
         fields.append({"name": key, "allowed": P.describe(gen.Params, key),
                        "default": None if default is P.REQUIRED else default,
                        "required": default is P.REQUIRED, "description": field.description or ""})
-    info = {"name": gen.name, "plugin": host.plugin_of(name), "description": gen.description,
+    info = {"name": gen.name, "plugin": host.registry.plugin_of(name), "description": gen.description,
             "outputs": gen.outputs, "precisions": list(gen.precisions), "batchable": gen.batchable,
             "params": fields, "schema": gen.Params.model_json_schema()}
     if as_json:

@@ -3,8 +3,9 @@ nothing else in the host prints tracebacks or exits."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 MAX_ECHO = 80  # characters of a user's value a message repeats
 
@@ -19,6 +20,13 @@ def echo(value: Any, limit: int = MAX_ECHO) -> str:
     if isinstance(value, (list, dict)) and len(value) > 20:  # no repr of a huge structure
         return f"<a {'list' if isinstance(value, list) else 'mapping'} of {len(value):,} entries>"
     return clip(repr(value), limit)
+
+
+def did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """" Did you mean 'x'?" naming the closest of `choices` to a misspelled `word`, or ""
+    when none is close. Every unknown-name message in Studio ends with it."""
+    hint = difflib.get_close_matches(str(word)[:200], list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {hint[0]!r}?" if hint else ""
 
 
 class StudioError(Exception):

@@ -119,3 +119,31 @@ def sink_for(*, quiet: bool, json_events: bool) -> Sink:
 def shrunk_message(data: dict[str, Any]) -> str:
     return (f"  step {data['step']}: a batch of {data['tried']} ran out of memory; "
             f"running {data['now']} at a time")
+
+
+class GuardedSink(Sink):
+    """A sink whose output may break (`studio run --json-events | head`, a full disk
+    behind stdout): the first error closes it, and the run goes on and records
+    everything. `error` is what broke it."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.error: OSError | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.error is not None
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.sink.emit(event, **data)
+        except OSError as exc:  # BrokenPipeError, ENOSPC ...
+            self.error = exc
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except OSError as exc:
+            self.error = self.error or exc

@@ -16,101 +16,29 @@ import secrets
 import shutil
 import time
 import traceback
+from dataclasses import replace
 import warnings
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
-from studio import __version__
 from studio import params as P
 from studio.artifacts import (atomic_write, fsync_dir, is_storage_problem, os_error_text,
                               sha256_file, write_json_atomic)
+from studio.batch import BatchOutOfMemory, BatchResult, run_batch
 from studio.cache import DamagedEntry, StepCache, cache_key, canonical
 from studio.errors import StorageError, StudioError, UserError, clip, echo
-from studio.events import Sink
+from studio.events import GuardedSink, Sink
 from studio.generator import Artifact, Generator, Params, StepContext
 from studio.manifest import MANIFEST, Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
+from studio.records import ItemResult, ItemRun, RunResult, RunStats, StepRun
 from studio.refs import interpolate, whole_ref
+from studio.registry import Registry
 from studio.report import write_gallery
 from studio.runtime import Runtime, check_finite, free_memory, is_out_of_memory
-
-if TYPE_CHECKING:
-    from studio.plugins import Host
-
-
-@dataclass
-class ItemRun:
-    """One item handed to a generator."""
-
-    item: PlanItem
-    params: Params
-    ctx: StepContext
-    dir: Path
-    cache_key: str
-
-
-@dataclass
-class StepRun:
-    """What the `run_step` hook receives: a step's generator and the items to make
-    (one, or a batch of sweep items)."""
-
-    step_id: str
-    uses: str
-    plugin: str
-    generator: Generator
-    runtime: Runtime
-    precision: str
-    items: list[ItemRun]
-
-
-@dataclass
-class ItemResult:
-    name: str
-    step_id: str
-    dir: str
-    labels: dict[str, Any]
-    seed: int
-    status: str = "pending"  # pending | done | cached | failed | skipped | interrupted
-    params: dict[str, Any] = field(default_factory=dict)
-    artifacts: dict[str, Artifact] = field(default_factory=dict)
-    seconds: float | None = None
-    error: str | None = None
-    error_kind: str | None = None  # for a failed item: user | environment | generator
-    cache_key: str | None = None
-    notes: dict[str, Any] = field(default_factory=dict)  # what the generator recorded
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("done", "cached")
-
-
-@dataclass
-class RunResult:
-    """A finished (or failed, or interrupted) run, as the Python API returns it."""
-
-    run_dir: Path
-    status: str
-    items: dict[str, ItemResult]
-    manifest_path: Path
-    error: str | None = None  # what stopped the run or kept it from recording itself (a full disk)
-    warnings: list[str] = field(default_factory=list)  # e.g. the step cache could not be written
-
-    def step(self, step_id: str) -> list[ItemResult]:
-        return [r for r in self.items.values() if r.step_id == step_id]
-
-    def artifacts(self, step_id: str | None = None) -> list[Artifact]:
-        return [a for r in self.items.values() if step_id in (None, r.step_id) for a in r.artifacts.values()]
-
-    @property
-    def failed(self) -> list[ItemResult]:
-        return [r for r in self.items.values() if r.status == "failed"]
-
-
-class BatchOutOfMemory(Exception):
-    """A batch of several items ran out of device memory: run it again smaller."""
+from studio.version import __version__
 
 
 class RunWarning(UserWarning):
@@ -118,42 +46,21 @@ class RunWarning(UserWarning):
     read-only ...). Also in the manifest's `warnings` and as a `warning` event."""
 
 
-class GuardedSink(Sink):
-    """A sink whose output may break (`studio run --json-events | head`, a full disk
-    behind stdout): the first error closes it, and the run goes on and records
-    everything. `error` is what broke it."""
-
-    def __init__(self, sink: Sink):
-        self.sink = sink
-        self.error: OSError | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.error is not None
-
-    def emit(self, event: str, **data: Any) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.sink.emit(event, **data)
-        except OSError as exc:  # BrokenPipeError, ENOSPC ...
-            self.error = exc
-
-    def close(self) -> None:
-        try:
-            self.sink.close()
-        except OSError as exc:
-            self.error = self.error or exc
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 class Executor:
+    """Runs a plan in this process: the driver that owns the run directory, the step
+    cache and the manifest, and hands batches to `run_batch`.
+
+    `registry` is what the plugins registered; `hooks` calls their hooks (`run_step`,
+    `artifact_saved`): a Host gives both (`host.registry`, `host.hooks`)."""
+
     def __init__(
         self,
-        host: Host,
+        registry: Registry,
+        hooks: Any,
         plan: Plan,
         *,
         out: Path,
@@ -161,7 +68,8 @@ class Executor:
         events: Sink | None = None,
         runtime: Runtime | None = None,
     ):
-        self.host = host
+        self.registry = registry
+        self.hooks = hooks
         self.plan = plan
         self.spec = plan.spec
         self.out_given = Path(out)  # as the user wrote it, for messages
@@ -173,6 +81,7 @@ class Executor:
         given = events or Sink()
         self.events = given if isinstance(given, GuardedSink) else GuardedSink(given)
         self.runtime = runtime
+        self.stats = RunStats()
         self.results: dict[str, ItemResult] = {}
         self._generators: dict[str, Generator] = {}
         self._files: dict[str, Artifact] = {}
@@ -210,7 +119,7 @@ class Executor:
         for _ in range(5):
             run_dir = parent / new_run_id()
             building = parent / f".{run_dir.name}.partial-{os.getpid()}"
-            self.manifest = Manifest(run_dir, self.plan, self.host, self.runtime, self.results)
+            self.manifest = Manifest(run_dir, self.plan, self.registry, self.runtime, self.stats, self.results)
             try:
                 building.mkdir(parents=True)
             except OSError as exc:
@@ -264,12 +173,12 @@ class Executor:
 
     def _generator(self, name: str) -> Generator:
         if name not in self._generators:
-            self._generators[name] = self.host.generator(name)()
+            self._generators[name] = self.registry.generator(name)()
         return self._generators[name]
 
     def _run_step(self, step: PlanStep) -> None:
         gen = self._generator(step.uses)
-        plugin = self.host.plugin_of(step.uses)
+        plugin = self.registry.plugin_of(step.uses)
         precision = self.runtime.precision_for(gen.precisions) if gen.uses_device else "fp32"
         device_kind = self.runtime.device.split(":")[0] if gen.uses_device else "any"
         self.events.emit("step_start", step=step.id, uses=step.uses, items=len(step.items), precision=precision)
@@ -314,7 +223,7 @@ class Executor:
                 error = str(exc.__cause__)
             else:
                 if step.compile and start == 0:  # compiling happens on the first call: say what it cost
-                    self.runtime.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
+                    self.stats.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
                 start += len(batch)
                 continue
             # the device's memory is the budget: halve the batch for the rest of the step. (Out
@@ -322,35 +231,22 @@ class Executor:
             size = max(1, len(batch) // 2)
             free_memory()
             self.events.emit("batch_shrunk", step=step.id, tried=len(batch), now=size, error=error)
-            self.runtime.batch_shrunk[step.id] = size
+            self.stats.batch_shrunk[step.id] = size
         self.events.emit("step_done", step=step.id)
 
     def _run_batch(self, run: StepRun) -> None:
-        began = time.perf_counter()
-        failure: Exception | None = None
-        try:
-            outputs = self.host.pm.hook.run_step(step=run)
-            if outputs is None or len(outputs) != len(run.items):
-                raise RuntimeError(f"run_step returned {0 if outputs is None else len(outputs)} results "
-                                   f"for {len(run.items)} items")
-        except Exception as exc:  # a generator's bug is reported, the run goes on
-            if len(run.items) > 1 and is_out_of_memory(exc):
-                raise BatchOutOfMemory() from exc
-            failure = exc
-        if failure is not None:
-            if len(run.items) > 1 and isinstance(failure, UserError):
-                # one item's input is wrong, but which? Alone, the others are still made
-                del failure
-                for item_run in run.items:
-                    self._run_batch(replace(run, items=[item_run]))
-                return
-            kind, error = self._generator_failure(run, failure)
+        """Make one batch and record each item: saved, or failed with its kind."""
+        for result in run_batch(run, self.hooks.run_step):
+            self._record_batch(replace(run, items=result.items), result)
+
+    def _record_batch(self, run: StepRun, result: BatchResult) -> None:
+        if result.error is not None:
+            kind, error = self._generator_failure(run, result.error)
             for item_run in run.items:
                 self._finish(self.results[item_run.item.name], "failed", error=error, kind=kind)
             return
-        seconds = (time.perf_counter() - began) / len(run.items)
-        for item_run, out in zip(run.items, outputs):
-            self._save(run, item_run, out, seconds)
+        for item_run, out in zip(run.items, result.outputs):
+            self._save(run, item_run, out, result.seconds)
 
     def _generator_failure(self, run: StepRun, exc: Exception) -> tuple[str, str]:
         """The kind of a failed item and its message."""
@@ -371,7 +267,7 @@ class Executor:
             return "user", _short_error(exc)
         if isinstance(exc, OSError):  # an input file that cannot be read
             return "user", os_error_text(exc, writing=False)
-        run = StepRun(step.id, step.uses, self.host.plugin_of(step.uses), self._generator(step.uses),
+        run = StepRun(step.id, step.uses, self.registry.plugin_of(step.uses), self._generator(step.uses),
                       self.runtime, "", [])
         self._log_traceback(run, exc)
         return "generator", _short_error(exc)
@@ -392,7 +288,7 @@ class Executor:
         # the cache before the journal: an item the journal calls finished is one the next run reuses
         self._store(item_run.cache_key, result)
         for artifact in result.artifacts.values():
-            self.host.pm.hook.artifact_saved(artifact=artifact, step=run)
+            self.hooks.artifact_saved(artifact=artifact, step=run)
         self._finish(result, "done", seconds=seconds)
 
     def _write_outputs(self, run: StepRun, item_run: ItemRun, outputs: Any) -> None:
@@ -408,7 +304,7 @@ class Executor:
             for port, media_type in gen.outputs.items():
                 value = outputs[port]
                 check_finite(value, f"step {run.step_id!r} item {item.name!r} output {port!r}")
-                writer = self.host.writer(media_type)
+                writer = self.registry.writer(media_type)
                 path = item_run.dir / f"{port}.{writer.extension}"
                 try:
                     atomic_write(path, lambda tmp: writer.write(value, tmp, provenance))
@@ -452,9 +348,9 @@ class Executor:
             self._discard(result)
             raise StorageError(os_error_text(exc, target)) from exc
         result.notes = entry.notes
-        run = StepRun(step.id, step.uses, self.host.plugin_of(step.uses), gen, self.runtime, "", [])
+        run = StepRun(step.id, step.uses, self.registry.plugin_of(step.uses), gen, self.runtime, "", [])
         for artifact in result.artifacts.values():
-            self.host.pm.hook.artifact_saved(artifact=artifact, step=run)
+            self.hooks.artifact_saved(artifact=artifact, step=run)
         self._finish(result, "cached", seconds=0.0)
         return True
 
@@ -597,11 +493,10 @@ class Executor:
         return path
 
     def _provenance(self, run: StepRun, item_run: ItemRun) -> dict[str, Any]:
-        info = self.host.plugins.get(run.plugin)
         return {
             "studio": __version__, "pipeline": self.spec.name, "step": run.step_id,
             "item": item_run.item.name, "generator": run.uses, "generator_version": run.generator.version,
-            "plugin": run.plugin, "plugin_version": info.version if info else None,
+            "plugin": run.plugin, "plugin_version": self.registry.plugin_version(run.plugin),
             "params": _jsonable(item_run.params), "seed": item_run.item.seed,
             "precision": run.precision, "device": self.runtime.device if run.generator.uses_device else "cpu",
         }

@@ -204,7 +204,7 @@ class StepContext:
         """The loaded model for these params, from the runtime's cache."""
         return self.runtime.models.get(
             (generator.name, generator.model_key(params), self.device, self.precision, self.compile),
-            lambda: self.runtime.prepare(generator.load(params, self), self.precision, compile=self.compile),
+            lambda: generator.prepare(generator.load(params, self), self),
         )
 
     def autocast(self):
@@ -251,6 +251,14 @@ class Generator:
     def load(self, params: Params, ctx: StepContext) -> Any:
         """Load weights (on CPU). Called at most once per model key while cached."""
         return None
+
+    def prepare(self, model: Any, ctx: StepContext) -> Any:
+        """Ready what `load()` returned for `ctx.device` in `ctx.dtype`, once per load.
+        The default moves torch modules (alone, or in a dict, list or tuple) there in
+        eval mode, compiled when the step asks for it. Override it when the model is more
+        than modules (a pipeline of several models) or a part needs care in half
+        precision, using `ctx.runtime.prepare`, `.upcast_on_overflow` and `.compile`."""
+        return ctx.runtime.prepare(model, ctx.precision, compile=ctx.compile)
 
     def generate(self, params: Params, ctx: StepContext) -> dict[str, Any]:
         """Make one item's outputs: a dict of port -> value for the port's writer."""

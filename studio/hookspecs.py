@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import click
 
     from studio.artifacts import Writer
-    from studio.executor import StepRun
+    from studio.records import StepRun
     from studio.generator import Artifact, Generator
     from studio.training import Trainer
 

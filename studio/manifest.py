@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studio import __version__
 from studio.artifacts import fsync_dir, write_json_atomic
 from studio.errors import UserError
+from studio.version import __version__
 
 if TYPE_CHECKING:
-    from studio.executor import ItemResult
     from studio.plan import Plan
-    from studio.plugins import Host
+    from studio.records import ItemResult, RunStats
+    from studio.registry import Registry
     from studio.runtime import Runtime
 
 MANIFEST = "manifest.json"
@@ -47,23 +47,25 @@ MAX_MANIFEST_BYTES = 32 << 20
 MAX_JOURNAL_BYTES = 64 << 20
 
 
-def versions(host: Host) -> dict[str, Any]:
+def versions(registry: Registry) -> dict[str, Any]:
     out: dict[str, Any] = {"studio": __version__, "python": platform.python_version()}
     for name in ("torch", "diffusers", "transformers"):
         module = sys.modules.get(name)
         if module is not None:
             out[name] = getattr(module, "__version__", "?")
-    out["plugins"] = {n: p.version for n, p in host.plugins.items() if p.ok and n != "studio"}
+    out["plugins"] = {n: p.version for n, p in registry.plugins.items() if p.ok and n != "studio"}
     return out
 
 
 class Manifest:
-    def __init__(self, run_dir: Path, plan: Plan, host: Host, runtime: Runtime, results: dict[str, ItemResult]):
+    def __init__(self, run_dir: Path, plan: Plan, registry: Registry, runtime: Runtime, stats: RunStats,
+                 results: dict[str, ItemResult]):
         self.path = run_dir / MANIFEST
         self.run_dir = run_dir
         self.plan = plan
-        self.host = host
+        self.registry = registry
         self.runtime = runtime
+        self.stats = stats
         self.results = results
         self.started = time.time()
         self.process = this_process()
@@ -88,7 +90,7 @@ class Manifest:
         for step in self.plan.steps:
             steps[step.id] = {
                 "uses": step.uses,
-                "plugin": self.host.plugin_of(step.uses),
+                "plugin": self.registry.plugin_of(step.uses),
                 "status": _step_status([self.results[i.name].status for i in step.items]),
                 "items": [self._item(self.results[i.name]) for i in step.items],
             }
@@ -104,8 +106,8 @@ class Manifest:
             "seed": spec.seed,
             "process": self.process,
             "journal": JOURNAL,
-            "runtime": self.runtime.describe(),
-            "versions": versions(self.host),
+            "runtime": {**self.runtime.describe(), **self.stats.describe(self.runtime)},
+            "versions": versions(self.registry),
             "resolved_pipeline": spec.data,
             "steps": steps,
         }

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from studio import media
 from studio import params as P
-from studio.errors import Issue
+from studio.errors import Issue, did_you_mean
 from studio.generator import accepted_media
 from studio.refs import Ref, RefSyntaxError, find_refs, has_refs, whole_ref
-from studio.spec import closest
 
 if TYPE_CHECKING:
-    from studio.plugins import Host
+    from studio.registry import Registry
     from studio.spec import PipelineSpec, StepSpec
 
 MAX_ITEMS_PER_STEP = 1000
@@ -106,7 +105,7 @@ def step_refs(step: StepSpec) -> list[tuple[str, Ref]]:
     return out
 
 
-def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
+def check_graph(spec: PipelineSpec, registry: Registry) -> list[Issue]:
     """References (step, port, media type), cycles and sweep sizes."""
     issues: list[Issue] = []
     locs = spec.locations
@@ -114,15 +113,15 @@ def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
     raw_steps = spec.data.get("steps") if isinstance(spec.data.get("steps"), list) else []
     ids = [str(s.get("id")) for s in raw_steps if isinstance(s, dict)]
     for step in spec.steps:
-        gen_cls = host.generators.get(step.uses)
+        gen_cls = registry.generators.get(step.uses)
         for key, ref in step_refs(step):
             path = ("steps", step.index, "with", key)
             if ref.step not in by_id:
                 if ref.step not in ids:
                     issues.append(locs.issue(path, f"{ref} refers to step {ref.step!r}, which does not exist."
-                                                   f"{closest(ref.step, ids)} Steps: {', '.join(ids)}", step.id))
+                                                   f"{did_you_mean(ref.step, ids)} Steps: {', '.join(ids)}", step.id))
                 continue
-            upstream = host.generators.get(by_id[ref.step].uses)
+            upstream = registry.generators.get(by_id[ref.step].uses)
             if upstream is None or gen_cls is None or key not in gen_cls.Params.model_fields:
                 continue
             if P.field_kind(gen_cls.Params, key) == "value":
@@ -130,7 +129,7 @@ def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
             if ref.port not in upstream.outputs:
                 ports = list(upstream.outputs)
                 issues.append(locs.issue(path, f"{ref}: step {ref.step!r} ({upstream.name}) has no output "
-                                               f"{ref.port!r}.{closest(ref.port, ports)} Its outputs: "
+                                               f"{ref.port!r}.{did_you_mean(ref.port, ports)} Its outputs: "
                                                f"{', '.join(ports)}", step.id))
                 continue
             actual = upstream.outputs[ref.port]
@@ -143,8 +142,8 @@ def check_graph(spec: PipelineSpec, host: Host) -> list[Issue]:
         first = by_id[cycle[0]]
         issues.append(locs.issue(("steps", first.index), "steps form a cycle: " + " -> ".join(cycle)
                                  + "; a step can only use outputs of steps that do not need it", first.id))
-    if not issues and all(s.uses in host.generators for s in spec.steps):
-        issues += _check_sizes(spec, host)
+    if not issues and all(s.uses in registry.generators for s in spec.steps):
+        issues += _check_sizes(spec, registry)
     return issues
 
 
@@ -183,12 +182,12 @@ def _own_count(step: StepSpec) -> int:
     return n
 
 
-def _check_sizes(spec: PipelineSpec, host: Host) -> list[Issue]:
+def _check_sizes(spec: PipelineSpec, registry: Registry) -> list[Issue]:
     counts: dict[str, int] = {}
     issues = []
     for step in order_steps(spec.steps):
         n = _own_count(step)
-        for upstream in _mapped_upstreams(step, host):
+        for upstream in _mapped_upstreams(step, registry):
             n *= counts[upstream]
         counts[step.id] = n
         if n > MAX_ITEMS_PER_STEP:
@@ -234,9 +233,9 @@ def order_steps(steps: list[StepSpec]) -> list[StepSpec]:
     return ordered + [s for s in steps if s.id not in placed]
 
 
-def _mapped_upstreams(step: StepSpec, host: Host) -> list[str]:
+def _mapped_upstreams(step: StepSpec, registry: Registry) -> list[str]:
     """Upstream steps this step maps over (references in single-valued parameters)."""
-    gen_cls = host.generators[step.uses]
+    gen_cls = registry.generators[step.uses]
     out: list[str] = []
     for key, ref in step_refs(step):
         if key not in gen_cls.Params.model_fields:
@@ -262,13 +261,13 @@ def _slug(text: str) -> str:
     return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)).strip("_")
 
 
-def build_plan(spec: PipelineSpec, host: Host) -> Plan:
+def build_plan(spec: PipelineSpec, registry: Registry) -> Plan:
     """Expand a validated spec into items in execution order."""
     items_of: dict[str, list[PlanItem]] = {}
     steps: list[PlanStep] = []
     for step in order_steps(spec.steps):
-        gen_cls = host.generators[step.uses]
-        mapped = _mapped_upstreams(step, host)
+        gen_cls = registry.generators[step.uses]
+        mapped = _mapped_upstreams(step, registry)
         upstream_combos = list(itertools.product(*(items_of[u] for u in mapped)))
         own = _own_combos(step)
         items: list[PlanItem] = []

@@ -11,7 +11,7 @@ from studio.artifacts import atomic_write
 from studio.manifest import relative_path
 
 if TYPE_CHECKING:
-    from studio.executor import ItemResult
+    from studio.records import ItemResult
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;background:#fafafa;color:#222}

@@ -1,5 +1,9 @@
-"""Device and precision policy, autocast, the model cache and the NaN/Inf guard.
-torch is imported on first use only, so the CLI and validation stay fast."""
+"""Device and precision policy, autocast, the model cache and its memory budget, and the
+NaN/Inf guard. torch is imported on first use only, so the CLI and validation stay fast.
+
+The runtime knows torch modules, not model families: a generator whose model is more
+than modules (a diffusers pipeline, a tokenizer beside a network) prepares it in its own
+`prepare()` with the building blocks here (`prepare`, `upcast_on_overflow`, `compile`)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import gc
 import os
 import sys
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from studio.errors import NonFiniteOutput, UserError
@@ -82,14 +87,14 @@ def module_nbytes(obj: Any) -> int:
 
     if isinstance(obj, torch.nn.Module):
         add(obj)
-    elif hasattr(obj, "components"):  # a diffusers pipeline
-        for part in obj.components.values():
-            if isinstance(part, torch.nn.Module):
-                add(part)
     elif isinstance(obj, (tuple, list)):
         return sum(module_nbytes(o) for o in obj)
     elif isinstance(obj, dict):
         return sum(module_nbytes(o) for o in obj.values())
+    else:  # an object holding modules as attributes (a pipeline of several models)
+        for part in getattr(obj, "__dict__", {}).values():
+            if isinstance(part, torch.nn.Module):
+                add(part)
     return total
 
 
@@ -135,22 +140,34 @@ class ModelCache:
             self._evict(key)
 
 
-class Runtime:
-    """One per run: where models live and in what precision."""
+@dataclass(frozen=True)
+class ModelBudget:
+    """How many bytes of loaded models the model cache keeps: `cpu` when models live in
+    the machine's memory, `gpu` when they live on a GPU; None: the default for it."""
 
-    def __init__(self, device: str = "auto", precision: str = "auto", max_model_bytes: int | None = None, *,
-                 max_ram_bytes: int | None = None, max_vram_bytes: int | None = None):
+    cpu: int | None = None
+    gpu: int | None = None
+
+    def given_for(self, device: str) -> int | None:
+        return self.gpu if device.startswith("cuda") else self.cpu
+
+    def for_device(self, device: str) -> int:
+        given = self.given_for(device)
+        return given if given is not None else default_budget(device)
+
+
+class Runtime:
+    """One per run: where models live, in what precision, and the cache that keeps them
+    loaded within one memory budget."""
+
+    def __init__(self, device: str = "auto", precision: str = "auto", budget: ModelBudget | None = None):
         self.requested_device = device
         self.requested_precision = precision
+        self.budget = budget or ModelBudget()
         self._device: str | None = None
-        self._max_model_bytes = max_model_bytes
-        self._max_ram_bytes = max_ram_bytes  # the model cache's budget when models live on the CPU
-        self._max_vram_bytes = max_vram_bytes  # ... and when they live on a GPU
         self._models: ModelCache | None = None
-        self.compiled = 0  # modules compiled this run
-        self.upcast: list[str] = []  # fp16 decoders that overflowed and now run in fp32
-        self.batch_shrunk: dict[str, int] = {}  # step -> the batch size it fell back to (out of memory)
-        self.first_batch_s: dict[str, float] = {}  # step -> seconds of its first batch, compile included
+        self.compiled = 0  # modules compiled (facts of how models were prepared, for the manifest)
+        self.upcast: list[str] = []  # fp16 modules that overflowed and now run in fp32
 
     @property
     def device(self) -> str:
@@ -162,10 +179,7 @@ class Runtime:
     @property
     def models(self) -> ModelCache:
         if self._models is None:
-            budget = self._max_model_bytes
-            if budget is None:
-                budget = self._max_vram_bytes if self.device.startswith("cuda") else self._max_ram_bytes
-            self._models = ModelCache(budget if budget is not None else default_budget(self.device))
+            self._models = ModelCache(self.budget.for_device(self.device))
         return self._models
 
     def check_device(self) -> None:
@@ -180,66 +194,50 @@ class Runtime:
         return getattr(_torch(), DTYPES[precision])
 
     def prepare(self, model: Any, precision: str, *, compile: bool = False) -> Any:
-        """Move a freshly loaded model to the device and precision (the weights
-        themselves, not autocast over fp32 weights); eval mode; in fp16, guard its
-        decoders against overflow; with `compile`, torch.compile its modules (CUDA
-        graphs on a GPU)."""
+        """Move a freshly loaded torch module to the device and precision (the weights
+        themselves, not autocast over fp32 weights), in eval mode without gradients, its
+        fp32-only parts kept in fp32; with `compile`, torch.compile it. A dict, list or
+        tuple of modules: each part. Anything else is returned as it is."""
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(model, torch.nn.Module):
             model = model.to(device=self.device, dtype=self.torch_dtype(precision)).eval()
             model.requires_grad_(False)
-            self._finish_module(model, precision, compile)
-        elif hasattr(model, "to") and hasattr(model, "components"):  # diffusers pipeline
-            model = model.to(self.device, self.torch_dtype(precision))
-            for part in model.components.values():  # its VAE is guarded as any autoencoder is
-                if torch is not None and isinstance(part, torch.nn.Module):
-                    self._finish_module(part, precision, compile)
-        elif isinstance(model, dict):  # several parts: prepare each
+            keep_fp32_modules(model)
+            if compile:
+                self.compile(model)
+        elif isinstance(model, dict):
             model = {k: self.prepare(v, precision, compile=compile) for k, v in model.items()}
+        elif isinstance(model, (list, tuple)) and torch is not None and any(
+                isinstance(v, torch.nn.Module) for v in model):
+            model = [self.prepare(v, precision, compile=compile) for v in model]
         return model
 
-    def _finish_module(self, module: Any, precision: str, compile: bool) -> None:
-        """What every module gets once it is on the device in its dtype: its fp32-only
-        parts back in fp32, the overflow guard on an fp16 autoencoder, compiling."""
-        keep_fp32_modules(module)
-        if precision == "fp16" and is_autoencoder(module):
-            self.upcast_on_overflow(module)
-        if compile:
-            self._compile(module)
-
-    def upcast_on_overflow(self, module: Any) -> None:
-        """Per-component precision for an fp16 decoder (a diffusers autoencoder's
-        `decode`): when its output overflows (Inf/NaN), the module moves to fp32 for good
-        and the call runs again, its input cast to match. fp16 tops out at 65504 and VAE
-        decoders' last layers can pass it (SDXL's VAE does); the rest of the model stays
-        in fp16, and bf16, with fp32's range, needs no guard."""
+    def upcast_on_overflow(self, module: Any, method: str = "decode") -> None:
+        """Per-component precision for an fp16 module: when `module.<method>` gives Inf or
+        NaN, the module moves to fp32 for good and the call runs again, its first input
+        cast to match. fp16 tops out at 65504 and autoencoders' decoders can pass it
+        (SDXL's VAE does); the rest of the model stays in fp16, and bf16, with fp32's
+        range, needs no guard."""
         torch = _torch()
-        decode = module.decode
+        call = getattr(module, method)
 
-        def guarded(z, *args, **kwargs):
-            out = decode(z.to(module.dtype), *args, **kwargs)
-            sample = out[0] if isinstance(out, tuple) else out.sample
-            if module.dtype == torch.float16 and not bool(torch.isfinite(sample).all()):
+        def guarded(x, *args, **kwargs):
+            out = call(x.to(module.dtype), *args, **kwargs)
+            if module.dtype == torch.float16 and not all(bool(torch.isfinite(t).all()) for t in _tensors(out)):
                 module.to(torch.float32)
                 self.upcast.append(type(module).__name__)
-                out = decode(z.float(), *args, **kwargs)
+                out = call(x.float(), *args, **kwargs)
             return out
 
-        module.decode = guarded
+        setattr(module, method, guarded)
 
-    def _compile(self, module: Any) -> None:
+    def compile(self, module: Any) -> None:
         """Compile in place (nn.Module.compile), so attributes and methods stay as they
         were. "reduce-overhead" captures CUDA graphs: small models are launch-bound.
-        nn.Module.compile covers calls of the module itself, and an autoencoder is used
-        through its `encode`/`decode` methods: its encoder and decoder are compiled."""
-        mode = "reduce-overhead" if self.device.startswith("cuda") else "default"
-        parts = [module]
-        if is_autoencoder(module):
-            parts = [getattr(module, name) for name in ("encoder", "decoder")
-                     if isinstance(getattr(module, name, None), _torch().nn.Module)] or parts
-        for part in parts:
-            part.compile(mode=mode)
-            self.compiled += 1
+        nn.Module.compile covers calls of the module itself: a model used through other
+        methods (an autoencoder's encode/decode) compiles the parts those call instead."""
+        module.compile(mode="reduce-overhead" if self.device.startswith("cuda") else "default")
+        self.compiled += 1
 
     def autocast(self, precision: str):
         if precision == "fp32" or not self.device.startswith("cuda"):
@@ -260,23 +258,26 @@ class Runtime:
             out["gpu"] = torch.cuda.get_device_name(self._device)
         if self.upcast:
             out["upcast_to_fp32"] = self.upcast
-        if self.batch_shrunk:
-            out["batch_size_after_out_of_memory"] = self.batch_shrunk
-        if self.first_batch_s:
-            out["compile"] = {"modules": self.compiled, "first_batch_s (includes compiling)": self.first_batch_s}
         cache = self._models
-        budget = cache.max_bytes if cache is not None else self._requested_budget()
+        budget = cache.max_bytes if cache is not None else self.budget.given_for(self._device or self.requested_device)
         if cache is not None or budget is not None:
             out["model_cache"] = {"budget_gb": round(budget / 2**30, 2) if budget else None,
                                   **({"loads": cache.loads, "hits": cache.hits, "evictions": cache.evictions}
                                      if cache is not None else {})}
         return out
 
-    def _requested_budget(self) -> int | None:
-        if self._max_model_bytes is not None:
-            return self._max_model_bytes
-        on_gpu = (self._device or self.requested_device).startswith("cuda")
-        return self._max_vram_bytes if on_gpu else self._max_ram_bytes
+
+def _tensors(out: Any) -> list[Any]:
+    """The tensors a module call returned: a tensor, a tuple of them, or an output
+    object holding them as attributes (what libraries' model outputs are)."""
+    torch = _torch()
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):  # diffusers' and transformers' outputs are ordered dicts
+        values = out.values()
+    else:
+        values = out if isinstance(out, (tuple, list)) else getattr(out, "__dict__", {}).values()
+    return [v for v in values if isinstance(v, torch.Tensor)]
 
 
 def keep_fp32_modules(model: Any) -> None:
@@ -305,11 +306,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(w in text for w in words)
-
-
-def is_autoencoder(module: Any) -> bool:
-    """A diffusers autoencoder (AutoencoderKL, AutoencoderOobleck, ...)."""
-    return type(module).__module__.startswith("diffusers.models.autoencoders")
 
 
 def default_budget(device: str) -> int:

@@ -3,7 +3,6 @@ YAML path and step, before anything runs or is written."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from studio import params as P
-from studio.errors import Issue, PipelineError, UserError, clip, echo
+from studio.errors import Issue, PipelineError, UserError, clip, did_you_mean, echo
 from studio.generator import MAX_SEED, model_spec
 from studio.refs import RefSyntaxError, find_refs, has_refs, whole_ref
 from studio.yamlfile import Locations, load_yaml
 
 if TYPE_CHECKING:
-    from studio.plugins import Host
+    from studio.registry import Registry
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "steps")
 STEP_KEYS = ("id", "uses", "description", "compile", "with", "sweep", "zip")
@@ -58,11 +57,6 @@ class PipelineSpec:
 
     def step(self, step_id: str) -> StepSpec:
         return next(s for s in self.steps if s.id == step_id)
-
-
-def closest(word: Any, choices: list[str]) -> str:
-    hint = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    return f" Did you mean {hint[0]!r}?" if hint else ""
 
 
 def read_pipeline_text(path: Path) -> str:
@@ -129,44 +123,35 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return step, param, value
 
 
-def load_spec(
+def read_spec(
     path: str | Path,
-    host: Host,
+    registry: Registry,
     *,
     overrides: list[str] = (),
     seed: int | None = None,
     device: str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
-) -> PipelineSpec:
-    """Read and validate a pipeline file; raise PipelineError with every issue."""
+) -> tuple[PipelineSpec | None, list[Issue]]:
+    """Read a pipeline file with its command-line overrides and check it step by step
+    (keys, generators, parameters, input files): the spec, or None when it cannot be
+    built, and every issue found. The graph between steps is studio.plan's to check."""
     path = Path(path)
     text = read_pipeline_text(path)
     data, locs, issues = load_yaml(text, str(path))
     if issues and data is None:
-        raise PipelineError(issues)
+        return None, issues
     for name, value in (("seed", seed), ("device", device), ("precision", precision), ("compile", compile)):
         if value is not None and isinstance(data, dict):
             data[name] = value
             locs.origins[(name,)] = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
     if isinstance(data, dict) and isinstance(data.get("steps"), list):
         issues += _apply_overrides(data, locs, overrides)
-    spec, more = build_spec(data, locs, host, base_dir=path.resolve().parent)
+    spec, more = build_spec(data, locs, registry, base_dir=path.resolve().parent)
     issues += more
     if spec is not None:
         spec.source = path
-        from studio.plan import check_graph
-
-        issues += check_graph(spec, host)
-    if not issues:
-        # the rules a generator states about its parameters, item by item, with input
-        # files as validate can know them: only once the graph is sound and bounded
-        from studio.checks import check_items
-
-        issues += check_items(spec, host)
-    if issues:
-        raise PipelineError(issues)
-    return spec
+    return spec, issues
 
 
 def _apply_overrides(data: dict, locs: Locations, overrides: list[str]) -> list[Issue]:
@@ -187,13 +172,13 @@ def _apply_overrides(data: dict, locs: Locations, overrides: list[str]) -> list[
         else:
             ids = [str(s.get("id")) for s in data["steps"] if isinstance(s, dict)]
             issues.append(Issue(
-                f"no step {echo(step_id)}.{closest(step_id, ids)} "
+                f"no step {echo(step_id)}.{did_you_mean(step_id, ids)} "
                 f"Steps: {clip(', '.join(ids), 400)}", f"--set {clip(text)}"))
     return issues
 
 
 def build_spec(
-    data: Any, locs: Locations, host: Host, base_dir: Path
+    data: Any, locs: Locations, registry: Registry, base_dir: Path
 ) -> tuple[PipelineSpec | None, list[Issue]]:
     issues: list[Issue] = []
     if data is None:
@@ -203,7 +188,7 @@ def build_spec(
                                      f"got a {type(data).__name__}")]
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            issues.append(locs.issue((key,), f"unknown key {key!r}.{closest(key, list(TOP_LEVEL_KEYS))} "
+            issues.append(locs.issue((key,), f"unknown key {key!r}.{did_you_mean(key, list(TOP_LEVEL_KEYS))} "
                                               f"Allowed: {', '.join(TOP_LEVEL_KEYS)}"))
     name = data.get("name")
     if name is None:
@@ -245,7 +230,7 @@ def build_spec(
     else:
         first_line: dict[str, tuple[int, int | None]] = {}
         for i, raw in enumerate(steps_data):
-            step = _build_step(i, raw, locs, host, base_dir, first_line, issues)
+            step = _build_step(i, raw, locs, registry, base_dir, first_line, issues)
             if step is not None:
                 steps.append(step)
     spec = PipelineSpec(
@@ -263,7 +248,7 @@ def _kind(value: Any) -> str:
     return f"{kind} ({echo(value, 60)})"
 
 
-def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | None:
+def _build_step(i, raw, locs, registry, base_dir, first_line, issues) -> StepSpec | None:
     at = ("steps", i)
     if not isinstance(raw, dict):
         issues.append(locs.issue(at, f"a step is a mapping with `id:` and `uses:`, got {_kind(raw)}"))
@@ -272,7 +257,7 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
     label = step_id if isinstance(step_id, str) else None
     for key in raw:
         if key not in STEP_KEYS:
-            issues.append(locs.issue(at + (key,), f"unknown key {key!r}.{closest(key, list(STEP_KEYS))} "
+            issues.append(locs.issue(at + (key,), f"unknown key {key!r}.{did_you_mean(key, list(STEP_KEYS))} "
                                                   f"Allowed in a step: {', '.join(STEP_KEYS)}", label))
     if step_id is None:
         issues.append(locs.issue(at + ("id",), "missing `id:` (lower-case letters, digits, '_' and '-')"))
@@ -297,7 +282,7 @@ def _build_step(i, raw, locs, host, base_dir, first_line, issues) -> StepSpec | 
                                                  "generator, e.g. image.diffusion (see `studio plugins list`)", label))
     else:
         try:
-            gen_cls = host.generator(str(uses))
+            gen_cls = registry.generator(str(uses))
         except UserError as exc:
             issues.append(locs.issue(at + ("uses",), str(exc), label))
     sections = {}
@@ -343,7 +328,7 @@ def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_req
             path = at + (section, key)
             if key not in params_cls.model_fields:
                 issues.append(locs.issue(path, f"unknown parameter {echo(key)} for {gen_cls.name}."
-                                               f"{closest(key, fields)} Parameters: {', '.join(fields)} "
+                                               f"{did_you_mean(key, fields)} Parameters: {', '.join(fields)} "
                                                f"(see `studio plugins show {gen_cls.name}`)", step))
                 continue
             if key in given:

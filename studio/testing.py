@@ -177,7 +177,7 @@ def assert_generator_contract(gen_cls: type[Generator]) -> None:
     """What every generator owes its users: a name, a description, ports, and
     parameters that each have a description, a default or are required, and bounds."""
     from studio import params as P
-    from studio.plugins import check_generator_class
+    from studio.registry import check_generator_class
 
     check_generator_class(gen_cls)
     assert gen_cls.description, f"{gen_cls.name}: no description"

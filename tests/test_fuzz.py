@@ -81,13 +81,13 @@ def host():
 def _keys(host) -> list[str]:
     keys = {"name", "description", "seed", "device", "precision", "compile", "steps", "id", "uses", "with",
             "sweep", "zip"}
-    for gen in host.generators.values():
+    for gen in host.registry.generators.values():
         keys.update(gen.Params.model_fields)
     return sorted(keys)
 
 
 def _ports(host) -> list[str]:
-    return sorted({port for gen in host.generators.values() for port in gen.outputs})
+    return sorted({port for gen in host.registry.generators.values() for port in gen.outputs})
 
 
 HOSTILE_STRINGS = [
@@ -332,7 +332,7 @@ def test_plan_survives_random_set_values(data, workdir, host):
     for _ in range(data.draw(st.integers(1, 3), label="how many")):
         if data.draw(st.booleans(), label="a real step and parameter"):
             step = data.draw(st.sampled_from(ids))
-            params = host.generators[uses[step]].Params
+            params = host.registry.generators[uses[step]].Params
             param = data.draw(st.sampled_from(sorted(params.model_fields)))
             field = params.model_fields[param]
             if not field.is_required() and data.draw(st.booleans(), label="its default"):

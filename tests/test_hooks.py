@@ -10,8 +10,8 @@ from studio.testing import FakePlugin, FakeText, make_host, run_yaml
 
 def test_hook_register_generators():
     host = make_host([("fake", FakePlugin())], entry_points=False)
-    assert host.generator("fake.text") is FakeText
-    assert host.plugins["fake"].generators == ["fake.image", "fake.text", "fake.fail", "fake.caption"]
+    assert host.registry.generator("fake.text") is FakeText
+    assert host.registry.plugins["fake"].generators == ["fake.image", "fake.text", "fake.fail", "fake.caption"]
 
 
 def test_hook_register_artifact_writers(tmp_path):

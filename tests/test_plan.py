@@ -1,9 +1,9 @@
 from studio.plan import Binding, build_plan, derive_seed
-from studio.spec import load_spec
+from studio.validate import load_spec
 
 
 def plan_of(host, write_yaml, text):
-    return build_plan(load_spec(write_yaml(text), host), host)
+    return build_plan(load_spec(write_yaml(text), host.registry), host.registry)
 
 
 def test_sweep_is_a_product_and_zip_is_parallel(host, write_yaml):

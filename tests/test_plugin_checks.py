@@ -21,7 +21,7 @@ from studio import Generator, Params, UserError, hookimpl, media
 from studio.cli import cli
 from studio.errors import PipelineError
 from studio.generator import Artifact
-from studio.spec import load_spec
+from studio.validate import load_spec
 from studio.testing import make_context, make_host, run_yaml
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
@@ -37,7 +37,7 @@ def host():
 def issues(path, host):
     """The validate-time problems of a pipeline file: [(YAML path, message)]."""
     with pytest.raises(PipelineError) as caught:
-        load_spec(path, host)
+        load_spec(path, host.registry)
     return [(i.path, i.message) for i in caught.value.issues]
 
 
@@ -171,7 +171,7 @@ def test_soundfont_is_a_path_relative_to_the_pipeline_and_must_be_a_soundfont(tm
     (tmp_path / "fake.sf2").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot a font")
     good = pipeline(tmp_path, {"id": "r", "uses": "audio.render",
                                "with": {"midi": "a.mid", "soundfont": "font.sf2", "synthesizer": "fluidsynth"}})
-    step = load_spec(good, host).steps[0]
+    step = load_spec(good, host.registry).steps[0]
     assert step.with_["soundfont"] == str(tmp_path / "font.sf2")
     bad = pipeline(tmp_path, {"id": "r", "uses": "audio.render", "with": {"midi": "a.mid", "soundfont": "fake.sf2"}},
                    {"id": "s", "uses": "audio.render",
@@ -373,7 +373,7 @@ def test_cyclegan_on_a_cpu_refuses_an_image_too_large_to_process(tmp_path, host)
     step = {"id": "s", "uses": "style.cyclegan", "with": {"image": "big.png", "max_size": 4096}}
     ((_, message),) = issues(pipeline(tmp_path, step), host)
     assert "is processed at 4096 x 4096 pixels; on a CPU style.cyclegan processes at most 4.2 megapixels" in message
-    load_spec(pipeline(tmp_path, step, device="cuda"), host)
+    load_spec(pipeline(tmp_path, step, device="cuda"), host.registry)
     # an upstream image is measured at run time, before any tensor exists
     result = run(tmp_path / "run", {"id": "t", "uses": "image.title", "with": {"text": "x", "width": 4096,
                                                                                "height": 4096}},
@@ -423,7 +423,7 @@ def test_a_stable_diffusion_layout_with_diffusers_own_modules_is_fine(tmp_path, 
     (sd / "model_index.json").write_text(json.dumps(
         {**index, "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"]}))
     load_spec(pipeline(tmp_path, {"id": "d", "uses": "image.diffusion", "with": {"model": "sd", "prompt": "a"}}),
-              host)
+              host.registry)
 
 
 def test_the_loaders_refuse_code_too_when_called_directly(tmp_path):
@@ -571,7 +571,7 @@ def test_validate_reads_a_model_folder_once_not_per_item(tmp_path, host):
                                                                        "max_new_tokens": 4},
                                "sweep": {"seed": list(range(1000))}})
     start = time.monotonic()
-    load_spec(path, host)
+    load_spec(path, host.registry)
     assert time.monotonic() - start < 8
 
 

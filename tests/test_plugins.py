@@ -19,10 +19,10 @@ def module(name, **attrs):
 
 def test_builtin_plugins_come_through_the_entry_point_group():
     host = make_host()
-    utils = host.plugins["utils"]
+    utils = host.registry.plugins["utils"]
     assert utils.module == "studio_utils" and utils.distribution == "studio" and utils.ok
     assert set(utils.generators) == {"text.template", "image.grid", "image.resize", "image.title"}
-    assert host.plugin_of("image.grid") == "utils"
+    assert host.registry.plugin_of("image.grid") == "utils"
 
 
 def test_a_plugin_whose_hook_raises_is_reported_not_fatal():
@@ -33,8 +33,8 @@ def test_a_plugin_whose_hook_raises_is_reported_not_fatal():
     with pytest.warns(PluginWarning, match="plugin 'broken': hook register_generators raised RuntimeError: weights missing"):
         host = make_host([("broken", module("broken", register_generators=register_generators)),
                           ("fake", FakePlugin())])
-    assert not host.plugins["broken"].ok
-    assert "fake.text" in host.generators and "image.grid" in host.generators
+    assert not host.registry.plugins["broken"].ok
+    assert "fake.text" in host.registry.generators and "image.grid" in host.registry.generators
 
 
 def test_misspelled_hook_is_caught():
@@ -44,8 +44,8 @@ def test_misspelled_hook_is_caught():
 
     with pytest.warns(PluginWarning):
         host = make_host([("typo", module("typo", register_generator=register_generator))])
-    assert host.plugins["typo"].errors == [
-        "implements unknown hook 'register_generator' (did you mean 'register_generators'?); known hooks: "
+    assert host.registry.plugins["typo"].errors == [
+        "implements unknown hook 'register_generator'. Did you mean 'register_generators'? Known hooks: "
         "artifact_saved, register_artifact_writers, register_commands, register_generators, register_trainers, "
         "run_step"
     ]
@@ -64,11 +64,11 @@ def test_duplicate_generator_names_name_both_plugins():
         host = make_host([("fake", FakePlugin()), ("copycat", module("copycat", register_generators=register_generators))])
     message = ("generator 'fake.text' is registered by both 'fake' and 'copycat'; uninstall one, "
                "or choose with STUDIO_LOAD_PLUGINS")
-    assert message in host.plugins["fake"].errors and message in host.plugins["copycat"].errors
+    assert message in host.registry.plugins["fake"].errors and message in host.registry.plugins["copycat"].errors
     from studio.errors import UserError
 
     with pytest.raises(UserError, match="generator 'fake.text' is registered by both 'fake' and 'copycat'"):
-        host.generator("fake.text")
+        host.registry.generator("fake.text")
 
 
 def test_bad_generator_class_is_reported():
@@ -85,9 +85,9 @@ def test_bad_generator_class_is_reported():
 
 def test_load_plugins_filter():
     host = make_host([("fake", FakePlugin())], env={"STUDIO_LOAD_PLUGINS": "fake"})
-    assert set(host.plugins) == {"studio", "fake"}
+    assert set(host.registry.plugins) == {"studio", "fake"}
     host = make_host([("fake", FakePlugin())], env={"STUDIO_LOAD_PLUGINS": ""})
-    assert set(host.plugins) == {"studio"} and host.generators == {}
+    assert set(host.registry.plugins) == {"studio"} and host.registry.generators == {}
 
 
 @pytest.fixture
@@ -185,4 +185,4 @@ def test_a_writer_cannot_name_files_outside_the_run_directory():
 
     with pytest.warns(PluginWarning, match=r"extension '../../evil' must match"):
         host = make_host([("evil", module("evil", register_artifact_writers=register_artifact_writers))])
-    assert host.writer("image/png").plugin == "studio"
+    assert host.registry.writer("image/png").plugin == "studio"

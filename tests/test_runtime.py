@@ -6,7 +6,8 @@ from studio.errors import NonFiniteOutput, UserError
 from studio.generator import Generator, Params
 from studio.hookspecs import hookimpl
 from studio.runtime import ModelCache, Runtime, check_finite, choose_precision, module_nbytes
-from studio.testing import run_yaml
+from studio.testing import make_context, run_yaml
+from studio_diffusers.prepare import prepare_autoencoder
 
 
 def test_precision_auto_is_fp32_on_cpu_and_narrows_to_what_a_generator_supports():
@@ -150,12 +151,12 @@ def test_compile_must_be_a_boolean(write_yaml):
     import pytest
 
     from studio.errors import PipelineError
-    from studio.spec import load_spec
+    from studio.validate import load_spec
     from studio.testing import make_host
 
     path = write_yaml("name: c\ncompile: yes please\nsteps:\n  - {id: a, uses: image.gan, compile: 3}\n")
     with pytest.raises(PipelineError) as caught:
-        load_spec(path, make_host())
+        load_spec(path, make_host().registry)
     text = str(caught.value)
     assert "pipeline.yaml:2: compile: got 'yes please'; allowed: true | false" in text
     assert "steps[0].compile (step 'a'): got 3; allowed: true | false" in text
@@ -182,8 +183,9 @@ def test_an_fp16_decoder_that_overflows_is_upcast_to_fp32_and_the_rest_stays_hal
     plain_half = overflowing_vae().half()
     assert not torch.isfinite(plain_half.decode(z.half()).sample).all()  # the overflow is real
 
-    runtime = Runtime("cpu", "fp16")
-    vae = runtime.prepare(overflowing_vae(), "fp16")
+    ctx = make_context(precision="fp16")
+    vae = prepare_autoencoder(overflowing_vae(), ctx)
+    runtime = ctx.runtime
     out = vae.decode(z.half()).sample
     assert torch.isfinite(out).all() and vae.dtype == torch.float32
     assert torch.allclose(out, reference, rtol=2e-3, atol=1.0)  # weights went through fp16 once
@@ -196,8 +198,9 @@ def test_an_fp16_decoder_in_range_stays_half():
     vae = overflowing_vae()
     with torch.no_grad():
         vae.decoder.conv_out.weight.mul_(1e-4)
-    runtime = Runtime("cpu", "fp16")
-    vae = runtime.prepare(vae, "fp16")
+    ctx = make_context(precision="fp16")
+    vae = prepare_autoencoder(vae, ctx)
+    runtime = ctx.runtime
     out = vae.decode(torch.randn((1, 4, 8, 8)).half()).sample
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert vae.dtype == torch.float16 and runtime.upcast == []
@@ -257,10 +260,14 @@ def test_modules_a_model_keeps_in_fp32_stay_fp32_when_the_rest_is_cast():
 
 def test_compiling_an_autoencoder_compiles_the_encoder_and_decoder_its_methods_call():
     """nn.Module.compile covers `vae(...)`, but a VAE is used through vae.encode/decode."""
-    from studio.decoding import is_compiled
+    from studio.generator import StepContext
+
+    def is_compiled(module):
+        return getattr(module, "_compiled_call_impl", None) is not None
 
     runtime = Runtime("cpu", "fp32")
-    vae = runtime.prepare(overflowing_vae(), "fp32", compile=True)
+    ctx = StepContext(step_id="t", item_name="t", seed=0, runtime=runtime, precision="fp32", compile=True)
+    vae = prepare_autoencoder(overflowing_vae(), ctx)
     assert is_compiled(vae.encoder) and is_compiled(vae.decoder) and runtime.compiled == 2
     linear = runtime.prepare(torch.nn.Linear(2, 2), "fp32", compile=True)
     assert is_compiled(linear) and runtime.compiled == 3

@@ -13,8 +13,8 @@ from studio_utils.title import ImageTitle
 
 def test_every_installed_generator_keeps_the_contract():
     host = make_host()
-    assert len(host.generators) >= 4
-    for gen in host.generators.values():
+    assert len(host.registry.generators) >= 4
+    for gen in host.registry.generators.values():
         assert_generator_contract(gen)
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from studio.errors import PipelineError
-from studio.spec import load_spec
+from studio.validate import load_spec
 
 FAKES = "fake.caption, fake.fail, fake.image, fake.text, image.grid, image.resize, image.title, text.template"
 
@@ -149,7 +149,7 @@ def test_error_message(case, host, write_yaml):
     text, expected = CASES[case]
     path = write_yaml(text)
     with pytest.raises(PipelineError) as info:
-        load_spec(path, host)
+        load_spec(path, host.registry)
     got = [issue.format().replace(str(path), "F") for issue in info.value.issues]
     assert got == expected
     n = len(expected)
@@ -162,7 +162,7 @@ def test_alias_bomb_is_refused_quickly(host, write_yaml):
         levels.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 10) + "]")
     path = write_yaml("\n".join(levels) + "\n")  # 10**9 values if expanded
     with pytest.raises(PipelineError) as info:
-        load_spec(path, host)
+        load_spec(path, host.registry)
     assert info.value.issues[0].message.startswith("YAML expands to more than 100,000 values")
 
 
@@ -177,7 +177,7 @@ def test_merge_keys_are_plain_yaml(host, write_yaml):
             uses: fake.image
             with: {<<: *base, prompt: hi}
     """)
-    spec = load_spec(path, host)
+    spec = load_spec(path, host.registry)
     assert spec.step("b").with_ == {"size": 4, "prompt": "hi"}
 
 
@@ -190,7 +190,7 @@ def test_input_file_must_exist_and_match(host, write_yaml, tmp_path):
           - {id: b, uses: fake.caption, with: {image: notes.txt}}
     """)
     with pytest.raises(PipelineError) as info:
-        load_spec(path, host)
+        load_spec(path, host.registry)
     messages = [i.message for i in info.value.issues]
     assert messages[0].startswith("input file 'nope.png' not found (looked in ")
     assert messages[1] == "input file 'notes.txt' is text/plain (by its content); 'image' accepts image/*"
@@ -199,12 +199,12 @@ def test_input_file_must_exist_and_match(host, write_yaml, tmp_path):
 def test_overrides_are_validated_with_their_origin(host, write_yaml):
     path = write_yaml("name: x\nsteps:\n  - {id: a, uses: fake.image}\n")
     with pytest.raises(PipelineError) as info:
-        load_spec(path, host, overrides=["a.size=999", "b.size=3"])
+        load_spec(path, host.registry, overrides=["a.size=999", "b.size=3"])
     got = [i.format() for i in info.value.issues]
     assert got == [
         "--set b.size=3: no step 'b'. Steps: a",
         "--set a.size=999: steps[0].with.size (step 'a'): got 999: Input should be less than or equal to 256. "
         "Allowed: integer, 1 <= value <= 256",
     ]
-    spec = load_spec(path, host, overrides=["a.size=12"])
+    spec = load_spec(path, host.registry, overrides=["a.size=12"])
     assert spec.step("a").with_ == {"size": 12}

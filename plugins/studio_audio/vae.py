@@ -194,6 +194,11 @@ class AudioVAE(Generator):
     def load(self, params: Params, ctx) -> Any:
         return load_vae(params.model)
 
+    def prepare(self, vae: Any, ctx) -> Any:
+        from studio_diffusers.prepare import prepare_autoencoder
+
+        return prepare_autoencoder(vae, ctx)
+
     def generate(self, params: Params, ctx) -> dict:
         import torch
 

@@ -293,6 +293,15 @@ class ImageDiffusion(Generator):
             pipe.set_progress_bar_config(disable=True)
             return {"pipeline": pipe, "scheduler_config": dict(pipe.scheduler.config)}
 
+    def prepare(self, model: dict, ctx) -> dict:
+        """A text-to-image pipeline's models each on the device (its VAE guarded in
+        fp16); a class-conditional UNet as any module."""
+        if "pipeline" not in model:
+            return super().prepare(model, ctx)
+        from studio_diffusers.prepare import prepare_pipeline
+
+        return {**model, "pipeline": prepare_pipeline(model["pipeline"], ctx)}
+
     @staticmethod
     def _load_unet(root: Path, options: dict) -> dict:
         from diffusers import UNet2DModel
