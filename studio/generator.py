@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from studio.weights import resolve_weights, weights_fingerprint
+
 if TYPE_CHECKING:  # heavy imports stay out of import time
     import torch
 
@@ -69,53 +71,6 @@ def model_spec(params_cls: type[BaseModel], field_name: str) -> dict[str, Any] |
     """What a model parameter accepts (see model_input), or None for other parameters."""
     extra = params_cls.model_fields[field_name].json_schema_extra
     return extra.get(MODEL_KEY) if isinstance(extra, dict) else None
-
-
-def resolve_weights(model: str, default_dir: Path) -> str:
-    """A `model:` value as a loader takes it: "default" -> the generator's embedded
-    weights, an existing path -> that path (absolute), anything else -> as given (a hub
-    id, which the library looks up in its cache)."""
-    if model == "default":
-        return str(default_dir)
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
-def weights_fingerprint(model: str, default_dir: Path) -> str:
-    """Size and modification time of every weights file, for the step cache key: cheap,
-    and it changes when the weights are retrained or replaced."""
-    path = Path(resolve_weights(model, default_dir))
-    if not path.exists():
-        return model
-    files = [path] if path.is_file() else _weights_files(path)
-    return ";".join(f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                    for p in files)
-
-
-def _weights_files(root: Path, max_depth: int = 3, max_files: int = 2000) -> list[Path]:
-    """The files of a weights directory, two sub-folders deep at most (a diffusers
-    pipeline's layout) and a bounded number of them: a model directory is small, and a
-    mistaken `model: /` must never turn into a walk of the whole disk."""
-    found: list[Path] = []
-    level = [root]
-    for _ in range(max_depth):
-        below: list[Path] = []
-        for folder in level:
-            try:
-                entries = sorted(folder.iterdir())
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.is_symlink() and not entry.resolve().is_relative_to(root.resolve()):
-                    continue
-                if entry.is_file():
-                    found.append(entry)
-                elif entry.is_dir() and entry.name != "training":
-                    below.append(entry)
-                if len(found) >= max_files:
-                    return found
-        level = below
-    return found
 
 
 class Artifact(BaseModel):
@@ -234,12 +189,18 @@ class Generator:
     uses_device: ClassVar[bool] = True  # False: pure-CPU code (PIL, text) that never touches torch
     default_weights: ClassVar[Path | None] = None  # the embedded weights `model: default` names
 
-    def model_key(self, params: Params) -> str:
-        """Identifies the weights `load()` returns, for the model cache: the resolved
-        path of the `model` parameter (see resolve_weights) when there are default
-        weights, else its value."""
+    def weights_path(self, params: Params) -> str:
+        """The weights the `model` parameter names, as a loader takes them: the embedded
+        ones for "default", an existing path made absolute, anything else as given (a
+        hub id, which the library looks up in its local cache)."""
         model = str(getattr(params, "model", "default"))
         return resolve_weights(model, self.default_weights) if self.default_weights else model
+
+    def model_key(self, params: Params) -> str:
+        """Identifies the model `load()` returns, for the model cache: by default the
+        resolved weights path (see weights_path). Override it when more than `model`
+        picks what is loaded (a direction, a component)."""
+        return self.weights_path(params)
 
     def weights_id(self, params: Params) -> str:
         """A fingerprint of the weights, part of the step cache key: the size and time of
@@ -261,8 +222,11 @@ class Generator:
         return ctx.runtime.prepare(model, ctx.precision, compile=ctx.compile)
 
     def generate(self, params: Params, ctx: StepContext) -> dict[str, Any]:
-        """Make one item's outputs: a dict of port -> value for the port's writer."""
-        raise NotImplementedError(f"{type(self).__name__}.generate")
+        """Make one item's outputs: a dict of port -> value for the port's writer. A
+        generator that overrides only `generate_batch` gets it as a batch of one."""
+        if type(self).generate_batch is Generator.generate_batch:
+            raise NotImplementedError(f"{type(self).__name__} implements neither generate nor generate_batch")
+        return self.generate_batch([params], [ctx])[0]
 
     def generate_batch(
         self, params: list[Params], ctxs: list[StepContext]
@@ -270,3 +234,13 @@ class Generator:
         """Make several items at once (batchable generators override this). Each item
         must come out exactly as `generate()` would make it alone."""
         return [self.generate(p, c) for p, c in zip(params, ctxs)]
+
+
+def batch_groups(keys: list[Any]) -> list[list[int]]:
+    """The indexes of a batch's items grouped by equal key, groups in first-seen order:
+    `for indexes in batch_groups([(p.model, p.steps) for p in params])` runs items that
+    can share one forward pass together and keeps each item's place in the output."""
+    groups: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())

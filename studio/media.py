@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+
+# the public API plugins may import (documented in docs/plugins.md)
+__all__ = ["AUDIO", "IMAGE", "JSON", "MIDI", "TEXT", "Audio", "matches"]
+
 IMAGE = "image/png"
 TEXT = "text/plain"
 MIDI = "audio/midi"

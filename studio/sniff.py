@@ -21,6 +21,10 @@ from typing import Any
 
 from studio import media
 
+
+# the public API plugins may import (documented in docs/plugins.md)
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "MAX_INPUT_BYTES", "MAX_MIDI_BYTES", "Sniffed", "midi_facts", "sniff"]
+
 MAX_INPUT_BYTES = 512 * 2**20  # an input file larger than this is not read at all
 MAX_IMAGE_PIXELS = 8192 * 8192  # beyond it, decoding is a memory hazard (a decompression bomb)
 MAX_PNG_CHUNKS = 30_000  # PNG writers use 8-64 KB IDAT chunks: a few thousand at most here

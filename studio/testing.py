@@ -35,6 +35,10 @@ from studio.generator import Artifact
 from studio.hookspecs import hookimpl
 
 
+# the public API plugins may import (documented in docs/plugins.md)
+__all__ = ["FakeCaption", "FakeFail", "FakeImage", "FakePlugin", "FakeText", "assert_generator_contract", "make_context", "make_host", "run_yaml"]
+
+
 # --- fake generators -----------------------------------------------------------------
 
 

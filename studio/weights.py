@@ -30,6 +30,11 @@ from typing import Any, Callable, Iterator
 from studio.errors import UserError
 from studio.modelpath import HUB_ID
 
+
+# the public API plugins may import (documented in docs/plugins.md)
+__all__ = ["components", "config", "load_pth", "loading", "local_path", "model_problem", "pickled_code", "read_config",
+           "refuse", "resolve_weights", "safetensors_problem", "short", "weights_fingerprint", "weights_problem"]
+
 MAX_CONFIG_BYTES = 4 * 2**20  # a model's JSON config is kilobytes; a larger one is not read
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # pipeline components come from these libraries (or diffusers' pipeline modules); any
@@ -49,6 +54,53 @@ def local_path(model: str, default_dir: Path) -> Path | None:
     if HUB_ID.fullmatch(model):
         return hub_snapshot(model)
     return None
+
+
+def resolve_weights(model: str, default_dir: Path) -> str:
+    """A `model:` value as a loader takes it: "default" -> the generator's embedded
+    weights, an existing path -> that path (absolute), anything else -> as given (a hub
+    id, which the library looks up in its cache)."""
+    if model == "default":
+        return str(default_dir)
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def weights_fingerprint(model: str, default_dir: Path) -> str:
+    """Size and modification time of every weights file, for the step cache key: cheap,
+    and it changes when the weights are retrained or replaced."""
+    path = Path(resolve_weights(model, default_dir))
+    if not path.exists():
+        return model
+    files = [path] if path.is_file() else _weights_files(path)
+    return ";".join(f"{p.relative_to(path) if p != path else p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                    for p in files)
+
+
+def _weights_files(root: Path, max_depth: int = 3, max_files: int = 2000) -> list[Path]:
+    """The files of a weights directory, two sub-folders deep at most (a diffusers
+    pipeline's layout) and a bounded number of them: a model directory is small, and a
+    mistaken `model: /` must never turn into a walk of the whole disk."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(max_depth):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                entries = sorted(folder.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.is_symlink() and not entry.resolve().is_relative_to(root.resolve()):
+                    continue
+                if entry.is_file():
+                    found.append(entry)
+                elif entry.is_dir() and entry.name != "training":
+                    below.append(entry)
+                if len(found) >= max_files:
+                    return found
+        level = below
+    return found
 
 
 def hub_snapshot(repo_id: str) -> Path | None:

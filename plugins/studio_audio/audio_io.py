@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from studio.errors import UserError
+from studio import UserError
 
 READABLE = "WAV, FLAC, OGG/Vorbis, MP3 or AIFF"
 # Samples decoded from one input at most (frames x channels, 1 GB as float32): 10 minutes

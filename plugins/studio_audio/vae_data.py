@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from studio.errors import UserError
+from studio import UserError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 SOURCES = "a folder of audio files (WAV/FLAC/OGG/MP3), or fluidsynth:gm"

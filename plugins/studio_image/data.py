@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from studio.errors import UserError
+from studio import UserError
 from studio.limits import data_files
 
 if TYPE_CHECKING:

@@ -18,8 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from studio import Generator, Params, UserError, media, model_input
-from studio.runtime import check_finite
+from studio import Generator, Params, UserError, batch_groups, check_finite, media, model_input
 from studio.weights import components, config, loading, local_path, read_config, refuse, weights_problem
 from studio.limits import cpu_budget_problem, on_cpu
 
@@ -316,16 +315,12 @@ class ImageDiffusion(Generator):
         return {"unet": unet, "scheduler_config": scheduler_config, "classes": [str(c) for c in classes],
                 "null_class": info.get("null_class")}
 
-    def generate(self, params: Params, ctx) -> dict:
-        return self.generate_batch([params], [ctx])[0]
-
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         out: list[dict | None] = [None] * len(params)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):  # items differing only in seed, prompt or class share a batch
-            key = (p.model, p.steps, p.guidance_scale, p.width, p.height, p.scheduler, p.negative_prompt)
-            groups.setdefault(key, []).append(i)
-        for indexes in groups.values():
+        # items differing only in seed, prompt or class share a batch
+        keys = [(p.model, p.steps, p.guidance_scale, p.width, p.height, p.scheduler, p.negative_prompt)
+                for p in params]
+        for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             ctx = ctxs[indexes[0]]
             model = ctx.model(self, batch[0])

@@ -8,8 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from studio import Generator, Params, UserError, media, model_input
-from studio.generator import weights_fingerprint
-from studio.runtime import check_finite
+from studio import check_finite
 from studio.weights import config, loading, model_problem, refuse, short
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gan"
@@ -51,6 +50,7 @@ class ImageGAN(Generator):
     precisions = ("bf16", "fp16", "fp32")
     batchable = True
     max_batch_size = 64
+    default_weights = DEFAULT_WEIGHTS
 
     class Params(Params):
         model: str = model_input("default", files=("config.json",), description=(
@@ -74,12 +74,6 @@ class ImageGAN(Generator):
             if problem:
                 raise ValueError(problem)
             return value
-
-    def model_key(self, params: Params) -> str:
-        return str(resolve_dir(params.model).resolve())
-
-    def weights_id(self, params: Params) -> str:
-        return weights_fingerprint(params.model, DEFAULT_WEIGHTS)
 
     def load(self, params: Params, ctx) -> Any:
         import torch
@@ -110,9 +104,6 @@ class ImageGAN(Generator):
         import torch
 
         return torch.randn(z_dim, generator=torch.Generator("cpu").manual_seed(seed))
-
-    def generate(self, params: Params, ctx) -> dict:
-        return self.generate_batch([params], [ctx])[0]
 
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         import torch

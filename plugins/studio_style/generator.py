@@ -13,10 +13,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, model_validator
 
-from studio import Artifact, Generator, Params, UserError, media, media_input, model_input
-from studio.generator import resolve_weights
-from studio.weights import load_pth, loading, pickled_code, safetensors_problem, short
+from studio import Artifact, Generator, Params, UserError, batch_groups, media, media_input, model_input
 from studio.limits import on_cpu
+from studio.weights import load_pth, loading, pickled_code, resolve_weights, safetensors_problem, short
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "cyclegan"
 MIN_SIDE = 16  # smaller images are scaled up to this and back
@@ -31,10 +30,6 @@ FILES = {
     "AtoB": ("G_A.safetensors", "latest_net_G_A.pth", "latest_net_G.pth"),
     "BtoA": ("G_B.safetensors", "latest_net_G_B.pth"),
 }
-
-
-def resolve_model(model: str) -> str:
-    return resolve_weights(model, DEFAULT_WEIGHTS)
 
 
 def read_state_dict(path: Path) -> dict:
@@ -60,7 +55,7 @@ def read_state_dict(path: Path) -> dict:
 
 
 def weights_file(model: str, direction: str) -> Path:
-    path = Path(resolve_model(model))
+    path = Path(resolve_weights(model, DEFAULT_WEIGHTS))
     if path.is_file():
         if direction == "BtoA":
             raise UserError(f"model {model!r} is one generator file: it only goes one way; use direction AtoB, "
@@ -161,23 +156,20 @@ class StyleCycleGAN(Generator):
     def load(self, params: Params, ctx) -> Any:
         return load_generator(params.model, params.direction)
 
-    def generate(self, params: Params, ctx) -> dict:
-        return self.generate_batch([params], [ctx])[0]
-
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         import torch
 
         out: list[dict | None] = [None] * len(params)
         images: dict[int, dict[str, Any]] = {}
-        groups: dict[tuple, list[int]] = {}
+        keys: list[tuple] = []
         for i, p in enumerate(params):  # one forward pass per model, direction and working size
             image = p.image.open_image()
             problem = work_size_problem(image.size, p.max_size, ctxs[i].device.split(":")[0] == "cpu")
             if problem:  # before any tensor exists
                 raise UserError(problem)
             images[i] = prepare(image, p.max_size)
-            groups.setdefault((self.model_key(p), tuple(images[i]["tensor"].shape)), []).append(i)
-        for indexes in groups.values():
+            keys.append((self.model_key(p), tuple(images[i]["tensor"].shape)))
+        for indexes in batch_groups(keys):
             net = ctxs[indexes[0]].model(self, params[indexes[0]])
             weight = next(net.parameters())
             batch = torch.stack([to_channels(images[i]["tensor"], net.input_nc) for i in indexes])

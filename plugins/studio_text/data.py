@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from studio.errors import UserError
+from studio import UserError
 from studio.limits import data_files, regular_file_problem
 
 TEXT_SUFFIXES = (".txt", ".md", ".text")
