@@ -23,7 +23,8 @@ from studio import media
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["MAX_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "MAX_INPUT_BYTES", "MAX_MIDI_BYTES", "Sniffed", "midi_facts", "sniff"]
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "MAX_INPUT_BYTES", "MAX_MIDI_BYTES", "Sniffed", "midi_facts",
+           "sniff"]
 
 MAX_INPUT_BYTES = 512 * 2**20  # an input file larger than this is not read at all
 MAX_IMAGE_PIXELS = 8192 * 8192  # beyond it, decoding is a memory hazard (a decompression bomb)

@@ -36,7 +36,8 @@ from studio.hookspecs import hookimpl
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["FakeCaption", "FakeFail", "FakeImage", "FakePlugin", "FakeText", "assert_generator_contract", "make_context", "make_host", "run_yaml"]
+__all__ = ["FakeCaption", "FakeFail", "FakeImage", "FakePlugin", "FakeText", "assert_generator_contract",
+           "make_context", "make_host", "run_yaml"]
 
 
 # --- fake generators -----------------------------------------------------------------
