@@ -1,11 +1,11 @@
-"""studio.decoding: the static cache (what a compiled model decodes with) gives the
+"""studio_lm.decoding: the static cache (what a compiled model decodes with) gives the
 tokens the dynamic cache and transformers' generate() give, with left padding too,
 and one cache serves call after call."""
 
 import pytest
 import torch
 
-from studio.decoding import Decoder, cache_length
+from studio_lm.decoding import Decoder, cache_length
 
 
 @pytest.fixture(scope="module")

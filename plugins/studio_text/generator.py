@@ -141,7 +141,7 @@ class TextGPT(Generator):
         return out  # type: ignore[return-value]
 
     def _write(self, params: list[Params], ctxs: list) -> list[str]:
-        from studio_text.sampling import Row, Settings, cut_at_stop, sample
+        from studio_lm.sampling import Row, Settings, cut_at_stop, sample
 
         first = params[0]
         loaded = ctxs[0].model(self, first)

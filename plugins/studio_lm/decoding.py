@@ -20,6 +20,10 @@ there). Only the latest is kept: a GPT-2 124M cache of 16 rows x 1024 positions 
 An eager model gets transformers' dynamic cache instead, with the same steps: uncompiled,
 attending over the full static length costs more than it saves (measured on the
 embedded music model on CPU: 23% slower).
+
+It lives in studio_lm, beside the sampling loop that drives it, because it is
+transformers code (its cache classes, its causal LMs' forward signature): the host
+package `studio` knows no model family.
 """
 
 from __future__ import annotations
