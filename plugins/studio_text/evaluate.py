@@ -44,7 +44,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from studio_text.data import load_documents
-    from studio_text.generator import resolve_model
+    from studio.weights import resolve_weights
+    from studio_text.generator import DEFAULT_WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args()
 
-    path = resolve_model(args.model)
+    path = resolve_weights(args.model, DEFAULT_WEIGHTS)
     info = Path(path, "studio.json")
     held_out = set(json.loads(info.read_text()).get("held_out", [])) if info.is_file() else set()
     docs = load_documents(args.data)

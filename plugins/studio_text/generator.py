@@ -7,18 +7,13 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from studio import Generator, Params, UserError, media, model_input
-from studio.generator import resolve_weights
+from studio import Generator, Params, UserError, batch_groups, media, model_input
 from studio.weights import config, loading, local_path, refuse, weights_problem
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gpt"
 CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length")
 LOAD_FIX = ("Give 'default', a directory with config.json, .safetensors weights and tokenizer files (as "
             "save_pretrained writes them), or a hub id in your Hugging Face cache")
-
-
-def resolve_model(model: str) -> str:
-    return resolve_weights(model, DEFAULT_WEIGHTS)
 
 
 def load_model(model: str) -> dict[str, Any]:
@@ -125,16 +120,12 @@ class TextGPT(Generator):
     def load(self, params: Params, ctx) -> Any:
         return load_model(params.model)
 
-    def generate(self, params: Params, ctx) -> dict:
-        return self.generate_batch([params], [ctx])[0]
-
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         out: list[dict | None] = [None] * len(params)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):  # items that differ only in prompt and seed share a batch
-            key = (p.model, p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty, tuple(p.stop))
-            groups.setdefault(key, []).append(i)
-        for indexes in groups.values():
+        # items that differ only in prompt and seed share a batch
+        keys = [(p.model, p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty, tuple(p.stop))
+                for p in params]
+        for indexes in batch_groups(keys):
             texts = self._write([params[i] for i in indexes], [ctxs[i] for i in indexes])
             for i, text in zip(indexes, texts):
                 out[i] = {"text": text}
