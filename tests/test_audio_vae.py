@@ -243,7 +243,7 @@ def test_training_lowers_the_loss_and_the_result_loads(tmp_path):
                "channel_multiples": "1,2", "downsampling_ratios": "2,4", "decoder_channels": "8"}
     config = TrainConfig(data=str(data), out=tmp_path / "vae", steps=40, batch_size=4, lr=2e-3,
                          log_every=5, checkpoint_every=100, options=options)
-    result = train(make_host(), "audio.vae", config, show_progress=False)
+    result = train(make_host().registry.trainer("audio.vae"), config, show_progress=False)
     log = [json.loads(line) for line in (tmp_path / "vae" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["stft"] < log[0]["stft"] * 0.8
     assert result.metrics["stft"] < result.metrics["stft_silence"]

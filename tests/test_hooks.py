@@ -117,7 +117,7 @@ def test_hook_register_trainers(tmp_path):
             register(Mean)
 
     host = make_host([("fake", FakePlugin()), ("mean", Plugin())], entry_points=False)
-    result = train(host, "fake.text", TrainConfig(data="1,2,3", out=tmp_path / "w", log_every=10),
+    result = train(host.registry.trainer("fake.text"), TrainConfig(data="1,2,3", out=tmp_path / "w", log_every=10),
                    show_progress=False)
     assert abs(float((tmp_path / "w" / "mean.txt").read_text()) - 2.0) < 0.01
     assert result.steps == 100 and result.losses["loss"] < 0.7  # the variance of 1, 2, 3 is 0.67

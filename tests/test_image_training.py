@@ -45,7 +45,7 @@ def log(out):
 
 def test_diffusion_training_lowers_the_loss_and_its_weights_load(shapes, tmp_path, host):
     out = tmp_path / "diffusion"
-    result = train(host, "image.diffusion", config(shapes, out, steps=40), show_progress=False)
+    result = train(host.registry.trainer("image.diffusion"), config(shapes, out, steps=40), show_progress=False)
     entries = log(out)
     assert [e["step"] for e in entries] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert entries[-1]["loss"] < 0.6 * entries[0]["loss"]
@@ -71,7 +71,7 @@ class Interrupt(Exception):
 
 def test_resuming_gives_the_same_weights_as_training_straight(shapes, tmp_path, host, monkeypatch):
     straight = tmp_path / "straight"
-    train(host, "image.diffusion", config(shapes, straight, steps=12), show_progress=False)
+    train(host.registry.trainer("image.diffusion"), config(shapes, straight, steps=12), show_progress=False)
 
     from studio_image.diffusion_train import DiffusionTrainer
 
@@ -85,11 +85,13 @@ def test_resuming_gives_the_same_weights_as_training_straight(shapes, tmp_path, 
 
     monkeypatch.setattr(DiffusionTrainer, "train_step", dies_at_step_8)
     with pytest.raises(Interrupt):
-        train(host, "image.diffusion", config(shapes, resumed, steps=12, checkpoint_every=3), show_progress=False)
+        train(host.registry.trainer("image.diffusion"), config(shapes, resumed, steps=12, checkpoint_every=3),
+              show_progress=False)
     monkeypatch.setattr(DiffusionTrainer, "train_step", original)
     with pytest.raises(UserError, match="already holds a training run; pass --resume"):
-        train(host, "image.diffusion", config(shapes, resumed, steps=12), show_progress=False)
-    train(host, "image.diffusion", config(shapes, resumed, steps=12, resume=True), show_progress=False)
+        train(host.registry.trainer("image.diffusion"), config(shapes, resumed, steps=12), show_progress=False)
+    train(host.registry.trainer("image.diffusion"), config(shapes, resumed, steps=12, resume=True),
+          show_progress=False)
 
     a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
@@ -99,7 +101,7 @@ def test_resuming_gives_the_same_weights_as_training_straight(shapes, tmp_path, 
 
 def test_gan_training_runs_the_adversarial_loop_and_its_weights_load(shapes, tmp_path, host):
     out = tmp_path / "gan"
-    result = train(host, "image.gan", config(shapes, out, steps=60, lr=1e-3), show_progress=False)
+    result = train(host.registry.trainer("image.gan"), config(shapes, out, steps=60, lr=1e-3), show_progress=False)
     entries = log(out)
     assert entries[0]["d_loss"] > entries[-1]["d_loss"]  # the discriminator learns to tell them apart
     assert set(entries[-1]) >= {"d_loss", "g_loss", "step", "lr"}
@@ -126,11 +128,13 @@ def test_bad_training_data_is_a_clear_error(tmp_path, host, make, message):
     data = tmp_path / "data"
     make(data)
     with pytest.raises(UserError, match=message):
-        train(host, "image.diffusion", TrainConfig(data=str(data), out=tmp_path / "o", steps=1), show_progress=False)
+        train(host.registry.trainer("image.diffusion"), TrainConfig(data=str(data), out=tmp_path / "o", steps=1),
+              show_progress=False)
 
 
 def test_unknown_source_and_generator(tmp_path, host):
     with pytest.raises(UserError, match="unknown source. Give a folder of images, or one of: sklearn:digits"):
-        train(host, "image.gan", TrainConfig(data="kaggle:cats", out=tmp_path / "o", steps=1), show_progress=False)
+        train(host.registry.trainer("image.gan"), TrainConfig(data="kaggle:cats", out=tmp_path / "o", steps=1),
+              show_progress=False)
     with pytest.raises(UserError, match="no trainer for 'image.difusion'. Did you mean 'image.diffusion'?"):
-        train(host, "image.difusion", TrainConfig(data="x", out=tmp_path / "o"), show_progress=False)
+        host.registry.trainer("image.difusion")  # the lookup `studio train` makes

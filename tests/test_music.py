@@ -208,13 +208,15 @@ def test_training_lowers_the_loss_and_resumes_with_tied_weights(chorales, tmp_pa
         return TrainConfig(data=str(data), out=out, batch_size=4, log_every=5, checkpoint_every=10,
                            options=options, **kwargs)
 
-    result = train(host, "music.transformer", config(tmp_path / "m", steps=30), show_progress=False)
+    result = train(host.registry.trainer("music.transformer"), config(tmp_path / "m", steps=30), show_progress=False)
     log = [json.loads(line) for line in (tmp_path / "m" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] - 0.5
     assert result.metrics["held_out_nll_per_event"] < np.log(VOCAB_SIZE)  # better than uniform
     with pytest.raises(UserError, match="is at step 30, and --steps is 30"):
-        train(host, "music.transformer", config(tmp_path / "m", steps=30, resume=True), show_progress=False)
-    longer = train(host, "music.transformer", config(tmp_path / "m", steps=35, resume=True), show_progress=False)
+        train(host.registry.trainer("music.transformer"), config(tmp_path / "m", steps=30, resume=True),
+              show_progress=False)
+    longer = train(host.registry.trainer("music.transformer"), config(tmp_path / "m", steps=35, resume=True),
+                   show_progress=False)
     assert longer.steps == 35
 
     piece = run(tmp_path / "run", [{"id": "m", "uses": "music.transformer",

@@ -199,7 +199,7 @@ def test_training_lowers_the_losses_and_exports_a_loadable_pair(tmp_path):
     options = {"size": "32", "ngf": "4", "ndf": "4", "blocks": "2"}
     config = TrainConfig(data=str(tmp_path / "data"), out=tmp_path / "cg", steps=60, batch_size=2, lr=2e-3,
                          log_every=10, checkpoint_every=100, options=options)
-    result = train(make_host(), "style.cyclegan", config, show_progress=False)
+    result = train(make_host().registry.trainer("style.cyclegan"), config, show_progress=False)
     log = [json.loads(line) for line in (tmp_path / "cg" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["cycle"] < log[0]["cycle"] * 0.7
     assert log[-1]["loss_G"] < log[0]["loss_G"]

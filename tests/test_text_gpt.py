@@ -131,12 +131,12 @@ def test_a_prompt_longer_than_the_context_keeps_its_end(tiny_lm, tmp_path):
 ])
 def test_bad_parameters_are_caught_before_running(with_, message, write_yaml):
     from studio.errors import PipelineError
-    from studio.spec import load_spec
+    from studio.validate import load_spec
     from studio.testing import make_host
 
     path = write_yaml(json.dumps({"name": "t", "steps": [{"id": "t", "uses": "text.gpt", "with": with_}]}))
     with pytest.raises(PipelineError) as caught:
-        load_spec(path, make_host())
+        load_spec(path, make_host().registry)
     text = str(caught.value)
     assert f"steps[0].with.{message}" in text and "(step 't')" in text and "Allowed:" in text
 
@@ -180,7 +180,7 @@ def test_training_lowers_the_loss_and_the_model_writes(tmp_path):
     options = {"layers": "1", "width": "32", "heads": "2", "block": "32", "vocab_size": "300"}
     config = TrainConfig(data=str(tmp_path / "corpus"), out=tmp_path / "lm", steps=40, batch_size=8, lr=3e-3,
                          log_every=5, checkpoint_every=100, options=options)
-    result = train(make_host(), "text.gpt", config, show_progress=False)
+    result = train(make_host().registry.trainer("text.gpt"), config, show_progress=False)
     log = [json.loads(line) for line in (tmp_path / "lm" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] - 1.0
     assert result.metrics["val_loss_per_token"] < np.log(300)  # better than guessing

@@ -9,9 +9,13 @@ No adversarial loss: it keeps training small and stable, at the price of some bu
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Annotated
 
-from studio.training import Trainer
+from pydantic import Field, model_validator
+
+from studio.training import CommaSeparated, Trainer, TrainerOptions
 
 FFT_SIZES = [2048, 1024, 512, 256]
 
@@ -43,6 +47,40 @@ class VAETrainer(Trainer):
     default_batch_size = 8
     default_lr = 5e-4
 
+    class Options(TrainerOptions):
+        sample_rate: int = Field(16000, ge=4000, le=192000, description="Sample rate the VAE works at, in Hz (mono).")
+        window: int = Field(8192, ge=2048, le=2**20, description=(
+            "Samples per training example: at least 2048 (the loss's largest FFT), and a multiple of the "
+            "product of downsampling_ratios. Shortened to the clips' length when they are shorter."))
+        kl_weight: float = Field(1e-4, ge=0, le=10, description="Weight of the KL term against the STFT loss.")
+        linear_magnitude: float = Field(1.0, ge=0, le=100, description=(
+            "Weight of the linear-magnitude STFT distance, which favours the loud partials."))
+        clip_s: float = Field(2.0, gt=0, le=60, description="Length of the clips the data is cut into, in seconds.")
+        clips: int = Field(1200, ge=2, le=100_000, description=(
+            "How many clips fluidsynth:gm synthesizes (other data: unused)."))
+        channel_multiples: Annotated[tuple[Annotated[int, Field(ge=1, le=64)], ...], CommaSeparated] = Field(
+            (1, 2, 4, 4), min_length=1, max_length=8, description=(
+                "Encoder width per stage, in multiples of encoder_hidden_size; one per downsampling ratio."))
+        downsampling_ratios: Annotated[tuple[Annotated[int, Field(ge=1, le=16)], ...], CommaSeparated] = Field(
+            (4, 4, 4, 4), min_length=1, max_length=8, description=(
+                "Stride of each encoder stage; their product is the samples per latent frame."))
+        encoder_hidden_size: int = Field(32, ge=2, le=1024, multiple_of=2, description=(
+            "Encoder width; the latent has half as many channels."))
+        decoder_channels: int = Field(24, ge=1, le=1024, description="Decoder width.")
+
+        @model_validator(mode="after")
+        def _stages_fit(self):
+            if len(self.channel_multiples) != len(self.downsampling_ratios):
+                raise ValueError(f"channel_multiples has {len(self.channel_multiples)} entries and downsampling_ratios "
+                                 f"{len(self.downsampling_ratios)}; give one multiple per ratio")
+            hop = math.prod(self.downsampling_ratios)
+            if self.window % hop:  # the decoder gives back whole hops: a remainder would not match the input
+                raise ValueError(f"window {self.window} is not a multiple of {hop}, the product of "
+                                 f"downsampling_ratios {','.join(map(str, self.downsampling_ratios))}")
+            return self
+
+    options: Options
+
     def setup(self) -> None:
         import numpy as np
         import torch
@@ -51,18 +89,18 @@ class VAETrainer(Trainer):
         from studio_audio.vae import quiet_weight_norm
         from studio_audio.vae_data import load_clips
 
-        opts = self.config.options
-        self.sample_rate = int(opts.get("sample_rate", 16000))
-        self.window = int(opts.get("window", 8192))
-        self.kl_weight = float(opts.get("kl_weight", 1e-4))
-        self.linear_magnitude = float(opts.get("linear_magnitude", 1.0))
-        clip_s = float(opts.get("clip_s", 2.0))
+        opts = self.options
+        self.sample_rate = opts.sample_rate
+        self.window = opts.window
+        self.kl_weight = opts.kl_weight
+        self.linear_magnitude = opts.linear_magnitude
+        clip_s = opts.clip_s
         cache = self.config.out / "training" / "clips.npy"
         if cache.is_file():  # synthesizing the data takes a while; a resumed run reuses it
             clips = np.load(cache)
         else:
             clips = np.stack(load_clips(self.config.data, sample_rate=self.sample_rate, clip_s=clip_s,
-                                        count=int(opts.get("clips", 1200)), seed=self.config.seed))
+                                        count=opts.clips, seed=self.config.seed))
             cache.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache, clips)
         if clips.shape[1] < self.window:
@@ -71,13 +109,12 @@ class VAETrainer(Trainer):
         n_test = max(1, len(clips) // 10)
         self.test_clips = torch.from_numpy(clips[order[:n_test]])
         self.train_clips = torch.from_numpy(clips[order[n_test:]])
-        multiples = [int(m) for m in str(opts.get("channel_multiples", "1,2,4,4")).split(",")]
-        ratios = [int(r) for r in str(opts.get("downsampling_ratios", "4,4,4,4")).split(",")]
-        hidden = int(opts.get("encoder_hidden_size", 32))
+        multiples, ratios = list(opts.channel_multiples), list(opts.downsampling_ratios)  # diffusers adds to lists
+        hidden = opts.encoder_hidden_size
         with quiet_weight_norm():
             self.vae = AutoencoderOobleck(
                 encoder_hidden_size=hidden, downsampling_ratios=ratios, channel_multiples=multiples,
-                decoder_channels=int(opts.get("decoder_channels", 24)), decoder_input_channels=hidden // 2,
+                decoder_channels=opts.decoder_channels, decoder_input_channels=hidden // 2,
                 audio_channels=1, sampling_rate=self.sample_rate).to(self.device)
         self.loss_fn = stft_loss(self.linear_magnitude).to(self.device)
         self.modules = {"vae": self.vae}

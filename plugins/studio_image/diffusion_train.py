@@ -7,8 +7,11 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Annotated
 
-from studio.training import Trainer
+from pydantic import Field
+
+from studio.training import OneOf, Trainer, TrainerOptions
 
 NULL_CLASS_DROPOUT = 0.1
 
@@ -31,15 +34,22 @@ class DiffusionTrainer(Trainer):
     default_batch_size = 64
     default_lr = 2e-3
 
+    class Options(TrainerOptions):
+        size: int = Field(16, ge=4, le=1024, multiple_of=4, description=(
+            "Side of the square images the UNet learns, in pixels; every training image is resized to it. "
+            "A multiple of 4: the UNet halves it twice."))
+        channels: Annotated[int, OneOf((1, 3))] = Field(1, description="1: greyscale, 3: RGB.")
+
+    options: Options
+
     def setup(self) -> None:
         import torch
         from diffusers import DDPMScheduler, UNet2DModel
 
         from studio_image.data import load_images
 
-        opts = self.config.options
-        self.size = int(opts.get("size", 16))
-        self.channels = int(opts.get("channels", 1))
+        self.size = self.options.size
+        self.channels = self.options.channels
         data = load_images(self.config.data, self.size, self.channels)
         self.train_data, self.held_out = data.split()
         self.classes = data.classes

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
-from studio.training import Trainer
+from pydantic import Field
+
+from studio.training import OneOf, Trainer, TrainerOptions
 
 COLLAPSE_CHECK_EVERY = 100
 COLLAPSE_WARNING = 0.35  # sample spread below this fraction of the data's: collapsing
@@ -30,15 +33,23 @@ class GANTrainer(Trainer):
     default_batch_size = 64
     default_lr = 2e-4
 
+    class Options(TrainerOptions):
+        size: Annotated[int, OneOf((8, 16, 32, 64, 128, 256, 512, 1024))] = Field(16, description=(
+            "Side of the square images, in pixels; every training image is resized to it. A power of two: "
+            "the generator doubles a 4 x 4 start up to it."))
+        channels: Annotated[int, OneOf((1, 3))] = Field(1, description="1: greyscale, 3: RGB.")
+        z_dim: int = Field(64, ge=1, le=4096, description="Size of the random vector each image is made from.")
+
+    options: Options
+
     def setup(self) -> None:
         import torch
 
         from studio_image.data import load_images
         from studio_image.gan_model import DCDiscriminator, DCGenerator, GANConfig
 
-        opts = self.config.options
-        self.gan_config = GANConfig(image_size=int(opts.get("size", 16)), channels=int(opts.get("channels", 1)),
-                                    z_dim=int(opts.get("z_dim", 64)))
+        self.gan_config = GANConfig(image_size=self.options.size, channels=self.options.channels,
+                                    z_dim=self.options.z_dim)
         data = load_images(self.config.data, self.gan_config.image_size, self.gan_config.channels)
         self.train_data, self.held_out = data.split()
         self.G = DCGenerator(self.gan_config).to(self.device)

@@ -7,8 +7,11 @@ import json
 import math
 from pathlib import Path
 
-from studio.errors import UserError
-from studio.training import Trainer, causal_lm_nll
+from pydantic import Field, model_validator
+
+from studio import UserError
+from studio.training import Trainer, TrainerOptions
+from studio_lm.likelihood import causal_lm_nll
 
 WINDOW = 256
 
@@ -19,6 +22,19 @@ class MusicTrainer(Trainer):
     default_steps = 2000
     default_batch_size = 16
     default_lr = 1e-3
+
+    class Options(TrainerOptions):
+        layers: int = Field(4, ge=1, le=48, description="Transformer blocks.")
+        width: int = Field(192, ge=1, le=4096, description="Embedding size; a multiple of heads.")
+        heads: int = Field(6, ge=1, le=64, description="Attention heads per block.")
+
+        @model_validator(mode="after")
+        def _heads_divide_width(self):
+            if self.width % self.heads:  # each head gets width / heads dimensions
+                raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+            return self
+
+    options: Options
 
     def setup(self) -> None:
         import numpy as np
@@ -50,9 +66,8 @@ class MusicTrainer(Trainer):
                             f"than {WINDOW + 1} (a few minutes of MIDI): give more or longer files")
         counts = np.bincount(self.stream.numpy(), minlength=VOCAB_SIZE) + 1  # add-one smoothing
         self.unigram_nll = float(-(np.log(counts / counts.sum()) * counts).sum() / counts.sum())
-        opts = self.config.options
-        self.config_gpt = gpt2_config(n_layer=int(opts.get("layers", 4)), n_embd=int(opts.get("width", 192)),
-                                      n_head=int(opts.get("heads", 6)))
+        self.config_gpt = gpt2_config(n_layer=self.options.layers, n_embd=self.options.width,
+                                      n_head=self.options.heads)
         self.model = GPT2LMHeadModel(self.config_gpt).to(self.device)
         self.modules = {"model": self.model}
         self.optimizers = {"model": torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.1,

@@ -12,7 +12,9 @@ import json
 import random
 from pathlib import Path
 
-from studio.training import Trainer
+from pydantic import Field
+
+from studio.training import Trainer, TrainerOptions
 
 CYCLE = 10.0
 IDENTITY = 0.5
@@ -49,6 +51,17 @@ class CycleGANTrainer(Trainer):
     default_batch_size = 4
     default_lr = 2e-4
 
+    class Options(TrainerOptions):
+        size: int = Field(64, ge=32, le=1024, multiple_of=4, description=(
+            "Side of the square crops trained on, in pixels. A multiple of 4 (the generators halve it twice); "
+            "at least 32, what the PatchGAN discriminators need."))
+        ngf: int = Field(16, ge=1, le=256, description="Width of the generators' first layer (the reference: 64).")
+        ndf: int = Field(16, ge=1, le=256, description=(
+            "Width of the discriminators' first layer (the reference: 64)."))
+        blocks: int = Field(6, ge=1, le=32, description="Residual blocks in each generator (the reference: 9).")
+
+    options: Options
+
     def setup(self) -> None:
         import numpy as np
         import torch
@@ -56,10 +69,9 @@ class CycleGANTrainer(Trainer):
         from studio_style.data import load_domains, random_crop, split_held_out
         from studio_style.networks import NLayerDiscriminator, ResnetGenerator, init_weights
 
-        opts = self.config.options
-        self.size = int(opts.get("size", 64))
-        ngf, ndf = int(opts.get("ngf", 16)), int(opts.get("ndf", 16))
-        self.n_blocks = int(opts.get("blocks", 6))
+        self.size = self.options.size
+        ngf, ndf = self.options.ngf, self.options.ndf
+        self.n_blocks = self.options.blocks
         domain_a, domain_b = load_domains(self.config.data, seed=self.config.seed)
         if len(domain_a) < 2 or len(domain_b) < 2:
             raise ValueError("each domain needs at least 2 images")

@@ -12,8 +12,11 @@ import json
 import math
 from pathlib import Path
 
-from studio.errors import UserError
-from studio.training import Trainer, causal_lm_nll
+from pydantic import Field, model_validator
+
+from studio import UserError
+from studio.training import Trainer, TrainerOptions
+from studio_lm.likelihood import causal_lm_nll
 
 MIN_CHARS = 1000
 
@@ -39,14 +42,32 @@ class GPTTrainer(Trainer):
     default_batch_size = 16
     default_lr = 1e-3
 
+    class Options(TrainerOptions):
+        block: int = Field(256, ge=8, le=4096, description=(
+            "Context length in tokens: the model reads windows this long, and writes within it."))
+        vocab_size: int = Field(2048, ge=257, le=65536, description=(
+            "Tokens the byte-level BPE tokenizer learns: the 256 bytes, the end-of-text token, and merges. "
+            "Kept from the first run when resuming."))
+        width: int = Field(192, ge=1, le=4096, description="Embedding size; a multiple of heads.")
+        layers: int = Field(4, ge=1, le=48, description="Transformer blocks.")
+        heads: int = Field(6, ge=1, le=64, description="Attention heads per block.")
+
+        @model_validator(mode="after")
+        def _heads_divide_width(self):
+            if self.width % self.heads:  # each head gets width / heads dimensions
+                raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
+            return self
+
+    options: Options
+
     def setup(self) -> None:
         import torch
         from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
         from studio_text.data import load_documents
 
-        opts = self.config.options
-        self.block = int(opts.get("block", 256))
+        opts = self.options
+        self.block = opts.block
         docs = load_documents(self.config.data)
         chars = sum(len(t) for _, t in docs)
         if chars < MIN_CHARS:
@@ -58,7 +79,7 @@ class GPTTrainer(Trainer):
         if (tok_dir / "tokenizer.json").is_file():  # a resumed run keeps its vocabulary
             self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         else:
-            self.tokenizer = train_tokenizer([t for _, t in train_docs], int(opts.get("vocab_size", 2048)))
+            self.tokenizer = train_tokenizer([t for _, t in train_docs], opts.vocab_size)
             self.tokenizer.save_pretrained(tok_dir)
         eos = self.tokenizer.eos_token_id
 
@@ -75,9 +96,8 @@ class GPTTrainer(Trainer):
                             "a smaller --option block")
         self.val_chars = sum(len(t) + 1 for _, t in held_out)  # +1: the document break
         self.docs = {"train": [n for n, _ in train_docs], "held_out": [n for n, _ in held_out]}
-        config = GPT2Config(vocab_size=len(self.tokenizer), n_positions=self.block,
-                            n_embd=int(opts.get("width", 192)), n_layer=int(opts.get("layers", 4)),
-                            n_head=int(opts.get("heads", 6)), bos_token_id=eos, eos_token_id=eos,
+        config = GPT2Config(vocab_size=len(self.tokenizer), n_positions=self.block, n_embd=opts.width,
+                            n_layer=opts.layers, n_head=opts.heads, bos_token_id=eos, eos_token_id=eos,
                             resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
         self.model = GPT2LMHeadModel(config).to(self.device)
         self.modules = {"model": self.model}
