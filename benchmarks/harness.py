@@ -206,7 +206,7 @@ class Harness:
 
         path = build_gpt2(self.tmp / "gpt2", self.sizes["gpt2"])
         tokenizer = AutoTokenizer.from_pretrained(path)
-        from studio_text.generator import TextGPT
+        from studio_text.gpt import TextGPT
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype_for(TextGPT)).to(self.device).eval()
         prompt, new = "It was a dark and stormy night", self.args.tokens
@@ -240,7 +240,7 @@ class Harness:
         size = self.sizes["music"]
         label = f"MIDI transformer {size['n_layer']}x{size['n_embd']}"
         path = build_music(self.tmp / "music", size)
-        from studio_music.generator import MusicTransformer
+        from studio_music.transformer import MusicTransformer
 
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype_for(MusicTransformer))
         model = model.to(self.device).eval()
@@ -269,13 +269,13 @@ class Harness:
     def cyclegan(self) -> None:
         from PIL import Image
 
-        from studio_style.networks import ResnetGenerator
+        from studio_style.cyclegan_network import ResnetGenerator
 
         torch.manual_seed(0)
         net = ResnetGenerator(ngf=self.sizes["cyclegan"]["ngf"], n_blocks=9).eval()
         weights = self.tmp / "latest_net_G_A.pth"
         torch.save(net.state_dict(), weights)  # the reference's checkpoint format
-        from studio_style.generator import StyleCycleGAN
+        from studio_style.cyclegan import StyleCycleGAN
 
         dtype = self.dtype_for(StyleCycleGAN)
         net = net.to(self.device, dtype)
@@ -361,7 +361,7 @@ class Harness:
     def _default_text(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from studio_text.generator import DEFAULT_WEIGHTS, TextGPT
+        from studio_text.gpt import DEFAULT_WEIGHTS, TextGPT
 
         model = AutoModelForCausalLM.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(TextGPT))
         model = model.to(self.device).eval()
@@ -381,7 +381,7 @@ class Harness:
     def _default_music(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        from studio_music.generator import DEFAULT_WEIGHTS, MusicTransformer
+        from studio_music.transformer import DEFAULT_WEIGHTS, MusicTransformer
 
         model = AutoModelForCausalLM.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(MusicTransformer))
         model = model.to(self.device).eval()
@@ -421,7 +421,7 @@ class Harness:
     def _default_style(self) -> None:
         from PIL import Image
 
-        from studio_style.generator import StyleCycleGAN, load_generator
+        from studio_style.cyclegan import StyleCycleGAN, load_generator
 
         photo = self.tmp / "photo256.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(photo)
@@ -611,7 +611,7 @@ def build_sd(root: Path, size: dict) -> Path:
 def build_gpt2(root: Path, size: dict) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from studio_text.train import train_tokenizer
+    from studio_text.gpt_train import train_tokenizer
 
     text = " ".join(f"the {w} of {v} and a {w}{v}" for w in ("sea", "night", "storm", "house", "light")
                     for v in ("stone", "rain", "wind", "fire", "glass")) * 20
@@ -629,7 +629,7 @@ def build_gpt2(root: Path, size: dict) -> Path:
 def build_music(root: Path, size: dict) -> Path:
     from transformers import GPT2LMHeadModel
 
-    from studio_music.model import gpt2_config
+    from studio_music.transformer_network import gpt2_config
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(gpt2_config(n_layer=size["n_layer"], n_embd=size["n_embd"], n_head=size["n_head"],

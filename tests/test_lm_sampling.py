@@ -205,8 +205,8 @@ def test_music_samples_through_the_shared_loop_as_its_own_loop_did(settings):
     from transformers import GPT2LMHeadModel
 
     from studio_music.events import BOS
-    from studio_music.model import gpt2_config
-    from studio_music.model import sample as music_sample
+    from studio_music.transformer_network import gpt2_config
+    from studio_music.transformer_network import sample as music_sample
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(gpt2_config(n_layer=1, n_embd=32, n_head=2, n_positions=64)).eval()

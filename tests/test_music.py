@@ -59,7 +59,7 @@ def tiny_model(tmp_path_factory):
     import torch
     from transformers import GPT2LMHeadModel
 
-    from studio_music.model import gpt2_config
+    from studio_music.transformer_network import gpt2_config
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(gpt2_config(n_layer=1, n_embd=32, n_head=2, n_positions=64))

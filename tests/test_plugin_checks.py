@@ -327,7 +327,7 @@ def test_gan_configs_are_bounded_and_weights_must_match(tmp_path, host):
 
 
 def test_a_pth_with_pickled_code_is_refused_by_validate_and_never_run(tmp_path, host, monkeypatch):
-    from studio_style.generator import load_generator
+    from studio_style.cyclegan import load_generator
 
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "exploited"
@@ -350,7 +350,7 @@ def test_a_pth_with_pickled_code_is_refused_by_validate_and_never_run(tmp_path, 
 def test_damaged_weights_are_named_by_validate_and_refused_at_load(tmp_path, host):
     from safetensors.torch import save_file
 
-    from studio_style.generator import load_generator
+    from studio_style.cyclegan import load_generator
 
     save_file({"model.1.weight": torch.zeros(8, 3, 7, 7)}, tmp_path / "G_A.safetensors")
     data = (tmp_path / "G_A.safetensors").read_bytes()
@@ -428,7 +428,7 @@ def test_a_stable_diffusion_layout_with_diffusers_own_modules_is_fine(tmp_path, 
 
 def test_the_loaders_refuse_code_too_when_called_directly(tmp_path):
     from studio_audio.vae import load_vae
-    from studio_text.generator import load_model
+    from studio_text.gpt import load_model
 
     remote = copy_gpt(tmp_path, "remote", auto_map={"AutoModelForCausalLM": "modeling_evil.EvilLM"})
     with pytest.raises(UserError, match="auto_map"):
@@ -667,7 +667,7 @@ def test_training_data_loaders_open_only_regular_files(tmp_path):
     from studio.limits import data_files, regular_file_problem
     from studio.weights import safetensors_problem
     from studio_image.data import load_images
-    from studio_text.data import load_documents
+    from studio_text.gpt_data import load_documents
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     os.mkfifo(tmp_path / "f.png")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from studio.errors import UserError
 from studio.testing import run_yaml
-from studio_style.networks import ResnetGenerator, init_weights
+from studio_style.cyclegan_network import ResnetGenerator, init_weights
 
 # every key of the reference ResnetGenerator with 9 blocks (ngf 64): convolutions only
 REFERENCE_KEYS_9 = (["model.1.weight", "model.1.bias", "model.4.weight", "model.4.bias", "model.7.weight",
@@ -133,7 +133,7 @@ def test_any_size_and_mode_comes_back_the_same_size(checkpoints, tmp_path, size,
 
 def test_a_batch_gives_what_each_image_gives_alone(checkpoints, tmp_path):
     from studio.testing import make_context
-    from studio_style.generator import StyleCycleGAN
+    from studio_style.cyclegan import StyleCycleGAN
 
     root, _ = checkpoints
     gen = StyleCycleGAN()
@@ -157,7 +157,7 @@ class Exploit:
 
 
 def test_a_pth_that_is_not_tensors_is_refused_without_running_it(tmp_path, monkeypatch):
-    from studio_style.generator import load_generator
+    from studio_style.cyclegan import load_generator
 
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "evil.pth", "wb") as f:
@@ -176,7 +176,7 @@ def test_a_pth_that_is_not_tensors_is_refused_without_running_it(tmp_path, monke
 def test_save_and_load_round_trip_through_safetensors(tmp_path):
     from safetensors.torch import save_file
 
-    from studio_style.generator import load_generator
+    from studio_style.cyclegan import load_generator
 
     state = reference_state_dict(blocks=6, ngf=8)
     (tmp_path / "m").mkdir()

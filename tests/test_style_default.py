@@ -23,7 +23,7 @@ def test_default_restyles_a_photo_towards_white_clip_art(tmp_path):
     from sklearn.datasets import load_sample_image
 
     from studio.generator import Artifact
-    from studio_style.generator import StyleCycleGAN
+    from studio_style.cyclegan import StyleCycleGAN
 
     path = tmp_path / "china.png"
     Image.fromarray(load_sample_image("china.jpg")).resize((160, 107)).save(path)

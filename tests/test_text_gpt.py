@@ -22,7 +22,7 @@ def tiny_lm(tmp_path_factory):
     """A 2-layer GPT-2 with a 300-token byte-level BPE, saved with save_pretrained."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from studio_text.train import train_tokenizer
+    from studio_text.gpt_train import train_tokenizer
 
     tokenizer = train_tokenizer([TEXT], vocab_size=300)
     eos = tokenizer.eos_token_id
@@ -93,7 +93,7 @@ def test_stop_strings_end_the_text_and_are_not_kept(tiny_lm, tmp_path):
 
 
 def test_a_batch_writes_what_each_item_writes_alone(tiny_lm):
-    from studio_text.generator import TextGPT
+    from studio_text.gpt import TextGPT
 
     gen = TextGPT()
     items = [("To be, or not", 3), ("the", 4), ("and by opposing end them. To die", 5), ("", 6)]
@@ -191,7 +191,7 @@ def test_training_lowers_the_loss_and_the_model_writes(tmp_path):
 
 def test_training_data_errors_are_clear(tmp_path):
     from studio.errors import UserError
-    from studio_text.data import load_documents
+    from studio_text.gpt_data import load_documents
 
     with pytest.raises(UserError, match="neither a file nor a folder"):
         load_documents(str(tmp_path / "missing"))

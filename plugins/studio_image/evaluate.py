@@ -109,7 +109,7 @@ def sample_diffusion(model_dir: str | None, n: int, steps: int, guidance: float,
 def sample_gan(model_dir: str | None, n: int):
     from studio.testing import make_context
     from studio_image.gan import ImageGAN
-    from studio_image.gan_model import DCGenerator, GANConfig
+    from studio_image.gan_network import DCGenerator, GANConfig
 
     gen = ImageGAN()
     if model_dir is None:

@@ -79,7 +79,7 @@ class ImageGAN(Generator):
         import torch
         from safetensors.torch import load_file
 
-        from studio_image.gan_model import DCGenerator, GANConfig
+        from studio_image.gan_network import DCGenerator, GANConfig
 
         path = resolve_dir(params.model)
         refuse(params.model, path)
@@ -108,7 +108,7 @@ class ImageGAN(Generator):
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         import torch
 
-        from studio_image.gan_model import slerp
+        from studio_image.gan_network import slerp
 
         model = ctxs[0].model(self, params[0])
         z_dim = model.config.z_dim

@@ -46,7 +46,7 @@ class GANTrainer(Trainer):
         import torch
 
         from studio_image.data import load_images
-        from studio_image.gan_model import DCDiscriminator, DCGenerator, GANConfig
+        from studio_image.gan_network import DCDiscriminator, DCGenerator, GANConfig
 
         self.gan_config = GANConfig(image_size=self.options.size, channels=self.options.channels,
                                     z_dim=self.options.z_dim)

@@ -1,8 +1,8 @@
 """Music: an autoregressive transformer over MIDI performance events."""
 
 from studio import hookimpl
-from studio_music.generator import MusicTransformer
-from studio_music.train import MusicTrainer
+from studio_music.transformer import MusicTransformer
+from studio_music.transformer_train import MusicTrainer
 
 
 @hookimpl

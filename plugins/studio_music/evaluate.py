@@ -50,10 +50,10 @@ def main() -> None:
     from transformers import GPT2LMHeadModel
 
     from studio.testing import make_context
-    from studio_music.data import load_pieces
+    from studio_music.transformer_data import load_pieces
     from studio_music.events import BOS, decode, notes_of
-    from studio_music.generator import MusicTransformer
-    from studio_music.model import sample
+    from studio_music.transformer import MusicTransformer
+    from studio_music.transformer_network import sample
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")

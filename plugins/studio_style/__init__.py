@@ -1,8 +1,8 @@
 """Style transfer: CycleGAN ResnetGenerators, compatible with the reference checkpoints."""
 
 from studio import hookimpl
-from studio_style.generator import StyleCycleGAN
-from studio_style.train import CycleGANTrainer
+from studio_style.cyclegan import StyleCycleGAN
+from studio_style.cyclegan_train import CycleGANTrainer
 
 
 @hookimpl

@@ -38,8 +38,8 @@ def main() -> None:
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
 
-    from studio_style.data import load_domains, random_crop, split_held_out
-    from studio_style.generator import load_generator
+    from studio_style.cyclegan_data import load_domains, random_crop, split_held_out
+    from studio_style.cyclegan import load_generator
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")

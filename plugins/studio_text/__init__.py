@@ -1,8 +1,8 @@
 """Text: a GPT-style causal language model (transformers + tokenizers)."""
 
 from studio import hookimpl
-from studio_text.generator import TextGPT
-from studio_text.train import GPTTrainer
+from studio_text.gpt import TextGPT
+from studio_text.gpt_train import GPTTrainer
 
 
 @hookimpl

@@ -28,7 +28,7 @@ def known_fraction(texts: list[str], vocabulary: set[str]) -> float:
 
 def write(model, prompts_and_seeds, max_new_tokens: int = 200) -> list[str]:
     from studio.testing import make_context
-    from studio_text.generator import TextGPT
+    from studio_text.gpt import TextGPT
 
     gen = TextGPT()
     params = [TextGPT.Params(model=model, prompt=p, max_new_tokens=max_new_tokens, seed=s)
@@ -43,9 +43,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from studio_text.data import load_documents
+    from studio_text.gpt_data import load_documents
     from studio.weights import resolve_weights
-    from studio_text.generator import DEFAULT_WEIGHTS
+    from studio_text.gpt import DEFAULT_WEIGHTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")

@@ -64,7 +64,7 @@ class GPTTrainer(Trainer):
         import torch
         from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-        from studio_text.data import load_documents
+        from studio_text.gpt_data import load_documents
 
         opts = self.options
         self.block = opts.block

@@ -41,9 +41,9 @@ class MusicTrainer(Trainer):
         import torch
         from transformers import GPT2LMHeadModel
 
-        from studio_music.data import load_pieces
+        from studio_music.transformer_data import load_pieces
         from studio_music.events import BOS, EOS, VOCAB_SIZE
-        from studio_music.model import gpt2_config
+        from studio_music.transformer_network import gpt2_config
 
         cache = self.config.out / "training" / "dataset.json"
         if cache.is_file():  # converting a corpus takes minutes; a resumed run reuses it

@@ -71,7 +71,7 @@ def weights_file(model: str, direction: str) -> Path:
 
 
 def load_generator(model: str, direction: str):
-    from studio_style.networks import clean_state_dict, generator_from_state_dict
+    from studio_style.cyclegan_network import clean_state_dict, generator_from_state_dict
 
     path = weights_file(model, direction)
     with loading(model, "a CycleGAN generator", LOAD_FIX):

@@ -1,16 +1,15 @@
-"""Reading MIDI safely, and music training data: a folder of MIDI files, or a corpus that
-installs with music21."""
+"""Reading MIDI files safely: bounded, facts cached, every failure a UserError that says
+which file and why. Used by music.transformer (primers, training data) and by
+audio.render (the MIDI it plays)."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from studio import UserError
 
-SOURCES = {"music21:bach": "the Bach works in music21's corpus (433 files, 371 chorales)"}
 MIDI_SUFFIXES = {".mid", ".midi"}
 # pretty_midi keeps a table of every tick up to the last one (8 bytes each) and refuses
 # files past this many ticks; the same limit is checked first, with the reason in words.
@@ -118,45 +117,3 @@ def load_midi(path: Path, *, max_seconds: float | None = None, what: str = "", n
         return pretty_midi.PrettyMIDI(mido_object=midi)
     except Exception as exc:  # mido raises many kinds for a damaged file
         raise UserError(f"{path}: the MIDI file is damaged or truncated ({type(exc).__name__}: {exc})") from None
-
-
-def load_pieces(source: str) -> list[list[int]]:
-    """Event-token sequences (see events.py), one per piece."""
-    from studio_music.events import encode
-
-    if source in SOURCES:
-        return _music21_bach()
-    root = Path(source)
-    if not root.is_dir():
-        raise UserError(f"--data {source!r}: give a folder of MIDI files or one of: "
-                        + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
-    from studio.limits import data_files
-
-    files = data_files(root, MIDI_SUFFIXES)
-    if not files:
-        raise UserError(f"--data {source!r}: no .mid or .midi files found")
-    pieces = [encode(load_midi(p, need_notes=False)) for p in files]
-    return [p for p in pieces if p]
-
-
-def _music21_bach() -> list[list[int]]:
-    import pretty_midi
-
-    from studio_music.events import encode
-
-    try:
-        from music21 import converter, corpus
-    except ImportError:
-        raise UserError("--data music21:bach needs music21: pip install 'studio[train]'")
-    pieces = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, path in enumerate(corpus.getComposer("bach")):
-            midi_path = Path(tmp) / f"{i}.mid"
-            try:
-                converter.parse(path).write("midi", fp=str(midi_path))
-                tokens = encode(pretty_midi.PrettyMIDI(str(midi_path)))
-            except Exception:  # a few corpus files do not export to MIDI; skip them
-                continue
-            if tokens:
-                pieces.append(tokens)
-    return pieces

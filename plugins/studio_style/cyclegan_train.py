@@ -66,8 +66,8 @@ class CycleGANTrainer(Trainer):
         import numpy as np
         import torch
 
-        from studio_style.data import load_domains, random_crop, split_held_out
-        from studio_style.networks import NLayerDiscriminator, ResnetGenerator, init_weights
+        from studio_style.cyclegan_data import load_domains, random_crop, split_held_out
+        from studio_style.cyclegan_network import NLayerDiscriminator, ResnetGenerator, init_weights
 
         self.size = self.options.size
         ngf, ndf = self.options.ngf, self.options.ndf
@@ -102,7 +102,7 @@ class CycleGANTrainer(Trainer):
     def _batch(self, images):
         import torch
 
-        from studio_style.data import random_crop
+        from studio_style.cyclegan_data import random_crop
 
         picks = self.np_rng.integers(0, len(images), self.batch_size)
         return torch.stack([random_crop(images[i], self.size, self.np_rng) for i in picks]).to(self.device)

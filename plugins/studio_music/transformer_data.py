@@ -1,0 +1,54 @@
+"""music.transformer's training data: a folder of MIDI files, or a corpus that installs
+with music21, as event-token sequences."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from studio import UserError
+from studio_music.midi import MIDI_SUFFIXES, load_midi
+
+SOURCES = {"music21:bach": "the Bach works in music21's corpus (433 files, 371 chorales)"}
+
+
+def load_pieces(source: str) -> list[list[int]]:
+    """Event-token sequences (see events.py), one per piece."""
+    from studio_music.events import encode
+
+    if source in SOURCES:
+        return _music21_bach()
+    root = Path(source)
+    if not root.is_dir():
+        raise UserError(f"--data {source!r}: give a folder of MIDI files or one of: "
+                        + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
+    from studio.limits import data_files
+
+    files = data_files(root, MIDI_SUFFIXES)
+    if not files:
+        raise UserError(f"--data {source!r}: no .mid or .midi files found")
+    pieces = [encode(load_midi(p, need_notes=False)) for p in files]
+    return [p for p in pieces if p]
+
+
+def _music21_bach() -> list[list[int]]:
+    import pretty_midi
+
+    from studio_music.events import encode
+
+    try:
+        from music21 import converter, corpus
+    except ImportError:
+        raise UserError("--data music21:bach needs music21: pip install 'studio[train]'")
+    pieces = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, path in enumerate(corpus.getComposer("bach")):
+            midi_path = Path(tmp) / f"{i}.mid"
+            try:
+                converter.parse(path).write("midi", fp=str(midi_path))
+                tokens = encode(pretty_midi.PrettyMIDI(str(midi_path)))
+            except Exception:  # a few corpus files do not export to MIDI; skip them
+                continue
+            if tokens:
+                pieces.append(tokens)
+    return pieces
