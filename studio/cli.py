@@ -305,7 +305,7 @@ class _TrainCommand(click.Command):
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         from studio.errors import UserError
-        from studio.training import describe_options
+        from studio.trainer_options import describe_options
 
         super().format_epilog(ctx, formatter)
         registry = _host().registry

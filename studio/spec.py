@@ -1,5 +1,7 @@
-"""Pipeline YAML -> PipelineSpec. Every problem is collected, each with file, line,
-YAML path and step, before anything runs or is written."""
+"""Pipeline YAML -> PipelineSpec, step by step (keys, generators, parameters, input
+files). Every problem is collected, each with file, line, YAML path and step, before
+anything runs or is written. The graph between steps is studio.plan's to check, and
+studio.validate runs both."""
 
 from __future__ import annotations
 
@@ -8,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from studio import params as P
-from studio.errors import Issue, PipelineError, UserError, clip, did_you_mean, echo
+from studio.errors import Issue, UserError, clip, did_you_mean, echo
 from studio.generator import MAX_SEED, model_spec
 from studio.refs import RefSyntaxError, find_refs, has_refs, whole_ref
 from studio.yamlfile import Locations, load_yaml

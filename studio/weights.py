@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
