@@ -7,11 +7,10 @@ import json
 import math
 from pathlib import Path
 
-from pydantic import Field, model_validator
-
 from studio import UserError
-from studio.training import Trainer, TrainerOptions
+from studio.training import Trainer
 from studio_lm.likelihood import causal_lm_nll
+from studio_lm.options import GPTShape
 
 WINDOW = 256
 
@@ -23,16 +22,8 @@ class MusicTrainer(Trainer):
     default_batch_size = 16
     default_lr = 1e-3
 
-    class Options(TrainerOptions):
-        layers: int = Field(4, ge=1, le=48, description="Transformer blocks.")
-        width: int = Field(192, ge=1, le=4096, description="Embedding size; a multiple of heads.")
-        heads: int = Field(6, ge=1, le=64, description="Attention heads per block.")
-
-        @model_validator(mode="after")
-        def _heads_divide_width(self):
-            if self.width % self.heads:  # each head gets width / heads dimensions
-                raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-            return self
+    class Options(GPTShape):
+        """The model's shape; nothing else to set."""
 
     options: Options
 

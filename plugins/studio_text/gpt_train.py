@@ -12,11 +12,12 @@ import json
 import math
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from studio import UserError
-from studio.training import Trainer, TrainerOptions
+from studio.training import Trainer
 from studio_lm.likelihood import causal_lm_nll
+from studio_lm.options import GPTShape
 
 MIN_CHARS = 1000
 
@@ -42,21 +43,12 @@ class GPTTrainer(Trainer):
     default_batch_size = 16
     default_lr = 1e-3
 
-    class Options(TrainerOptions):
+    class Options(GPTShape):
         block: int = Field(256, ge=8, le=4096, description=(
             "Context length in tokens: the model reads windows this long, and writes within it."))
         vocab_size: int = Field(2048, ge=257, le=65536, description=(
             "Tokens the byte-level BPE tokenizer learns: the 256 bytes, the end-of-text token, and merges. "
             "Kept from the first run when resuming."))
-        width: int = Field(192, ge=1, le=4096, description="Embedding size; a multiple of heads.")
-        layers: int = Field(4, ge=1, le=48, description="Transformer blocks.")
-        heads: int = Field(6, ge=1, le=64, description="Attention heads per block.")
-
-        @model_validator(mode="after")
-        def _heads_divide_width(self):
-            if self.width % self.heads:  # each head gets width / heads dimensions
-                raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-            return self
 
     options: Options
 
