@@ -10,21 +10,10 @@ from studio.errors import PipelineError
 from studio.events import Sink
 from studio.executor import Executor, RunResult
 from studio.plan import Plan, build_plan
-from studio.plugins import Host
+from studio.plugins import Host, default_host
 from studio.runtime import Runtime
 from studio.spec import PipelineSpec
 from studio.validate import load_spec
-
-_host: Host | None = None
-
-
-def default_host() -> Host:
-    """The process-wide plugin host, loaded on first use."""
-    global _host
-    if _host is None:
-        _host = Host.load()
-    return _host
-
 
 @dataclass
 class Pipeline:

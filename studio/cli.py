@@ -65,7 +65,8 @@ class StudioGroup(click.Group):
 
 
 def _host():
-    from studio.api import default_host
+    # from studio.plugins, not studio.api: listing commands must not import the executor
+    from studio.plugins import default_host
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

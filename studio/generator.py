@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.weights import resolve_weights, weights_fingerprint
-
 if TYPE_CHECKING:  # heavy imports stay out of import time
     import torch
 
@@ -193,6 +191,8 @@ class Generator:
         """The weights the `model` parameter names, as a loader takes them: the embedded
         ones for "default", an existing path made absolute, anything else as given (a
         hub id, which the library looks up in its local cache)."""
+        from studio.weights import resolve_weights  # imported when used: plugin loading stays light
+
         model = str(getattr(params, "model", "default"))
         return resolve_weights(model, self.default_weights) if self.default_weights else model
 
@@ -207,6 +207,8 @@ class Generator:
         the `model` parameter's files when there are default weights."""
         if self.default_weights is None:
             return ""
+        from studio.weights import weights_fingerprint
+
         return weights_fingerprint(str(getattr(params, "model", "default")), self.default_weights)
 
     def load(self, params: Params, ctx: StepContext) -> Any:

@@ -158,3 +158,15 @@ class Host:
             self.registry.add_trainer(trainer_cls, self._current)
 
         self.call_each("register_trainers", register=register)
+
+
+_default: Host | None = None
+
+
+def default_host() -> Host:
+    """The process-wide plugin host, loaded on first use (the CLI and the Python API
+    share it)."""
+    global _default
+    if _default is None:
+        _default = Host.load()
+    return _default
