@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import studio.api
+import studio.plugins
 from studio.cli import cli
 from studio.testing import FakePlugin, make_host
 
@@ -12,7 +12,7 @@ GOOD = "name: good\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 2]}}
 
 @pytest.fixture(autouse=True)
 def fake_host(monkeypatch):
-    monkeypatch.setattr(studio.api, "_host", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
 
 
 @pytest.fixture

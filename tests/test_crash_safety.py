@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import studio.api
+import studio.plugins
 from studio import manifest as M
 from studio.artifacts import sha256_file
 from studio.cli import cli
@@ -301,7 +301,7 @@ class MorePlugin:
 
 @pytest.fixture
 def invoke(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.api, "_host", make_host([("fake", FakePlugin()), ("more", MorePlugin())]))
+    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin()), ("more", MorePlugin())]))
     monkeypatch.chdir(tmp_path)
 
     def run(text: str, *args):

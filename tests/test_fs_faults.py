@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-import studio.api
+import studio.plugins
 import studio.cache
 import studio.executor
 import studio.manifest
@@ -76,7 +76,7 @@ def statuses(manifest: dict) -> list[str]:
 
 @pytest.fixture
 def invoke(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.api, "_host", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.yaml").write_text(SWEEP)
 
@@ -167,7 +167,7 @@ class HookFails:
 
 
 def test_any_other_file_error_is_named_not_a_traceback(tmp_path, invoke, monkeypatch):
-    monkeypatch.setattr(studio.api, "_host", make_host([("fake", FakePlugin()), ("hook", HookFails())]))
+    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin()), ("hook", HookFails())]))
     result = invoke("run", "p.yaml", "-q")
     assert result.exit_code == 2
     assert "Traceback" not in result.output

@@ -113,11 +113,11 @@ def test_cli_memory_budgets_reach_the_model_cache(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    import studio.api
+    import studio.plugins
     from studio.cli import cli
     from studio.testing import FakePlugin, make_host
 
-    monkeypatch.setattr(studio.api, "_host", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.yaml").write_text("name: p\ndevice: cpu\nsteps:\n  - {id: a, uses: fake.image}\n")
     result = CliRunner().invoke(cli, ["run", "p.yaml", "-q", "--max-ram-gb", "0.5"])

@@ -214,7 +214,7 @@ def test_help_without_a_generator_names_the_trainable_ones():
 
 
 def test_help_of_a_trainer_without_options(monkeypatch):
-    import studio.api
+    import studio.plugins
     from studio import hookimpl
 
     class Plain(Trainer):
@@ -226,7 +226,7 @@ def test_help_of_a_trainer_without_options(monkeypatch):
         def register_trainers(self, register):
             register(Plain)
 
-    monkeypatch.setattr(studio.api, "_host", make_host([("plain", Plugin())], entry_points=False))
+    monkeypatch.setattr(studio.plugins, "_default", make_host([("plain", Plugin())], entry_points=False))
     result = studio_train("fake.text", "--help")
     assert result.exit_code == 0, result.output
     assert "Nothing to set. Its defaults: --steps 1000, --batch-size 32, --lr 0.001." in " ".join(result.output.split())
