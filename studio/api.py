@@ -24,9 +24,16 @@ class Pipeline:
         return build_plan(self.spec, self.host.registry)
 
     def run(self, *, out: str | Path = "runs", use_cache: bool = True, events: Sink | None = None,
-            runtime: Runtime | None = None) -> RunResult:
-        return Executor(self.host.registry, self.host.hooks, self.plan(), out=Path(out), use_cache=use_cache, events=events,
-                        runtime=runtime).run()
+            runtime: Runtime | None = None, executor: str | None = None, ray_address: str | None = None) -> RunResult:
+        """Run the pipeline. `executor` ("local" or "ray") overrides the pipeline's
+        `executor:`; `ray_address` names the cluster (else RAY_ADDRESS, else a local one)."""
+        options = dict(out=Path(out), use_cache=use_cache, events=events, runtime=runtime)
+        if (executor or self.spec.executor) == "ray":
+            from studio.cluster import RayExecutor
+
+            return RayExecutor(self.host.registry, self.host.hooks, self.plan(), recipe=self.host.recipe,
+                               address=ray_address, **options).run()
+        return Executor(self.host.registry, self.host.hooks, self.plan(), **options).run()
 
 
 def load(
@@ -72,8 +79,11 @@ def run(
     events: Sink | None = None,
     host: Host | None = None,
     runtime: Runtime | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> RunResult:
     """Validate and run a pipeline; returns the run with its artifacts. A failed item
     does not raise: check `result.status` and `result.failed`."""
     pipeline = load(path, overrides=overrides, seed=seed, device=device, precision=precision, host=host)
-    return pipeline.run(out=out, use_cache=use_cache, events=events, runtime=runtime)
+    return pipeline.run(out=out, use_cache=use_cache, events=events, runtime=runtime, executor=executor,
+                        ray_address=ray_address)

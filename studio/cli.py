@@ -108,8 +108,13 @@ def cli() -> None:
                    "beyond it. Default: half the machine's memory.")
 @click.option("--max-vram-gb", type=FloatRange(0.1, 100000), metavar="GB",
               help="The same on a GPU. Default: 80% of the GPU's memory.")
+@click.option("--executor", type=click.Choice(["local", "ray"]),
+              help="Where generators run: this process, or a Ray cluster (overrides the pipeline's "
+                   "`executor:`; see docs/scale-out.md).")
+@click.option("--ray-address", metavar="ADDRESS",
+              help="The Ray cluster to join (default: RAY_ADDRESS, else a cluster started for this run).")
 def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, compile_, max_ram_gb,
-        max_vram_gb) -> None:
+        max_vram_gb, executor, ray_address) -> None:
     """Run PIPELINE and write its outputs under OUT."""
     from studio import api
     from studio.artifacts import os_error_text
@@ -144,7 +149,8 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
 
             warnings.showwarning = show
             warnings.simplefilter("always", RunWarning)
-            result = loaded.run(out=out, use_cache=not no_cache, events=events, runtime=runtime)
+            result = loaded.run(out=out, use_cache=not no_cache, events=events, runtime=runtime, executor=executor,
+                                ray_address=ray_address)
     except KeyboardInterrupt:
         events.close()
         click.echo("interrupted: finished artifacts are kept; run again to reuse them", err=True)

@@ -92,6 +92,16 @@ class NonFiniteOutput(StudioError):
     exit_code = 1
 
 
-class StorageError(UserError):
+class MachineError(UserError):
+    """The machine needs fixing, not the pipeline or a generator: the run stops, keeps
+    what finished and says why; exit code 2."""
+
+
+class StorageError(MachineError):
     """A file could not be written: a full disk, a read-only folder, an --out that is a
-    file. The machine needs fixing, not the generator, so it exits with code 2."""
+    file."""
+
+
+class ClusterError(MachineError):
+    """A Ray cluster that cannot serve the run: unreachable, or a node whose Studio or
+    plugin versions differ from the driver's."""

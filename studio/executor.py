@@ -16,7 +16,7 @@ import secrets
 import shutil
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import dataclass, replace
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from studio.artifacts import (atomic_write, fsync_dir, is_storage_problem, os_er
                               sha256_file, write_json_atomic)
 from studio.batch import BatchOutOfMemory, BatchResult, run_batch
 from studio.cache import DamagedEntry, StepCache, cache_key, canonical
-from studio.errors import StorageError, StudioError, UserError, clip, echo
+from studio.errors import MachineError, StorageError, StudioError, UserError, clip, echo
 from studio.events import GuardedSink, Sink
 from studio.generator import Artifact, Generator, Params, StepContext
 from studio.manifest import MANIFEST, Manifest
@@ -44,6 +44,19 @@ from studio.version import __version__
 class RunWarning(UserWarning):
     """Something the user should know that does not fail the run (the step cache is
     read-only ...). Also in the manifest's `warnings` and as a `warning` event."""
+
+
+@dataclass
+class StepWork:
+    """A started step: the items left to make (cache misses) and how to batch them."""
+
+    step: PlanStep
+    template: StepRun  # the step's generator, plugin, runtime and precision, no items
+    todo: list[ItemRun]
+    batch_size: int
+
+    def run(self, items: list[ItemRun]) -> StepRun:
+        return replace(self.template, items=items)
 
 
 def new_run_id() -> str:
@@ -97,10 +110,9 @@ class Executor:
         status = "interrupted"
         try:
             self.manifest.start_journal()
-            for step in self.plan.steps:
-                self._run_step(step)
+            self._run_steps()
             status = "failed" if any(r.status == "failed" for r in self.results.values()) else "done"
-        except StorageError as exc:  # nothing more can be written: stop, keep what finished
+        except MachineError as exc:  # a full disk, a broken cluster: stop, keep what finished
             self.manifest.error, status = str(exc), "failed"
         except OSError as exc:  # a file problem no step put in words
             self.manifest.error, status = os_error_text(exc, writing=False), "failed"
@@ -108,6 +120,10 @@ class Executor:
             self._end_run(status)
         return RunResult(run_dir, status, self.results, self.manifest.path, self.manifest.error,
                          list(self.manifest.warnings))
+
+    def executor_info(self) -> dict[str, Any]:
+        """What ran the generators, for the manifest."""
+        return {"name": "local"}
 
     def _make_run_dir(self) -> Path:
         """OUT/<pipeline>/<run-id>, made under a hidden name with its first manifest and
@@ -119,7 +135,8 @@ class Executor:
         for _ in range(5):
             run_dir = parent / new_run_id()
             building = parent / f".{run_dir.name}.partial-{os.getpid()}"
-            self.manifest = Manifest(run_dir, self.plan, self.registry, self.runtime, self.stats, self.results)
+            self.manifest = Manifest(run_dir, self.plan, self.registry, self.runtime, self.stats, self.results,
+                                     self.executor_info())
             try:
                 building.mkdir(parents=True)
             except OSError as exc:
@@ -176,7 +193,43 @@ class Executor:
             self._generators[name] = self.registry.generator(name)()
         return self._generators[name]
 
+    def _run_steps(self) -> None:
+        """Every step in plan order, each to its end before the next starts. (A
+        distributed executor overrides this to run independent steps at once.)"""
+        for step in self.plan.steps:
+            self._run_step(step)
+
     def _run_step(self, step: PlanStep) -> None:
+        work = self._start_step(step)
+        size = work.batch_size
+        start = 0
+        while start < len(work.todo):
+            batch = work.todo[start:start + size]
+            began = time.perf_counter()
+            try:
+                self._run_batch(work.run(batch))
+            except BatchOutOfMemory as exc:
+                error = str(exc.__cause__)
+            else:
+                if step.compile and start == 0:  # compiling happens on the first call: say what it cost
+                    self.stats.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
+                start += len(batch)
+                continue
+            # the device's memory is the budget: halve the batch for the rest of the step. (Out
+            # of the except clause, so the failed batch's tensors, held by its traceback, are freed.)
+            size = max(1, len(batch) // 2)
+            free_memory()
+            self._batch_shrunk(step.id, len(batch), size, error)
+        self.events.emit("step_done", step=step.id)
+
+    def _batch_shrunk(self, step_id: str, tried: int, now: int, error: str) -> None:
+        self.events.emit("batch_shrunk", step=step_id, tried=tried, now=now, error=error)
+        self.stats.batch_shrunk[step_id] = now
+
+    def _start_step(self, step: PlanStep) -> StepWork:
+        """What a step leaves to run: each item's inputs resolved and checked, its cache
+        key computed and a cached item restored; the rest, the cache misses, to be made in
+        batches. Items whose upstream failed are skipped here."""
         gen = self._generator(step.uses)
         plugin = self.registry.plugin_of(step.uses)
         precision = self.runtime.precision_for(gen.precisions) if gen.uses_device else "fp32"
@@ -212,27 +265,8 @@ class Executor:
                     "item_progress", step=step.id, item=name, done=done, total=total),
             )
             todo.append(ItemRun(item, params, ctx, item_dir, key))
-        size = gen.max_batch_size if gen.batchable else 1
-        start = 0
-        while start < len(todo):
-            batch = todo[start:start + size]
-            began = time.perf_counter()
-            try:
-                self._run_batch(StepRun(step.id, step.uses, plugin, gen, self.runtime, precision, batch))
-            except BatchOutOfMemory as exc:
-                error = str(exc.__cause__)
-            else:
-                if step.compile and start == 0:  # compiling happens on the first call: say what it cost
-                    self.stats.first_batch_s[step.id] = round(time.perf_counter() - began, 3)
-                start += len(batch)
-                continue
-            # the device's memory is the budget: halve the batch for the rest of the step. (Out
-            # of the except clause, so the failed batch's tensors, held by its traceback, are freed.)
-            size = max(1, len(batch) // 2)
-            free_memory()
-            self.events.emit("batch_shrunk", step=step.id, tried=len(batch), now=size, error=error)
-            self.stats.batch_shrunk[step.id] = size
-        self.events.emit("step_done", step=step.id)
+        return StepWork(step, StepRun(step.id, step.uses, plugin, gen, self.runtime, precision, []), todo,
+                        gen.max_batch_size if gen.batchable else 1)
 
     def _run_batch(self, run: StepRun) -> None:
         """Make one batch and record each item: saved, or failed with its kind."""
@@ -507,7 +541,9 @@ class Executor:
                 names = ", ".join(i.item.name for i in run.items)
                 log.write(f"--- {time.strftime('%H:%M:%S')} step {run.step_id!r} ({run.uses}, "
                           f"plugin {run.plugin!r}) items: {names}\n")
-                log.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                # an error from a cluster's worker carries its traceback as text
+                log.write(getattr(exc, "remote_traceback", None)
+                          or "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         except OSError:
             pass  # the item's message says what failed; the traceback is a bonus
 

@@ -59,13 +59,14 @@ def versions(registry: Registry) -> dict[str, Any]:
 
 class Manifest:
     def __init__(self, run_dir: Path, plan: Plan, registry: Registry, runtime: Runtime, stats: RunStats,
-                 results: dict[str, ItemResult]):
+                 results: dict[str, ItemResult], executor: dict[str, Any] | None = None):
         self.path = run_dir / MANIFEST
         self.run_dir = run_dir
         self.plan = plan
         self.registry = registry
         self.runtime = runtime
         self.stats = stats
+        self.executor = executor or {"name": "local"}
         self.results = results
         self.started = time.time()
         self.process = this_process()
@@ -106,6 +107,7 @@ class Manifest:
             "seed": spec.seed,
             "process": self.process,
             "journal": JOURNAL,
+            "executor": self.executor,
             "runtime": {**self.runtime.describe(), **self.stats.describe(self.runtime)},
             "versions": versions(self.registry),
             "resolved_pipeline": spec.data,
@@ -130,6 +132,7 @@ class Manifest:
             "name": r.name, "dir": r.dir, "status": r.status, "labels": r.labels, "seed": r.seed,
             "params": r.params, "seconds": None if r.seconds is None else round(r.seconds, 4),
             "error": r.error, "error_kind": r.error_kind, "cache_key": r.cache_key, "notes": r.notes,
+            **({"worker": r.worker} if r.worker else {}),
             "artifacts": {
                 port: {"path": relative_path(a.path, self.run_dir), "media_type": a.media_type,
                        "sha256": a.sha256, "size": a.size}

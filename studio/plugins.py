@@ -38,6 +38,7 @@ class Host:
         self.registry = Registry()
         self._objects: dict[str, Any] = {}
         self._current = HOST_PLUGIN  # plugin whose hook is running, for register()
+        self.recipe: dict[str, Any] = {}  # Host.load's arguments (see load)
 
     @property
     def hooks(self) -> Any:
@@ -57,7 +58,11 @@ class Host:
         """Discover and register plugins. `extra` adds (name, module-or-object) pairs,
         registered exactly as if they came from an entry point (tests use this)."""
         env = os.environ if env is None else env
+        extra = list(extra)
         host = cls()
+        # how to load the same plugins again in another process (a cluster's workers)
+        host.recipe = {"entry_points_group": entry_points_group, "extra": extra,
+                       "env": {k: env[k] for k in ("STUDIO_LOAD_PLUGINS",) if k in env}}
         if env.get("STUDIO_TRACE_PLUGINS", "") not in ("", "0"):
             host.pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
             host.pm.enable_tracing()

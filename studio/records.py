@@ -53,6 +53,7 @@ class ItemResult:
     error_kind: str | None = None  # for a failed item: user | environment | generator
     cache_key: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)  # what the generator recorded
+    worker: dict[str, Any] | None = None  # on a cluster: the node and worker that made it, queue wait, run time
 
     @property
     def ok(self) -> bool:

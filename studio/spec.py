@@ -19,10 +19,11 @@ from studio.yamlfile import Locations, load_yaml
 if TYPE_CHECKING:
     from studio.registry import Registry
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "steps")
+TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "executor", "steps")
 STEP_KEYS = ("id", "uses", "description", "compile", "with", "sweep", "zip")
 DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EXECUTORS = ("local", "ray")  # where the generators run: this process, or a Ray cluster
 STEP_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:(0|[1-9][0-9]{0,3}))$")  # ASCII digits, no leading zeros
@@ -49,6 +50,7 @@ class PipelineSpec:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False  # torch.compile the models of every step (a step's `compile:` wins)
+    executor: str = "local"  # local | ray (--executor overrides it)
     description: str | None = None
     source: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)  # relative input files resolve here
@@ -213,6 +215,11 @@ def build_spec(
     compile_all = data.get("compile", False)
     if not isinstance(compile_all, bool):
         issues.append(locs.issue(("compile",), f"got {echo(compile_all)}; allowed: true | false"))
+    executor = data.get("executor", "local")
+    if not isinstance(executor, str) or executor not in EXECUTORS:
+        issues.append(locs.issue(("executor",), f"got {echo(executor)}; allowed: {' | '.join(EXECUTORS)} "
+                                                "(ray runs the generators on a Ray cluster; see docs/scale-out.md)"))
+        executor = "local"
     description = data.get("description")
     if description is not None and not isinstance(description, str):
         issues.append(locs.issue(("description",), f"got {_kind(description)}; a description is text "
@@ -235,7 +242,8 @@ def build_spec(
                 steps.append(step)
     spec = PipelineSpec(
         name=name, steps=steps, seed=seed, device=device, precision=precision,
-        compile=compile_all is True, description=description, base_dir=base_dir, locations=locs, data=data,
+        compile=compile_all is True, executor=executor, description=description, base_dir=base_dir, locations=locs,
+        data=data,
     )
     return spec, issues
 

@@ -1,0 +1,435 @@
+"""Running a plan on a Ray cluster (`studio run --executor ray`).
+
+The driver (this process) does everything the local executor does except calling the
+generators: it validates and plans, resolves inputs, looks up the step cache, writes every
+artifact, the cache, the journal and the manifest. Only cache misses travel, one batch of
+one step per Ray call, to long-lived worker actors that load the plugins once, keep their
+models loaded across batches and steps, and call `studio.batch.run_batch` there. Inputs
+made upstream go to the workers through Ray's object store (once per file), and outputs
+come back the same way: one process writes the run directory, so there are no races on
+shared files, and the outputs are the same bytes as a local run's.
+
+A step starts as soon as the steps it reads from have finished; independent steps and the
+batches of a step run at the same time, as many as the cluster has room for. Workers are
+pooled per (generator, precision): a pool grows while there is room, and an idle worker
+of another pool makes room when there is none. A worker that dies mid-batch is restarted
+and the batch retried by Ray; a batch that runs out of memory is split in two, as locally.
+
+Ray is imported only here, and this module only when `--executor ray` is asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from studio.batch import BatchOutOfMemory, BatchResult, run_batch
+from studio.errors import ClusterError, UserError, clip
+from studio.executor import Executor, StepWork
+from studio.generator import Artifact, StepContext
+from studio.plan import PlanItem, PlanStep
+from studio.records import ItemRun, StepRun
+from studio.runtime import ModelBudget, Runtime, choose_precision
+from studio.version import __version__
+
+RAY_MISSING = ("--executor ray needs Ray, which is not installed here. Install it with "
+               "`pip install 'studio[ray]'` (or `pip install ray`), or run without --executor ray")
+RETRIES = 3  # a worker that dies mid-batch is restarted and the batch run again, this often
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(RAY_MISSING) from None
+    return ray
+
+
+def connect(address: str | None) -> dict[str, float]:
+    """Join the cluster at `address` (else RAY_ADDRESS, else start a local one) unless
+    this process is connected already; the cluster's resources."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
+            raise ClusterError(f"cannot reach {where}: {clip(str(exc), 300)}. Start one with `ray start --head` "
+                               "and give its address with --ray-address (see docs/scale-out.md)") from None
+    return {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+
+
+def versions(registry: Any) -> dict[str, Any]:
+    """What must be the same on the driver and every worker."""
+    return {"studio": __version__,
+            "plugins": {n: p.version for n, p in sorted(registry.plugins.items()) if p.ok}}
+
+
+# --- what travels ---------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One batch of one step, as a worker receives it."""
+
+    step_id: str
+    uses: str
+    plugin: str
+    precision: str
+    compile: bool
+    items: list[PlanItem]
+    values: list[dict[str, Any]]  # each item's resolved parameters (Artifacts point at the driver's files)
+    blobs: dict[str, Any]  # sha256 -> ObjectRef of an input file's bytes
+    submitted: float = 0.0
+
+
+@dataclass
+class Part:
+    """What became of some of a job's items (by index): outputs or one error."""
+
+    indexes: list[int]
+    outputs: list[dict[str, Any]] | None
+    error: BaseException | None
+    seconds: float
+    notes: list[dict[str, Any]]
+
+
+@dataclass
+class Done:
+    """A job's answer: its parts, or the out-of-memory error that asks for a smaller
+    batch; and who made it, when."""
+
+    parts: list[Part]
+    out_of_memory: str | None
+    identity: dict[str, Any]
+    started: float
+    ended: float
+
+
+class Worker:
+    """A Ray actor: the plugins loaded once, and one runtime whose model cache lives as
+    long as the actor does, across batches and steps."""
+
+    def __init__(self, recipe: dict[str, Any], device: str, precision: str, budget: ModelBudget):
+        import warnings
+
+        import ray
+
+        from studio.plugins import Host
+
+        with warnings.catch_warnings():  # a broken plugin is reported by the driver's own host
+            warnings.simplefilter("ignore")
+            self.host = Host.load(**recipe)
+        self.runtime = Runtime(device, precision, budget)
+        self.generators: dict[str, Any] = {}
+        self.inputs = Path(tempfile.mkdtemp(prefix="studio-inputs-"))
+        context = ray.get_runtime_context()
+        self.identity = {"node": context.get_node_id(), "worker": context.get_actor_id(), "pid": os.getpid(),
+                         "versions": versions(self.host.registry)}
+
+    def run(self, job: Job) -> Done:
+        started = time.time()
+        gen = self.generators.get(job.uses) or self.generators.setdefault(
+            job.uses, self.host.registry.generator(job.uses)())
+        items = []
+        for plan_item, values in zip(job.items, job.values):
+            ctx = StepContext(step_id=job.step_id, item_name=plan_item.name, seed=plan_item.seed,
+                              runtime=self.runtime, precision=job.precision, labels=plan_item.labels,
+                              compile=job.compile)
+            params = gen.Params.model_construct(**{k: self._local(v, job.blobs) for k, v in values.items()})
+            items.append(ItemRun(plan_item, params, ctx, Path("."), ""))
+        run = StepRun(job.step_id, job.uses, job.plugin, gen, self.runtime, job.precision, items)
+        try:
+            results = run_batch(run, self.host.hooks.run_step)
+        except BatchOutOfMemory as exc:
+            return Done([], str(exc.__cause__), self.identity, started, time.time())
+        position = {id(item): i for i, item in enumerate(items)}
+        parts = [Part([position[id(i)] for i in r.items], r.outputs, _portable(r.error), r.seconds,
+                      [dict(i.ctx.notes) for i in r.items]) for r in results]
+        return Done(parts, None, self.identity, started, time.time())
+
+    def _local(self, value: Any, blobs: dict[str, Any]) -> Any:
+        """An input Artifact made a file on this machine (written once per content)."""
+        if isinstance(value, list):
+            return [self._local(v, blobs) for v in value]
+        if not isinstance(value, Artifact) or value.sha256 not in blobs:
+            return value
+        import ray
+
+        path = self.inputs / f"{value.sha256}{value.path.suffix}"
+        if not path.exists():
+            partial = path.with_name(path.name + f".{os.getpid()}.partial")
+            partial.write_bytes(ray.get(blobs[value.sha256]))
+            os.replace(partial, path)
+        return value.model_copy(update={"path": path})
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    """An exception that survives the trip to the driver, its traceback as text."""
+    if error is None:
+        return None
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # an exception holding something that does not pickle
+        kind = UserError if isinstance(error, UserError) else RuntimeError
+        error = kind(f"{type(error).__name__}: {error}")
+    error.remote_traceback = text
+    return error
+
+
+# --- the driver -----------------------------------------------------------------------
+
+
+class ClusterRuntime(Runtime):
+    """The driver's view of the workers' runtime: the device they run on (a GPU when the
+    cluster has any and the pipeline allows it), for precision choices and cache keys.
+    The driver itself never loads a model."""
+
+    def __init__(self, device: str, precision: str, budget: ModelBudget, cluster: dict[str, float]):
+        super().__init__(device, precision, budget)
+        gpus = cluster.get("GPU", 0) >= 1 and device != "cpu"
+        if device.startswith("cuda") and not gpus:
+            raise ClusterError(f"device {device!r} was asked for, but the Ray cluster has no GPU "
+                               f"(resources: {_resources_text(cluster)}); use device: auto or cpu")
+        self._device = "cuda" if gpus else "cpu"
+        self.gpu_bf16: bool | None = None  # asked of a GPU worker when a choice needs it
+
+    def precision_for(self, supported: tuple[str, ...]) -> str:
+        if self._device == "cuda" and self.requested_precision == "auto" and "bf16" in supported:
+            if self.gpu_bf16 is None:
+                self.gpu_bf16 = _gpu_supports_bf16()
+            return choose_precision("auto", "cuda", supported, bf16_ok=self.gpu_bf16)
+        return choose_precision(self.requested_precision, self._device, supported, bf16_ok=False)
+
+
+def _gpu_supports_bf16() -> bool:
+    ray = import_ray()
+
+    @ray.remote(num_gpus=1)
+    def probe() -> bool:
+        import torch
+
+        return bool(torch.cuda.is_bf16_supported())
+
+    return bool(ray.get(probe.remote()))
+
+
+def _resources_text(cluster: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU")) or "none"
+
+
+@dataclass
+class Slot:
+    actor: Any
+    kind: str  # "cpu" or "gpu"
+    busy: bool = False
+
+
+@dataclass
+class Flight:
+    work: StepWork
+    items: list[ItemRun]
+    slot: Slot
+    submitted: float
+
+
+@dataclass
+class Pools:
+    """Worker actors by (generator, precision), within the cluster's CPUs and GPUs."""
+
+    capacity: dict[str, int]
+    by_key: dict[tuple, list[Slot]] = field(default_factory=dict)
+
+    def count(self, kind: str) -> int:
+        return sum(1 for pool in self.by_key.values() for s in pool if s.kind == kind)
+
+    def all(self) -> list[Slot]:
+        return [s for pool in self.by_key.values() for s in pool]
+
+
+class RayExecutor(Executor):
+    """The local executor's driver with generators called on a Ray cluster."""
+
+    def __init__(self, registry: Any, hooks: Any, plan: Any, *, recipe: dict[str, Any],
+                 address: str | None = None, budget: ModelBudget | None = None, **kwargs: Any):
+        super().__init__(registry, hooks, plan, **kwargs)
+        self.recipe = recipe
+        self.address = address
+        self.budget = budget or ModelBudget()
+        self.cluster: dict[str, float] = {}
+        self.expected = versions(registry)
+        self._blobs: dict[str, Any] = {}
+
+    def run(self):
+        self.cluster = connect(self.address)  # an unreachable cluster fails before anything is written
+        if self.runtime is None or not isinstance(self.runtime, ClusterRuntime):
+            given = self.runtime
+            self.runtime = ClusterRuntime(given.requested_device if given else self.spec.device,
+                                          given.requested_precision if given else self.spec.precision,
+                                          given.budget if given else self.budget, self.cluster)
+        return super().run()
+
+    def executor_info(self) -> dict[str, Any]:
+        ray = import_ray()
+        return {"name": "ray", "address": ray.get_runtime_context().gcs_address,
+                "resources": self.cluster, "versions": self.expected}
+
+    # -- scheduling ---------------------------------------------------------------
+
+    def _run_steps(self) -> None:
+        ray = import_ray()
+        step_of = {item.name: step.id for step in self.plan.steps for item in step.items}
+        upstream = {step.id: {step_of[d] for item in step.items for d in item.deps} - {step.id}
+                    for step in self.plan.steps}
+        waiting: list[PlanStep] = list(self.plan.steps)
+        finished: set[str] = set()
+        open_batches: dict[str, int] = {}
+        queue: deque[tuple[StepWork, list[ItemRun]]] = deque()
+        inflight: dict[Any, Flight] = {}
+        cpus = int(self.cluster.get("CPU", 0))
+        self.pools = Pools({"cpu": max(1, cpus), "gpu": int(self.cluster.get("GPU", 0))})
+        try:
+            while waiting or queue or inflight:
+                for step in [s for s in waiting if upstream[s.id] <= finished]:
+                    waiting.remove(step)
+                    work = self._start_step(step)
+                    size = work.batch_size
+                    batches = [work.todo[i:i + size] for i in range(0, len(work.todo), size)]
+                    open_batches[step.id] = len(batches)
+                    queue.extend((work, batch) for batch in batches)
+                    if not batches:
+                        self._step_done(step.id, finished)
+                self._dispatch(queue, inflight)
+                if not inflight:
+                    if queue:
+                        raise ClusterError(f"the Ray cluster has no room for a worker (resources: "
+                                           f"{_resources_text(self.cluster)})")
+                    continue
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                flight = inflight.pop(ready[0])
+                flight.slot.busy = False
+                step_id = flight.work.step.id
+                open_batches[step_id] += self._receive(ray, ready[0], flight, queue) - 1
+                if open_batches[step_id] == 0:
+                    self._step_done(step_id, finished)
+        finally:
+            for slot in self.pools.all():
+                ray.kill(slot.actor)
+            self.pools.by_key.clear()
+
+    def _step_done(self, step_id: str, finished: set[str]) -> None:
+        finished.add(step_id)
+        self.events.emit("step_done", step=step_id)
+
+    def _dispatch(self, queue: deque, inflight: dict[Any, Flight]) -> None:
+        while queue:
+            work, items = queue[0]
+            slot = self._idle_slot(work)
+            if slot is None:
+                return  # every worker is busy: wait for one
+            queue.popleft()
+            slot.busy = True
+            submitted = time.time()
+            inflight[slot.actor.run.remote(self._job(work, items, submitted))] = Flight(work, items, slot, submitted)
+
+    def _idle_slot(self, work: StepWork) -> Slot | None:
+        gen, precision = work.template.generator, work.template.precision
+        kind = "gpu" if gen.uses_device and self.runtime.device == "cuda" else "cpu"
+        pool = self.pools.by_key.setdefault((gen.name, precision, kind), [])
+        for slot in pool:
+            if not slot.busy:
+                return slot
+        if self.pools.count(kind) >= self.pools.capacity[kind]:
+            idle = next((s for s in self.pools.all() if not s.busy and s.kind == kind), None)
+            if idle is None:
+                return None
+            import_ray().kill(idle.actor)  # an idle worker of another generator makes room
+            for other in self.pools.by_key.values():
+                if idle in other:
+                    other.remove(idle)
+        slot = Slot(self._new_actor(kind, precision), kind)
+        pool.append(slot)
+        return slot
+
+    def _new_actor(self, kind: str, precision: str) -> Any:
+        ray = import_ray()
+        options = {"num_cpus": 1, "num_gpus": 1 if kind == "gpu" else 0,
+                   "max_restarts": RETRIES, "max_task_retries": RETRIES}
+        device = "cuda" if kind == "gpu" else "cpu"
+        return ray.remote(Worker).options(**options).remote(self.recipe, device, precision, self.runtime.budget)
+
+    def _job(self, work: StepWork, items: list[ItemRun], submitted: float) -> Job:
+        """The batch as a worker gets it; each input file put in the object store once
+        per run, however many batches read it."""
+        values, blobs = [], {}
+        for item_run in items:
+            params = item_run.params
+            values.append({k: getattr(params, k) for k in type(params).model_fields})
+            for value in values[-1].values():
+                for artifact in value if isinstance(value, list) else [value]:
+                    if isinstance(artifact, Artifact):
+                        if artifact.sha256 not in self._blobs:
+                            self._blobs[artifact.sha256] = import_ray().put(artifact.path.read_bytes())
+                        blobs[artifact.sha256] = self._blobs[artifact.sha256]
+        step = work.step
+        return Job(step.id, step.uses, work.template.plugin, work.template.precision,
+                   bool(step.compile and work.template.generator.uses_device),
+                   [i.item for i in items], values, blobs, submitted)
+
+    def _receive(self, ray: Any, ref: Any, flight: Flight, queue: deque) -> int:
+        """Record a finished job; the number of batches it leaves queued (2 when it ran
+        out of memory and was split, else 0)."""
+        run = flight.work.run(flight.items)
+        try:
+            done: Done = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the worker died more often than Ray retries
+            result = BatchResult(flight.items, error=ClusterError(
+                f"the Ray worker running it died {RETRIES + 1} times ({clip(str(exc).splitlines()[0], 200)})"))
+            self._record_batch(run, result)
+            return 0
+        if done.identity["versions"] != self.expected:
+            raise ClusterError(_version_message(done.identity, self.expected))
+        if done.out_of_memory is not None:
+            if len(flight.items) == 1:  # alone and still too big: a failure, as locally
+                error = RuntimeError(done.out_of_memory)
+                self._record_batch(run, BatchResult(flight.items, error=error))
+                return 0
+            half = len(flight.items) // 2
+            self._batch_shrunk(flight.work.step.id, len(flight.items), half, done.out_of_memory)
+            queue.appendleft((flight.work, flight.items[half:]))
+            queue.appendleft((flight.work, flight.items[:half]))
+            return 2
+        for part in done.parts:
+            items = [flight.items[i] for i in part.indexes]
+            for item_run, notes in zip(items, part.notes):
+                item_run.ctx.notes.update(notes)
+                self.results[item_run.item.name].worker = {
+                    "node": done.identity["node"], "worker": done.identity["worker"], "pid": done.identity["pid"],
+                    "queue_s": round(done.started - flight.submitted, 4),
+                    "run_s": round(done.ended - done.started, 4)}
+            self._record_batch(replace(run, items=items),
+                               BatchResult(items, outputs=part.outputs, error=part.error, seconds=part.seconds))
+        return 0
+
+
+def _version_message(identity: dict[str, Any], expected: dict[str, Any]) -> str:
+    got = identity["versions"]
+    differences = []
+    if got["studio"] != expected["studio"]:
+        differences.append(f"studio {got['studio']} (the driver has {expected['studio']})")
+    for name in sorted(set(got["plugins"]) | set(expected["plugins"])):
+        theirs, ours = got["plugins"].get(name, "missing"), expected["plugins"].get(name, "missing")
+        if theirs != ours:
+            differences.append(f"plugin {name} {theirs} (the driver has {ours})")
+    return (f"Ray node {identity['node'][:12]} runs other versions than the driver: {'; '.join(differences)}. "
+            "Install the same Studio and plugins on every node (see docs/scale-out.md)")
