@@ -119,10 +119,18 @@ class Worker:
     """A Ray actor: the plugins loaded once, and one runtime whose model cache lives as
     long as the actor does, across batches and steps."""
 
-    def __init__(self, recipe: dict[str, Any], device: str, precision: str, budget: ModelBudget):
+    def __init__(self, recipe: dict[str, Any], device: str, precision: str, budget: ModelBudget, threads: int):
+        import sys
         import warnings
 
         import ray
+
+        # as many CPU threads as a local run on the driver uses: torch's CPU kernels may sum
+        # in another order with another thread count, and the outputs must be the same bytes
+        # (Ray starts workers with OMP_NUM_THREADS=1; torch reads it when first imported)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
         from studio.plugins import Host
 
@@ -272,6 +280,9 @@ class RayExecutor(Executor):
 
     def run(self):
         self.cluster = connect(self.address)  # an unreachable cluster fails before anything is written
+        import torch
+
+        self.threads = torch.get_num_threads()  # what a local run here would use (see Worker)
         if self.runtime is None or not isinstance(self.runtime, ClusterRuntime):
             given = self.runtime
             self.runtime = ClusterRuntime(given.requested_device if given else self.spec.device,
@@ -366,7 +377,8 @@ class RayExecutor(Executor):
         options = {"num_cpus": 1, "num_gpus": 1 if kind == "gpu" else 0,
                    "max_restarts": RETRIES, "max_task_retries": RETRIES}
         device = "cuda" if kind == "gpu" else "cpu"
-        return ray.remote(Worker).options(**options).remote(self.recipe, device, precision, self.runtime.budget)
+        return ray.remote(Worker).options(**options).remote(self.recipe, device, precision, self.runtime.budget,
+                                                             self.threads)
 
     def _job(self, work: StepWork, items: list[ItemRun], submitted: float) -> Job:
         """The batch as a worker gets it; each input file put in the object store once

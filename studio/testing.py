@@ -36,7 +36,8 @@ from studio.hookspecs import hookimpl
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["FakeCaption", "FakeFail", "FakeImage", "FakePlugin", "FakeText", "assert_generator_contract",
+__all__ = ["ClusterFakes", "FakeCaption", "FakeCrashOnce", "FakeFail", "FakeImage", "FakePlugin", "FakeSleep",
+           "FakeText", "assert_generator_contract",
            "make_context", "make_host", "run_yaml"]
 
 
@@ -114,6 +115,71 @@ class FakeCaption(Generator):
     def generate(self, params, ctx):
         image = params.image.open_image()
         return {"text": f"{image.width}x{image.height} {params.image.labels}"}
+
+
+class FakeSleep(Generator):
+    """Takes a fixed time per item and counts its model loads: for measuring how a
+    cluster schedules work, independent of any model's speed."""
+
+    name = "fake.sleep"
+    description = "Sleep a fixed time per item, then write the item's seed (for tests and benchmarks)."
+    outputs = {"text": media.TEXT}
+    batchable = True
+    max_batch_size = 8
+
+    class Params(Params):
+        seconds: float = Field(0.1, ge=0.0, le=60.0, description="Time each item takes.")
+        busy: bool = Field(False, description="Spin the CPU instead of sleeping (CPU-bound work).")
+
+    def load(self, params, ctx):
+        import os
+
+        return {"pid": os.getpid()}  # one load per worker process: the model cache keeps it
+
+    def generate_batch(self, params, ctxs):
+        import time
+
+        loaded = ctxs[0].model(self, params[0])
+        out = []
+        for p, c in zip(params, ctxs):
+            end = time.perf_counter() + p.seconds
+            if p.busy:
+                while time.perf_counter() < end:
+                    pass
+            else:
+                time.sleep(p.seconds)
+            c.record(loaded_in=loaded["pid"])
+            out.append({"text": str(c.seed)})
+        return out
+
+
+class FakeCrashOnce(Generator):
+    """Kills the process it runs in the first time (when `marker` does not exist yet,
+    it is created), then works: a worker dying mid-batch, for cluster tests."""
+
+    name = "fake.crash_once"
+    description = "Kill the worker process once, then echo the seed (for tests)."
+    outputs = {"text": media.TEXT}
+
+    class Params(Params):
+        marker: str = Field(..., max_length=1000, description="A file path; absent means crash.")
+
+    def generate(self, params, ctx):
+        import os
+
+        if not os.path.exists(params.marker):
+            open(params.marker, "w").close()
+            os._exit(1)  # a hard death: no exception, no cleanup
+        return {"text": str(ctx.seed)}
+
+
+class ClusterFakes:
+    """Registers FakeSleep and FakeCrashOnce."""
+
+    @hookimpl
+    def register_generators(self, register):
+        register(FakeSleep)
+        register(FakeCrashOnce)
 
 
 class FakePlugin:

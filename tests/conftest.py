@@ -63,3 +63,15 @@ def tiny_sd_dir(tmp_path_factory):
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(root / "tiny-sd")
     return root / "tiny-sd"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every test that runs on one (a few seconds to start):
+    2 CPUs, like the machines CI runs on. `address="local"` starts a new one even when
+    another cluster runs on this machine."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray.cluster_resources()
+    ray.shutdown()

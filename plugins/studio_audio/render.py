@@ -140,6 +140,15 @@ class AudioRender(Generator):
         return {"audio": media.Audio(audio.astype(np.float32), params.sample_rate)}
 
 
+def _seed_c_rand() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).srand(1)
+    except (OSError, AttributeError):  # no C library to reach: FluidSynth keeps its own state
+        pass
+
+
 def fluid(midi, sample_rate: int, soundfont: str) -> Any:
     """PrettyMIDI.fluidsynth, one instrument at a time: its sum is the same, and only one
     instrument's samples exist beside the mix (pretty_midi holds them all at once)."""
@@ -149,6 +158,10 @@ def fluid(midi, sample_rate: int, soundfont: str) -> Any:
     problem = soundfont_problem(Path(soundfont))
     if problem:
         raise UserError(f"soundfont {soundfont!r} {problem}")
+    # FluidSynth dithers its 16-bit output with a table drawn from the C library's rand():
+    # seeded as a fresh process leaves it (glibc starts as srand(1)), the same MIDI gives
+    # the same bytes in any process, a Ray worker's included (something there draws first)
+    _seed_c_rand()
     synth = fluidsynth.Synth(samplerate=sample_rate)
     try:
         sfid = synth.sfload(soundfont)

@@ -1,0 +1,156 @@
+"""`studio run --executor ray`: the same outputs, cache, manifest and exit codes as a
+local run, with generators called on a Ray cluster (one shared local cluster)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studio import api
+from studio.testing import ClusterFakes, FakePlugin, make_host
+
+PIPELINES = sorted((Path(__file__).resolve().parent.parent / "pipelines").glob("*.yaml"))
+
+
+def artifact_hashes(run_dir: Path) -> dict[str, str]:
+    """Every file a run made except its records (which name the run and the executor)."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.name not in ("manifest.json", "gallery.html", "journal.jsonl", "errors.log")}
+
+
+def fake_host():
+    return make_host([("fake", FakePlugin()), ("cluster", ClusterFakes())])
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
+def test_an_example_pipeline_makes_the_same_bytes_on_ray_as_locally(path, tmp_path, ray_cluster):
+    host = make_host()
+    local = api.run(path, out=tmp_path / "local", host=host)
+    remote = api.run(path, out=tmp_path / "ray", host=host, executor="ray")
+    assert local.status == remote.status == "done", [r.error for r in remote.failed]
+    assert artifact_hashes(remote.run_dir) == artifact_hashes(local.run_dir)
+    manifest = json.loads(remote.manifest_path.read_text())
+    assert manifest["executor"]["name"] == "ray" and manifest["executor"]["resources"]["CPU"] == 2
+    made = [i for s in manifest["steps"].values() for i in s["items"] if i["status"] == "done"]
+    assert made and all({"node", "worker", "pid", "queue_s", "run_s"} <= set(i["worker"]) for i in made)
+    assert json.loads(local.manifest_path.read_text())["executor"] == {"name": "local"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+SLEEPS = """
+name: sleeps
+steps:
+  - id: a
+    uses: fake.sleep
+    with: {seconds: 0}
+    sweep: {seed: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}
+  - id: b
+    uses: fake.text
+    with: {prompt: "after ${steps.a.outputs.text}"}
+"""
+
+
+def test_cached_items_are_not_dispatched(tmp_path, ray_cluster):
+    host = fake_host()
+    first = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray")
+    assert first.status == "done" and len(first.items) == 24
+    again = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray")
+    assert {r.status for r in again.items.values()} == {"cached"}
+    items = [i for s in json.loads(again.manifest_path.read_text())["steps"].values() for i in s["items"]]
+    assert not any("worker" in i for i in items)  # nothing went to the cluster
+
+
+def test_a_batch_is_one_call_and_models_load_once_per_worker(tmp_path, ray_cluster):
+    host = fake_host()
+    result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray")
+    made = [r for r in result.step("a")]
+    workers = {r.worker["worker"] for r in made}
+    assert 1 <= len(workers) <= 2  # the cluster has 2 CPUs
+    # 12 items in batches of 8 at most: at least 2 calls, and one model load per worker
+    assert {r.notes["loaded_in"] for r in made} == {r.worker["pid"] for r in made}
+
+
+def test_a_worker_killed_mid_batch_is_restarted_and_the_run_finishes(tmp_path, ray_cluster):
+    marker = tmp_path / "crashed-once"
+    pipeline = write(tmp_path, f"""
+name: crash
+steps:
+  - id: c
+    uses: fake.crash_once
+    with: {{marker: "{marker}"}}
+""")
+    result = api.run(pipeline, out=tmp_path / "runs", host=fake_host(), executor="ray")
+    assert marker.exists()  # the first attempt died
+    assert result.status == "done", [r.error for r in result.failed]
+    (item,) = result.step("c")
+    assert item.artifacts["text"].read_text() == str(item.seed)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert [i["status"] for i in manifest["steps"]["c"]["items"]] == ["done"]  # made once, recorded once
+    assert sorted(p.name for p in (result.run_dir / item.dir).iterdir()) == ["text.txt"]
+
+
+def test_a_node_with_other_versions_is_refused(tmp_path, ray_cluster, monkeypatch):
+    import studio.cluster
+
+    real = studio.cluster.versions
+
+    def newer_driver(registry):
+        found = real(registry)
+        return {**found, "plugins": {**found["plugins"], "fake": "9.9"}}
+
+    monkeypatch.setattr(studio.cluster, "versions", newer_driver)
+    result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray")
+    assert result.status == "failed"
+    assert "runs other versions than the driver" in result.error
+    assert "plugin fake None (the driver has 9.9)" in result.error
+    assert "Install the same Studio and plugins on every node" in result.error
+
+
+def test_the_pipeline_can_ask_for_ray_and_a_wrong_executor_is_located(tmp_path, ray_cluster):
+    from studio.errors import PipelineError
+
+    asks = write(tmp_path, "name: r\nexecutor: ray\nsteps:\n  - {id: t, uses: fake.text, with: {prompt: hi}}\n")
+    result = api.run(asks, out=tmp_path / "runs", host=fake_host())
+    assert json.loads(result.manifest_path.read_text())["executor"]["name"] == "ray"
+    wrong = write(tmp_path, "name: r\nexecutor: rocket\nsteps:\n  - {id: t, uses: fake.text, with: {prompt: hi}}\n")
+    with pytest.raises(PipelineError, match=r"p.yaml:2: executor: got 'rocket'; allowed: local \| ray"):
+        api.load(wrong, host=fake_host())
+
+
+def test_without_ray_installed_the_error_says_what_to_install(tmp_path):
+    pipeline = write(tmp_path, "name: r\nsteps:\n  - {id: t, uses: text.template, with: {template: hi}}\n")
+    code = ("import sys; sys.modules['ray'] = None\n"  # `import ray` now fails as if not installed
+            "from studio.cli import main\n"
+            f"sys.argv = ['studio', 'run', {str(pipeline)!r}, '--executor', 'ray', '--out', {str(tmp_path / 'runs')!r}]\n"
+            "main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'studio[ray]'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, monkeypatch):
+    import studio.plugins
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    monkeypatch.setattr(studio.plugins, "_default", fake_host())
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, SLEEPS)
+    result = CliRunner().invoke(cli, ["run", "p.yaml", "-q", "--executor", "ray"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / result.output.strip()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["executor"]["name"] == "ray"
