@@ -58,6 +58,10 @@ def connect(address: str | None) -> dict[str, float]:
     ray = import_ray()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
+        problem = address and _unreachable(address)
+        if problem:  # Ray itself would retry for minutes before saying so
+            raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {problem}. Start one with "
+                               "`ray start --head` and give the address it prints (see docs/scale-out.md)")
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
@@ -66,6 +70,21 @@ def connect(address: str | None) -> dict[str, float]:
             raise ClusterError(f"cannot reach {where}: {clip(str(exc), 300)}. Start one with `ray start --head` "
                                "and give its address with --ray-address (see docs/scale-out.md)") from None
     return {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at a "host:port" (or "ray://host:port") address, or None
+    (also for Ray's own words: "auto", "local")."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
 
 
 def versions(registry: Any) -> dict[str, Any]:

@@ -154,3 +154,13 @@ def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, 
     run_dir = tmp_path / result.output.strip()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["executor"]["name"] == "ray"
+
+
+def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path):
+    pipeline = write(tmp_path, "name: r\nsteps:\n  - {id: t, uses: text.template, with: {template: hi}}\n")
+    out = subprocess.run([sys.executable, "-m", "studio", "run", str(pipeline), "--executor", "ray",
+                          "--ray-address", "127.0.0.1:1", "--out", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "cannot reach the Ray cluster at '127.0.0.1:1'" in out.stderr and "ray start --head" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
