@@ -39,8 +39,9 @@ from studio.records import ItemRun, StepRun
 from studio.runtime import ModelBudget, Runtime, choose_precision
 from studio.version import __version__
 
-RAY_MISSING = ("--executor ray needs Ray, which is not installed here. Install it with "
-               "`pip install 'studio[ray]'` (or `pip install ray`), or run without --executor ray")
+RAY_MISSING = ("running on a Ray cluster (--executor ray, or executor: ray in the pipeline) needs Ray, which is "
+               "not installed here. Install it with `pip install 'studio[ray]'` (or `pip install ray`), or run "
+               "with --executor local")
 RETRIES = 3  # a worker that dies mid-batch is restarted and the batch run again, this often
 
 
@@ -158,13 +159,24 @@ class Worker:
             self.host = Host.load(**recipe)
         self.runtime = Runtime(device, precision, budget)
         self.generators: dict[str, Any] = {}
-        self.inputs = Path(tempfile.mkdtemp(prefix="studio-inputs-"))
+        self.inputs = Path(tempfile.gettempdir())  # a folder per batch (see run)
         context = ray.get_runtime_context()
         self.identity = {"node": context.get_node_id(), "worker": context.get_actor_id(), "pid": os.getpid(),
                          "versions": versions(self.host.registry)}
 
     def run(self, job: Job) -> Done:
+        """Make one batch: its input files written to a folder of their own for the
+        batch's time, the generator called through run_batch."""
+        import shutil
+
         started = time.time()
+        self.inputs = Path(tempfile.mkdtemp(prefix="studio-inputs-"))
+        try:
+            return self._run(job, started)
+        finally:
+            shutil.rmtree(self.inputs, ignore_errors=True)
+
+    def _run(self, job: Job, started: float) -> Done:
         gen = self.generators.get(job.uses) or self.generators.setdefault(
             job.uses, self.host.registry.generator(job.uses)())
         items = []
@@ -238,11 +250,16 @@ class ClusterRuntime(Runtime):
             return choose_precision("auto", "cuda", supported, bf16_ok=self.gpu_bf16)
         return choose_precision(self.requested_precision, self._device, supported, bf16_ok=False)
 
+    def describe(self) -> dict[str, Any]:
+        """The workers' device; the models live in the workers, so no cache here."""
+        return {"device": self._device, "requested_device": self.requested_device,
+                "precision": self.requested_precision}
+
 
 def _gpu_supports_bf16() -> bool:
     ray = import_ray()
 
-    @ray.remote(num_gpus=1)
+    @ray.remote(num_gpus=1, num_cpus=0)
     def probe() -> bool:
         import torch
 
@@ -393,7 +410,9 @@ class RayExecutor(Executor):
 
     def _new_actor(self, kind: str, precision: str) -> Any:
         ray = import_ray()
-        options = {"num_cpus": 1, "num_gpus": 1 if kind == "gpu" else 0,
+        # a GPU worker asks for its GPU only: CPUs held by (idle) CPU workers must never keep
+        # it from starting, and the GPU count alone bounds the GPU workers
+        options = {"num_cpus": 0 if kind == "gpu" else 1, "num_gpus": 1 if kind == "gpu" else 0,
                    "max_restarts": RETRIES, "max_task_retries": RETRIES}
         device = "cuda" if kind == "gpu" else "cpu"
         return ray.remote(Worker).options(**options).remote(self.recipe, device, precision, self.runtime.budget,

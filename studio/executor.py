@@ -284,6 +284,8 @@ class Executor:
 
     def _generator_failure(self, run: StepRun, exc: Exception) -> tuple[str, str]:
         """The kind of a failed item and its message."""
+        if isinstance(exc, MachineError):  # a cluster worker that kept dying ...
+            return "environment", f"{run.uses}: {exc}"
         if isinstance(exc, UserError):
             return "user", f"{run.uses}: {exc}"
         self._log_traceback(run, exc)
