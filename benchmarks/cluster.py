@@ -326,7 +326,7 @@ class Bench:
                                     "sweep": {"seed": list(range(d["seeds"]))}}])
         self._dispatch(f"image.diffusion {d['steps']} steps, {d['seeds']} seeds", diffusion, -(-d["seeds"] // 16))
 
-    def _dispatch(self, name: str, path: Path, batches: int) -> dict:
+    def _dispatch(self, name: str, path: Path, batches: int) -> None:
         """Cold: the first Ray run of this pipeline on the cluster (new workers, models
         loaded); then local and ray in turn; then local and ray-with-warm-workers in turn
         (kept workers hold the cluster's CPUs, so the stock runs come first); medians."""
@@ -363,7 +363,6 @@ class Bench:
                  warm_s=round(warm, 3), warm_ratio=round(warm / local, 2), warm_per_batch_ms=per_batch(warm),
                  target="ratio <= 1.10, per batch < 20 ms",
                  times={k: [round(t, 3) for t in v] for k, v in times.items()}, warm_worker_memory=memory)
-        return memory
 
     # -- throughput, 1 vs 2 CPUs ---------------------------------------------------
 
@@ -441,8 +440,8 @@ class Bench:
             with RssSampler() as rss:
                 seconds, items = self.timed(fn, path)
             peak = max(r for _, r in rss.samples)
-            self.row("sweep", f"{name}: {s['items']} items fake.sleep seconds {s['seconds']}", seconds=round(seconds, 2),
-                     items_per_s=round(s["items"] / seconds, 1), local_s=round(local_s, 2),
+            self.row("sweep", f"{name}: {s['items']} items fake.sleep seconds {s['seconds']}",
+                     seconds=round(seconds, 2), items_per_s=round(s["items"] / seconds, 1), local_s=round(local_s, 2),
                      local_items_per_s=round(s["items"] / local_s, 1), batches=-(-s["items"] // 8),
                      workers=len({i["worker"]["pid"] for i in items}),
                      driver_rss_mb={"before": round(before, 1), "start": round(rss.at(0.0), 1),
