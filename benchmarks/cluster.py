@@ -450,6 +450,28 @@ class Bench:
         KeepWorkers.release()
 
 
+SUMMARY = {  # the columns of each group's table at the end
+    "dispatch": ["batches", "local_s", "ray_cold_s", "ray_s", "ray_ratio", "ray_per_batch_ms", "warm_s", "warm_ratio",
+                 "warm_per_batch_ms"],
+    "sweep": ["seconds", "items_per_s", "local_s", "workers"],
+    "throughput": ["ray_s", "warm_s", "workers", "speedup", "speedup_warm_workers"],
+    "scaling": ["ray_s", "efficiency", "worker_startup_s", "warm_s", "efficiency_warm", "model_loads",
+                "worker_pss_mb"],
+}
+
+
+def print_tables(rows: list[dict]) -> None:
+    for group, columns in SUMMARY.items():
+        mine = [r for r in rows if r["group"] == group]
+        if not mine:
+            continue
+        print(f"\n| {group} | " + " | ".join(columns) + " |\n| --- |" + " --- |" * len(columns))
+        for r in mine:
+            print(f"| {r['row']} | " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
+        if group == "sweep":
+            print("driver RSS MB: " + "; ".join(f"{r['row'].split(':')[0]} {r['driver_rss_mb']}" for r in mine))
+
+
 def write_json(path: Path, rows: list[dict], **extra) -> None:
     import ray
 
@@ -481,6 +503,7 @@ def main() -> None:
                 print(f"[{group}] done in {time.perf_counter() - began:.0f} s", flush=True)
         finally:
             bench.cluster.stop()
+        print_tables(bench.rows)
         name = "cluster.json" if args.scale == "real" else f"cluster-{args.scale}.json"
         write_json(args.json or ROOT / "benchmarks" / "results" / name, bench.rows, scale=args.scale,
                    groups=groups, worker_env=bench.cluster.worker_env)

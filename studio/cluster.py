@@ -149,6 +149,9 @@ class Worker:
         # in another order with another thread count, and the outputs must be the same bytes
         # (Ray starts workers with OMP_NUM_THREADS=1; torch reads it when first imported)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        # several workers share a node's cores: threads waiting for work sleep instead of
+        # spinning (spinning made a full node 10x slower); the sums are the same
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
 
