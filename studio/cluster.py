@@ -162,7 +162,6 @@ class Worker:
             self.host = Host.load(**recipe)
         self.runtime = Runtime(device, precision, budget)
         self.generators: dict[str, Any] = {}
-        self.inputs = Path(tempfile.gettempdir())  # a folder per batch (see run)
         context = ray.get_runtime_context()
         self.identity = {"node": context.get_node_id(), "worker": context.get_actor_id(), "pid": os.getpid(),
                          "versions": versions(self.host.registry)}
@@ -173,13 +172,13 @@ class Worker:
         import shutil
 
         started = time.time()
-        self.inputs = Path(tempfile.mkdtemp(prefix="studio-inputs-"))
+        inputs = Path(tempfile.mkdtemp(prefix="studio-inputs-"))
         try:
-            return self._run(job, started)
+            return self._run(job, started, inputs)
         finally:
-            shutil.rmtree(self.inputs, ignore_errors=True)
+            shutil.rmtree(inputs, ignore_errors=True)
 
-    def _run(self, job: Job, started: float) -> Done:
+    def _run(self, job: Job, started: float, inputs: Path) -> Done:
         gen = self.generators.get(job.uses) or self.generators.setdefault(
             job.uses, self.host.registry.generator(job.uses)())
         items = []
@@ -187,7 +186,7 @@ class Worker:
             ctx = StepContext(step_id=job.step_id, item_name=plan_item.name, seed=plan_item.seed,
                               runtime=self.runtime, precision=job.precision, labels=plan_item.labels,
                               compile=job.compile)
-            params = gen.Params.model_construct(**{k: self._local(v, job.blobs) for k, v in values.items()})
+            params = gen.Params.model_construct(**{k: self._local(v, job.blobs, inputs) for k, v in values.items()})
             items.append(ItemRun(plan_item, params, ctx, Path("."), ""))
         run = StepRun(job.step_id, job.uses, job.plugin, gen, self.runtime, job.precision, items)
         try:
@@ -199,15 +198,15 @@ class Worker:
                       [dict(i.ctx.notes) for i in r.items]) for r in results]
         return Done(parts, None, self.identity, started, time.time())
 
-    def _local(self, value: Any, blobs: dict[str, Any]) -> Any:
+    def _local(self, value: Any, blobs: dict[str, Any], inputs: Path) -> Any:
         """An input Artifact made a file on this machine (written once per content)."""
         if isinstance(value, list):
-            return [self._local(v, blobs) for v in value]
+            return [self._local(v, blobs, inputs) for v in value]
         if not isinstance(value, Artifact) or value.sha256 not in blobs:
             return value
         import ray
 
-        path = self.inputs / f"{value.sha256}{value.path.suffix}"
+        path = inputs / f"{value.sha256}{value.path.suffix}"
         if not path.exists():
             partial = path.with_name(path.name + f".{os.getpid()}.partial")
             partial.write_bytes(ray.get(blobs[value.sha256]))
