@@ -24,13 +24,18 @@ class Pipeline:
         return build_plan(self.spec, self.host.registry)
 
     def run(self, *, out: str | Path = "runs", use_cache: bool = True, events: Sink | None = None,
-            runtime: Runtime | None = None, executor: str | None = None, ray_address: str | None = None) -> RunResult:
+            runtime: Runtime | None = None, executor: str | None = None, ray_address: str | None = None,
+            keep_workers: float | None = None) -> RunResult:
         """Run the pipeline. `executor` ("local" or "ray") overrides the pipeline's
-        `executor:`; `ray_address` names the cluster (else RAY_ADDRESS, else a local one)."""
+        `executor:`; `ray_address` names the cluster (else RAY_ADDRESS, else a local one);
+        `keep_workers`: seconds the cluster's workers wait, idle, for the next run (0: stop
+        them when this run ends; default 300)."""
         options = dict(out=Path(out), use_cache=use_cache, events=events, runtime=runtime)
         if (executor or self.spec.executor) == "ray":
             from studio.cluster import RayExecutor
 
+            if keep_workers is not None:
+                options["keep_workers"] = keep_workers
             return RayExecutor(self.host.registry, self.host.hooks, self.plan(), recipe=self.host.recipe,
                                address=ray_address, **options).run()
         return Executor(self.host.registry, self.host.hooks, self.plan(), **options).run()
@@ -81,9 +86,10 @@ def run(
     runtime: Runtime | None = None,
     executor: str | None = None,
     ray_address: str | None = None,
+    keep_workers: float | None = None,
 ) -> RunResult:
     """Validate and run a pipeline; returns the run with its artifacts. A failed item
     does not raise: check `result.status` and `result.failed`."""
     pipeline = load(path, overrides=overrides, seed=seed, device=device, precision=precision, host=host)
     return pipeline.run(out=out, use_cache=use_cache, events=events, runtime=runtime, executor=executor,
-                        ray_address=ray_address)
+                        ray_address=ray_address, keep_workers=keep_workers)

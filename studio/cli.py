@@ -113,8 +113,11 @@ def cli() -> None:
                    "`executor:`; see docs/scale-out.md).")
 @click.option("--ray-address", metavar="ADDRESS",
               help="The Ray cluster to join (default: RAY_ADDRESS, else a cluster started for this run).")
+@click.option("--ray-keep-workers", type=FloatRange(0, 7 * 24 * 3600), metavar="SECONDS",
+              help="How long the cluster's workers wait, idle, with their models loaded, for the next "
+                   "run (default 300; 0 stops them when this run ends).")
 def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, compile_, max_ram_gb,
-        max_vram_gb, executor, ray_address) -> None:
+        max_vram_gb, executor, ray_address, ray_keep_workers) -> None:
     """Run PIPELINE and write its outputs under OUT."""
     from studio import api
     from studio.artifacts import os_error_text
@@ -150,7 +153,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
             warnings.showwarning = show
             warnings.simplefilter("always", RunWarning)
             result = loaded.run(out=out, use_cache=not no_cache, events=events, runtime=runtime, executor=executor,
-                                ray_address=ray_address)
+                                ray_address=ray_address, keep_workers=ray_keep_workers)
     except KeyboardInterrupt:
         events.close()
         click.echo("interrupted: finished artifacts are kept; run again to reuse them", err=True)

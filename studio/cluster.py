@@ -15,16 +15,27 @@ pooled per (generator, precision): a pool grows while there is room, and an idle
 of another pool makes room when there is none. A worker that dies mid-batch is restarted
 and the batch retried by Ray; a batch that runs out of memory is split in two, as locally.
 
+Workers outlive the run that started them (Ray "detached" actors, named in the `studio`
+namespace after what they were made for), so the next run on the same cluster finds its
+models loaded: starting a worker and loading its models costs seconds, dispatching a
+batch to a warm one about a millisecond. A worker idle for `keep_workers` seconds stops
+itself and frees its CPU or GPU; workers left by another Studio setup (other versions,
+plugins or thread count) are stopped by the next run that finds them idle.
+
 Ray is imported only here, and this module only when `--executor ray` is asked for.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import tempfile
+import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +54,9 @@ RAY_MISSING = ("running on a Ray cluster (--executor ray, or executor: ray in th
                "not installed here. Install it with `pip install 'studio[ray]'` (or `pip install ray`), or run "
                "with --executor local")
 RETRIES = 3  # a worker that dies mid-batch is restarted and the batch run again, this often
+KEEP_WORKERS_S = 300.0  # how long a worker waits, idle, for the next run's batches
+NAMESPACE = "studio"  # the Ray namespace the named workers live in
+PING_S = 1.0  # a worker that does not answer this fast is busy (in another run)
 
 
 def import_ray() -> Any:
@@ -139,7 +153,8 @@ class Worker:
     """A Ray actor: the plugins loaded once, and one runtime whose model cache lives as
     long as the actor does, across batches and steps."""
 
-    def __init__(self, recipe: dict[str, Any], device: str, precision: str, budget: ModelBudget, threads: int):
+    def __init__(self, recipe: dict[str, Any], device: str, precision: str, budget: ModelBudget, threads: int,
+                 keep_s: float = 0.0):
         import sys
         import warnings
 
@@ -165,18 +180,50 @@ class Worker:
         context = ray.get_runtime_context()
         self.identity = {"node": context.get_node_id(), "worker": context.get_actor_id(), "pid": os.getpid(),
                          "versions": versions(self.host.registry)}
+        self.last_used = time.monotonic()
+        if keep_s > 0:
+            threading.Thread(target=self._retire_when_idle, args=(keep_s,), daemon=True).start()
 
     def run(self, job: Job) -> Done:
         """Make one batch: its input files written to a folder of their own for the
         batch's time, the generator called through run_batch."""
         import shutil
 
+        self.last_used = time.monotonic()
         started = time.time()
         inputs = Path(tempfile.mkdtemp(prefix="studio-inputs-"))
         try:
             return self._run(job, started, inputs)
         finally:
             shutil.rmtree(inputs, ignore_errors=True)
+            self.last_used = time.monotonic()
+
+    def ping(self) -> bool:
+        """Answers at once when idle (calls to an actor run one at a time)."""
+        return True
+
+    def retire(self, idle_since: float) -> None:
+        """Stop this worker for good, unless a batch came since the timer asked."""
+        if self.last_used == idle_since:
+            import ray
+
+            # a batch sent in the meantime fails as "killed by ray.kill" and the driver
+            # sends it to a new worker (RayExecutor._receive)
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    def _retire_when_idle(self, keep_s: float) -> None:
+        """A timer thread: after `keep_s` without a batch, ask this actor (through its own
+        queue, so never in the middle of a batch) to retire."""
+        import ray
+
+        me = ray.get_runtime_context().current_actor
+        asked = None
+        while True:
+            time.sleep(min(keep_s, 1.0))
+            idle_since = self.last_used
+            if idle_since != asked and time.monotonic() - idle_since >= keep_s:
+                me.retire.remote(idle_since)
+                asked = idle_since
 
     def _run(self, job: Job, started: float, inputs: Path) -> Done:
         gen = self.generators.get(job.uses) or self.generators.setdefault(
@@ -282,11 +329,25 @@ class Slot:
 
 
 @dataclass
-class Flight:
+class Batch:
     work: StepWork
     items: list[ItemRun]
+    resent: int = 0  # times sent again because its worker had retired
+
+
+@dataclass
+class Flight:
+    batch: Batch
     slot: Slot
     submitted: float
+
+    @property
+    def work(self) -> StepWork:
+        return self.batch.work
+
+    @property
+    def items(self) -> list[ItemRun]:
+        return self.batch.items
 
 
 @dataclass
@@ -302,16 +363,23 @@ class Pools:
     def all(self) -> list[Slot]:
         return [s for pool in self.by_key.values() for s in pool]
 
+    def drop(self, slot: Slot) -> None:
+        for pool in self.by_key.values():
+            if slot in pool:
+                pool.remove(slot)
+
 
 class RayExecutor(Executor):
     """The local executor's driver with generators called on a Ray cluster."""
 
     def __init__(self, registry: Any, hooks: Any, plan: Any, *, recipe: dict[str, Any],
-                 address: str | None = None, budget: ModelBudget | None = None, **kwargs: Any):
+                 address: str | None = None, budget: ModelBudget | None = None,
+                 keep_workers: float = KEEP_WORKERS_S, **kwargs: Any):
         super().__init__(registry, hooks, plan, **kwargs)
         self.recipe = recipe
         self.address = address
         self.budget = budget or ModelBudget()
+        self.keep_workers = keep_workers
         self.cluster: dict[str, float] = {}
         self.expected = versions(registry)
         self._blobs: dict[str, Any] = {}
@@ -343,10 +411,12 @@ class RayExecutor(Executor):
         waiting: list[PlanStep] = list(self.plan.steps)
         finished: set[str] = set()
         open_batches: dict[str, int] = {}
-        queue: deque[tuple[StepWork, list[ItemRun]]] = deque()
+        queue: deque[Batch] = deque()
         inflight: dict[Any, Flight] = {}
         cpus = int(self.cluster.get("CPU", 0))
         self.pools = Pools({"cpu": max(1, cpus), "gpu": int(self.cluster.get("GPU", 0))})
+        self.setup = _setup_id(self.expected, self.recipe, self.threads, self.runtime.budget)
+        self._adopt_workers(ray)
         try:
             while waiting or queue or inflight:
                 for step in [s for s in waiting if upstream[s.id] <= finished]:
@@ -355,7 +425,7 @@ class RayExecutor(Executor):
                     size = work.batch_size
                     batches = [work.todo[i:i + size] for i in range(0, len(work.todo), size)]
                     open_batches[step.id] = len(batches)
-                    queue.extend((work, batch) for batch in batches)
+                    queue.extend(Batch(work, batch) for batch in batches)
                     if not batches:
                         self._step_done(step.id, finished)
                 self._dispatch(queue, inflight)
@@ -372,24 +442,56 @@ class RayExecutor(Executor):
                 if open_batches[step_id] == 0:
                     self._step_done(step_id, finished)
         finally:
-            for slot in self.pools.all():
-                ray.kill(slot.actor)
+            if self.keep_workers <= 0:  # else they wait, idle, for the next run
+                for slot in self.pools.all():
+                    ray.kill(slot.actor)
             self.pools.by_key.clear()
+
+    def _adopt_workers(self, ray: Any) -> None:
+        """Take over the idle workers earlier runs of this same setup left on the cluster
+        (their models still loaded), and stop idle ones of other setups, which only hold
+        CPUs and GPUs now. A worker that does not answer at once is busy in another run
+        and left alone."""
+        found = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] != NAMESPACE or not name.startswith("worker/"):
+                continue
+            try:
+                found[ray.get_actor(name, namespace=NAMESPACE).ping.remote()] = name
+            except ValueError:  # it has just stopped
+                continue
+        if not found:
+            return
+        answered, _ = ray.wait(list(found), num_returns=len(found), timeout=PING_S)
+        for ref in answered:
+            name = found[ref]
+            try:
+                ray.get(ref)
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+            except (ValueError, ray.exceptions.RayError):
+                continue
+            _, setup, kind, precision, _, generator = name.split("/", 5)
+            if setup != self.setup:
+                ray.kill(actor)
+            elif self.pools.count(kind) < self.pools.capacity.get(kind, 0):
+                self.pools.by_key.setdefault((generator, precision, kind), []).append(Slot(actor, kind))
 
     def _step_done(self, step_id: str, finished: set[str]) -> None:
         finished.add(step_id)
         self.events.emit("step_done", step=step_id)
 
-    def _dispatch(self, queue: deque, inflight: dict[Any, Flight]) -> None:
+    def _dispatch(self, queue: deque[Batch], inflight: dict[Any, Flight]) -> None:
         while queue:
-            work, items = queue[0]
-            slot = self._idle_slot(work)
+            batch = queue[0]
+            slot = self._idle_slot(batch.work)
             if slot is None:
                 return  # every worker is busy: wait for one
             queue.popleft()
             slot.busy = True
             submitted = time.time()
-            inflight[slot.actor.run.remote(self._job(work, items, submitted))] = Flight(work, items, slot, submitted)
+            job = self._job(batch.work, batch.items, submitted)
+            inflight[slot.actor.run.remote(job)] = Flight(batch, slot, submitted)
 
     def _idle_slot(self, work: StepWork) -> Slot | None:
         gen, precision = work.template.generator, work.template.precision
@@ -403,22 +505,23 @@ class RayExecutor(Executor):
             if idle is None:
                 return None
             import_ray().kill(idle.actor)  # an idle worker of another generator makes room
-            for other in self.pools.by_key.values():
-                if idle in other:
-                    other.remove(idle)
-        slot = Slot(self._new_actor(kind, precision), kind)
+            self.pools.drop(idle)
+        slot = Slot(self._new_actor(kind, precision, gen.name), kind)
         pool.append(slot)
         return slot
 
-    def _new_actor(self, kind: str, precision: str) -> Any:
+    def _new_actor(self, kind: str, precision: str, generator: str) -> Any:
         ray = import_ray()
         # a GPU worker asks for its GPU only: CPUs held by (idle) CPU workers must never keep
         # it from starting, and the GPU count alone bounds the GPU workers
-        options = {"num_cpus": 0 if kind == "gpu" else 1, "num_gpus": 1 if kind == "gpu" else 0,
-                   "max_restarts": RETRIES, "max_task_retries": RETRIES}
+        options: dict[str, Any] = {"num_cpus": 0 if kind == "gpu" else 1, "num_gpus": 1 if kind == "gpu" else 0,
+                                   "max_restarts": RETRIES, "max_task_retries": RETRIES}
+        if self.keep_workers > 0:  # found again by name by the next run (see _adopt_workers)
+            options.update(lifetime="detached", namespace=NAMESPACE,
+                           name=f"worker/{self.setup}/{kind}/{precision}/{uuid.uuid4().hex[:12]}/{generator}")
         device = "cuda" if kind == "gpu" else "cpu"
         return ray.remote(Worker).options(**options).remote(self.recipe, device, precision, self.runtime.budget,
-                                                             self.threads)
+                                                             self.threads, self.keep_workers)
 
     def _job(self, work: StepWork, items: list[ItemRun], submitted: float) -> Job:
         """The batch as a worker gets it; each input file put in the object store once
@@ -438,13 +541,20 @@ class RayExecutor(Executor):
                    bool(step.compile and work.template.generator.uses_device),
                    [i.item for i in items], values, blobs, submitted)
 
-    def _receive(self, ray: Any, ref: Any, flight: Flight, queue: deque) -> int:
+    def _receive(self, ray: Any, ref: Any, flight: Flight, queue: deque[Batch]) -> int:
         """Record a finished job; the number of batches it leaves queued (2 when it ran
-        out of memory and was split, else 0)."""
+        out of memory and was split, 1 when it is sent again, else 0)."""
         run = flight.work.run(flight.items)
         try:
             done: Done = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # the worker died more often than Ray retries
+        except ray.exceptions.RayError as exc:
+            if isinstance(exc, ray.exceptions.RayActorError):
+                self.pools.drop(flight.slot)  # never send it another batch
+                if "ray.kill" in str(exc) and flight.batch.resent < RETRIES:
+                    # the worker retired (idle too long) just as the batch was sent
+                    queue.appendleft(replace(flight.batch, resent=flight.batch.resent + 1))
+                    return 1
+            # the worker died more often than Ray retries
             result = BatchResult(flight.items, error=ClusterError(
                 f"the Ray worker running it died {RETRIES + 1} times ({clip(str(exc).splitlines()[0], 200)})"))
             self._record_batch(run, result)
@@ -458,8 +568,8 @@ class RayExecutor(Executor):
                 return 0
             half = len(flight.items) // 2
             self._batch_shrunk(flight.work.step.id, len(flight.items), half, done.out_of_memory)
-            queue.appendleft((flight.work, flight.items[half:]))
-            queue.appendleft((flight.work, flight.items[:half]))
+            queue.appendleft(Batch(flight.work, flight.items[half:]))
+            queue.appendleft(Batch(flight.work, flight.items[:half]))
             return 2
         for part in done.parts:
             items = [flight.items[i] for i in part.indexes]
@@ -472,6 +582,16 @@ class RayExecutor(Executor):
             self._record_batch(replace(run, items=items),
                                BatchResult(items, outputs=part.outputs, error=part.error, seconds=part.seconds))
         return 0
+
+
+def _setup_id(expected: dict[str, Any], recipe: dict[str, Any], threads: int, budget: ModelBudget) -> str:
+    """What a worker was made with, as a short hash in its name: a later run reuses only
+    workers made the same way (same versions, plugins, thread count and memory budget)."""
+    extra = [[name, getattr(obj, "__name__", None) or f"{type(obj).__module__}.{type(obj).__qualname__}"]
+             for name, obj in recipe.get("extra", ())]
+    described = {"versions": expected, "entry_points": recipe.get("entry_points_group"), "extra": extra,
+                 "env": recipe.get("env", {}), "threads": threads, "budget": [budget.cpu, budget.gpu]}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _version_message(identity: dict[str, Any], expected: dict[str, Any]) -> str:

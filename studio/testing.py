@@ -133,8 +133,10 @@ class FakeSleep(Generator):
 
     def load(self, params, ctx):
         import os
+        import time
 
-        return {"pid": os.getpid()}  # one load per worker process: the model cache keeps it
+        # one load per worker process (the model cache keeps it), stamped with its moment
+        return {"pid": os.getpid(), "at": time.time()}
 
     def generate_batch(self, params, ctxs):
         import time
@@ -148,7 +150,7 @@ class FakeSleep(Generator):
                     pass
             else:
                 time.sleep(p.seconds)
-            c.record(loaded_in=loaded["pid"])
+            c.record(loaded_in=loaded["pid"], loaded_at=loaded["at"])
             out.append({"text": str(c.seed)})
         return out
 

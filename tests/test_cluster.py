@@ -164,3 +164,99 @@ def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "cannot reach the Ray cluster at '127.0.0.1:1'" in out.stderr and "ray start --head" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+
+
+def named_workers() -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "studio"}
+
+
+def test_the_next_run_finds_the_workers_warm_with_their_models_loaded(tmp_path, ray_cluster):
+    host = fake_host()
+    # one generator: on this 2-CPU cluster a second one would take the workers' places
+    pipeline = write(tmp_path, SLEEPS.split("  - id: b")[0])
+    first = api.run(pipeline, out=tmp_path / "runs", host=host, executor="ray", use_cache=False)
+    second = api.run(pipeline, out=tmp_path / "runs", host=host, executor="ray", use_cache=False)
+    assert first.status == second.status == "done"
+    loads = {(r.worker["worker"], r.notes["loaded_at"]) for r in first.step("a")}
+    assert {(r.worker["worker"], r.notes["loaded_at"]) for r in second.step("a")} <= loads  # no new load
+    assert {r.worker["worker"] for r in first.step("a")} <= worker_ids()  # still up, by name
+
+
+def worker_ids() -> set[str]:
+    import ray
+
+    return {ray.get_actor(n, namespace="studio")._actor_id.hex() for n in named_workers()}
+
+
+def test_keep_workers_0_stops_them_at_the_end_and_an_idle_worker_retires(tmp_path, ray_cluster):
+    result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
+                     use_cache=False, keep_workers=0)
+    assert result.status == "done"
+    assert wait_until(lambda: not any(alive(r.worker["pid"]) for r in result.step("a")))
+    before = named_workers()
+    result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
+                     use_cache=False, keep_workers=1)
+    assert result.status == "done"
+    made = named_workers() - before
+    assert made and wait_until(lambda: not named_workers() & made)  # each stopped itself after a second idle
+
+
+def alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until(condition, seconds: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_a_batch_sent_to_a_worker_that_just_retired_goes_to_a_new_one(tmp_path, ray_cluster, monkeypatch):
+    import ray
+
+    import studio.cluster
+
+    host = fake_host()
+    assert api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray").status == "done"
+    adopt = studio.cluster.RayExecutor._adopt_workers
+    adopted = []
+
+    def adopt_then_retire(self, ray_module):
+        adopt(self, ray_module)
+        for slot in self.pools.all():  # as if each timer had fired just now
+            adopted.append(slot.actor)
+            ray.kill(slot.actor, no_restart=True)
+
+    monkeypatch.setattr(studio.cluster.RayExecutor, "_adopt_workers", adopt_then_retire)
+    result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray", use_cache=False)
+    assert adopted and result.status == "done", [r.error for r in result.failed]
+    assert sorted(int(r.artifacts["text"].read_text()) for r in result.step("a")) == sorted(
+        r.seed for r in result.step("a"))
+
+
+def test_idle_workers_of_another_setup_are_stopped_to_make_room(tmp_path, ray_cluster, monkeypatch):
+    import studio.cluster
+
+    real = studio.cluster._setup_id
+    monkeypatch.setattr(studio.cluster, "_setup_id", lambda *a: "othersetup000000")
+    assert api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
+                   use_cache=False).status == "done"
+    assert any(n.startswith("worker/othersetup000000/") for n in named_workers())
+    monkeypatch.setattr(studio.cluster, "_setup_id", real)
+    result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
+                     use_cache=False)
+    assert result.status == "done"
+    assert not any(n.startswith("worker/othersetup000000/") for n in named_workers())
