@@ -16,35 +16,44 @@ TrainerOptions for `studio train`, and the helper modules in PUBLIC_MODULES
 
 from __future__ import annotations
 
-from studio import media
-from studio.artifacts import Writer
-from studio.errors import NonFiniteOutput, PipelineError, StudioError, UserError
-from studio.generator import Artifact, Generator, Params, StepContext, batch_groups, media_input, model_input
-from studio.hookspecs import hookimpl
-from studio.runtime import check_finite
 from studio.version import __version__
 
 # Modules whose `__all__` is public too: checkpoint guards, resource limits, content
 # sniffing, media types, training, and test helpers for plugin authors.
 PUBLIC_MODULES = ("limits", "media", "sniff", "testing", "training", "weights")
 
-_API = {"load", "validate", "plan", "run", "Pipeline"}
-_TRAINING = {"Trainer", "TrainerOptions", "TrainConfig"}
+# Every name is imported when first used, so `import studio` (which `python -m studio`
+# and every `studio.x` import start with) costs nothing: the command line stays fast and
+# Ctrl-C while it starts is still handled by `studio.launch`.
+_WHERE = {
+    "media": "studio.media",
+    "Writer": "studio.artifacts",
+    "NonFiniteOutput": "studio.errors", "PipelineError": "studio.errors", "StudioError": "studio.errors",
+    "UserError": "studio.errors",
+    "Artifact": "studio.generator", "Generator": "studio.generator", "Params": "studio.generator",
+    "StepContext": "studio.generator", "batch_groups": "studio.generator", "media_input": "studio.generator",
+    "model_input": "studio.generator",
+    "hookimpl": "studio.hookspecs",
+    "check_finite": "studio.runtime",
+    # the API pulls in the executor; plugins importing `studio` should not pay for it
+    "load": "studio.api", "validate": "studio.api", "plan": "studio.api", "run": "studio.api",
+    "Pipeline": "studio.api",
+    "Trainer": "studio.training", "TrainerOptions": "studio.training", "TrainConfig": "studio.training",
+}
 
 
 def __getattr__(name: str):
-    # The API pulls in the executor; plugins importing `studio` should not pay for it.
-    if name in _API:
-        from studio import api
+    import importlib
 
-        return getattr(api, name)
-    if name in _TRAINING:
-        from studio import training
-
-        return getattr(training, name)
-    raise AttributeError(f"module 'studio' has no attribute {name!r}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'studio' has no attribute {name!r}")
+    found = importlib.import_module(module)
+    value = found if module == f"studio.{name}" else getattr(found, name)
+    globals()[name] = value  # once
+    return value
 
 
 __all__ = ["Artifact", "Generator", "NonFiniteOutput", "Params", "PipelineError", "StepContext", "StudioError",
            "UserError", "Writer", "__version__", "batch_groups", "check_finite", "hookimpl", "media", "media_input",
-           "model_input", *sorted(_TRAINING), *sorted(_API)]
+           "model_input", "Trainer", "TrainerOptions", "TrainConfig", "load", "validate", "plan", "run", "Pipeline"]

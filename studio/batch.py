@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from studio import interrupts
 from studio.errors import UserError
 from studio.records import ItemRun, StepRun
 from studio.runtime import is_out_of_memory
@@ -40,6 +41,7 @@ def run_batch(run: StepRun, run_step: Callable[..., Any]) -> list[BatchResult]:
     one is unknown, so each item runs again alone and the others are still made. Raises
     BatchOutOfMemory for a batch of several that did not fit."""
     began = time.perf_counter()
+    interrupts_before = interrupts.received()
     failure: Exception | None = None
     try:
         outputs = run_step(step=run)
@@ -47,6 +49,8 @@ def run_batch(run: StepRun, run_step: Callable[..., Any]) -> list[BatchResult]:
             raise RuntimeError(f"run_step returned {0 if outputs is None else len(outputs)} results "
                                f"for {len(run.items)} items")
     except Exception as exc:  # a generator's bug is reported; the run goes on
+        if interrupts.received() != interrupts_before:  # Ctrl-C, caught and re-raised as something else
+            raise KeyboardInterrupt from exc
         if len(run.items) > 1 and is_out_of_memory(exc):
             raise BatchOutOfMemory() from exc
         failure = exc

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from studio.version import __version__
-from studio.errors import GeneratorFailed, StudioError
+from studio.errors import GeneratorFailed, StudioError, printable
 
 PRECISION_CHOICES = click.Choice(["auto", "fp32", "bf16", "fp16"])
 
@@ -26,7 +26,7 @@ class IntRange(click.IntRange):
     def fail(self, message, param=None, ctx=None):
         from studio.errors import clip
 
-        super().fail(clip(str(message), 200), param, ctx)
+        super().fail(printable(clip(str(message), 200)), param, ctx)
 
 
 class FloatRange(click.FloatRange):
@@ -44,12 +44,12 @@ class FloatRange(click.FloatRange):
     def fail(self, message, param=None, ctx=None):
         from studio.errors import clip
 
-        super().fail(clip(str(message), 200), param, ctx)
+        super().fail(printable(clip(str(message), 200)), param, ctx)
 
 
 class StudioException(click.ClickException):
     def __init__(self, error: StudioError):
-        super().__init__(str(error))
+        super().__init__(printable(str(error)))
         self.exit_code = error.exit_code
 
 
@@ -60,7 +60,7 @@ class StudioGroup(click.Group):
         except StudioError as exc:
             raise StudioException(exc) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            echo("interrupted", err=True)
             sys.exit(130)
 
 
@@ -72,7 +72,7 @@ def _host():
         warnings.simplefilter("always")
         host = default_host()
     for w in caught:
-        click.echo(f"warning: {w.message} (see `studio plugins list`)", err=True)
+        echo(f"warning: {w.message} (see `studio plugins list`)", err=True)
     return host
 
 
@@ -144,7 +144,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
             def show(message, category, *args, **kwargs):
                 if issubclass(category, RunWarning):
                     try:
-                        click.echo(f"warning: {message}", err=True)
+                        echo(f"warning: {message}", err=True)
                     except OSError:
                         pass  # stderr is gone: the manifest keeps the warning
                 else:
@@ -156,7 +156,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
                                 ray_address=ray_address, keep_workers=ray_keep_workers)
     except KeyboardInterrupt:
         events.close()
-        click.echo("interrupted: finished artifacts are kept; run again to reuse them", err=True)
+        echo("interrupted: finished artifacts are kept; run again to reuse them", err=True)
         sys.exit(130)
     except OSError as exc:  # a file problem the run did not put in words
         raise StorageError(os_error_text(exc, writing=False)) from None
@@ -168,7 +168,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         if json_events:
             pass
         elif quiet:
-            click.echo(_display(result.run_dir))
+            echo(_display(result.run_dir))
         else:
             _print_summary(result)
         sys.stdout.flush()
@@ -184,7 +184,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
             if not (result.error or result.failed):
                 raise StorageError(f"{message}; the run itself is {result.status}: {_display(result.run_dir)}")
             try:
-                click.echo(f"warning: {message}", err=True)
+                echo(f"warning: {message}", err=True)
             except OSError:
                 pass
     if result.error:  # the run stopped, or could not record itself: a full disk ...
@@ -259,13 +259,13 @@ def validate(pipelines) -> None:
     for path in pipelines:
         try:
             load_spec(path, host.registry)
-            click.echo(f"{path}: ok")
+            echo(f"{path}: ok")
         except PipelineError as exc:
             failed = True
-            click.echo(f"{path}: {exc}", err=True)
+            echo(f"{path}: {exc}", err=True)
         except UserError as exc:
             failed = True
-            click.echo(str(exc), err=True)
+            echo(str(exc), err=True)
     if failed:
         sys.exit(2)
 
@@ -281,21 +281,21 @@ def plan(pipeline, overrides, seed, as_json) -> None:
 
     the_plan = api.load(pipeline, overrides=overrides, seed=seed, host=_host()).plan()
     if as_json:
-        click.echo(json.dumps([
+        echo(json.dumps([
             {"step": s.id, "uses": s.uses, "after": list(s.depends_on),
              "items": [{"name": i.name, "dir": i.dirname, "seed": i.seed, "labels": i.labels} for i in s.items]}
             for s in the_plan.steps], indent=2, default=str))
         return
     spec = the_plan.spec
-    click.echo(f"pipeline {spec.name}: {len(the_plan.steps)} steps, {len(the_plan.items)} items, "
+    echo(f"pipeline {spec.name}: {len(the_plan.steps)} steps, {len(the_plan.items)} items, "
                f"run seed {spec.seed}")
     for n, step in enumerate(the_plan.steps, 1):
         after = f"  (after {', '.join(step.depends_on)})" if step.depends_on else ""
         count = len(step.items)
-        click.echo(f"{n}. {step.id}  {step.uses}  {count} item{'s' if count != 1 else ''}{after}")
+        echo(f"{n}. {step.id}  {step.uses}  {count} item{'s' if count != 1 else ''}{after}")
         for item in step.items:
             seed = f"seed {item.seed}" + (" (derived)" if item.seed_derived else "")
-            click.echo(f"     {item.name}  [{seed}]")
+            echo(f"     {item.name}  [{seed}]")
 
 
 class _TrainCommand(click.Command):
@@ -377,10 +377,10 @@ def train(generator, data, out, steps, batch_size, lr, device, seed, resume, che
     result = run_training(trainer, config, show_progress=not quiet)  # checks the options before anything loads
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
-    click.echo(f"trained {generator} for {result.steps} steps in {result.seconds:.0f} s: {losses}")
+    echo(f"trained {generator} for {result.steps} steps in {result.seconds:.0f} s: {losses}")
     if metrics:
-        click.echo(f"held-out: {metrics}")
-    click.echo(f"weights: {_display(result.out)} (use `model: {_display(result.out)}`)")
+        echo(f"held-out: {metrics}")
+    echo(f"weights: {_display(result.out)} (use `model: {_display(result.out)}`)")
 
 
 @cli.group()
@@ -399,7 +399,7 @@ def plugins_list(as_json) -> None:
         for p in host.registry.plugins.values()
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -432,7 +432,7 @@ def plugins_show(name, as_json) -> None:
             "outputs": gen.outputs, "precisions": list(gen.precisions), "batchable": gen.batchable,
             "params": fields, "schema": gen.Params.model_json_schema()}
     if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
+        echo(json.dumps(info, indent=2, default=str))
         return
     from rich.console import Console
     from rich.table import Table
@@ -467,7 +467,7 @@ def runs_show(run_dir, as_json) -> None:
     manifest = read_manifest(run_dir, repair=True)
     try:
         if as_json:
-            click.echo(json.dumps(manifest, indent=2))
+            echo(json.dumps(manifest, indent=2))
             return
         _show_manifest(manifest, escape, shown)
         sys.stdout.flush()
@@ -521,6 +521,12 @@ def _show_manifest(manifest, escape, shown) -> None:
     console.print(table)
 
 
+def echo(message: Any = "", err: bool = False) -> None:
+    """click.echo with control characters shown as escapes (see studio.errors.printable):
+    messages repeat file names and values that came from files."""
+    click.echo(printable(str(message)), err=err)
+
+
 def main() -> None:
     """The console entry point: whatever happens, the user gets a message and an exit
     code, never a Python traceback (that goes to a crash log the message names)."""
@@ -539,25 +545,25 @@ def main() -> None:
                 raise BrokenPipeError() from None
             raise
     except StudioError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        echo("interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:  # `studio plan x | head`: the reader left; say nothing more
         _quiet_broken_pipe()
     except OSError as exc:
         from studio.artifacts import os_error_text
 
-        click.echo(f"Error: {os_error_text(exc, writing=False)}", err=True)
+        echo(f"Error: {os_error_text(exc, writing=False)}", err=True)
         sys.exit(2)
     except MemoryError:
-        click.echo("Error: out of memory. Lower the sizes in the pipeline (width, height, sweep lengths, "
+        echo("Error: out of memory. Lower the sizes in the pipeline (width, height, sweep lengths, "
                    "batch) or free memory, then run again.", err=True)
         sys.exit(1)
     except Exception as exc:
         log = _write_crash_log(exc)
-        click.echo(f"Error: internal error, not a mistake of yours: {type(exc).__name__}: {str(exc)[:300]}\n"
+        echo(f"Error: internal error, not a mistake of yours: {type(exc).__name__}: {str(exc)[:300]}\n"
                    f"  The details are in {log}; please report them with the command you ran.", err=True)
         sys.exit(1)
 

@@ -4,6 +4,7 @@ nothing else in the host prints tracebacks or exits."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -13,6 +14,18 @@ MAX_ECHO = 80  # characters of a user's value a message repeats
 def clip(text: str, limit: int = MAX_ECHO) -> str:
     """Text cut to `limit` characters: a message never repeats megabytes of input."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# Characters a terminal acts on instead of showing: C0 controls but tab and newline, DEL,
+# C1 controls, and the bidirectional overrides that reorder what is shown.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: each control character shown as an escape
+    (ESC as \\x1b), so a file name or value from a pipeline cannot move the cursor,
+    retitle the window or hide text."""
+    return _TERMINAL_CONTROLS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def echo(value: Any, limit: int = MAX_ECHO) -> str:

@@ -14,6 +14,9 @@ from studio.errors import Issue
 
 MAX_BYTES = 2_000_000
 MAX_NODES = 100_000  # after expanding aliases; a real pipeline has a few hundred
+# as written (before aliases expand): what the pure-Python composer may build, about a
+# second's work; counted first by the C parser, which streams past a million in 0.1 s
+MAX_WRITTEN_VALUES = 30_000
 MAX_DEPTH = 64  # nesting of lists and mappings; a pipeline needs five or six
 
 # What YAML 1.1 allows in a stream (PyYAML's Reader rejects the rest with a traceback of
@@ -116,6 +119,11 @@ def load_yaml(text: str, file: str | None, *, what: str = "file") -> tuple[Any, 
     if deep:
         return None, locs, [Issue(f"lists and mappings are nested more than {MAX_DEPTH} levels deep; "
                                   "a pipeline needs a handful", file, deep)]
+    many = _too_many_values(text)
+    if many:
+        return None, locs, [Issue(f"the {what} holds more than {MAX_WRITTEN_VALUES:,} values (lists, mappings and "
+                                  "scalars); a pipeline holds a few hundred to a few thousand. Split the work into "
+                                  "several pipelines, or let a sweep make the items", file, many)]
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -145,6 +153,24 @@ def load_yaml(text: str, file: str | None, *, what: str = "file") -> tuple[Any, 
     finally:
         loader.dispose()
     return data, locs, issues
+
+
+def _too_many_values(text: str) -> int | None:
+    """The line where the values written in `text` pass MAX_WRITTEN_VALUES, counted from
+    the parser's event stream before anything is built; None below it, and for a syntax
+    error (the full parse that follows reports it in words)."""
+    parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C parser when PyYAML has libyaml
+    counted = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    seen = 0
+    try:
+        for event in yaml.parse(text, Loader=parser):
+            if isinstance(event, counted):
+                seen += 1
+                if seen > MAX_WRITTEN_VALUES:
+                    return event.start_mark.line + 1
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 def _too_deep(text: str) -> int | None:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -144,3 +145,23 @@ def test_runs_show(invoke, write_yaml, tmp_path):
     assert as_json["status"] == "done"
     nothing = invoke("runs", "show", tmp_path)
     assert nothing.exit_code == 2 and "no manifest.json here" in nothing.output
+
+
+@pytest.mark.parametrize("delay", [0.06, 0.1, 0.15, 0.25])
+def test_ctrl_c_while_the_command_starts_says_interrupted_without_a_traceback(tmp_path, delay):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pipeline = Path(__file__).resolve().parent.parent / "pipelines" / "showcase.yaml"
+    child = subprocess.Popen([sys.executable, "-m", "studio", "validate", str(pipeline)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay)
+    child.send_signal(signal.SIGINT)
+    output, _ = child.communicate(timeout=60)
+    assert "Traceback" not in output, output
+    # 0: it had finished; -SIGINT: it was exiting (the shell shows 130 for both interrupts)
+    assert child.returncode in (130, 0, -signal.SIGINT), output
+    if child.returncode == 130:
+        assert output.strip().endswith("interrupted")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import resource
 import shutil
 import signal
@@ -362,6 +363,12 @@ def check_case(case: Case, tmp: Path) -> None:
 
 
 V = ["validate", "p.yaml"]
+
+
+def no_terminal_controls(output: str) -> None:
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", output), repr(output)
+
+
 P = ["plan", "p.yaml"]
 R = ["run", "p.yaml"]
 ANY = frozenset({0, 2})
@@ -416,6 +423,9 @@ CASES: list[Case] = [
          where=("p.yaml:3", "steps[0].zip"), expect=("1,001",)),
     Case("sweep", "sweep-50000-values", V, {"p.yaml": pipe(
         "{id: a, uses: image.title, with: {text: hi}, sweep: {seed: [%s]}}" % ", ".join(map(str, range(50_000))))},
+         where=("p.yaml:3",), expect=("more than 30,000 values",)),
+    Case("sweep", "sweep-20000-values", V, {"p.yaml": pipe(
+        "{id: a, uses: image.title, with: {text: hi}, sweep: {seed: [%s]}}" % ", ".join(map(str, range(20_000))))},
          where=("p.yaml:3", "steps[0].sweep")),
     Case("sweep", "mapped-fan-out-40x40", V, {"p.yaml": pipe(
         "{id: a, uses: image.title, with: {text: hi}, sweep: {seed: [%s]}}" % ", ".join(map(str, range(40))),
@@ -489,6 +499,21 @@ CASES: list[Case] = [
          {"p.yaml": "name: t\nbig: &b [%s]\nsteps: [%s]\n" % (", ".join(["x"] * 1000), ", ".join(["*b"] * 200))},
          where=("p.yaml",)),
     Case("path", "recursive-alias", V, {"p.yaml": "name: t\nsteps: &s [*s]\n"}, where=("p.yaml:2",)),
+    # many values in under 2 MB: counted from the C parser's events before anything is built
+    Case("path", "million-item-flow-list", V, {"p.yaml": "name: t\nsteps: []\nx: [" + ",".join(["1"] * 999_000) + "]\n"},
+         where=("p.yaml:3",), expect=("more than 30,000 values",)),
+    Case("path", "660k-empty-mappings", V, {"p.yaml": "name: t\nsteps: []\nx: [" + ",".join(["{}"] * 660_000) + "]\n"},
+         where=("p.yaml:3",), expect=("more than 30,000 values",)),
+    Case("path", "660k-aliases", V,
+         {"p.yaml": "name: t\nsteps: []\na: &a 1\nx: [" + ",".join(["*a"] * 660_000) + "]\n"},
+         where=("p.yaml:4",), expect=("more than 30,000 values",)),
+    Case("path", "20k-block-steps", V, {"p.yaml": "name: t\nsteps:\n" + "".join(f"  - {{id: s{i}, uses: image.title, with: {{text: hi}}}}\n"
+                                                  for i in range(20_000))},
+         where=("p.yaml:",), expect=("more than 30,000 values",)),
+    Case("path", "3000-steps-under-the-value-cap", V,
+         {"p.yaml": "name: t\nsteps:\n" + "".join(f"  - {{id: s{i}, uses: image.title, with: {{text: hi}}}}\n"
+                                                   for i in range(3000))},
+         where=("p.yaml",), expect=("1,000",)),
     Case("path", "python-tag", V, {"p.yaml": "name: !!python/object/apply:os.system ['touch pwned']\nsteps: []\n"},
          where=("p.yaml:1",), expect=("tag",)),
     Case("path", "unknown-local-tag", V, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: !evil hi}}")},
@@ -902,6 +927,15 @@ CASES: list[Case] = [
     Case("set", "huge-seed", P + ["--set", "a.seed=%d" % 10**50], {"p.yaml": OK_TITLE}, where=("--set", "steps[0].with.seed")),
     Case("set", "alias-bomb", P + ["--set", "a.text=" + alias_bomb_flow()], {"p.yaml": OK_TITLE}, where=("--set",),
          max_output=5000),
+    # what a message repeats from the user cannot drive the terminal (escape injection)
+    Case("set", "escape-sequence-in-the-key", P + ["--set", "a\x1b]0;PWN\x07.text=1"], {"p.yaml": OK_TITLE},
+         where=("--set",), expect=("\\x1b]0;PWN\\x07",), check=lambda tmp, out, code: no_terminal_controls(out)),
+    Case("set", "bidi-override-in-the-value", P + ["--set", "a.width=\u202eevil"], {"p.yaml": OK_TITLE},
+         where=("--set",), check=lambda tmp, out, code: no_terminal_controls(out)),
+    Case("path", "escape-sequence-in-the-file-name", ["validate", "\x1b[31mp.yaml"], {"\x1b[31mp.yaml": OK_TITLE},
+         code=0, expect=("\\x1b[31mp.yaml: ok",), check=lambda tmp, out, code: no_terminal_controls(out)),
+    Case("path", "escape-sequence-in-a-missing-file-name", ["run", "\x1b[2Jp.yaml"], where=("\\x1b[2Jp.yaml",),
+         check=lambda tmp, out, code: no_terminal_controls(out)),
     Case("set", "3000-nested-brackets", P + ["--set", "a.text=" + nested(3000)], {"p.yaml": OK_TITLE}, where=("--set",),
          max_output=5000),
     Case("set", "3000-nested-braces", P + ["--set", "a.text=" + "{a: " * 3000 + "}" * 3000], {"p.yaml": OK_TITLE},

@@ -1,4 +1,5 @@
 import json
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +329,50 @@ def test_wav_and_midi_carry_provenance(tmp_path):
     notes = pretty_midi.PrettyMIDI(str(mid)).instruments[0].notes
     assert [(n.pitch, n.velocity) for n in notes] == [(60, 90)]
     assert read_provenance(mid)["step"] == "t"
+
+
+class SwallowingPlugin:
+    """Ctrl-C arrives while a library imports, and the library reports it as another
+    error (as transformers' lazy modules do: "Could not import module ...")."""
+
+    @hookimpl
+    def register_generators(self, register):
+        register(Interrupting)
+
+    @hookimpl
+    def run_step(self, step):
+        import os
+        import signal
+
+        if step.uses == "test.interrupt":
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the signal interrupts this at once
+            except BaseException as exc:
+                raise ModuleNotFoundError("Could not import module 'GPT2LMHeadModel'") from exc
+
+
+def test_ctrl_c_that_a_library_turned_into_another_error_still_interrupts_the_run(tmp_path):
+    import signal
+
+    from studio import interrupts
+
+    text = """
+        name: stop
+        steps:
+          - {id: first, uses: fake.image, with: {size: 4}}
+          - {id: second, uses: test.interrupt}
+          - {id: third, uses: fake.image, with: {size: 5}}
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    interrupts.install()  # as the `studio` command does
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_yaml(text, tmp_path, plugins=[("swallow", SwallowingPlugin())])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    (run_dir,) = (tmp_path / "runs" / "stop").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert {k: s["items"][0]["status"] for k, s in manifest["steps"].items()} == {
+        "first": "done", "second": "interrupted", "third": "interrupted"}
