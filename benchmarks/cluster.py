@@ -2,35 +2,51 @@
 cluster started once per cluster size (its start-up is reported, never counted in a run).
 
     python benchmarks/cluster.py [--only dispatch sweep throughput scaling] [--json FILE]
-    python benchmarks/cluster.py --scale small    # a quick check of the script (about 90 s)
-    python benchmarks/cluster.py --only dispatch --worker-env OMP_WAIT_POLICY=PASSIVE
+    python benchmarks/cluster.py --scale small    # a quick check of the script (about a minute)
+    python benchmarks/cluster.py --only dispatch --worker-env OMP_WAIT_POLICY=ACTIVE
 
 JSON goes to benchmarks/results/cluster.json (cluster-small.json for --scale small);
-`--worker-env` sets environment variables in the workers (the clusters' runtime_env).
+`--worker-env` sets environment variables in the workers (the clusters' runtime_env; the
+workers set OMP_WAIT_POLICY=PASSIVE themselves unless it is set there).
 Each row records the machine's load average: on a shared machine, judge noise by it.
+
+Two kinds of Ray run, both `studio.api.run(..., executor="ray")`, items always recomputed
+(use_cache=False):
+- stock:         the default: workers outlive the run (detached actors named in the Ray
+                 namespace "studio", idle for up to 300 s), so a run after the first
+                 finds them with their models loaded. Timed runs here always follow a run
+                 that started them.
+- fresh workers: keep_workers=0: the run stops its workers at its end, so every run
+                 starts its workers and loads its models again (what every run paid before
+                 workers were kept). A keep_workers=0 run also adopts, and then stops,
+                 workers that earlier runs kept: stop_workers() comes first.
+Between groups, and before a cluster is reused, the kept workers are stopped
+(stop_workers) so that they never hold CPUs a later run needs; a cluster of another size
+is a new one (ray.shutdown ends the old cluster's workers).
 
 Groups (each a table; `--only` picks groups):
 - dispatch:   the same pipeline with the local executor (a warm Runtime: models cached)
               and on a 2-CPU cluster: a fake.sleep sweep (seconds: 0, batches of 8) and
               the embedded image.diffusion (a seed sweep, few steps, batches of 16). Rows:
-              ray cold (the first run on a fresh cluster), ray again (later runs, items
-              recomputed: use_cache=False), and ray with warm workers (see KeepWorkers).
-              Ratio = ray / local; per-batch overhead = (ray - local) / batches.
-- throughput: a CPU-bound sweep (fake.sleep busy: true) on 1 and on 2 CPUs.
+              cold (the pipeline's first Ray run, no worker running; for the first
+              pipeline also the driver's first use of the fresh cluster), stock (later
+              runs, the cold run's workers kept: the headline figure) and fresh workers,
+              in that order (local and Ray in turn, medians). Ratio = ray / local;
+              per-batch overhead = (ray - local) / batches; the kept workers' memory
+              (RSS and PSS) on the stock row.
+- throughput: a CPU-bound sweep (fake.sleep busy: true) on 1 and on 2 CPUs: a fresh-
+              workers run on the new cluster, then a stock run to start the workers and
+              the timed stock run.
 - scaling:    fake.sleep (sleeping, so a 2-core machine can simulate many workers) on
               clusters of 1, 2, 4 ... 32 logical CPUs, the same items per worker (n
-              workers get n times the items). Efficiency = T1 / (n x Tn), T1 being one
-              worker's time for all n x the items, i.e. n x the 1-worker run's time
-              (its items are one worker's share): so efficiency = T(1 worker) / Tn, 1.0
-              perfect. Model loads counted from the manifest (distinct `loaded_in` pids:
-              one per worker); the workers' memory (RSS and PSS).
-- sweep:      a 1,000-item sweep end to end, the driver's resident memory sampled.
-
-Every Ray row is the stock executor (`studio.api.run(..., executor="ray")`) except those
-marked "warm workers": `KeepWorkers` below is the same executor with one change, its
-worker actors kept alive from one run to the next in this process (the stock executor
-kills them at the end of every run, so each run starts its workers and loads its models
-again). It measures what dispatching costs once that start-up is out of the way.
+              workers get n times the items), runs as in throughput. Efficiency =
+              T1 / (n x Tn), T1 being one worker's time for all n x the items, i.e. n x
+              the 1-worker run's time (its items are one worker's share): so efficiency =
+              T(1 worker) / Tn, 1.0 perfect. Model loads counted from the manifest
+              (distinct `loaded_in` pids: one per worker in a fresh-workers run; loads
+              stamped during a stock run: none); the kept workers' memory (RSS and PSS).
+- sweep:      a 1,000-item sweep end to end (3 stock runs, then a fresh-workers one), the
+              driver's resident memory sampled.
 """
 
 from __future__ import annotations
@@ -123,11 +139,56 @@ class RssSampler:
 
 # --- the cluster ----------------------------------------------------------------------
 
+NAMESPACE = "studio"  # where the executor names its kept workers (studio.cluster.NAMESPACE)
+
+
+def named_workers() -> list[str]:
+    """The names of the Studio workers alive on the cluster (kept by earlier runs)."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == NAMESPACE and a["name"].startswith("worker/")]
+
+
+def worker_pids() -> dict[str, int]:
+    """The kept workers' process ids, by name."""
+    import ray
+
+    refs = {}
+    for name in named_workers():
+        try:
+            refs[name] = ray.get_actor(name, namespace=NAMESPACE).__ray_call__.remote(lambda self: os.getpid())
+        except ValueError:  # it has just stopped
+            continue
+    return dict(zip(refs, ray.get(list(refs.values()))))
+
+
+def stop_workers(timeout_s: float = 30.0) -> int:
+    """Stop every Studio worker kept on the cluster and wait until they are gone and their
+    CPUs free again; how many there were."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    names = named_workers()
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            continue
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (
+            set(named_workers()) & set(names)
+            or ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0)):
+        time.sleep(0.1)
+    return len(names)
+
 
 class Cluster:
     """One local Ray cluster at a time in this process, started with `num_cpus` logical
     CPUs (workers); start-up timed. A cluster this process already had (a test's) is
-    used as it is when its size is right, and never shut down here."""
+    used as it is when its size is right, and never shut down here (only the workers
+    kept on it are stopped)."""
 
     def __init__(self, worker_env: dict[str, str] | None = None) -> None:
         self.cpus: int | None = None
@@ -136,11 +197,13 @@ class Cluster:
         self.worker_env = worker_env or {}
 
     def ensure(self, cpus: int) -> float:
-        """A cluster of `cpus` CPUs; the seconds its start took (0.0 when it was running)."""
+        """A cluster of `cpus` CPUs with no worker kept on it; the seconds its start took
+        (0.0 when it was running)."""
         import ray
 
         if ray.is_initialized():
             if int(ray.cluster_resources().get("CPU", 0)) == cpus:
+                stop_workers()  # an earlier group's: they would hold the CPUs
                 self.cpus = cpus
                 return 0.0
             if not self.owned:
@@ -154,98 +217,17 @@ class Cluster:
         return self.startup_s
 
     def stop(self) -> None:
+        """Shut down the cluster this script started (its kept workers end with it); on
+        one it did not start, stop the kept workers only."""
         import ray
 
-        KeepWorkers.release()
-        if self.owned and ray.is_initialized():
-            ray.shutdown()
-            time.sleep(1.0)  # let the old workers' processes exit before anything is timed
+        if ray.is_initialized():
+            if self.owned:
+                ray.shutdown()
+                time.sleep(1.0)  # let the old workers' processes exit before anything is timed
+            else:
+                stop_workers()
         self.cpus, self.owned = None, False
-
-
-def keep_workers_executor():
-    """The executor class KeepWorkers runs, made on first use (it subclasses
-    studio.cluster.RayExecutor, whose module imports Ray)."""
-    import studio.cluster as cluster
-
-    class _DeferKill:
-        """Ray, with `kill` recording the actor instead of ending it."""
-
-        def __init__(self, ray: Any, killed: list):
-            self._ray, self._killed = ray, killed
-
-        def kill(self, actor: Any, **_: Any) -> None:
-            self._killed.append(actor)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._ray, name)
-
-    class KeepWorkersExecutor(cluster.RayExecutor):
-        """The stock RayExecutor with its worker actors kept from one run to the next (in
-        this process): a run takes an idle worker of the same kind and precision that an
-        earlier run started, whose plugins and models are loaded, instead of starting
-        one. Benchmark-only: this is a what-if for the stock executor, which kills its
-        workers at the end of each run (RayExecutor._run_steps' `finally`)."""
-
-        idle: dict[tuple[str, str], list] = KeepWorkers.idle
-
-        def _new_actor(self, kind: str, precision: str) -> Any:
-            stash = self.idle.setdefault((kind, precision), [])
-            self._kinds = getattr(self, "_kinds", {})
-            actor = stash.pop() if stash else super()._new_actor(kind, precision)
-            self._kinds[id(actor)] = (kind, precision)
-            return actor
-
-        def _run_steps(self) -> None:
-            killed: list = []
-            real = cluster.import_ray
-            cluster.import_ray = lambda: _DeferKill(real(), killed)
-            try:
-                super()._run_steps()
-            finally:
-                cluster.import_ray = real
-                for actor in killed:  # every worker this run used, alive: for the next run
-                    self.idle.setdefault(self._kinds[id(actor)], []).append(actor)
-
-    return KeepWorkersExecutor
-
-
-class KeepWorkers:
-    """Runs with the "warm workers" what-if (see keep_workers_executor): the workers an
-    earlier run started, by (kind, precision), and ending them (they hold the cluster's
-    CPUs, so a stock run cannot start its own while they live)."""
-
-    idle: dict[tuple[str, str], list] = {}
-    cls = None
-
-    @classmethod
-    def run(cls, path: Path, host: Any, out: Path):
-        from studio import api
-
-        cls.cls = cls.cls or keep_workers_executor()
-        pipeline = api.load(path, host=host)
-        return cls.cls(host.registry, host.hooks, pipeline.plan(), recipe=host.recipe, out=out,
-                       use_cache=False).run()
-
-    @classmethod
-    def release(cls) -> None:
-        """End the kept workers (they hold the cluster's CPUs)."""
-        import ray
-
-        if not ray.is_initialized():
-            cls.idle.clear()
-            return
-        for actor in [a for stash in cls.idle.values() for a in stash]:
-            ray.kill(actor)
-        cls.idle.clear()
-
-    @classmethod
-    def pids(cls) -> list[int]:
-        """The kept workers' process ids."""
-        import ray
-
-        actors = [a for stash in cls.idle.values() for a in stash]
-        return ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
 
 
 # --- the runs -------------------------------------------------------------------------
@@ -263,9 +245,18 @@ def check(result) -> list[dict]:
 
 def startup_of(items: list[dict]) -> float:
     """The longest wait of a batch for its worker: a new worker's first batch waits for
-    the actor's process to start and load the plugins (queue_s), later ones only for
-    the trip."""
+    the actor's process to start and load the plugins (queue_s), later ones (and a kept
+    worker's) only for the trip."""
     return max((i["worker"]["queue_s"] for i in items if "worker" in i), default=0.0)
+
+
+def pids_of(items: list[dict]) -> set[int]:
+    return {i["worker"]["pid"] for i in items}
+
+
+def memory_of(pids: list[int]) -> dict[str, Any]:
+    return {"workers": len(pids), "rss_mb": [round(rss_mb(p)) for p in pids],
+            "pss_mb": [round(pss_mb(p)) for p in pids]}
 
 
 class Bench:
@@ -294,12 +285,17 @@ class Bench:
         return api.run(path, out=self.tmp / "runs", host=self.host, use_cache=False, runtime=self.runtime)
 
     def ray(self, path: Path):
+        """Stock: the workers are kept for the next run (and this run adopts kept ones)."""
         from studio import api
 
         return api.run(path, out=self.tmp / "runs", host=self.host, use_cache=False, executor="ray")
 
-    def warm(self, path: Path):
-        return KeepWorkers.run(path, self.host, self.tmp / "runs")
+    def fresh(self, path: Path):
+        """Fresh workers: keep_workers=0, the workers stopped at the run's end."""
+        from studio import api
+
+        return api.run(path, out=self.tmp / "runs", host=self.host, use_cache=False, executor="ray",
+                       keep_workers=0)
 
     def timed(self, fn: Callable, path: Path) -> tuple[float, list[dict]]:
         began = time.perf_counter()
@@ -327,42 +323,81 @@ class Bench:
         self._dispatch(f"image.diffusion {d['steps']} steps, {d['seeds']} seeds", diffusion, -(-d["seeds"] // 16))
 
     def _dispatch(self, name: str, path: Path, batches: int) -> None:
-        """Cold: the first Ray run of this pipeline on the cluster (new workers, models
-        loaded); then local and ray in turn; then local and ray-with-warm-workers in turn
-        (kept workers hold the cluster's CPUs, so the stock runs come first); medians."""
+        """Cold: the first Ray run of this pipeline, no worker kept (its workers started,
+        models loaded, and kept); then local and stock in turn (the kept workers adopted);
+        then, the kept workers stopped, local and fresh workers in turn; medians."""
+        stop_workers()  # the previous pipeline's: its generator's workers are no use here
         cold, items = self.timed(self.ray, path)
         cold_startup = startup_of(items)
         self.local(path)  # warm-up: the local model cache
-        times: dict[str, list[float]] = {"local": [], "ray": [], "warm": []}
-        startups = []
-        for _ in range(self.repeats):
-            for key, fn in (("local", self.local), ("ray", self.ray)):
-                seconds, items = self.timed(fn, path)
-                times[key].append(seconds)
-                if key == "ray":
-                    startups.append(startup_of(items))
-        self.warm(path)  # starts the workers that the next runs keep
-        for _ in range(self.repeats):
-            for key, fn in (("local", self.local), ("warm", self.warm)):
-                seconds, items = self.timed(fn, path)
-                times[key].append(seconds)
-        pids = KeepWorkers.pids()
-        memory = {"workers": len(pids), "rss_mb": [round(rss_mb(p)) for p in pids],
-                  "pss_mb": [round(pss_mb(p)) for p in pids]}
-        KeepWorkers.release()
-        local, ray, warm = (statistics.median(times[k]) for k in ("local", "ray", "warm"))
+        times: dict[str, list[float]] = {"local": [], "stock": [], "fresh": []}
+        startups: dict[str, list[float]] = {"stock": [], "fresh": []}
+        pids: dict[str, set[int]] = {"cold": pids_of(items), "stock": set(), "fresh": set()}
 
-        def per_batch(t: float) -> float:
-            return round((t - local) / batches * 1000, 1)
+        def turns(mode: str, fn: Callable) -> None:
+            for _ in range(self.repeats):
+                for key, run in (("local", self.local), (mode, fn)):
+                    seconds, items = self.timed(run, path)
+                    times[key].append(seconds)
+                    if key == mode:
+                        startups[mode].append(startup_of(items))
+                        pids[mode] |= pids_of(items)
 
-        self.row("dispatch", name, batches=batches, local_s=round(local, 3),
-                 ray_cold_s=round(cold, 3), ray_cold_ratio=round(cold / local, 2),
-                 cold_worker_startup_s=round(cold_startup, 3),
-                 ray_s=round(ray, 3), ray_ratio=round(ray / local, 2), ray_per_batch_ms=per_batch(ray),
-                 ray_worker_startup_s=round(statistics.median(startups), 3),
-                 warm_s=round(warm, 3), warm_ratio=round(warm / local, 2), warm_per_batch_ms=per_batch(warm),
-                 target="ratio <= 1.10, per batch < 20 ms",
-                 times={k: [round(t, 3) for t in v] for k, v in times.items()}, warm_worker_memory=memory)
+        turns("stock", self.ray)
+        memory = memory_of(list(worker_pids().values()))  # the kept workers, after the stock runs
+        stop_workers()  # else the first fresh run would adopt them (and then stop them)
+        turns("fresh", self.fresh)
+        local = statistics.median(times["local"])
+
+        def figures(seconds: float) -> dict[str, float]:
+            return {"seconds": round(seconds, 3), "ratio": round(seconds / local, 2),
+                    "per_batch_ms": round((seconds - local) / batches * 1000, 1)}
+
+        common = {"batches": batches, "local_s": round(local, 3)}
+        self.row("dispatch", f"{name}: cold", mode="cold", **common, **figures(cold),
+                 worker_startup_s=round(cold_startup, 3), workers=len(pids["cold"]))
+        stock = statistics.median(times["stock"])
+        self.row("dispatch", f"{name}: stock", mode="stock", **common, **figures(stock),
+                 worker_startup_s=round(statistics.median(startups["stock"]), 3),
+                 workers=len(pids["stock"]), same_workers_as_cold=pids["stock"] == pids["cold"],
+                 target="ratio <= 1.10, per batch < 20 ms", worker_memory=memory,
+                 times={k: [round(t, 3) for t in times[k]] for k in ("local", "stock")})
+        fresh = statistics.median(times["fresh"])
+        self.row("dispatch", f"{name}: fresh workers", mode="fresh workers", **common, **figures(fresh),
+                 worker_startup_s=round(statistics.median(startups["fresh"]), 3), workers=len(pids["fresh"]),
+                 times={k: [round(t, 3) for t in times[k]] for k in ("local", "fresh")})
+
+    # -- the kept-worker runs of throughput and scaling ----------------------------
+
+    @staticmethod
+    def driver_imports() -> None:
+        """What the driver imports on its first Ray run (torch, about 1 s; Ray), out of the
+        way before a group whose first run is timed (with --only, it may be the first)."""
+        import importlib
+
+        for module in ("torch", "studio.cluster"):
+            importlib.import_module(module)
+
+    def _fresh_then_stock(self, path: Path) -> dict[str, Any]:
+        """On a new cluster: a fresh-workers run (it starts its workers and stops them),
+        a stock run that starts the workers and keeps them, the timed stock run; the kept
+        workers' pids and memory, and the machine's memory with them; then they are
+        stopped."""
+        fresh_s, fresh_items = self.timed(self.fresh, path)
+        stop_workers()  # none kept: waits until the CPUs of the workers it stopped are free
+        first_s, _ = self.timed(self.ray, path)  # starts the workers that the timed run finds
+        with_workers_mb = used_mb()
+        began = time.time()
+        stock_s, stock_items = self.timed(self.ray, path)
+        kept = list(worker_pids().values())
+        found = {"fresh_s": fresh_s, "fresh_items": fresh_items, "first_s": first_s, "stock_s": stock_s,
+                 "stock_items": stock_items, "kept": kept, "memory": memory_of(kept),
+                 "with_workers_mb": with_workers_mb,
+                 # models loaded during the timed stock run (none: the kept workers have theirs)
+                 "stock_new_loads": len({(i["notes"]["loaded_in"], i["notes"]["loaded_at"]) for i in stock_items
+                                         if i["notes"]["loaded_at"] >= began})}
+        stop_workers()
+        return found
 
     # -- throughput, 1 vs 2 CPUs ---------------------------------------------------
 
@@ -372,25 +407,26 @@ class Bench:
                                "sweep": {"seed": list(range(t["items"]))}}])
         work = t["items"] * t["seconds"]
         found: dict[int, dict] = {}
+        self.driver_imports()
         for cpus in (1, 2):
             started = self.cluster.ensure(cpus)
-            ray_s, items = self.timed(self.ray, path)
-            self.warm(path)  # start and keep the workers
-            warm_s, _ = self.timed(self.warm, path)
-            KeepWorkers.release()
-            found[cpus] = {"ray_s": ray_s, "warm_s": warm_s}
+            f = found[cpus] = self._fresh_then_stock(path)
             self.row("throughput", f"{cpus} CPU worker(s), {t['items']} items x {t['seconds']} s busy "
-                     f"({work:g} CPU-s)", cluster_startup_s=round(started, 2), ray_s=round(ray_s, 2),
-                     worker_startup_s=round(startup_of(items), 2), workers=len({i["worker"]["pid"] for i in items}),
-                     warm_s=round(warm_s, 2), items_per_s=round(t["items"] / ray_s, 2))
-        self.row("throughput", "2 CPUs vs 1", speedup=round(found[1]["ray_s"] / found[2]["ray_s"], 2),
-                 speedup_warm_workers=round(found[1]["warm_s"] / found[2]["warm_s"], 2), target=">= 1.7")
+                     f"({work:g} CPU-s)", cluster_startup_s=round(started, 2),
+                     stock_s=round(f["stock_s"], 2), items_per_s=round(t["items"] / f["stock_s"], 2),
+                     workers=len(pids_of(f["stock_items"])), stock_first_s=round(f["first_s"], 2),
+                     fresh_s=round(f["fresh_s"], 2), fresh_items_per_s=round(t["items"] / f["fresh_s"], 2),
+                     fresh_worker_startup_s=round(startup_of(f["fresh_items"]), 2),
+                     fresh_workers=len(pids_of(f["fresh_items"])))
+        self.row("throughput", "2 CPUs vs 1", speedup=round(found[1]["stock_s"] / found[2]["stock_s"], 2),
+                 speedup_fresh_workers=round(found[1]["fresh_s"] / found[2]["fresh_s"], 2), target=">= 1.7")
 
     # -- scaling, simulated --------------------------------------------------------
 
     def scaling(self) -> None:
         s = self.sizes["scaling"]
         base: dict[str, float] = {}
+        self.driver_imports()
         for n in s["workers"]:
             self.cluster.stop()
             idle_mb = used_mb()
@@ -399,27 +435,27 @@ class Bench:
             items_n = n * s["per_worker"]
             path = self.pipeline([{"id": "z", "uses": "fake.sleep", "with": {"seconds": s["seconds"]},
                                    "sweep": {"seed": list(range(items_n))}}])
-            ray_s, items = self.timed(self.ray, path)
-            self.warm(path)  # starts n workers and keeps them
-            with_workers_mb = used_mb()
-            warm_s, warm_items = self.timed(self.warm, path)
-            workers = {i["worker"]["pid"] for i in items}
-            loads = {i["notes"]["loaded_in"] for i in items}
-            assert all(i["notes"]["loaded_in"] == i["worker"]["pid"] for i in items + warm_items)
-            pids = KeepWorkers.pids()
-            rss = [rss_mb(p) for p in pids]
-            pss = [pss_mb(p) for p in pids]
-            KeepWorkers.release()
+            f = self._fresh_then_stock(path)
+            fresh_items, stock_items = f["fresh_items"], f["stock_items"]
+            workers = pids_of(fresh_items)
+            loads = {i["notes"]["loaded_in"] for i in fresh_items}
+            assert all(i["notes"]["loaded_in"] == i["worker"]["pid"] for i in fresh_items + stock_items)
             if n == s["workers"][0]:
-                base = {"ray": ray_s, "warm": warm_s}  # T1: one worker's share of the items
+                base = {"stock": f["stock_s"], "fresh": f["fresh_s"]}  # T1: one worker's share of the items
+            rss, pss = f["memory"]["rss_mb"], f["memory"]["pss_mb"]
             self.row("scaling", f"{n} workers, {items_n} items x {s['seconds']} s", cluster_startup_s=round(started, 2),
-                     ideal_s=round(s["per_worker"] * s["seconds"], 2), ray_s=round(ray_s, 2),
-                     efficiency=round(base["ray"] / ray_s, 3), worker_startup_s=round(startup_of(items), 2),
-                     warm_s=round(warm_s, 2), efficiency_warm=round(base["warm"] / warm_s, 3),
+                     ideal_s=round(s["per_worker"] * s["seconds"], 2), stock_s=round(f["stock_s"], 2),
+                     efficiency=round(base["stock"] / f["stock_s"], 3),
+                     stock_worker_startup_s=round(startup_of(stock_items), 2), stock_first_s=round(f["first_s"], 2),
+                     fresh_s=round(f["fresh_s"], 2), efficiency_fresh=round(base["fresh"] / f["fresh_s"], 3),
+                     fresh_worker_startup_s=round(startup_of(fresh_items), 2),
                      workers_used=len(workers), model_loads=len(loads), loads_ok=len(loads) == len(workers) == n,
-                     worker_rss_mb=round(statistics.mean(rss)), worker_pss_mb=round(statistics.mean(pss)),
+                     stock_workers_used=len(pids_of(stock_items)), stock_model_loads=f["stock_new_loads"],
+                     stock_used_kept_workers=pids_of(stock_items) <= set(f["kept"]),
+                     worker_rss_mb=round(statistics.mean(rss)) if rss else None,
+                     worker_pss_mb=round(statistics.mean(pss)) if pss else None, kept_workers=len(f["kept"]),
                      machine_used_mb={"no cluster": round(idle_mb), "cluster": round(cluster_mb),
-                                      "with workers": round(with_workers_mb)},
+                                      "with workers": round(f["with_workers_mb"])},
                      target="efficiency >= 0.9 at 32; loads = workers")
 
     # -- a 1,000-item sweep --------------------------------------------------------
@@ -429,13 +465,16 @@ class Bench:
         self.cluster.ensure(2)
         small = self.pipeline([{"id": "w", "uses": "fake.sleep", "with": {"seconds": 0},
                                 "sweep": {"seed": list(range(16))}}])
-        self.ray(small), self.local(small)  # imports and first-run costs out of the way
+        # imports and first-run costs out of the way; the stock run starts the workers
+        # that the stock runs below find
+        self.ray(small), self.local(small)
         path = self.pipeline([{"id": "w", "uses": "fake.sleep", "with": {"seconds": s["seconds"]},
                                "sweep": {"seed": list(range(s["items"]))}}])
         local_s, _ = self.timed(self.local, path)
-        for name, fn in (("ray 1", self.ray), ("ray 2", self.ray), ("ray 3", self.ray), ("warm workers", self.warm)):
-            if fn == self.warm:
-                self.warm(small)  # start the workers that the timed run keeps
+        for name, fn in (("stock 1", self.ray), ("stock 2", self.ray), ("stock 3", self.ray),
+                         ("fresh workers", self.fresh)):
+            if fn == self.fresh:
+                stop_workers()  # else it would adopt the kept workers
             before = rss_mb()
             with RssSampler() as rss:
                 seconds, items = self.timed(fn, path)
@@ -443,20 +482,19 @@ class Bench:
             self.row("sweep", f"{name}: {s['items']} items fake.sleep seconds {s['seconds']}",
                      seconds=round(seconds, 2), items_per_s=round(s["items"] / seconds, 1), local_s=round(local_s, 2),
                      local_items_per_s=round(s["items"] / local_s, 1), batches=-(-s["items"] // 8),
-                     workers=len({i["worker"]["pid"] for i in items}),
+                     workers=len(pids_of(items)), worker_startup_s=round(startup_of(items), 3),
                      driver_rss_mb={"before": round(before, 1), "start": round(rss.at(0.0), 1),
                                     "middle": round(rss.at(0.5), 1), "end": round(rss.at(1.0), 1),
                                     "peak": round(peak, 1)}, samples=len(rss.samples))
-        KeepWorkers.release()
+        stop_workers()
 
 
 SUMMARY = {  # the columns of each group's table at the end
-    "dispatch": ["batches", "local_s", "ray_cold_s", "ray_s", "ray_ratio", "ray_per_batch_ms", "warm_s", "warm_ratio",
-                 "warm_per_batch_ms"],
-    "sweep": ["seconds", "items_per_s", "local_s", "workers"],
-    "throughput": ["ray_s", "warm_s", "workers", "speedup", "speedup_warm_workers"],
-    "scaling": ["ray_s", "efficiency", "worker_startup_s", "warm_s", "efficiency_warm", "model_loads",
-                "worker_pss_mb"],
+    "dispatch": ["batches", "local_s", "seconds", "ratio", "per_batch_ms", "worker_startup_s", "workers"],
+    "sweep": ["seconds", "items_per_s", "local_s", "workers", "worker_startup_s"],
+    "throughput": ["stock_s", "items_per_s", "workers", "fresh_s", "speedup", "speedup_fresh_workers"],
+    "scaling": ["stock_s", "efficiency", "fresh_s", "efficiency_fresh", "fresh_worker_startup_s", "model_loads",
+                "stock_model_loads", "worker_pss_mb"],
 }
 
 

@@ -95,7 +95,7 @@ def os_error_text(exc: OSError, path: Path | str | None = None, *, writing: bool
     """What went wrong with a file, naming it: `path` when the caller knows which file
     mattered (the artifact rather than its temporary name), else the error's own.
     `writing=False` when the caller does not know whether it was a read or a write."""
-    where = path if path is not None else (exc.filename or "?")
+    where = path if path is not None else (exc.filename or "a file the system did not name")
     if exc.errno in DISK_FULL:
         return f"disk full at {where}: free space or use --out on another disk"
     if exc.errno in NOT_WRITABLE and writing:

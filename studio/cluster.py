@@ -56,7 +56,7 @@ RAY_MISSING = ("running on a Ray cluster (--executor ray, or executor: ray in th
 RETRIES = 3  # a worker that dies mid-batch is restarted and the batch run again, this often
 KEEP_WORKERS_S = 300.0  # how long a worker waits, idle, for the next run's batches
 NAMESPACE = "studio"  # the Ray namespace the named workers live in
-PING_S = 1.0  # a worker that does not answer this fast is busy (in another run)
+PING_S = 0.5  # a worker that does not answer this fast is busy (in another run)
 
 
 def import_ray() -> Any:
@@ -181,8 +181,9 @@ class Worker:
         self.identity = {"node": context.get_node_id(), "worker": context.get_actor_id(), "pid": os.getpid(),
                          "versions": versions(self.host.registry)}
         self.last_used = time.monotonic()
+        self.keep_s = keep_s
         if keep_s > 0:
-            threading.Thread(target=self._retire_when_idle, args=(keep_s,), daemon=True).start()
+            threading.Thread(target=self._retire_when_idle, daemon=True).start()
 
     def run(self, job: Job) -> Done:
         """Make one batch: its input files written to a folder of their own for the
@@ -202,6 +203,10 @@ class Worker:
         """Answers at once when idle (calls to an actor run one at a time)."""
         return True
 
+    def keep(self, seconds: float) -> None:
+        """Wait this long, idle, from now on: the latest run that took this worker sets it."""
+        self.keep_s = seconds
+
     def retire(self, idle_since: float) -> None:
         """Stop this worker for good, unless a batch came since the timer asked."""
         if self.last_used == idle_since:
@@ -211,7 +216,7 @@ class Worker:
             # sends it to a new worker (RayExecutor._receive)
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
-    def _retire_when_idle(self, keep_s: float) -> None:
+    def _retire_when_idle(self) -> None:
         """A timer thread: after `keep_s` without a batch, ask this actor (through its own
         queue, so never in the middle of a batch) to retire."""
         import ray
@@ -219,9 +224,9 @@ class Worker:
         me = ray.get_runtime_context().current_actor
         asked = None
         while True:
-            time.sleep(min(keep_s, 1.0))
+            time.sleep(min(self.keep_s, 1.0))
             idle_since = self.last_used
-            if idle_since != asked and time.monotonic() - idle_since >= keep_s:
+            if idle_since != asked and time.monotonic() - idle_since >= self.keep_s:
                 me.retire.remote(idle_since)
                 asked = idle_since
 
@@ -326,6 +331,7 @@ class Slot:
     actor: Any
     kind: str  # "cpu" or "gpu"
     busy: bool = False
+    adopted: bool = False  # left by an earlier run, not started by this one
 
 
 @dataclass
@@ -444,7 +450,8 @@ class RayExecutor(Executor):
         finally:
             if self.keep_workers <= 0:  # else they wait, idle, for the next run
                 for slot in self.pools.all():
-                    ray.kill(slot.actor)
+                    if not slot.adopted:  # those keep the time the run that started them gave
+                        ray.kill(slot.actor)
             self.pools.by_key.clear()
 
     def _adopt_workers(self, ray: Any) -> None:
@@ -475,7 +482,9 @@ class RayExecutor(Executor):
             if setup != self.setup:
                 ray.kill(actor)
             elif self.pools.count(kind) < self.pools.capacity.get(kind, 0):
-                self.pools.by_key.setdefault((generator, precision, kind), []).append(Slot(actor, kind))
+                self.pools.by_key.setdefault((generator, precision, kind), []).append(Slot(actor, kind, adopted=True))
+                if self.keep_workers > 0:
+                    actor.keep.remote(self.keep_workers)
 
     def _step_done(self, step_id: str, finished: set[str]) -> None:
         finished.add(step_id)

@@ -115,7 +115,8 @@ class Executor:
         except MachineError as exc:  # a full disk, a broken cluster: stop, keep what finished
             self.manifest.error, status = str(exc), "failed"
         except OSError as exc:  # a file problem no step put in words
-            self.manifest.error, status = os_error_text(exc, writing=False), "failed"
+            where = exc.filename or (f"a file in {run_dir}" if is_storage_problem(exc) else None)
+            self.manifest.error, status = os_error_text(exc, where, writing=False), "failed"
         finally:
             self._end_run(status)
         return RunResult(run_dir, status, self.results, self.manifest.path, self.manifest.error,
@@ -156,9 +157,20 @@ class Executor:
         raise StorageError(f"cannot make a run folder in {parent}: every name tried is taken")
 
     def _out_error(self, exc: OSError) -> StorageError:
-        # a full or read-only disk is --out's; anything else (a file where a folder
-        # should be) is named by the path it happened at
-        return StorageError(os_error_text(exc, self.out_given if is_storage_problem(exc) else None))
+        """Why the run folder cannot be made, naming the path in the way and what to do."""
+        if is_storage_problem(exc):  # a full or read-only disk is --out's
+            return StorageError(os_error_text(exc, self.out_given))
+        parent = self.out / self.spec.name
+        for blocker in [parent, *parent.parents]:
+            if os.path.islink(blocker) and not blocker.exists():
+                return StorageError(f"cannot make the run folder: {blocker} is a symbolic link to "
+                                    f"{os.readlink(blocker)}, which does not exist; create that folder or "
+                                    "remove the link")
+            if blocker.exists() and not blocker.is_dir():
+                return StorageError(f"cannot make the run folder: {blocker} is a file, not a folder; move it "
+                                    "away or give --out another folder")
+        return StorageError(f"cannot make the run folder in {parent}: {exc.strerror or exc}. Give --out a "
+                            "folder you can write to, e.g. --out runs")
 
     def _end_run(self, status: str) -> None:
         """Record how the run ended. Never raises for a file problem: a full disk must

@@ -198,6 +198,36 @@ class TrainResult:
     seconds: float
 
 
+def _check_out(out: Path, resume: bool) -> None:
+    """Training writes config.json, model.safetensors, a model card and training/ into
+    OUT: never into a system directory, a file, or a folder of someone else's files."""
+    from studio.modelpath import SYSTEM_DIRS
+
+    try:
+        real = out.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise UserError(f"--out {out} cannot be used ({exc}); give a new folder for the model") from None
+    if str(real) in SYSTEM_DIRS or real == Path.home():
+        raise UserError(f"--out {out} is {real}, a system directory; give a new folder for the model, "
+                        "e.g. --out models/my-model")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; give a new folder for the model")
+    if resume:
+        return  # load_checkpoint says what it finds there
+    if _checkpoint_paths(out)[0].exists():
+        raise UserError(f"{out} already holds a training run; pass --resume to continue it, "
+                        "or choose another --out")
+    if out.is_dir():
+        try:
+            present = sorted(p.name for p in out.iterdir())
+        except OSError as exc:
+            raise UserError(f"--out {out} cannot be read ({exc.strerror or exc}); give a new folder") from None
+        if present:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise UserError(f"--out {out} already holds files ({shown}) and no training run; training would "
+                            "overwrite them. Give a new or empty folder")
+
+
 def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: bool = True) -> TrainResult:
     """Train `trainer_cls` (what a plugin registered for `trainer_cls.generator`) as
     `config` says, and write the weights to config.out."""
@@ -208,9 +238,7 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
     generator = trainer_cls.generator
     device = resolve_device(config.device)
     out = config.out
-    if not config.resume and _checkpoint_paths(out)[0].exists():
-        raise UserError(f"{out} already holds a training run; pass --resume to continue it, "
-                        "or choose another --out")
+    _check_out(out, config.resume)
     import torch
 
     torch.manual_seed(config.seed)  # weight initialisation: the same command makes the same weights

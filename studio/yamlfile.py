@@ -56,7 +56,9 @@ class Locations:
 # words (not booleans), `040` is not octal 32 and `1:00` is not 60 (sexagesimal): they
 # stay strings, which a parameter that wants a number then refuses in words.
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F][0-9a-fA-F_]*)$")
+# (at most 1,000 digits: Python refuses to read more than 4,300, and no parameter wants
+# more than 20; a longer one stays text, which the parameter then refuses with its line)
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]{0,999})|0x[0-9a-fA-F][0-9a-fA-F_]{0,999})$")
 _FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
                     r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 

@@ -191,6 +191,11 @@ def worker_ids() -> set[str]:
 
 
 def test_keep_workers_0_stops_them_at_the_end_and_an_idle_worker_retires(tmp_path, ray_cluster):
+    import ray
+
+    for name in named_workers():  # so that this run starts its own (it would take idle ones)
+        ray.kill(ray.get_actor(name, namespace="studio"))
+    assert wait_until(lambda: not named_workers())
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
                      use_cache=False, keep_workers=0)
     assert result.status == "done"

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,28 @@ def test_defaults_given_as_text_make_the_same_weights_as_no_options(shapes, tmp_
     assert studio_train("image.gan", "--out", tmp_path / "b", *common, *spelled).exit_code == 0
     a, b = ((tmp_path / d / "model.safetensors").read_bytes() for d in "ab")
     assert a == b
+
+
+@pytest.mark.parametrize("where, expect", [
+    ("/", "a system directory"),
+    ("/usr/local", "a system directory"),
+    ("file", "is a file, not a folder"),
+    ("someone-elses", "already holds files (config.json, notes.txt) and no training run"),
+])
+def test_train_never_writes_into_a_system_directory_a_file_or_a_folder_of_other_files(tmp_path, where, expect):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "someone-elses").mkdir()
+    (tmp_path / "someone-elses" / "config.json").write_text('{"mine": true}')
+    (tmp_path / "someone-elses" / "notes.txt").write_text("mine")
+    out = where if where.startswith("/") else str(tmp_path / where)
+    before = sorted(str(p) for p in Path("/").iterdir())
+    result = CliRunner().invoke(cli, ["train", "image.gan", "--data", "sklearn:digits", "--out", out, "--steps", "1"])
+    assert result.exit_code == 2, result.output
+    assert expect in result.output and "Traceback" not in result.output
+    assert sorted(str(p) for p in Path("/").iterdir()) == before  # nothing new in /
+    assert (tmp_path / "file").read_text() == "mine"
+    assert (tmp_path / "someone-elses" / "config.json").read_text() == '{"mine": true}'
