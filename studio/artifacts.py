@@ -128,7 +128,12 @@ def write_json(value: Any, path: Path, provenance: dict[str, Any]) -> None:
 
 
 def write_wav(value: Any, path: Path, provenance: dict[str, Any]) -> None:
-    """16-bit PCM WAV; provenance goes in the INFO chunk's comment (ICMT)."""
+    """16-bit PCM WAV; provenance goes in the INFO chunk's comment (ICMT). Encoded in
+    memory, then written as bytes (the same file, byte for byte): libsndfile reports a
+    full disk only as "System error", a plain write as ENOSPC, which the executor puts
+    in words ("disk full at PATH")."""
+    import io
+
     import numpy as np
     import soundfile
 
@@ -141,11 +146,14 @@ def write_wav(value: Any, path: Path, provenance: dict[str, Any]) -> None:
     if samples.size == 0:
         raise ValueError("the audio is empty (0 samples)")
     channels = 1 if samples.ndim == 1 else samples.shape[1]
-    with soundfile.SoundFile(path, "w", samplerate=int(value.sample_rate), channels=channels,
+    encoded = io.BytesIO()
+    with soundfile.SoundFile(encoded, "w", samplerate=int(value.sample_rate), channels=channels,
                              format="WAV", subtype="PCM_16") as f:
         f.comment = json.dumps(provenance, sort_keys=True, default=str)
         f.software = "studio"
         f.write(samples)
+    with open(path, "wb") as out:
+        out.write(encoded.getbuffer())
 
 
 def write_midi(value: Any, path: Path, provenance: dict[str, Any]) -> None:

@@ -362,19 +362,24 @@ class _TrainCommand(click.Command):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(generator, data, out, steps, batch_size, lr, device, seed, resume, checkpoint_every, options, quiet) -> None:
     """Train weights for GENERATOR on your own data; `model: OUT` then uses them."""
-    from studio.errors import UserError, echo
+    from studio.errors import UserError, echo as quoted
     from studio.training import TrainConfig, train as run_training
 
     opts = {}
     for option in options:
         key, sep, value = option.partition("=")
         if not sep:
-            raise UserError(f"--option {echo(option)}: expected KEY=VALUE, e.g. --option size=32")
+            raise UserError(f"--option {quoted(option)}: expected KEY=VALUE, e.g. --option size=32")
         opts[key.strip()] = value.strip()
     trainer = _host().registry.trainer(generator)
     config = TrainConfig(data=data, out=out, steps=steps, batch_size=batch_size, lr=lr, device=device,
                          seed=seed, resume=resume, checkpoint_every=checkpoint_every, options=opts)
-    result = run_training(trainer, config, show_progress=not quiet)  # checks the options before anything loads
+    with warnings.catch_warnings():
+        # what the data loaders leave out (a damaged file among many) as plain lines
+        warnings.showwarning = lambda message, *args, **kwargs: echo(f"warning: {message}", err=True)
+        warnings.simplefilter("always", UserWarning)
+        # checks the options before anything loads
+        result = run_training(trainer, config, show_progress=not quiet)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     echo(f"trained {generator} for {result.steps} steps in {result.seconds:.0f} s: {losses}")

@@ -7,32 +7,44 @@ capped size; nothing decodes a whole image or renders audio.
 
 `sniff(path)` returns a `Sniffed`: the media type, a problem in words (None when the
 file is usable) and facts a generator's checks may want (pixel size, duration, notes).
+
+Validation bounds the time all its file checks take together (`check_budget`): past
+the budget, a file gets only the cheap check (it exists, is a regular file within the
+size limits, its magic bytes and header say what it is) and a `deferred` result; the
+run checks it in full (studio.executor sniffs every input again), with the same words.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from studio import media
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["MAX_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "MAX_INPUT_BYTES", "MAX_MIDI_BYTES", "Sniffed", "midi_facts",
-           "sniff"]
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_IMAGE_PIXELS", "MAX_INPUT_BYTES", "MAX_MIDI_BYTES", "MAX_MIDI_TRACKS", "Sniffed",
+           "check_budget", "checks_deferred", "midi_clock", "midi_facts", "midi_notes", "sniff"]
 
 MAX_INPUT_BYTES = 512 * 2**20  # an input file larger than this is not read at all
 MAX_IMAGE_PIXELS = 8192 * 8192  # beyond it, decoding is a memory hazard (a decompression bomb)
 MAX_PNG_CHUNKS = 30_000  # PNG writers use 8-64 KB IDAT chunks: a few thousand at most here
 MAX_DECODED_PIXELS = 4096 * 4096  # non-PNG images up to this size are decoded to find damage
 MAX_MIDI_BYTES = 2 * 2**20  # real MIDI files are kilobytes; larger ones are not read
+MAX_MIDI_TRACKS = 32_767  # mido reads the header's track count as a signed 16-bit number
+MAX_MIDI_EVENT_BYTES = 1_000_000  # one meta or sysex event; mido refuses longer ones
 MAX_AUDIO_SECONDS = 4 * 3600
 MAX_TEXT_BYTES = 16 * 2**20
+CACHE_SIZE = 4096  # full results kept, by (path, size, mtime)
 
 # (media type, magic bytes at offset 0, more magic at offset 8 or None)
 _SIGNATURES: list[tuple[str, bytes, bytes | None]] = [
@@ -55,25 +67,81 @@ class Sniffed:
     media_type: str | None  # None: not a kind of file Studio reads
     problem: str | None = None  # why it cannot be used, in words; None when it can
     info: dict[str, Any] = field(default_factory=dict)  # width/height, seconds, notes...
+    # True when only the cheap check ran (validation's time budget was spent): the
+    # file is what its header says, and the run checks its content in full
+    deferred: bool = False
 
     @property
     def ok(self) -> bool:
         return self.media_type is not None and self.problem is None
 
 
-def sniff(path: Path) -> Sniffed:
-    """What `path` holds. Never raises for a bad file; the problem is in the result."""
+# --- the time budget of one validation ------------------------------------------------
+
+_deadline: ContextVar[float | None] = ContextVar("studio_sniff_deadline", default=None)
+
+
+@contextmanager
+def check_budget(seconds: float) -> Iterator[None]:
+    """Within this block, full content checks of files start only during the first
+    `seconds`; later files get the cheap check and a `deferred` result (and a plugin's
+    own content checks see `checks_deferred()`). Nested budgets keep the earlier end.
+    Outside any budget (a run) every file is checked in full."""
+    end = time.monotonic() + seconds
+    outer = _deadline.get()
+    token = _deadline.set(end if outer is None else min(outer, end))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def checks_deferred() -> bool:
+    """True inside a check_budget whose time is spent: a content check that costs more
+    than a header read is left to the run."""
+    end = _deadline.get()
+    return end is not None and time.monotonic() > end
+
+
+_cache: OrderedDict[tuple[str, int, int], Sniffed] = OrderedDict()  # full results
+_cheap_cache: OrderedDict[tuple[str, int, int], Sniffed] = OrderedDict()  # deferred ones
+_cache_lock = threading.Lock()
+
+
+def sniff(path: Path, *, full: bool = False) -> Sniffed:
+    """What `path` holds. Never raises for a bad file; the problem is in the result.
+    `full`: check the content even when a validation's time budget is spent."""
     try:
         st = os.stat(path)
     except OSError as exc:
         return Sniffed(None, f"cannot be read ({exc.strerror or exc})")
     if not stat.S_ISREG(st.st_mode):
         return Sniffed(None, "is not a regular file (a directory, device or pipe)")
-    return _sniff_cached(str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            _cache.move_to_end(key)
+            return found
+    if not full and checks_deferred():  # the cheap check, once per file and version
+        with _cache_lock:
+            found = _cheap_cache.get(key)
+        if found is None:
+            found = _sniff_file(key[0], st.st_size, cheap=True)
+            with _cache_lock:
+                _cheap_cache[key] = found
+                while len(_cheap_cache) > CACHE_SIZE:
+                    _cheap_cache.popitem(last=False)
+        return found
+    found = _sniff_file(key[0], st.st_size, cheap=False)
+    with _cache_lock:
+        _cache[key] = found
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return found
 
 
-@lru_cache(maxsize=4096)
-def _sniff_cached(path: str, size: int, mtime_ns: int) -> Sniffed:
+def _sniff_file(path: str, size: int, cheap: bool) -> Sniffed:
     if size == 0:
         return Sniffed(None, "is empty (0 bytes)")
     if size > MAX_INPUT_BYTES:
@@ -86,12 +154,12 @@ def _sniff_cached(path: str, size: int, mtime_ns: int) -> Sniffed:
     kind = _magic(head)
     try:
         if kind is None:
-            return _text(Path(path), size)
+            return _text(Path(path), size, cheap)
         if kind.startswith("image/"):
-            return _image(Path(path), kind)
+            return _image(Path(path), kind, cheap)
         if kind == media.MIDI:
-            return _midi(Path(path), size)
-        return _audio(Path(path), kind)
+            return _midi(Path(path), size, cheap)
+        return _audio(Path(path), kind)  # header reads only: as cheap as a check gets
     except MemoryError:
         return Sniffed(kind, "is too large to check in memory")
     except Exception as exc:  # a parser's surprise is a damaged file, never a crash
@@ -111,7 +179,7 @@ def _what(kind: str) -> str:
     return {media.IMAGE: "PNG", media.MIDI: "MIDI file", media.AUDIO: "WAV"}.get(kind, kind)
 
 
-def _image(path: Path, kind: str) -> Sniffed:
+def _image(path: Path, kind: str, cheap: bool = False) -> Sniffed:
     from PIL import Image
 
     try:
@@ -129,6 +197,8 @@ def _image(path: Path, kind: str) -> Sniffed:
                                  f"{MAX_IMAGE_PIXELS:,} pixels (8192 x 8192)", info)
         if width == 0 or height == 0:
             return Sniffed(kind, "has no pixels", info)
+    if cheap:  # the header's size is known; damage further in is the run's to find
+        return Sniffed(kind, None, info, deferred=True)
     if kind == media.IMAGE:
         chunks = _png_chunk_count(path)
         if chunks > MAX_PNG_CHUNKS:
@@ -195,16 +265,44 @@ def _wav_data_bytes(path: Path) -> int | None:
     return None
 
 
-def _midi(path: Path, size: int) -> Sniffed:
+def _midi(path: Path, size: int, cheap: bool = False) -> Sniffed:
     if size > MAX_MIDI_BYTES:
         return Sniffed(media.MIDI, f"is {size / 2**20:.1f} MB; MIDI inputs are limited to "
                                    f"{MAX_MIDI_BYTES // 2**20} MB (a piece is kilobytes)")
+    if cheap:  # the header and the chunk list: what is declared is there
+        chunks = _midi_chunks_of_file(path, size)
+        return Sniffed(media.MIDI, chunks if isinstance(chunks, str) else None, deferred=True)
     facts = midi_facts(path.read_bytes())
     if isinstance(facts, str):
         return Sniffed(media.MIDI, facts)
     if facts["notes"] == 0:
-        return Sniffed(media.MIDI, "has no notes", facts)
+        return Sniffed(media.MIDI, _no_notes(facts), facts)
     return Sniffed(media.MIDI, None, facts)
+
+
+def _no_notes(facts: dict[str, Any]) -> str:
+    """"has no notes", and why when it has note-ons: what pretty_midi (and so every
+    synthesizer and the music models) plays is a note-on ended by a later note-off."""
+    if not facts["note_ons"]:
+        return "has no notes"
+    why, fix = [], []
+    zero, unended = facts["zero_length"], facts["unended"]
+    if zero:
+        why.append(f"{_count(zero, 'note')} {'ends on the tick it starts' if zero == 1 else 'end on the tick they start'}")
+        fix.append("give each note a length of at least one tick")
+    if unended:
+        why.append(f"{_count(unended, 'note-on')} {'is' if unended == 1 else 'are'} never ended")
+        fix.append("end each note with a note-off (or a note-on of velocity 0)")
+    return ("has no notes to play: a note is a note-on ended by a note-off on a later tick, and here "
+            + " and ".join(why) + "; " + " and ".join(fix))
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
+class _Damaged(Exception):
+    """A MIDI file's bytes break the standard (or what mido and pretty_midi read)."""
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -215,17 +313,36 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
         value = (value << 7) | (byte & 0x7F)
         if not byte & 0x80:
             return value, i
-    raise ValueError("a variable-length number longer than four bytes")
+    raise _Damaged("a variable-length number longer than four bytes")
 
 
-def midi_facts(data: bytes) -> dict[str, Any] | str:
-    """Notes (and how many on the drum channel), length in seconds and last tick of a
-    Standard MIDI File, read in one pass
-    over its bytes (no message objects, no per-tick table), or a problem in words."""
-    if len(data) < 14 or data[:4] != b"MThd":
+def _midi_chunks(data: bytes) -> tuple[int, list[tuple[int, int]]] | str:
+    """(ticks per beat, [(start, end) of each track's events]) from the header and the
+    chunk list, or a problem in words. mido reads the tracks the header declares, one
+    chunk after another, and each must be a track: so must this."""
+    return _chunk_list(lambda at, n: data[at:at + n], len(data))
+
+
+def _midi_chunks_of_file(path: Path, size: int) -> tuple[int, list[tuple[int, int]]] | str:
+    """_midi_chunks, reading only the header and each chunk's 8-byte header: the cheap
+    check of a MIDI file."""
+    with open(path, "rb") as f:
+        def read(at: int, n: int) -> bytes:
+            f.seek(at)
+            return f.read(n)
+
+        return _chunk_list(read, size)
+
+
+def _chunk_list(read, size: int) -> tuple[int, list[tuple[int, int]]] | str:
+    head = read(0, 14)
+    if len(head) < 14 or head[:4] != b"MThd":
         return "is not a Standard MIDI File"
-    kind, tracks, division = int.from_bytes(data[8:10], "big"), int.from_bytes(data[10:12], "big"), \
-        int.from_bytes(data[12:14], "big")
+    header = int.from_bytes(head[4:8], "big")
+    if header < 6:
+        return f"is a damaged MIDI file: its header chunk is {header} bytes long; it needs 6"
+    kind, tracks, division = (int.from_bytes(head[8:10], "big"), int.from_bytes(head[10:12], "big"),
+                              int.from_bytes(head[12:14], "big"))
     if kind > 2:
         return f"is a damaged MIDI file (format {kind})"
     if kind == 2:
@@ -234,78 +351,290 @@ def midi_facts(data: bytes) -> dict[str, Any] | str:
         return "counts time in SMPTE frames; give a file that counts ticks per beat (what editors write)"
     if division == 0:
         return "is a damaged MIDI file (0 ticks per beat)"
-    tempos: list[tuple[int, int]] = []  # (tick, microseconds per beat)
-    notes = drum_notes = last_tick = found = 0
-    i = 8 + int.from_bytes(data[4:8], "big")
-    try:
-        while i + 8 <= len(data) and found < tracks:
-            length = int.from_bytes(data[i + 4:i + 8], "big")
-            body_end = i + 8 + length
-            if body_end > len(data):
-                return (f"is a damaged MIDI file: truncated (a chunk declares {length:,} bytes, "
-                        f"{len(data) - i - 8:,} are there)")
-            if data[i:i + 4] != b"MTrk":
-                i = body_end  # an unknown chunk: skipped, as the standard says
+    if tracks == 0:
+        return "is a damaged MIDI file: its header declares no tracks"
+    chunks: list[tuple[int, int]] = []
+    i = 8 + header
+    while len(chunks) < tracks:
+        chunk = read(i, 8) if i + 8 <= size else b""
+        if len(chunk) < 8:
+            there = len(chunks)
+            return (f"is a damaged MIDI file: the header declares {tracks:,} tracks, {there:,} "
+                    f"{'is' if there == 1 else 'are'} there")
+        name, length = chunk[:4], int.from_bytes(chunk[4:8], "big")
+        if name != b"MTrk":
+            return (f"is a damaged MIDI file: track {len(chunks) + 1} of {tracks:,} should start at byte {i:,}, "
+                    f"and a {name.decode('latin-1')!r} chunk is there")
+        if i + 8 + length > size:
+            return (f"is a damaged MIDI file: truncated (track {len(chunks) + 1} declares {length:,} bytes, "
+                    f"{size - i - 8:,} are there)")
+        if length == 0:
+            return f"is a damaged MIDI file: track {len(chunks) + 1} holds no events (not even its end)"
+        chunks.append((i + 8, i + 8 + length))
+        i += 8 + length
+    if tracks > MAX_MIDI_TRACKS:
+        return f"holds {tracks:,} tracks; MIDI files are limited to {MAX_MIDI_TRACKS:,} (a piece has a few dozen)"
+    return division, chunks
+
+
+# (key, mode) of a key signature: mido decodes only these
+_KEYS = {(key, mode) for key in range(-7, 8) for mode in (0, 1)}
+
+
+def _meta_problem(kind: int, body: bytes, first_track: bool) -> str | None:
+    """Why mido or pretty_midi cannot read this meta event, or None (pretty_midi reads
+    time signatures of the first track only)."""
+    n = len(body)
+    if kind == 0x51:
+        if n < 3:
+            return f"a tempo event of {n} bytes (it needs 3)"
+        if not int.from_bytes(body[:3], "big"):
+            return "a tempo of 0 microseconds per beat"
+    elif kind == 0x58:
+        if n < 4:
+            return f"a time signature of {n} bytes (it needs 4)"
+        if body[0] == 0 and first_track:
+            return "a time signature of 0 beats per bar"
+        if body[1] > 16:  # mido checks 2 ** n by a float logarithm, which fails for some large n
+            return f"a time signature whose beat is a 1/2^{body[1]} note"
+    elif kind == 0x59:
+        if n < 2:
+            return f"a key signature of {n} bytes (it needs 2)"
+        if ((body[0] ^ 0x80) - 0x80, body[1]) not in _KEYS:
+            return f"a key signature of {(body[0] ^ 0x80) - 0x80} sharps in mode {body[1]}, which names no key"
+    elif kind == 0x54:
+        if n < 5:
+            return f"an SMPTE offset of {n} bytes (it needs 5)"
+        if body[0] >> 5 > 3 or body[1] > 59 or body[2] > 59 or body[4] > 99:
+            return "an SMPTE offset out of range"
+    elif kind == 0x00 and n == 1:
+        return "a sequence number of 1 byte (it needs 0 or 2)"
+    elif kind == 0x20 and n == 0:
+        return "a channel prefix without its channel"
+    return None
+
+
+_CHECKED_META = frozenset((0x00, 0x20, 0x51, 0x54, 0x58, 0x59))
+# the meta events mido knows; it reads any other kind (0x08 program name, 0x4B tag ...)
+# with a delta time of 0, and so later events come that much earlier (mido 1.3): what
+# it reads is what pretty_midi plays, so the ticks here follow it
+_MIDO_META = frozenset((0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x09, 0x20, 0x21, 0x2F, 0x51, 0x54, 0x58,
+                        0x59, 0x7F))
+
+
+def _walk_track(data: bytes, j: int, end: int, number: int, tempos: list[tuple[int, int]],
+                lengths: dict[int, int], spans: dict[tuple[int, int, int], list[int]],
+                notes: list | None) -> tuple[int, int, int, int, int, int]:
+    """One track's (played notes, played drum notes, note-ons, zero-length notes,
+    note-ons never ended, last tick), in one pass over its bytes. Adds the first track's
+    tempo changes to `tempos`, each pitched note's length in ticks to `lengths` (ticks:
+    how many) and each instrument's first and last tick to `spans` ((program, channel,
+    track): [first, last], pretty_midi's grouping).
+
+    Notes are paired as pretty_midi pairs them (each track on its own, by channel and
+    pitch): a note-off (or a note-on of velocity 0) ends every open note of its pitch
+    that started on an earlier tick; one that started on the same tick stays open if
+    some earlier one was ended, else it is dropped (a zero-length note). A note-on that
+    is never ended is not played. With `notes`, each played note is appended as
+    (start tick, end tick, channel, program, track)."""
+    tick = status = played = drums = ons = zero = 0
+    open_notes: dict[int, list[int]] = {}
+    programs = [0] * 16
+    while j < end:
+        delta = data[j]
+        if delta < 0x80:
+            j += 1
+        else:
+            delta, j = _varint(data, j)
+        tick += delta
+        byte = data[j]
+        if byte >= 0xF0:
+            if byte == 0xFF:  # meta event: running status stays as it was
+                kind = data[j + 1]
+                if kind not in _MIDO_META:
+                    tick -= delta  # mido reads a meta event of a kind it does not know without its delta time
+                size, j = _varint(data, j + 2)
+                if size > MAX_MIDI_EVENT_BYTES:
+                    raise _Damaged(f"a meta event of {size:,} bytes (at most {MAX_MIDI_EVENT_BYTES:,})")
+                if j + size > end:
+                    raise _Damaged("an event runs past the end of its track")
+                if kind in _CHECKED_META:
+                    body = data[j:j + size]
+                    problem = _meta_problem(kind, body, number == 0)
+                    if problem:
+                        raise _Damaged(f"{problem} at byte {j:,}")
+                    if kind == 0x51 and number == 0:  # pretty_midi's clock: the first track's tempos
+                        tempos.append((tick, int.from_bytes(body[:3], "big")))
+                j += size
                 continue
-            found += 1
-            j, tick, status = i + 8, 0, 0
-            while j < body_end:
-                delta, j = _varint(data, j)
-                tick += delta
-                byte = data[j]
-                if byte == 0xFF:  # meta event
-                    kind_byte = data[j + 1]
-                    size, j = _varint(data, j + 2)
-                    if kind_byte == 0x51 and size == 3:
-                        tempos.append((tick, int.from_bytes(data[j:j + 3], "big")))
-                    j += size
-                    if kind_byte == 0x2F:
-                        break
-                elif byte in (0xF0, 0xF7):  # system exclusive
-                    size, j = _varint(data, j + 1)
-                    j += size
-                else:
-                    if byte & 0x80:
-                        status, j = byte, j + 1
-                    elif not status:
-                        raise ValueError("a data byte without a status")
-                    high = status & 0xF0
-                    if high in (0xC0, 0xD0):
-                        j += 1
-                    else:
-                        if high == 0x90 and data[j + 1] > 0:
-                            notes += 1
-                            drum_notes += (status & 0x0F) == 9  # channel 10, General MIDI's drums
-                        j += 2
-            last_tick = max(last_tick, tick)
-            i = body_end
-    except (IndexError, ValueError) as exc:
-        return f"is a damaged MIDI file ({exc or 'it ends inside an event'})"
-    if found == 0:
-        return "is a damaged MIDI file (no tracks)"
-    return {"notes": notes, "drum_notes": drum_notes, "seconds": _seconds_at(last_tick, tempos, division),
-            "last_tick": last_tick, "tracks": found, "ticks_per_beat": division}
+            if byte == 0xF0 or byte == 0xF7:  # system exclusive: ends running status
+                size, j = _varint(data, j + 1)
+                if size > MAX_MIDI_EVENT_BYTES:
+                    raise _Damaged(f"a system-exclusive event of {size:,} bytes (at most {MAX_MIDI_EVENT_BYTES:,})")
+                if j + size > end:
+                    raise _Damaged("an event runs past the end of its track")
+                body = data[j:j + size]
+                if body[:1] == b"\xf0":
+                    body = body[1:]
+                if body[-1:] == b"\xf7":
+                    body = body[:-1]
+                if body and max(body) > 0x7F:
+                    raise _Damaged(f"a system-exclusive event with a byte above 127 at byte {j:,}")
+                j += size
+                status = 0
+                continue
+            raise _Damaged(f"status byte 0x{byte:02X} at byte {j:,}, which starts no event of a MIDI file")
+        if byte & 0x80:
+            status = byte
+            j += 1
+        elif not status:
+            raise _Damaged(f"a data byte without a status at byte {j:,}")
+        high = status & 0xF0
+        if high == 0xC0 or high == 0xD0:
+            value = data[j]
+            if value > 0x7F:
+                raise _Damaged(f"a data byte above 127 at byte {j:,}")
+            if high == 0xC0:
+                programs[status & 0x0F] = value
+            j += 1
+            continue
+        pitch, value = data[j], data[j + 1]
+        if pitch > 0x7F or value > 0x7F:
+            raise _Damaged(f"a data byte above 127 at byte {j:,}")
+        j += 2
+        if high == 0x90 and value:
+            ons += 1
+            key = (status & 0x0F) << 7 | pitch
+            starts = open_notes.get(key)
+            if starts is None:
+                open_notes[key] = [tick]
+            else:
+                starts.append(tick)
+        elif high == 0x80 or high == 0x90:
+            key = (status & 0x0F) << 7 | pitch
+            starts = open_notes.get(key)
+            if starts is None:
+                continue  # a note-off of no open note: ignored
+            if starts[-1] != tick:  # every open note started earlier: all end here
+                ended = starts
+                del open_notes[key]
+            elif starts[0] == tick:  # every open note started on this tick: dropped
+                zero += len(starts)
+                del open_notes[key]
+                continue
+            else:  # those that started on this tick stay open
+                k = len(starts) - 1
+                while starts[k - 1] == tick:
+                    k -= 1
+                ended, open_notes[key] = starts[:k], starts[k:]
+            channel, count, first = status & 0x0F, len(ended), ended[0]
+            played += count
+            if channel == 9:  # channel 10, General MIDI's drums
+                drums += count
+            elif count == 1:
+                length = tick - first
+                lengths[length] = lengths.get(length, 0) + 1
+            else:
+                for start in ended:
+                    lengths[tick - start] = lengths.get(tick - start, 0) + 1
+            group = (programs[channel], channel, number)
+            span = spans.get(group)
+            if span is None:
+                spans[group] = [first, tick]
+            else:
+                if first < span[0]:
+                    span[0] = first
+                span[1] = tick
+            if notes is not None:
+                notes.extend((start, tick, channel, programs[channel], number) for start in ended)
+    if j != end:
+        raise _Damaged("its last event runs past the end of the track")
+    return played, drums, ons, zero, sum(map(len, open_notes.values())), tick
 
 
-def _seconds_at(tick: int, tempos: list[tuple[int, int]], division: int) -> float:
-    """Seconds from the start to `tick` through the tempo map (120 bpm until the first
-    tempo event, as the standard says)."""
-    seconds, at, tempo = 0.0, 0, 500_000
-    for change_tick, change_tempo in sorted(tempos):
-        if change_tick >= tick:
-            break
-        seconds += (change_tick - at) * tempo / division / 1e6
-        at, tempo = change_tick, change_tempo
-    return seconds + (tick - at) * tempo / division / 1e6
+def midi_facts(data: bytes, notes: list | None = None) -> dict[str, Any] | str:
+    """What a Standard MIDI File plays, read in one pass over its bytes (no message
+    objects, no per-tick table), or a problem in words.
+
+    It reads what the run's readers read, and refuses what they would refuse: the
+    tracks the header declares (mido), events and meta events mido decodes, the notes
+    pretty_midi plays (a note-on ended by a later note-off; see _walk_track) and
+    seconds by pretty_midi's clock (the first track's tempo changes).
+
+    notes, drum_notes: notes played (on channel 10); note_ons, zero_length, unended:
+    note-ons in the file, those dropped for ending on the tick they start, those never
+    ended; seconds, last_tick: when the last event of any track plays; tempos: the
+    first track's (tick, microseconds per beat), in order; note_lengths: {ticks: how
+    many} of the pitched notes; instruments: (program, channel, track, first tick, last
+    tick) of each group pretty_midi makes an instrument of (see midi_clock for seconds).
+    `notes`: a list to receive every played note as (start tick, end tick, channel,
+    program, track)."""
+    chunks = _midi_chunks(data)
+    if isinstance(chunks, str):
+        return chunks
+    division, tracks = chunks
+    tempos: list[tuple[int, int]] = []
+    lengths: dict[int, int] = {}
+    spans: dict[tuple[int, int, int], list[int]] = {}
+    played = drums = ons = zero = unended = last_tick = 0
+    number = 0
+    try:
+        for number, (start, end) in enumerate(tracks):
+            p, d, o, z, u, t = _walk_track(data, start, end, number, tempos, lengths, spans, notes)
+            played, drums, ons, zero, unended = played + p, drums + d, ons + o, zero + z, unended + u
+            last_tick = max(last_tick, t)
+    except _Damaged as exc:
+        return f"is a damaged MIDI file (track {number + 1}: {exc})"
+    except IndexError:
+        return f"is a damaged MIDI file (track {number + 1} ends inside an event)"
+    return {"notes": played, "drum_notes": drums, "note_ons": ons, "zero_length": zero, "unended": unended,
+            "seconds": midi_clock({"tempos": tempos, "ticks_per_beat": division})(last_tick),
+            "last_tick": last_tick, "tracks": len(tracks), "ticks_per_beat": division, "tempos": tuple(tempos),
+            "note_lengths": lengths, "instruments": tuple((*group, *span) for group, span in spans.items())}
 
 
-def _text(path: Path, size: int) -> Sniffed:
+def midi_clock(facts: dict[str, Any]):
+    """tick -> seconds for midi_facts' `facts`, as pretty_midi counts them: 120 bpm
+    until the first track's first tempo change, then each change from its tick on."""
+    import bisect
+
+    division = facts["ticks_per_beat"]
+    ticks, offsets, scales = [0], [0.0], [500_000 / division / 1e6]
+    for change_tick, change_tempo in facts["tempos"]:
+        offsets.append(offsets[-1] + (change_tick - ticks[-1]) * scales[-1])
+        ticks.append(change_tick)
+        scales.append(change_tempo / division / 1e6)
+    if len(ticks) == 1:
+        scale = scales[0]
+        return lambda tick: tick * scale
+
+    def seconds(tick: int) -> float:
+        k = max(bisect.bisect_left(ticks, tick) - 1, 0)  # the last change before `tick`
+        return offsets[k] + (tick - ticks[k]) * scales[k]
+
+    return seconds
+
+
+def midi_notes(data: bytes) -> list[tuple[float, float, int, int, int]] | str:
+    """Every note pretty_midi would play, as (start s, end s, channel, program, track),
+    or a problem in words."""
+    raw: list[tuple[int, int, int, int, int]] = []
+    facts = midi_facts(data, raw)
+    if isinstance(facts, str):
+        return facts
+    seconds = midi_clock(facts)
+    return [(seconds(s), seconds(e), c, p, t) for s, e, c, p, t in raw]
+
+
+def _text(path: Path, size: int, cheap: bool = False) -> Sniffed:
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".md", ".json", ".text", ""):
         return Sniffed(None, "is not a file type Studio reads (PNG, JPEG, WebP, WAV, FLAC, OGG, MIDI or UTF-8 text)")
     if size > MAX_TEXT_BYTES:
         return Sniffed(media.TEXT, f"is {size / 2**20:.0f} MB; text inputs are limited to "
                                    f"{MAX_TEXT_BYTES // 2**20} MB")
+    if cheap:
+        return Sniffed(media.JSON if suffix == ".json" else media.TEXT, None, deferred=True)
     data = path.read_bytes()
     try:
         data.decode("utf-8")

@@ -149,7 +149,10 @@ def read_spec(
             locs.origins[(name,)] = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
     if isinstance(data, dict) and isinstance(data.get("steps"), list):
         issues += _apply_overrides(data, locs, overrides)
-    spec, more = build_spec(data, locs, registry, base_dir=path.resolve().parent)
+    from studio.sniff import check_budget
+
+    with check_budget(INPUT_CHECK_BUDGET_S):  # input files: see _check_input_file
+        spec, more = build_spec(data, locs, registry, base_dir=path.resolve().parent)
     issues += more
     if spec is not None:
         spec.source = path
@@ -449,9 +452,16 @@ def _check_ref_syntax(path, step, value, locs, issues) -> None:
         issues.append(locs.issue(path, str(exc), step))
 
 
+# Reading input files in full (a 2 MB MIDI is a fifth of a second) stops after this much
+# of a validation: later files get studio.sniff's cheap check (a regular file within
+# the size limits, whose header says what it is), and the run checks them in full.
+INPUT_CHECK_BUDGET_S = 0.5
+
+
 def _check_input_file(path, step, params_cls, key, value, locs, base_dir, issues) -> None:
     """An input file must exist inside reach, be what its content says, and be usable:
-    sniffed, never trusted by its extension."""
+    sniffed, never trusted by its extension (in full while read_spec's time budget
+    lasts, by its header after that)."""
     from studio import media
     from studio.generator import accepted_media
     from studio.sniff import sniff

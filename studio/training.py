@@ -219,7 +219,8 @@ def _check_out(out: Path, resume: bool) -> None:
                         "or choose another --out")
     if out.is_dir():
         try:
-            present = sorted(p.name for p in out.iterdir())
+            # training/ alone is this command's own (a run that stopped before its first checkpoint)
+            present = sorted(p.name for p in out.iterdir() if p.name != "training")
         except OSError as exc:
             raise UserError(f"--out {out} cannot be read ({exc.strerror or exc}); give a new folder") from None
         if present:

@@ -12,7 +12,10 @@ from studio.checks import check_items
 from studio.errors import PipelineError
 from studio.plan import check_graph
 from studio.registry import Registry
+from studio.sniff import check_budget
 from studio.spec import PipelineSpec, read_spec
+
+INPUT_FILES_BUDGET_S = 1.0
 
 
 def load_spec(
@@ -26,14 +29,17 @@ def load_spec(
     compile: bool | None = None,
 ) -> PipelineSpec:
     """Read and validate a pipeline file; raise PipelineError with every issue."""
-    spec, issues = read_spec(path, registry, overrides=overrides, seed=seed, device=device, precision=precision,
-                             compile=compile)
-    if spec is not None:
-        issues += check_graph(spec, registry)
-    if not issues:
-        # the rules a generator states about its parameters, item by item, with input
-        # files as validate can know them: only once the graph is sound and bounded
-        issues += check_items(spec, registry)
+    # one time budget for reading input files, whatever the pipeline lists: files past
+    # it get a cheap check here and the full one at run time (studio.sniff.check_budget)
+    with check_budget(INPUT_FILES_BUDGET_S):
+        spec, issues = read_spec(path, registry, overrides=overrides, seed=seed, device=device,
+                                 precision=precision, compile=compile)
+        if spec is not None:
+            issues += check_graph(spec, registry)
+        if not issues:
+            # the rules a generator states about its parameters, item by item, with input
+            # files as validate can know them: only once the graph is sound and bounded
+            issues += check_items(spec, registry)
     if issues:
         raise PipelineError(issues)
     return spec

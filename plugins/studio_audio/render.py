@@ -25,6 +25,10 @@ MAX_SECONDS = 20 * 60  # of MIDI rendered: 20 minutes at 96 kHz is 0.9 GB of sam
 # may add up to this many seconds of sound (64 voices through 20 minutes)
 NOTE_S = 10.0
 MAX_VOICE_SECONDS = 64 * MAX_SECONDS
+# FluidSynth renders each instrument (a program on a channel of a track, as pretty_midi
+# groups notes) from its first note to its last, and a second more: at most this many
+# seconds in all (64 instruments through 20 minutes; about 5 s of work each)
+MAX_INSTRUMENT_SECONDS = 64 * MAX_SECONDS
 NO_FLUIDSYNTH = ("synthesizer 'fluidsynth' needs the FluidSynth library: on Debian/Ubuntu "
                  "`apt-get install fluidsynth fluid-soundfont-gm`, or use synthesizer: builtin")
 
@@ -108,10 +112,16 @@ class AudioRender(Generator):
             if self.synthesizer == "fluidsynth" and not fluidsynth_available():
                 raise ValueError(NO_FLUIDSYNTH)
             builtin = self.synthesizer == "builtin" or (self.synthesizer == "auto" and not fluidsynth_available())
-            if builtin and not self.midi.pending and self.midi.path is not None and only_drums(Path(self.midi.path)):
+            if self.midi.pending or self.midi.path is None:
+                return self  # an upstream MIDI: the run checks the same rules once it exists
+            path = Path(self.midi.path)
+            if builtin and only_drums(path):
                 raise ValueError("the MIDI's notes are all drums (channel 10), and the built-in synthesizer plays no "
                                  "drums: the audio would be silent. Use synthesizer: fluidsynth with a General MIDI "
                                  "soundfont, or a MIDI with pitched notes")
+            problem = render_cost_problem(path, builtin)
+            if problem:
+                raise ValueError(problem)
             return self
 
     def generate(self, params: Params, ctx) -> dict:
@@ -133,9 +143,10 @@ class AudioRender(Generator):
             ctx.record(synthesizer="builtin additive")
         end = int((midi.get_end_time() + params.tail_s) * params.sample_rate)
         audio = np.asarray(audio, dtype=np.float64)[:end]
-        peak = float(np.abs(audio).max())
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
         if peak == 0:
-            raise UserError("the rendered audio is silent; check the MIDI's notes and the soundfont")
+            raise UserError("the rendered audio is silent; check the MIDI's notes (their programs and velocities) "
+                            "and the soundfont")
         audio = audio / peak * 10 ** (params.gain_db / 20)
         return {"audio": media.Audio(audio.astype(np.float32), params.sample_rate)}
 
@@ -158,6 +169,10 @@ def fluid(midi, sample_rate: int, soundfont: str) -> Any:
     problem = soundfont_problem(Path(soundfont))
     if problem:
         raise UserError(f"soundfont {soundfont!r} {problem}")
+    problem = instrument_seconds_problem([[(n.start, n.end) for n in instrument.notes]
+                                          for instrument in midi.instruments])
+    if problem:
+        raise UserError(problem)
     # FluidSynth dithers its 16-bit output with a table drawn from the C library's rand():
     # seeded as a fresh process leaves it (glibc starts as srand(1)), the same MIDI gives
     # the same bytes in any process, a Ray worker's included (something there draws first)
@@ -187,11 +202,9 @@ def additive(midi, sample_rate: int) -> Any:
     import numpy as np
 
     notes = [note for inst in midi.instruments if not inst.is_drum for note in inst.notes]
-    voice_seconds = sum(min(max(n.end - n.start, 0.02) + 0.08, NOTE_S) for n in notes)
-    if voice_seconds > MAX_VOICE_SECONDS:
-        raise UserError(f"the MIDI's notes add up to {voice_seconds:,.0f} s of sound, more than the built-in "
-                        f"synthesizer renders ({MAX_VOICE_SECONDS:,.0f} s: 64 voices through 20 minutes); use "
-                        "synthesizer: fluidsynth")
+    problem = voice_seconds_problem([(n.start, n.end) for n in notes])
+    if problem:
+        raise UserError(problem)
     length = int((midi.get_end_time() + 1.0) * sample_rate) + 1
     out = np.zeros(length)
     for note in notes:
@@ -208,6 +221,78 @@ def additive(midi, sample_rate: int) -> Any:
         stop = min(length, start + n)
         out[start:stop] += segment[: stop - start]
     return out
+
+
+def _voice_seconds(length_s: float) -> float:
+    """Seconds of sound additive() computes for a note of this length."""
+    return min(max(length_s, 0.02) + 0.08, NOTE_S)
+
+
+def _voice_problem(voice_seconds: float) -> str | None:
+    if voice_seconds > MAX_VOICE_SECONDS:
+        return (f"the MIDI's notes add up to {voice_seconds:,.0f} s of sound, more than the built-in synthesizer "
+                f"renders ({MAX_VOICE_SECONDS:,.0f} s: 64 voices through 20 minutes); use synthesizer: fluidsynth, "
+                "or fewer or shorter notes")
+    return None
+
+
+def voice_seconds_problem(notes: list[tuple[float, float]]) -> str | None:
+    """Why the built-in synthesizer does not render these pitched notes (start s, end s):
+    their sound adds up to more than MAX_VOICE_SECONDS. Counted as additive() renders."""
+    return _voice_problem(sum(_voice_seconds(end - start) for start, end in notes))
+
+
+def _instrument_problem(spans: list[float]) -> str | None:
+    total = sum(spans)
+    if total > MAX_INSTRUMENT_SECONDS:
+        return (f"the MIDI's {len(spans):,} instruments (a program on a channel of a track) play through "
+                f"{total:,.0f} s in all, more than FluidSynth renders ({MAX_INSTRUMENT_SECONDS:,.0f} s: 64 instruments "
+                "through 20 minutes); merge its tracks or channels, or cut the piece")
+    return None
+
+
+def instrument_seconds_problem(instruments: list[list[tuple[float, float]]]) -> str | None:
+    """Why FluidSynth does not render these instruments (each a list of its notes as
+    (start s, end s)): rendered one at a time from first note to last and a second more,
+    they add up to more than MAX_INSTRUMENT_SECONDS."""
+    return _instrument_problem([max(end for _, end in notes) - min(start for start, _ in notes) + 1.0
+                                for notes in instruments if notes])
+
+
+def render_cost_problem(path: Path, builtin: bool) -> str | None:
+    """The synthesizer's cap (voice_seconds_problem or instrument_seconds_problem) for the
+    MIDI file at `path`, from the facts studio.sniff read (its notes as pretty_midi will
+    see them), before anything renders; the run counts again from pretty_midi's notes."""
+    from studio.sniff import checks_deferred, midi_clock, midi_notes
+
+    facts = Artifact(path=path, media_type=media.MIDI, sha256="", size=0).info
+    if "note_lengths" not in facts:
+        return None  # not read yet (validation's time budget is spent): the run checks
+    seconds = midi_clock(facts)
+    if not builtin:
+        return _instrument_problem([seconds(last) - seconds(first) + 1.0
+                                    for _, _, _, first, last in facts["instruments"]])
+    # a note's length in seconds is its length in ticks at the tempo it plays in: exact
+    # with one tempo, else bounded by the slowest and the fastest one
+    division, tempos = facts["ticks_per_beat"], facts["tempos"]
+    at_zero = [tempo for tick, tempo in tempos if not tick]  # pretty_midi starts with the last of them
+    per_beat = {at_zero[-1] if at_zero else 500_000} | {tempo for tick, tempo in tempos if tick}
+    low, high = (sum(count * _voice_seconds(length * tempo / division / 1e6)
+                     for length, count in facts["note_lengths"].items())
+                 for tempo in (min(per_beat), max(per_beat)))
+    if high <= MAX_VOICE_SECONDS:
+        return None
+    if len(per_beat) == 1:
+        return _voice_problem(low)
+    if checks_deferred():
+        return None
+    try:
+        notes = midi_notes(path.read_bytes())  # tempo changes: each note at its own tempo
+    except OSError:
+        return None  # the run reads it again and says why
+    if isinstance(notes, str):
+        return None  # studio.sniff reported it already
+    return voice_seconds_problem([(start, end) for start, end, channel, _, _ in notes if channel != 9])
 
 
 def only_drums(path: Path) -> bool:

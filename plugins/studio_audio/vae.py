@@ -142,6 +142,16 @@ class AudioVAE(Generator):
             "match_input: scale the output to the RMS level of its input(s) (variation, reconstruct, "
             "interpolate); as_decoded: leave the decoder's level. Either way the peak never clips."))
 
+        @field_validator("audio", "audio_b")
+        @classmethod
+        def is_sound_not_notes(cls, value: Artifact | None) -> Artifact | None:
+            # "audio/*" takes audio/midi too, and a MIDI file holds notes, not samples to encode
+            if value is not None and value.media_type == media.MIDI:
+                name = "an upstream MIDI output" if value.pending else f"{value.path.name} is a MIDI file"
+                raise ValueError(f"{name}: audio.vae encodes sound, not notes; render it to a WAV first "
+                                 "(uses: audio.render) and give that")
+            return value
+
         @model_validator(mode="after")
         def inputs_fit_the_mode(self):
             needs = {"sample": (), "variation": ("audio",), "reconstruct": ("audio",),

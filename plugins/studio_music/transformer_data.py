@@ -4,6 +4,7 @@ with music21, as event-token sequences."""
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from studio import UserError
@@ -27,7 +28,18 @@ def load_pieces(source: str) -> list[list[int]]:
     files = data_files(root, MIDI_SUFFIXES)
     if not files:
         raise UserError(f"--data {source!r}: no .mid or .midi files found")
-    pieces = [encode(load_midi(p, need_notes=False)) for p in files]
+    pieces, skipped = [], []
+    for path in files:
+        try:
+            pieces.append(encode(load_midi(path, need_notes=False)))
+        except UserError as exc:  # a damaged or unplayable file among many: leave it out, say so
+            skipped.append(f"{path.name}: {exc}")
+    if skipped:
+        if len(skipped) == len(files):
+            raise UserError(f"--data {source!r}: none of the {len(files)} MIDI files can be read; the first: "
+                            f"{skipped[0]}")
+        warnings.warn(f"--data {source!r}: left out {len(skipped)} of {len(files)} MIDI files that cannot be "
+                      f"read (the first: {skipped[0]})", stacklevel=2)
     return [p for p in pieces if p]
 
 
