@@ -127,17 +127,17 @@ def sniff(path: Path, *, full: bool = False) -> Sniffed:
         with _cache_lock:
             found = _cheap_cache.get(key)
         if found is None:
-            found = _sniff_file(key[0], st.st_size, cheap=True)
-            with _cache_lock:
-                _cheap_cache[key] = found
-                while len(_cheap_cache) > CACHE_SIZE:
-                    _cheap_cache.popitem(last=False)
+            found = _remember(_cheap_cache, key, _sniff_file(key[0], st.st_size, cheap=True))
         return found
-    found = _sniff_file(key[0], st.st_size, cheap=False)
+    return _remember(_cache, key, _sniff_file(key[0], st.st_size, cheap=False))
+
+
+def _remember(cache: OrderedDict, key: tuple[str, int, int], found: Sniffed) -> Sniffed:
+    """Keep `found` in `cache`, least recently used out beyond CACHE_SIZE."""
     with _cache_lock:
-        _cache[key] = found
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+        cache[key] = found
+        while len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
     return found
 
 
