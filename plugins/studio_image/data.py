@@ -1,5 +1,14 @@
-"""Image training data: a folder of images (sub-folders are classes), or a named source
-that installs from a package registry."""
+"""Image training data: a folder of images (sub-folders are classes, captions beside the
+images or in a metadata.jsonl), or a named source that installs from a package registry.
+
+Captioned folders, the two conventions people use, are found without being asked for:
+- a caption file beside each image, `cat.png` + `cat.txt` (kohya/sd-scripts, EveryDream);
+- the Hugging Face imagefolder `metadata.jsonl`: one JSON object a line with `file_name`
+  (a path inside the folder) and `text` (or `caption`).
+Without either, sub-folders are classes as before and `captions` is None: a trainer that
+wants text for a class folder can make it from `classes` itself, while a class-conditional
+trainer given the same folder keeps training on labels, not on words it never asked for.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +25,21 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 SOURCES = {
     "sklearn:digits": "scikit-learn's 1,797 handwritten digits (8x8, 10 classes), upscaled",
+    "emoji:noto": "the ~3,800 Noto Color Emoji glyphs on white, captioned with their CLDR names, "
+                  "classes the CLDR groups (apt-get install fonts-noto-color-emoji unicode-data)",
 }
+CAPTION_SUFFIX = ".txt"
+METADATA = "metadata.jsonl"
+# a caption is a sentence or a tag list; a bigger .txt beside an image is something else
+MAX_CAPTION_BYTES = 64 * 1024
+# metadata.jsonl is read whole into memory: a million lines is far more images than a
+# training run here holds, and 64 MiB is room for a million rows of long captions
+MAX_METADATA_BYTES = 64 * 1024 * 1024
+MAX_METADATA_LINES = 1_000_000
+# Debian's fonts-noto-color-emoji and unicode-data (the CLDR groups in emoji-test.txt)
+NOTO_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+INSTALL_EMOJI = "apt-get install fonts-noto-color-emoji unicode-data (as root: scripts/install-system-packages)"
 
 
 @dataclass
@@ -25,6 +48,10 @@ class ImageData:
     labels: torch.Tensor  # (N,) class indices (all 0 when there are no classes)
     classes: list[str]  # empty: unconditional
     source: str
+    captions: list[str] | None = None  # one per image; None: the data has no captions
+    # other captions that also fit image i (emoji:noto: its aliases, "heart" for "red heart"),
+    # for a trainer that varies the caption; None where the data has none
+    alt_captions: list[list[str]] | None = None
 
     def split(self, held_out: float = 0.1, seed: int = 0) -> tuple[ImageData, ImageData]:
         """A fixed train / held-out split."""
@@ -32,14 +59,20 @@ class ImageData:
 
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
         n = max(1, int(len(order) * held_out))
-        test, train = order[:n], order[n:]
-        return (ImageData(self.images[train], self.labels[train], self.classes, self.source),
-                ImageData(self.images[test], self.labels[test], self.classes, self.source))
+        return self._take(order[n:]), self._take(order[:n])
+
+    def _take(self, index: torch.Tensor) -> ImageData:
+        rows = index.tolist()
+        return ImageData(self.images[index], self.labels[index], self.classes, self.source,
+                         None if self.captions is None else [self.captions[i] for i in rows],
+                         None if self.alt_captions is None else [self.alt_captions[i] for i in rows])
 
 
 def load_images(source: str, size: int, channels: int) -> ImageData:
-    if source in SOURCES:
+    if source == "sklearn:digits":
         return _sklearn_digits(size, channels)
+    if source == "emoji:noto":
+        return _emoji_noto(size, channels)
     if ":" in source and not Path(source).exists():
         raise UserError(f"--data {source!r}: unknown source. Give a folder of images, or one of: "
                         + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
@@ -71,16 +104,17 @@ def _square(im, size: int, channels: int):
 
 
 def _folder(root: Path, size: int, channels: int) -> ImageData:
-    import warnings
-
     import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from studio.weights import short
 
     if not root.is_dir():
         raise UserError(f"--data {str(root)!r}: no such folder. Give a folder of images "
                         "(sub-folders become classes) or one of: " + ", ".join(SOURCES))
+    if (root / METADATA).exists() or (root / METADATA).is_symlink():
+        return _metadata_folder(root, size, channels)
+    nested = sorted(root.glob(f"*/{METADATA}"))
+    if nested:  # the imagefolder layout with one metadata.jsonl a split: its splits are not classes
+        raise UserError(f"--data {str(root)!r}: {nested[0].relative_to(root)} is one folder down; give the folder "
+                        f"that holds {METADATA} as --data (e.g. --data {nested[0].parent})")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     entries: list[tuple[Path, int]] = []
     if classes:
@@ -90,8 +124,24 @@ def _folder(root: Path, size: int, channels: int) -> ImageData:
         entries = [(p, 0) for p in data_files(root, IMAGE_SUFFIXES)]
     if not entries:
         raise UserError(f"--data {str(root)!r}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    images, labels = [], []
-    for path, label in entries:
+    found = _caption_files(root, [p for p, _ in entries])
+    if found is not None:
+        entries = [(p, label) for p, label in entries if p in found]
+    images = _open_images([p for p, _ in entries])
+    labels = torch.tensor([label for _, label in entries])
+    captions = None if found is None else [found[p] for p, _ in entries]
+    return ImageData(_to_tensor(images, size, channels), labels, classes, str(root), captions)
+
+
+def _open_images(paths: list[Path]) -> list:
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from studio.weights import short
+
+    images = []
+    for path in paths:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -102,8 +152,164 @@ def _folder(root: Path, size: int, channels: int) -> ImageData:
             raise UserError(f"--data: {path} is too large to train on ({short(exc, 200)}); remove it or shrink it")
         except (UnidentifiedImageError, OSError) as exc:
             raise UserError(f"--data: {path} is not a readable image ({exc}); remove it or fix it")
-        labels.append(label)
-    return ImageData(_to_tensor(images, size, channels), torch.tensor(labels), classes, str(root))
+    return images
+
+
+def _caption_files(root: Path, paths: list[Path]) -> dict[Path, str] | None:
+    """The caption beside each image (`cat.png` + `cat.txt`), or None when no image has one.
+
+    An image without its caption in a folder where most have one is left out with a
+    warning: kohya/sd-scripts, where this convention comes from, trains on with a warning
+    too (it gives such an image an empty caption, i.e. trains it as unconditional; leaving
+    it out instead does not teach the model that an empty prompt means that image). Where
+    most images have none, the .txt files are more likely stray notes than captions: refused,
+    saying which, rather than training on a few images."""
+    import warnings
+
+    beside = {p: p.with_suffix(CAPTION_SUFFIX) for p in paths}
+    present = {p: t for p, t in beside.items() if t.exists() or t.is_symlink()}
+    if not present:
+        return None
+    missing = [p for p in paths if p not in present]
+    shown = ", ".join(str(p.relative_to(root)) for p in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    if len(missing) >= len(present):
+        raise UserError(f"--data {str(root)!r}: only {len(present)} of {len(paths)} images have a caption file beside "
+                        f"them (IMAGE{CAPTION_SUFFIX}); without one: {shown}. Write a caption for each, or remove the "
+                        f"{CAPTION_SUFFIX} files to train on the images without captions")
+    if missing:
+        warnings.warn(f"--data {str(root)!r}: left out {len(missing)} of {len(paths)} images that have no caption file "
+                      f"beside them ({shown}); write IMAGE{CAPTION_SUFFIX} beside each to train on them")
+    captions = {p: _read_caption(t) for p, t in present.items()}
+    empty = [p for p, c in captions.items() if not c]
+    if empty:
+        warnings.warn(f"--data {str(root)!r}: {len(empty)} caption files are empty (first: "
+                      f"{beside[empty[0]].relative_to(root)}); those images train with an empty caption")
+    return captions
+
+
+def _read_caption(path: Path) -> str:
+    """A caption file's text, UTF-8, its whitespace (newlines too) made single spaces."""
+    from studio.limits import regular_file_problem
+
+    problem = regular_file_problem(path)
+    if problem:
+        raise UserError(f"--data: caption file {problem}")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CAPTION_BYTES + 1)
+    if len(raw) > MAX_CAPTION_BYTES:
+        raise UserError(f"--data: caption file {path} is over {MAX_CAPTION_BYTES // 1024} KiB; a caption is a "
+                        "sentence or a list of tags: shorten it")
+    try:
+        text = raw.decode("utf-8-sig")  # -sig: Windows editors start UTF-8 with a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--data: caption file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8")
+    return " ".join(text.split())
+
+
+def _metadata_folder(root: Path, size: int, channels: int) -> ImageData:
+    """The Hugging Face imagefolder layout: the rows of metadata.jsonl are the data set."""
+    import warnings
+
+    import torch
+
+    rows = _read_metadata(root)
+    listed = {image for image, _ in rows}
+    unlisted = [p for p in data_files(root, IMAGE_SUFFIXES) if p not in listed]
+    if unlisted:
+        shown = ", ".join(str(p.relative_to(root)) for p in unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
+        warnings.warn(f"--data {str(root)!r}: left out {len(unlisted)} images that {METADATA} does not list ({shown}); "
+                      f"add a line for each to train on them")
+    images = _open_images([image for image, _ in rows])
+    return ImageData(_to_tensor(images, size, channels), torch.zeros(len(rows), dtype=torch.long), [], str(root),
+                     [caption for _, caption in rows])
+
+
+def _read_metadata(root: Path) -> list[tuple[Path, str]]:
+    """(image path, caption) for each line of root/metadata.jsonl, read within bounds."""
+    import json
+
+    from studio.limits import regular_file_problem
+
+    path = root / METADATA
+    problem = regular_file_problem(path)
+    if problem:
+        raise UserError(f"--data: {problem}")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_METADATA_BYTES + 1)
+    if len(raw) > MAX_METADATA_BYTES:
+        raise UserError(f"--data: {path} is over {MAX_METADATA_BYTES // 2**20} MiB; split the data set into folders "
+                        "of fewer images")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise UserError(f"--data: {path} line {line}: not UTF-8 text; save it as UTF-8")
+    lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and other line breaks
+    if len(lines) > MAX_METADATA_LINES + 1:
+        raise UserError(f"--data: {path} has over {MAX_METADATA_LINES:,} lines; split the data set into folders "
+                        "of fewer images")
+    example = '{"file_name": "cats/1.png", "text": "a black cat"}'
+    rows: list[tuple[Path, str]] = []
+    first_line: dict[Path, int] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"--data: {path} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not JSON ({exc.msg}, column {exc.colno}); each line is one object like {example}")
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, nesting a thousand deep
+            raise UserError(f"{where}: not a JSON line Studio reads ({str(exc)[:100]}); each line is one object "
+                            f"like {example}")
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: a JSON {type(row).__name__}, not an object; each line is one object like {example}")
+        name = row.get("file_name")
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{where}: no \"file_name\" (the image's path inside {root}); each line is one object "
+                            f"like {example}")
+        column = "text" if "text" in row else "caption" if "caption" in row else None
+        if column is None:
+            raise UserError(f"{where}: no \"text\" (or \"caption\") for {name!r}; each line is one object like {example}")
+        caption = row[column]
+        if not isinstance(caption, str):
+            raise UserError(f"{where}: \"{column}\" of {name!r} is a JSON {type(caption).__name__}, not a string")
+        image = _listed_image(root, name, where)
+        if image in first_line:
+            raise UserError(f"{where}: {name!r} is listed again (first on line {first_line[image]}); give each image "
+                            "one line")
+        first_line[image] = number
+        rows.append((image, " ".join(caption.split())))
+    if not rows:
+        raise UserError(f"--data: {path} lists no images; each line is one object like {example}")
+    return rows
+
+
+def _listed_image(root: Path, name: str, where: str) -> Path:
+    """The image a metadata.jsonl `file_name` names, which must lie inside the folder:
+    a data set downloaded from anywhere must not make Studio read files outside it."""
+    from pathlib import PurePosixPath
+
+    from studio.limits import regular_file_problem
+
+    inside = f"file_name is a path inside {root} (like 'cat.png' or 'cats/1.png')"
+    relative = PurePosixPath(name)
+    if "\x00" in name or relative.is_absolute() or ".." in relative.parts or name.startswith("~"):
+        raise UserError(f"{where}: file_name {name[:300]!r} points outside the folder; {inside}")
+    if relative.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"{where}: file_name {name[:300]!r} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    image = root / relative
+    try:
+        real = image.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a loop of links
+        raise UserError(f"{where}: no image {image}; {inside}")
+    if not real.is_relative_to(root.resolve()):
+        raise UserError(f"{where}: file_name {name[:300]!r} is a link that leads outside the folder (to {real}); "
+                        f"copy the image into {root}")
+    problem = regular_file_problem(image)
+    if problem:
+        raise UserError(f"{where}: {problem}")
+    return image
 
 
 def _sklearn_digits(size: int, channels: int) -> ImageData:
@@ -121,3 +327,134 @@ def _sklearn_digits(size: int, channels: int) -> ImageData:
            for img in digits.images]
     return ImageData(_to_tensor(pil, size, channels), torch.from_numpy(digits.target).long(),
                      [str(i) for i in range(10)], "sklearn:digits")
+
+
+# Emoji skin-tone modifiers U+1F3FB..U+1F3FF
+SKIN_TONES = "".join(chr(c) for c in range(0x1F3FB, 0x1F400))
+
+
+def _emoji_noto(size: int, channels: int) -> ImageData:
+    """Every emoji that Debian's Noto Color Emoji draws as one glyph, on white, in code-point
+    order, captioned with its CLDR short name from the `emoji` package ("red heart"); its
+    other names (the package's aliases, "heart") go to alt_captions rather than making
+    more copies of the image: a copy per alias would weigh the ~1,000 emoji that have one
+    twice or three times. Classes: the CLDR groups ("Smileys & Emotion", "Flags", ...).
+
+    Not cached: rendering the ~3,800 glyphs takes about 2 s, less than loading a cache of
+    them would save, and nothing can go stale."""
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        import emoji
+    except ImportError:
+        raise UserError("--data emoji:noto needs the emoji package (its CLDR names are the captions): "
+                        "pip install 'studio[train]'")
+    if not NOTO_EMOJI.is_file():
+        raise UserError(f"--data emoji:noto needs Debian's Noto Color Emoji font ({NOTO_EMOJI} is missing): "
+                        + INSTALL_EMOJI)
+    groups = _emoji_groups()
+    # a bitmap (CBDT) font: FreeType loads it only at the size of its one strike, 109
+    font = ImageFont.truetype(str(NOTO_EMOJI), 109)
+    left, top, right, bottom = font.getbbox("\U0001F600")
+    cell = (right - left, bottom - top)  # 136 x 128: the glyphs lie in the middle 128 x 128
+    crop = ((cell[0] - cell[1]) // 2, 0, (cell[0] + cell[1]) // 2, cell[1])
+
+    def render(text: str):
+        im = Image.new("RGBA", cell, (0, 0, 0, 0))
+        ImageDraw.Draw(im).text((-left, -top), text, font=font, embedded_color=True)
+        return im
+
+    fully_qualified = emoji.STATUS["fully_qualified"]
+    images, captions, alt_captions, labels, classes = [], [], [], [], []
+    untoned: dict[str, bytes] = {}
+    for text in sorted(k for k, v in emoji.EMOJI_DATA.items() if v.get("status") == fully_qualified):
+        # a sequence the font has no glyph for is drawn as its parts side by side
+        if font.getlength(text) > 1.5 * cell[0]:
+            continue
+        im = render(text)
+        if im.getbbox() is None:  # a code point newer than the font: nothing drawn
+            continue
+        if any(c in SKIN_TONES for c in text):
+            # the font draws some toned sequences exactly like the untoned emoji (a
+            # snowboarder's face is hidden): the caption would name a tone the image lacks
+            base = "".join(c for c in text if c not in SKIN_TONES)
+            if base not in untoned:
+                untoned[base] = render(base).tobytes()
+            if untoned[base] == im.tobytes():
+                continue
+        group, subgroup = _emoji_group(text, groups)
+        if group is None:
+            continue
+        name, aliases = _emoji_names(emoji.EMOJI_DATA[text], subgroup)
+        if group not in classes:
+            classes.append(group)
+        images.append(_square(im.crop(crop), size, channels))
+        captions.append(name)
+        alt_captions.append(aliases)
+        labels.append(classes.index(group))
+    # classes in CLDR order, whatever order the glyphs came in
+    order = [g for g in groups["order"] if g in classes]
+    labels = [order.index(classes[i]) for i in labels]
+    return ImageData(_to_tensor(images, size, channels), torch.tensor(labels), order, "emoji:noto", captions,
+                     alt_captions)
+
+
+def _emoji_groups() -> dict:
+    """{sequence without U+FE0F: (CLDR group, subgroup)} from Unicode's emoji-test.txt, and
+    "order": the groups in CLDR order. The `emoji` package has the names but not the groups."""
+    if not EMOJI_TEST.is_file():
+        raise UserError(f"--data emoji:noto needs Unicode's emoji-test.txt for the emoji groups ({EMOJI_TEST} is "
+                        "missing): " + INSTALL_EMOJI)
+    found: dict = {"order": []}
+    group = subgroup = ""
+    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+            if group != "Component":  # skin-tone and hair swatches, not emoji people type
+                found["order"].append(group)
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif ";" in line and not line.startswith("#") and group != "Component":
+            try:
+                text = "".join(chr(int(h, 16)) for h in line.split(";")[0].split())
+            except ValueError:
+                continue
+            found.setdefault(text.replace("\ufe0f", ""), (group, subgroup))
+    return found
+
+
+def _emoji_group(text: str, groups: dict) -> tuple[str | None, str]:
+    """The CLDR group of an emoji; one newer than the installed emoji-test.txt takes its
+    first part's (phoenix = bird + ZWJ + fire: Animals & Nature), as CLDR itself places them."""
+    plain = text.replace("\ufe0f", "")
+    for key in (plain, "".join(c for c in plain if c not in SKIN_TONES), plain.split("\u200d")[0], plain[:1]):
+        if key in groups:
+            return groups[key]
+    return None, ""
+
+
+def _emoji_names(data: dict, subgroup: str) -> tuple[str, list[str]]:
+    """(caption, other captions) from the emoji package's entry: ':red_heart:' -> "red heart";
+    its aliases that say something else (GitHub's ':heart:' -> "heart"; not codes like
+    ':clock330:' or ':+1:', nor the name again in other case or punctuation)."""
+    import re
+
+    def words(code: str) -> str:
+        return " ".join(code.strip(":").replace("_", " ").split())
+
+    name = words(data["en"])
+    if subgroup in ("country-flag", "subdivision-flag"):  # the package drops CLDR's "flag:": ':Japan:'
+        name = f"flag of {name}"
+
+    def key(text: str) -> str:
+        return re.sub(r"[^a-z]+", "", text.lower().replace("flag of", "").replace("flag for", ""))
+
+    seen = {key(name)}
+    aliases = []
+    for alias in data.get("alias", []):
+        text = words(alias)
+        if re.fullmatch(r"[A-Za-z][A-Za-z' -]+", text) and key(text) not in seen:
+            seen.add(key(text))
+            aliases.append(text)
+    return name, aliases

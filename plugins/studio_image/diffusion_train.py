@@ -1,6 +1,12 @@
-"""Trains image.diffusion's UNet: DDPM noise prediction (Ho et al. 2020) with a cosine
-schedule, class labels dropped 10% of the time so classifier-free guidance works, and an
-exponential moving average of the weights (what gets exported)."""
+"""Trains image.diffusion: DDPM noise prediction (Ho et al. 2020) with a cosine schedule,
+the condition dropped 10% of the time so classifier-free guidance works, and an
+exponential moving average of the weights (what gets exported).
+
+Class folders (or no classes) train a pixel-space UNet2DModel with class labels.
+Captioned data (a caption file beside each image, or a metadata.jsonl) trains a small
+Stable Diffusion instead (diffusion_network.py): first its autoencoder, for `vae_steps`
+steps, then the UNet and the text encoder together on the autoencoder's latents; it is
+exported as a standard StableDiffusionPipeline folder."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from studio import UserError
 from studio.training import OneOf, Trainer, TrainerOptions
 
 NULL_CLASS_DROPOUT = 0.1
@@ -39,6 +46,16 @@ class DiffusionTrainer(Trainer):
             "Side of the square images the UNet learns, in pixels; every training image is resized to it. "
             "A multiple of 4: the UNet halves it twice."))
         channels: Annotated[int, OneOf((1, 3))] = Field(1, description="1: greyscale, 3: RGB.")
+        vae_steps: int = Field(1000, ge=1, le=1_000_000, description=(
+            "Captioned data only: steps spent on the autoencoder before the UNet and text encoder train "
+            "(part of --steps)."))
+        vocab_size: int = Field(2000, ge=600, le=50_000, description=(
+            "Captioned data only: the size of the BPE vocabulary learnt from the captions, its 514 byte "
+            "symbols and 2 special tokens included."))
+        max_tokens: int = Field(32, ge=8, le=77, description=(
+            "Captioned data only: tokens per caption, start and end included; longer captions are cut."))
+        text_width: int = Field(128, ge=32, le=1024, multiple_of=4, description=(
+            "Captioned data only: the text encoder's width (and the UNet's cross-attention width)."))
 
     options: Options
 
@@ -53,6 +70,10 @@ class DiffusionTrainer(Trainer):
         data = load_images(self.config.data, self.size, self.channels)
         self.train_data, self.held_out = data.split()
         self.classes = data.classes
+        self.captioned = getattr(data, "captions", None) is not None
+        if self.captioned:
+            self._setup_text_to_image(data)
+            return
         self.unet = UNet2DModel(**unet_config(self.size, self.channels, len(self.classes))).to(self.device)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
         self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
@@ -81,6 +102,8 @@ class DiffusionTrainer(Trainer):
 
         index = torch.randint(len(self.train_data.images), (self.batch_size,), generator=self.rng)
         x0 = self.train_data.images[index]
+        if self.captioned:
+            return self._text_to_image_step(step, x0.to(self.device), [self.train_data.captions[i] for i in index])
         noise = torch.randn(x0.shape, generator=self.rng)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(x0),), generator=self.rng)
         labels = self._labels(self.train_data.labels[index], drop=True)
@@ -98,6 +121,8 @@ class DiffusionTrainer(Trainer):
         fixed timesteps and noise so runs compare."""
         import torch
 
+        if self.captioned:
+            return self._evaluate_text_to_image()
         gen = torch.Generator().manual_seed(1234)
         x0 = self.held_out.images
         total = 0.0
@@ -110,7 +135,154 @@ class DiffusionTrainer(Trainer):
                 total += self._loss(self.ema.eval(), x0.to(self.device), labels, noise.to(self.device), tt).item()
         return {"held_out_noise_mse": total / len(timesteps), "held_out_images": len(x0)}
 
+    # -- captioned data: a small Stable Diffusion -----------------------------------
+
+    def _setup_text_to_image(self, data) -> None:
+        import torch
+        from diffusers import DDPMScheduler
+
+        from studio_image.diffusion_network import autoencoder, caption_tokenizer, conditional_unet, text_encoder
+
+        if self.options.vae_steps >= self.steps:
+            raise UserError(f"--option vae_steps={self.options.vae_steps} leaves no steps of --steps {self.steps} "
+                            "for the UNet; give more --steps or fewer vae_steps")
+        o = self.options
+        # the tokenizer is learnt once and kept with the checkpoints, so --resume uses the same ids
+        saved = self.config.out / "training" / "tokenizer"
+        if saved.is_dir():
+            from transformers import CLIPTokenizer
+
+            self.tokenizer = CLIPTokenizer.from_pretrained(saved)
+        else:
+            self.tokenizer = caption_tokenizer(self.train_data.captions, o.vocab_size, o.max_tokens)
+            self.tokenizer.save_pretrained(saved)
+        self.vae = autoencoder(self.size, self.channels).to(self.device)
+        self.text_encoder = text_encoder(len(self.tokenizer), o.max_tokens, o.text_width).to(self.device)
+        self.unet = conditional_unet(self.size // 2, o.text_width).to(self.device)
+        self.ema = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_text = copy.deepcopy(self.text_encoder).requires_grad_(False)
+        self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                       beta_start=0.00085, beta_end=0.012)  # Stable Diffusion's
+        self.modules = {"vae": self.vae, "text_encoder": self.text_encoder, "unet": self.unet, "ema": self.ema,
+                        "ema_text": self.ema_text}
+        self.optimizers = {
+            "vae": torch.optim.AdamW(self.vae.parameters(), lr=self.lr, weight_decay=0.0),
+            "denoiser": torch.optim.AdamW(list(self.unet.parameters()) + list(self.text_encoder.parameters()),
+                                          lr=self.lr, weight_decay=0.01)}
+        self.latent_scale: float | None = None
+        self.vae_done = False  # the autoencoder has finished training (set by the first UNet step)
+
+    def _ids(self, captions: list[str], drop: bool):
+        """Token ids of `captions`; with `drop`, 10% become "" (the unconditional prompt
+        that classifier-free guidance subtracts)."""
+        import torch
+
+        if drop:
+            keep = torch.rand(len(captions), generator=self.rng) >= NULL_CLASS_DROPOUT
+            captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
+        return self.tokenizer(captions, padding="max_length", max_length=self.options.max_tokens, truncation=True,
+                              return_tensors="pt").input_ids.to(self.device)
+
+    def _vae_step(self, x0) -> dict[str, float]:
+        import torch.nn.functional as F
+
+        self.vae.train()
+        posterior = self.vae.encode(x0).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator=self.rng)).sample
+        l1 = F.l1_loss(reconstruction, x0)
+        kl = posterior.kl().mean()
+        self.optimize(l1 + 1e-6 * kl, "vae", clip=1.0)
+        return {"vae_l1": l1.item(), "vae_kl": kl.item()}
+
+    def _latents(self, x0, sample: bool = True):
+        """The autoencoder's latents of `x0`, scaled to unit variance as Stable Diffusion
+        does: the scale is measured on training images once the autoencoder has finished
+        training (the same value after a --resume) and saved in its config."""
+        import torch
+
+        with torch.no_grad():
+            self.vae.eval()
+            scale = self.latent_scale
+            if scale is None:
+                measured_on = self.train_data.images[:256].to(self.device)
+                scale = float(1.0 / self.vae.encode(measured_on).latent_dist.mean.std())
+                if self.vae_done:
+                    self.latent_scale = scale
+                    self.vae.register_to_config(scaling_factor=scale)
+            posterior = self.vae.encode(x0).latent_dist
+            # evaluation takes the mean: it must not draw from the training generator, or
+            # a run checkpointed at other steps would train on other noise
+            return (posterior.sample(generator=self.rng) if sample else posterior.mean) * scale
+
+    def _text_to_image_loss(self, unet, text, x0, captions, drop: bool, noise=None, t=None):
+        import torch
+        import torch.nn.functional as F
+
+        latents = self._latents(x0, sample=noise is None)
+        noise = torch.randn(latents.shape, generator=self.rng).to(self.device) if noise is None else noise
+        if t is None:
+            t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),), generator=self.rng)
+        states = text(self._ids(captions, drop)).last_hidden_state
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        return F.mse_loss(unet(noisy, t.to(self.device), encoder_hidden_states=states).sample, noise)
+
+    def _text_to_image_step(self, step: int, x0, captions) -> dict[str, float]:
+        import torch
+
+        if step < self.options.vae_steps:
+            return self._vae_step(x0)
+        if not self.vae_done:
+            self.vae_done = True
+            self.vae.requires_grad_(False)
+        self.unet.train()
+        self.text_encoder.train()
+        loss = self._text_to_image_loss(self.unet, self.text_encoder, x0, captions, drop=True)
+        self.optimize(loss, "denoiser", clip=1.0)
+        decay = min(0.999, (1 + step - self.options.vae_steps) / (10 + step - self.options.vae_steps))
+        with torch.no_grad():
+            for ema, live in ((self.ema, self.unet), (self.ema_text, self.text_encoder)):
+                for e, p in zip(ema.parameters(), live.parameters()):
+                    e.lerp_(p, 1 - decay)
+        return {"loss": loss.item()}
+
+    def _evaluate_text_to_image(self) -> dict[str, float]:
+        """The autoencoder's L1 on held-out images, and the exported (EMA) denoiser's
+        noise-prediction MSE on their latents and captions at fixed timesteps and noise."""
+        import torch
+        import torch.nn.functional as F
+
+        x0 = self.held_out.images.to(self.device)
+        with torch.no_grad():
+            self.vae.eval()
+            reconstruction = self.vae.decode(self.vae.encode(x0).latent_dist.mean).sample
+            metrics = {"held_out_vae_l1": F.l1_loss(reconstruction, x0).item(), "held_out_images": len(x0)}
+            gen = torch.Generator().manual_seed(1234)
+            total = 0.0
+            timesteps = (50, 250, 500, 750, 950)
+            for t in timesteps:
+                noise = torch.randn((len(x0), 4, self.size // 2, self.size // 2), generator=gen).to(self.device)
+                tt = torch.full((len(x0),), t)
+                total += self._text_to_image_loss(self.ema.eval(), self.ema_text.eval(), x0, self.held_out.captions,
+                                                  drop=False, noise=noise, t=tt).item()
+        metrics["held_out_noise_mse"] = total / len(timesteps)
+        return metrics
+
+    def _export_text_to_image(self, out: Path) -> None:
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        self.vae_done = True
+        self._latents(self.train_data.images[:1].to(self.device), sample=False)  # the scale, even after a resume
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False,
+                                              steps_offset=1)
+        pipeline = StableDiffusionPipeline(vae=self.vae, text_encoder=self.ema_text, tokenizer=self.tokenizer,
+                                           unet=self.ema, scheduler=scheduler, safety_checker=None,
+                                           feature_extractor=None, requires_safety_checker=False)
+        pipeline.save_pretrained(out)
+        (out / "studio.json").write_text(json.dumps({"data": self.config.data, "captioned": True}, indent=2))
+
     def export(self, out: Path) -> None:
+        if self.captioned:
+            return self._export_text_to_image(out)
         from diffusers import DDIMScheduler
 
         self.ema.save_pretrained(out / "unet")
