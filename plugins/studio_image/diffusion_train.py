@@ -70,9 +70,9 @@ class DiffusionTrainer(Trainer):
         data = load_images(self.config.data, self.size, self.channels)
         self.train_data, self.held_out = data.split()
         self.classes = data.classes
-        self.captioned = getattr(data, "captions", None) is not None
+        self.captioned = data.captions is not None
         if self.captioned:
-            self._setup_text_to_image(data)
+            self._setup_text_to_image()
             return
         self.unet = UNet2DModel(**unet_config(self.size, self.channels, len(self.classes))).to(self.device)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
@@ -137,7 +137,7 @@ class DiffusionTrainer(Trainer):
 
     # -- captioned data: a small Stable Diffusion -----------------------------------
 
-    def _setup_text_to_image(self, data) -> None:
+    def _setup_text_to_image(self) -> None:
         import torch
         from diffusers import DDPMScheduler
 
