@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from mido.midifiles.meta import encode_variable_int
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = {
@@ -79,12 +80,8 @@ def wav(frames: int = 8000, rate: int = 8000) -> bytes:
 
 
 def _vlq(n: int) -> bytes:
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    return bytes(reversed(out))
+    """A MIDI variable-length number (mido's own encoder)."""
+    return bytes(encode_variable_int(n))
 
 
 def midi(notes: list[tuple[int, int, int]] = ((0, 96, 60),), ppq: int = 96, tempo: int = 500_000) -> bytes:

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from mido.midifiles.meta import encode_variable_int
 from click.testing import CliRunner
 
 import studio.artifacts
@@ -46,12 +47,8 @@ ODE = REPO / "pipelines/assets/ode-to-joy.mid"
 
 
 def vlq(n: int) -> bytes:
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    return bytes(reversed(out))
+    """A MIDI variable-length number (mido's own encoder)."""
+    return bytes(encode_variable_int(n))
 
 
 def track(*events: bytes, end: bool = True) -> bytes:

@@ -1,5 +1,6 @@
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,21 +118,31 @@ class HalfWritePlugin:
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_keeps_finished_work_and_no_partial_files(tmp_path):
-    text = """
-        name: stop
-        steps:
-          - {id: first, uses: fake.image, with: {size: 4}}
-          - {id: second, uses: test.interrupt}
-          - {id: third, uses: fake.image, with: {size: 5}}
-    """
-    with pytest.raises(KeyboardInterrupt):
-        run_yaml(text, tmp_path, plugins=[("half", HalfWritePlugin())])
+STOPPED = """
+    name: stop
+    steps:
+      - {id: first, uses: fake.image, with: {size: 4}}
+      - {id: second, uses: test.interrupt}
+      - {id: third, uses: fake.image, with: {size: 5}}
+"""
+
+
+def stopped_run(tmp_path) -> tuple[Path, dict]:
+    """The STOPPED pipeline's run folder and manifest, checked to say it was interrupted
+    at its second step, after the first finished."""
     (run_dir,) = (tmp_path / "runs" / "stop").iterdir()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
     statuses = {k: s["items"][0]["status"] for k, s in manifest["steps"].items()}
     assert statuses == {"first": "done", "second": "interrupted", "third": "interrupted"}
+    return run_dir, manifest
+
+
+def test_interrupted_run_keeps_finished_work_and_no_partial_files(tmp_path):
+    text = STOPPED
+    with pytest.raises(KeyboardInterrupt):
+        run_yaml(text, tmp_path, plugins=[("half", HalfWritePlugin())])
+    run_dir, _ = stopped_run(tmp_path)
     assert (run_dir / "first" / "image.png").is_file()
     assert not [p for p in tmp_path.rglob("*") if ".partial" in p.name]
     # the next run trusts what finished and makes the rest
@@ -357,22 +368,11 @@ def test_ctrl_c_that_a_library_turned_into_another_error_still_interrupts_the_ru
 
     from studio import interrupts
 
-    text = """
-        name: stop
-        steps:
-          - {id: first, uses: fake.image, with: {size: 4}}
-          - {id: second, uses: test.interrupt}
-          - {id: third, uses: fake.image, with: {size: 5}}
-    """
     previous = signal.getsignal(signal.SIGINT)
     interrupts.install()  # as the `studio` command does
     try:
         with pytest.raises(KeyboardInterrupt):
-            run_yaml(text, tmp_path, plugins=[("swallow", SwallowingPlugin())])
+            run_yaml(STOPPED, tmp_path, plugins=[("swallow", SwallowingPlugin())])
     finally:
         signal.signal(signal.SIGINT, previous)
-    (run_dir,) = (tmp_path / "runs" / "stop").iterdir()
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "interrupted"
-    assert {k: s["items"][0]["status"] for k, s in manifest["steps"].items()} == {
-        "first": "done", "second": "interrupted", "third": "interrupted"}
+    stopped_run(tmp_path)

@@ -187,18 +187,26 @@ def _caption_files(root: Path, paths: list[Path]) -> dict[Path, str] | None:
     return captions
 
 
-def _read_caption(path: Path) -> str:
-    """A caption file's text, UTF-8, its whitespace (newlines too) made single spaces."""
+def _read_within(path: Path, limit: int, what: str, too_big: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (never more is read); a
+    UserError naming `what` and `path` otherwise."""
     from studio.limits import regular_file_problem
 
     problem = regular_file_problem(path)
     if problem:
-        raise UserError(f"--data: caption file {problem}")
+        raise UserError(f"--data: {what}{problem}")
     with open(path, "rb") as f:
-        raw = f.read(MAX_CAPTION_BYTES + 1)
-    if len(raw) > MAX_CAPTION_BYTES:
-        raise UserError(f"--data: caption file {path} is over {MAX_CAPTION_BYTES // 1024} KiB; a caption is a "
-                        "sentence or a list of tags: shorten it")
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise UserError(f"--data: {what}{path} {too_big}")
+    return raw
+
+
+def _read_caption(path: Path) -> str:
+    """A caption file's text, UTF-8, its whitespace (newlines too) made single spaces."""
+    raw = _read_within(path, MAX_CAPTION_BYTES, "caption file ",
+                       f"is over {MAX_CAPTION_BYTES // 1024} KiB; a caption is a sentence or a list of tags: "
+                       "shorten it")
     try:
         text = raw.decode("utf-8-sig")  # -sig: Windows editors start UTF-8 with a byte-order mark
     except UnicodeDecodeError as exc:
@@ -228,17 +236,9 @@ def _read_metadata(root: Path) -> list[tuple[Path, str]]:
     """(image path, caption) for each line of root/metadata.jsonl, read within bounds."""
     import json
 
-    from studio.limits import regular_file_problem
-
     path = root / METADATA
-    problem = regular_file_problem(path)
-    if problem:
-        raise UserError(f"--data: {problem}")
-    with open(path, "rb") as f:
-        raw = f.read(MAX_METADATA_BYTES + 1)
-    if len(raw) > MAX_METADATA_BYTES:
-        raise UserError(f"--data: {path} is over {MAX_METADATA_BYTES // 2**20} MiB; split the data set into folders "
-                        "of fewer images")
+    raw = _read_within(path, MAX_METADATA_BYTES, "",
+                       f"is over {MAX_METADATA_BYTES // 2**20} MiB; split the data set into folders of fewer images")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
