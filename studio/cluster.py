@@ -459,24 +459,24 @@ class RayExecutor(Executor):
         (their models still loaded), and stop idle ones of other setups, which only hold
         CPUs and GPUs now. A worker that does not answer at once is busy in another run
         and left alone."""
-        found = {}
+        found = {}  # the ping's reference -> (name, actor)
         for entry in ray.util.list_named_actors(all_namespaces=True):
             name = entry["name"]
             if entry["namespace"] != NAMESPACE or not name.startswith("worker/"):
                 continue
             try:
-                found[ray.get_actor(name, namespace=NAMESPACE).ping.remote()] = name
+                actor = ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:  # it has just stopped
                 continue
+            found[actor.ping.remote()] = (name, actor)
         if not found:
             return
         answered, _ = ray.wait(list(found), num_returns=len(found), timeout=PING_S)
         for ref in answered:
-            name = found[ref]
+            name, actor = found[ref]
             try:
                 ray.get(ref)
-                actor = ray.get_actor(name, namespace=NAMESPACE)
-            except (ValueError, ray.exceptions.RayError):
+            except ray.exceptions.RayError:  # it stopped since it answered
                 continue
             _, setup, kind, precision, _, generator = name.split("/", 5)
             if setup != self.setup:
