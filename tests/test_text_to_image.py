@@ -56,6 +56,7 @@ def tiny_training(data: Path, out: Path, steps: int = 6, resume: bool = False, c
 def test_captioned_training_exports_a_pipeline_diffusers_loads_and_studio_runs_the_same(tmp_path, convention):
     import torch
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
 
     data = captioned_folder(tmp_path / "data", convention)
     result = tiny_training(data, tmp_path / "model")
@@ -67,8 +68,11 @@ def test_captioned_training_exports_a_pipeline_diffusers_loads_and_studio_runs_t
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert {"vae", "text_encoder", "tokenizer", "unet", "scheduler"} <= set(index)
     assert list(out.rglob("*.safetensors")) and not list(out.rglob("*.bin"))
+    stored = load_file(next((out / "unet").glob("*.safetensors")))
+    assert {t.dtype for t in stored.values()} == {torch.float16}  # weights_precision's default: half the size
 
-    pipeline = StableDiffusionPipeline.from_pretrained(out)  # diffusers alone, no Studio code
+    # diffusers alone, no Studio code, as a CPU user loads half-precision weights
+    pipeline = StableDiffusionPipeline.from_pretrained(out, dtype=torch.float32)
     tokens = pipeline.tokenizer("a red square").input_ids
     assert "red</w>" in pipeline.tokenizer.convert_ids_to_tokens(tokens)  # the captions' own words
     run = run_yaml(f"""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -56,6 +56,9 @@ class DiffusionTrainer(Trainer):
             "Captioned data only: tokens per caption, start and end included; longer captions are cut."))
         text_width: int = Field(128, ge=32, le=1024, multiple_of=4, description=(
             "Captioned data only: the text encoder's width (and the UNet's cross-attention width)."))
+        weights_precision: Literal["fp16", "fp32"] = Field("fp16", description=(
+            "Captioned data only: how the exported pipeline's weights are stored (half the size in fp16; "
+            "Studio computes in the run's precision either way, and diffusers loads them with dtype=torch.float32)."))
 
     options: Options
 
@@ -277,7 +280,12 @@ class DiffusionTrainer(Trainer):
         pipeline = StableDiffusionPipeline(vae=self.vae, text_encoder=self.ema_text, tokenizer=self.tokenizer,
                                            unet=self.ema, scheduler=scheduler, safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False)
+        import torch
+
+        stored = {"fp16": torch.float16, "fp32": torch.float32}[self.options.weights_precision]
+        pipeline.to(dtype=stored)
         pipeline.save_pretrained(out)
+        pipeline.to(dtype=torch.float32)
         (out / "studio.json").write_text(json.dumps({"data": self.config.data, "captioned": True}, indent=2))
 
     def export(self, out: Path) -> None:
