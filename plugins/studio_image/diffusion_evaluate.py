@@ -9,7 +9,7 @@ held-out caption:
 - name retrieval: the judge ranks the prompted image's name among `candidates` names
   (the right one and others drawn at random); top-1 / top-5;
 - category: the judge's group (emoji:noto: the 9 CLDR groups) against the caption's;
-- FID and KID on the judge's 256 features (torchmetrics with that feature extractor:
+- FID and KID on the judge's 128 features (torchmetrics with that feature extractor:
   nothing downloaded, and so not comparable with Inception-based FID), against the
   held-out images themselves;
 - colour: prompts that differ only in a colour word, and whether the colour of the
@@ -38,19 +38,19 @@ GRID_PROMPTS = ("red heart", "blue heart", "green heart", "cat face", "grinning 
 
 
 class Judge(nn.Module):
-    """A small CNN: 256 features, then one head for the image's own name and one for its group."""
+    """A small CNN: 128 features, then one head for the image's own name and one for its group."""
 
-    num_features = 256
+    num_features = 128
 
     def __init__(self, names: int, groups: int):
         super().__init__()
         def block(cin, cout):
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
                     nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
-        self.body = nn.Sequential(*block(3, 64), *block(64, 128), *block(128, 256),
+        self.body = nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 128),
                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.name = nn.Linear(256, names)
-        self.group = nn.Linear(256, groups)
+        self.name = nn.Linear(128, names)
+        self.group = nn.Linear(128, groups)
 
     def forward(self, x):  # x in [-1, 1]
         features = self.body(x)
@@ -82,7 +82,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (torch.lerp(shifted, blurred, amount) + noise).clamp(-1, 1)
 
 
-def train_judge(data, steps: int, batch: int = 128) -> Judge:
+def train_judge(data, steps: int, batch: int = 64) -> Judge:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     judge = Judge(len(data.images), len(data.classes))
@@ -98,6 +98,20 @@ def train_judge(data, steps: int, batch: int = 128) -> Judge:
         optimizer.step()
         schedule.step()
     return judge.eval()
+
+
+def cached_judge(data, steps: int, path: Path | None) -> Judge:
+    """The judge trained on `data`, from `path` when an earlier evaluation saved it there."""
+    from safetensors.torch import load_file, save_file
+
+    if path is not None and path.is_file():
+        judge = Judge(len(data.images), len(data.classes))
+        judge.load_state_dict(load_file(path))
+        return judge.eval()
+    judge = train_judge(data, steps)
+    if path is not None:
+        save_file(judge.state_dict(), path)
+    return judge
 
 
 def candidates_for(truth: torch.Tensor, total: int, count: int, seed: int = 0) -> torch.Tensor:
@@ -243,9 +257,10 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a text-to-image pipeline folder")
     parser.add_argument("--data", default="emoji:noto")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--candidates", type=int, default=100)
-    parser.add_argument("--judge-steps", type=int, default=3000)
+    parser.add_argument("--judge-steps", type=int, default=2000)
+    parser.add_argument("--judge", type=Path, help="keep the judge's weights in this file and reuse them")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--grid", type=Path, help="write a prompt x seed sheet here")
     args = parser.parse_args()
@@ -258,7 +273,7 @@ def main() -> None:
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     data = load_images(args.data, size, 3)
     train, held_out = data.split()  # the split the trainer used
-    judge = train_judge(data, args.judge_steps)
+    judge = cached_judge(data, args.judge_steps, args.judge)
     index_of = {caption: i for i, caption in enumerate(data.captions)}
     truth = torch.tensor([index_of[c] for c in held_out.captions])
     candidates = candidates_for(truth, len(data.images), args.candidates)
