@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field
 
@@ -56,7 +56,7 @@ class DiffusionTrainer(Trainer):
             "Captioned data only: tokens per caption, start and end included; longer captions are cut."))
         text_width: int = Field(128, ge=32, le=1024, multiple_of=4, description=(
             "Captioned data only: the text encoder's width (and the UNet's cross-attention width)."))
-        weights_precision: Literal["fp16", "fp32"] = Field("fp16", description=(
+        weights_precision: Annotated[str, OneOf(("fp16", "fp32"))] = Field("fp16", description=(
             "Captioned data only: how the exported pipeline's weights are stored (half the size in fp16; "
             "Studio computes in the run's precision either way, and diffusers loads them with dtype=torch.float32)."))
 
