@@ -68,6 +68,27 @@ def measure(vae, clips: list, rate: int, strength: float = 0.5, seed: int = 0) -
     return {key: round(sum(r[key] for r in rows) / len(rows), 3) for key in rows[0]} | {"clips": len(rows)}
 
 
+def interpolation_path(vae, a, b, rate: int, points: int = 5) -> dict:
+    """Decode `points` steps on the line between the latents of clips `a` and `b` (same
+    length): each point's log-mel L1 to `a` and to `b`. A smooth path moves away from
+    one and towards the other at every step."""
+    import torch
+
+    from studio_audio.vae import decode, encode
+    from studio_audio.vae_train import log_mel
+
+    length = min(len(a), len(b))
+    a, b = a[:length], b[:length]
+    ma, mb = log_mel(a[None], rate)[0], log_mel(b[None], rate)[0]
+    with torch.no_grad():
+        za, zb = encode(vae, a[None]), encode(vae, b[None])
+        decoded = [decode(vae, torch.lerp(za, zb, t))[0, :length] for t in torch.linspace(0, 1, points).tolist()]
+    to_a = [round(float((log_mel(y[None], rate)[0] - ma).abs().mean()), 3) for y in decoded]
+    to_b = [round(float((log_mel(y[None], rate)[0] - mb).abs().mean()), 3) for y in decoded]
+    monotonic = all(x < y for x, y in zip(to_a, to_a[1:])) and all(x > y for x, y in zip(to_b, to_b[1:]))
+    return {"log_mel_l1_to_a": to_a, "log_mel_l1_to_b": to_b, "monotonic": monotonic}
+
+
 def spectrogram_image(clips: dict, rate: int, path: Path) -> None:
     """One row per named clip: its log-mel spectrogram, as a PNG (for eyes, not metrics)."""
     import numpy as np
@@ -120,6 +141,8 @@ def main() -> None:
             shown = {"input": clip, "reconstruction": decode(vae, z)[0], "variation_0.5": decode(vae, z + 0.5 * noise)[0]}
         args.spectrograms.mkdir(parents=True, exist_ok=True)
         spectrogram_image(shown, rate, args.spectrograms / "spectrograms.png")
+    notes = sets["held_out_notes"]
+    report["interpolation"] = [interpolation_path(vae, notes[i], notes[i + 1], rate) for i in range(0, 6, 2)]
     report["latent"] = {"frames_per_second": rate / vae.hop_length, "channels": int(vae.config.decoder_input_channels)}
     print(json.dumps(report, indent=2))
 
