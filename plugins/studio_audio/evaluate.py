@@ -96,10 +96,11 @@ def spectrogram_image(clips: dict, rate: int, path: Path) -> None:
 
     from studio_audio.vae_train import log_mel
 
+    mels = [log_mel(clip[None], rate)[0].flip(0).numpy() for clip in clips.values()]
+    low, high = np.percentile(mels[0], [1, 99.5])  # the first clip's range, dark = loud
     rows = []
-    for clip in clips.values():
-        mel = log_mel(clip[None], rate)[0].flip(0).numpy()
-        rows.append(np.clip((mel + 11.5) / 14.0, 0, 1))  # log(1e-5) .. about log(12)
+    for mel in mels:
+        rows.append(1 - np.clip((mel - low) / (high - low), 0, 1))
         rows.append(np.ones((2, mel.shape[1])))
     picture = (np.concatenate(rows[:-1]) * 255).astype(np.uint8)
     Image.fromarray(picture).resize((picture.shape[1] * 2, picture.shape[0] * 2), Image.NEAREST).save(path)
