@@ -139,7 +139,8 @@ def main() -> None:
         with torch.no_grad():
             z = encode(vae, clip[None])
             noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-            shown = {"input": clip, "reconstruction": decode(vae, z)[0], "variation_0.5": decode(vae, z + 0.5 * noise)[0]}
+            shown = {"input": clip, "reconstruction": decode(vae, z)[0],
+                     "variation_0.5": decode(vae, z + 0.5 * noise)[0]}
         args.spectrograms.mkdir(parents=True, exist_ok=True)
         spectrogram_image(shown, rate, args.spectrograms / "spectrograms.png")
     notes = sets["held_out_notes"]
