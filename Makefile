@@ -29,7 +29,10 @@ clean:
 samples: $(STAMP)
 	$(BIN)/studio run pipelines/showcase.yaml --out runs --quiet > .last-run
 	cp "$$(cat .last-run)/sheet/image.png" samples/showcase-sheet.png
-	cp "$$(cat .last-run)/digits-sheet/image.png" samples/showcase-digits.png
+	cp "$$(cat .last-run)/drawn-sheet/image.png" samples/showcase-lines-drawn.png
+	cp "$$(cat .last-run)/sheet-styled/image.png" samples/showcase-sheet-styled.png
 	cp "$$(cat .last-run)/walk-large/image.png" samples/showcase-gan-walk.png
 	cp "$$(cat .last-run)/tune/midi.mid" samples/showcase-tune.mid
+	cp "$$(cat .last-run)/tune-audio/audio.wav" samples/showcase-tune.wav
+	cp "$$(cat .last-run)/tune-variation/audio.wav" samples/showcase-tune-variation.wav
 	rm .last-run

@@ -41,6 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, StudioRunner, command_seconds, median_time, paired_times, sync, write_json  # noqa: E402
 
+DIGITS = ROOT / "plugins" / "studio_image" / "weights" / "digits"  # the class-conditional digit model
+
 SCALES = {
     "real": {
         "sd": {"unet": (320, 640, 1280, 1280), "vae": (128, 256, 512, 512), "text": (768, 12, 3072), "heads": 8,
@@ -328,6 +330,7 @@ class Harness:
 
     def defaults(self) -> None:
         self._default_diffusion()
+        self._default_text_to_image()
         self._default_text()
         self._default_music()
         self._default_vae()
@@ -337,12 +340,12 @@ class Harness:
     def _default_diffusion(self) -> None:
         from diffusers import DDIMScheduler, UNet2DModel
 
-        from studio_image.diffusion import DEFAULT_WEIGHTS, ImageDiffusion
+        from studio_image.diffusion import ImageDiffusion
 
-        info = json.loads((DEFAULT_WEIGHTS / "studio.json").read_text())
+        info = json.loads((DIGITS / "studio.json").read_text())
         dtype = self.dtype_for(ImageDiffusion)
-        unet = UNet2DModel.from_pretrained(DEFAULT_WEIGHTS, subfolder="unet").to(self.device, dtype).eval()
-        scheduler = DDIMScheduler.from_pretrained(DEFAULT_WEIGHTS, subfolder="scheduler")
+        unet = UNet2DModel.from_pretrained(DIGITS, subfolder="unet").to(self.device, dtype).eval()
+        scheduler = DDIMScheduler.from_pretrained(DIGITS, subfolder="scheduler")
 
         @torch.inference_mode()
         def raw():  # a diffusers user's loop: classifier-free guidance over class labels
@@ -354,9 +357,31 @@ class Harness:
                 x = scheduler.step(uncond + 2.0 * (cond - uncond), t, x).prev_sample
             return x.cpu()
 
-        step = [{"id": "d", "uses": "image.diffusion", "with": {"steps": 25, "class_label": 3, "seed": 1}}]
-        self.compare("defaults", "image.diffusion 16x16, 25 DDIM steps, CFG (raw: UNet2DModel + DDIMScheduler)",
+        step = [{"id": "d", "uses": "image.diffusion",
+                 "with": {"steps": 25, "class_label": 3, "seed": 1, "model": str(DIGITS)}}]
+        self.compare("defaults", "image.diffusion digits 16x16, 25 DDIM steps, CFG "
+                     "(raw: UNet2DModel + DDIMScheduler)",
                      raw, lambda: self.studio(step), "reported (tiny model)")
+
+    def _default_text_to_image(self) -> None:
+        from diffusers import StableDiffusionPipeline
+
+        from studio_image.diffusion import DEFAULT_WEIGHTS, ImageDiffusion
+
+        dtype = self.dtype_for(ImageDiffusion)
+        pipe = StableDiffusionPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=dtype).to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        prompts = ["red heart", "cat face", "rocket", "sun"]
+
+        @torch.inference_mode()
+        def raw():  # a diffusers user's call: four prompts, one generator each
+            generators = [torch.Generator().manual_seed(i) for i in range(4)]
+            return pipe(prompts, num_inference_steps=25, generator=generators).images
+
+        step = [{"id": "t", "uses": "image.diffusion", "with": {"steps": 25},
+                 "zip": {"prompt": prompts, "seed": [0, 1, 2, 3]}}]
+        self.compare("defaults", "image.diffusion text-to-image default 32x32, 4 prompts, 25 DDIM steps "
+                     "(raw: StableDiffusionPipeline)", raw, lambda: self.studio(step), "a few seconds on 2 cores")
 
     def _default_text(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -435,8 +460,8 @@ class Harness:
     def _default_batching(self) -> None:
         from studio_image.diffusion import ImageDiffusion
 
-        self.sweep("defaults", "16-seed sweep of image.diffusion, 10 steps", ImageDiffusion, 16,
-                   {"steps": 10, "class_label": 5})
+        self.sweep("defaults", "16-seed sweep of image.diffusion digits, 10 steps", ImageDiffusion, 16,
+                   {"steps": 10, "class_label": 5, "model": str(DIGITS)})
 
     # -- fresh processes: the showcase, --help, validate ------------------------------------
 
@@ -478,7 +503,7 @@ class Harness:
         photo = self.tmp / "photo.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(photo)
         images = {
-            "image.diffusion": {"steps": 25, "class_label": 3, "seed": 1},
+            "image.diffusion": {"steps": 25, "prompt": "red heart", "seed": 1},
             "image.gan": {"seed": 1},
             "style.cyclegan": {"image": str(photo)},
         }

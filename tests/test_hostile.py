@@ -41,7 +41,9 @@ WEIGHTS = {
     "gan": REPO / "plugins/studio_image/weights/gan",
     "gpt": REPO / "plugins/studio_text/weights/gpt",
     "diffusion": REPO / "plugins/studio_image/weights/diffusion",
+    "digits": REPO / "plugins/studio_image/weights/digits",
 }
+DIGITS = f"model: '{WEIGHTS['digits']}'"  # the class-conditional digit UNet shipped beside the default
 ODE = REPO / "pipelines/assets/ode-to-joy.mid"
 
 BUDGET_S = 2.0  # what validate/plan may take on a bad pipeline
@@ -836,15 +838,15 @@ CASES: list[Case] = [
          where=("p.yaml:4", "steps[1].with.background")),
     Case("checks", "title-unknown-background-run", R, {"p.yaml": pipe("{id: a, uses: image.title, with: {text: hi, background: notacolour}}")},
          where=("p.yaml:3", "steps[0].with.background"), budget_s=BUDGET_S),
-    Case("checks", "class-label-out-of-range", V, {"p.yaml": pipe("{id: d, uses: image.diffusion, with: {class_label: 10}}")},
+    Case("checks", "class-label-out-of-range", V, {"p.yaml": pipe(f"{{id: d, uses: image.diffusion, with: {{{DIGITS}, class_label: 10}}}}")},
          where=("p.yaml:3", "steps[0].with.class_label"), torch=True),
-    Case("checks", "class-label-unknown-name", V, {"p.yaml": pipe("{id: d, uses: image.diffusion, with: {class_label: cat}}")},
+    Case("checks", "class-label-unknown-name", V, {"p.yaml": pipe(f"{{id: d, uses: image.diffusion, with: {{{DIGITS}, class_label: cat}}}}")},
          where=("p.yaml:3", "steps[0].with.class_label"), expect=("cat",), torch=True),
-    Case("checks", "class-label-negative", V, {"p.yaml": pipe("{id: d, uses: image.diffusion, with: {class_label: -1}}")},
+    Case("checks", "class-label-negative", V, {"p.yaml": pipe(f"{{id: d, uses: image.diffusion, with: {{{DIGITS}, class_label: -1}}}}")},
          where=("p.yaml:3", "steps[0].with.class_label"), torch=True),
-    Case("checks", "class-label-in-sweep", V, {"p.yaml": pipe("{id: d, uses: image.diffusion, sweep: {class_label: [1, 2, 42]}}")},
+    Case("checks", "class-label-in-sweep", V, {"p.yaml": pipe(f"{{id: d, uses: image.diffusion, with: {{{DIGITS}}}, sweep: {{class_label: [1, 2, 42]}}}}")},
          where=("p.yaml:3", "steps[0].sweep.class_label[2]"), torch=True),
-    Case("checks", "class-label-name-is-fine", V, {"p.yaml": pipe("{id: d, uses: image.diffusion, with: {class_label: '3'}}")},
+    Case("checks", "class-label-name-is-fine", V, {"p.yaml": pipe(f"{{id: d, uses: image.diffusion, with: {{{DIGITS}, class_label: '3'}}}}")},
          code=0, torch=True),
     Case("checks", "max-new-tokens-beyond-context", V, {"p.yaml": pipe("{id: g, uses: text.gpt, with: {prompt: hi, max_new_tokens: 4000}}")},
          where=("p.yaml:3", "steps[0].with.max_new_tokens"), expect=("256",), torch=True),

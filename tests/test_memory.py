@@ -5,13 +5,16 @@ import gc
 import json
 import weakref
 
+from pathlib import Path
+
 import torch
 
 from studio.runtime import Runtime
 from studio.testing import run_yaml
 
+DIGITS = Path(__file__).resolve().parents[1] / "plugins/studio_image/weights/digits"
 PIPELINE = {"name": "families", "device": "cpu", "steps": [
-    {"id": "digit", "uses": "image.diffusion", "with": {"steps": 2, "class_label": 3}},
+    {"id": "digit", "uses": "image.diffusion", "with": {"steps": 2, "class_label": 3, "model": str(DIGITS)}},
     {"id": "gan", "uses": "image.gan"},
     {"id": "tune", "uses": "music.transformer", "with": {"duration_s": 1}},
     {"id": "sound", "uses": "audio.vae", "with": {"mode": "sample", "duration_s": 0.5}},

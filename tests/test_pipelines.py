@@ -18,9 +18,12 @@ def test_example_pipeline_runs(path, tmp_path):
     assert result.artifacts()
 
 
-def test_showcase_makes_an_xy_sheet(tmp_path):
+def test_showcase_turns_the_gpts_lines_into_images_and_a_prompt_x_seed_sheet(tmp_path):
     result = api.run(PIPELINES[0].parent / "showcase.yaml", out=tmp_path, host=make_host())
+    lines = [a.path.read_text() for a in result.artifacts("line")]
+    drawn = result.step("drawn")
+    assert len(drawn) == 6  # 3 lines x 2 seeds
+    assert {item.params["prompt"] for item in drawn} == set(lines)  # each line became a prompt
     (sheet,) = result.artifacts("sheet")
     image = Image.open(sheet.path)
-    assert image.width > 2 * 192 and image.height > 3 * 192  # 2 seeds across, 3 subjects down
-    assert len(result.step("card")) == 6
+    assert image.width > 2 * 96 and image.height > 6 * 96  # 2 seeds across, 6 prompts down

@@ -274,13 +274,14 @@ def test_template_placeholders_are_checked_by_validate(tmp_path, host, template,
 
 
 def test_diffusion_class_labels_and_sizes_are_checked_against_the_model(tmp_path, host):
-    path = pipeline(tmp_path, {"id": "d", "uses": "image.diffusion", "with": {"steps": 2},
+    digits = str(diffusion_copy(tmp_path, "digits"))
+    path = pipeline(tmp_path, {"id": "d", "uses": "image.diffusion", "with": {"steps": 2, "model": digits},
                                "sweep": {"class_label": [3, "7", "cat", 10]}},
-                    {"id": "e", "uses": "image.diffusion", "with": {"prompt": "a cat"}},
-                    {"id": "f", "uses": "image.diffusion", "with": {"width": 18}},
-                    {"id": "g", "uses": "image.diffusion", "with": {"width": 4096, "height": 4096}})
+                    {"id": "e", "uses": "image.diffusion", "with": {"prompt": "a cat", "model": digits}},
+                    {"id": "f", "uses": "image.diffusion", "with": {"width": 18, "model": digits}},
+                    {"id": "g", "uses": "image.diffusion", "with": {"width": 4096, "height": 4096, "model": digits}})
     found = issues(path, host)
-    assert found[0] == ("steps[0].sweep.class_label[2]", "class_label 'cat' is not a class of model 'default'; "
+    assert found[0] == ("steps[0].sweep.class_label[2]", f"class_label 'cat' is not a class of model '{digits}'; "
                         "classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 (or their index, 0 to 9) (item d@class_label=cat)")
     assert found[1][0] == "steps[0].sweep.class_label[3]"
     assert found[2][0] == "steps[1].with.prompt" and "is a class-conditional" in found[2][1]
@@ -291,7 +292,9 @@ def test_diffusion_class_labels_and_sizes_are_checked_against_the_model(tmp_path
 def test_diffusion_on_a_cpu_refuses_days_of_work(tmp_path, host):
     from studio_image.diffusion import ImageDiffusion
 
-    step = {"id": "d", "uses": "image.diffusion", "with": {"steps": 1000, "width": 2048, "height": 2048}}
+    digits = str(PLUGINS / "studio_image" / "weights" / "digits")
+    step = {"id": "d", "uses": "image.diffusion",
+            "with": {"steps": 1000, "width": 2048, "height": 2048, "model": digits}}
     ((where, message),) = issues(pipeline(tmp_path, step, device="cpu"), host)
     assert where == "steps[0].with"
     assert message.startswith("2048 x 2048 pixels at 1000 steps is too much work for a CPU (width x height x steps "
@@ -300,7 +303,7 @@ def test_diffusion_on_a_cpu_refuses_days_of_work(tmp_path, host):
     ((_, message),) = issues(pipeline(tmp_path, step, device="cuda"), host)
     assert "trained size" in message
     # at run time the device is sure: refused before any noise is drawn
-    params = ImageDiffusion.Params(steps=1000).model_copy(update={"width": 2048, "height": 2048})
+    params = ImageDiffusion.Params(steps=1000, model=digits).model_copy(update={"width": 2048, "height": 2048})
     with pytest.raises(UserError, match="too much work for a CPU"):
         ImageDiffusion().generate(params, make_context())
 
@@ -396,7 +399,7 @@ def test_weights_that_would_run_code_or_are_pickles_are_refused_by_validate(tmp_
     pickles = copy_gpt(tmp_path, "pickles")
     torch.save({"x": torch.zeros(1)}, pickles / "pytorch_model.bin")
     (pickles / "model.safetensors").unlink()
-    pipe = shutil.copytree(PLUGINS / "studio_image" / "weights" / "diffusion", tmp_path / "pipe")
+    pipe = shutil.copytree(PLUGINS / "studio_image" / "weights" / "digits", tmp_path / "pipe")
     index = json.loads((pipe / "model_index.json").read_text())
     (pipe / "model_index.json").write_text(json.dumps({**index, "unet": ["my_module", "MyUNet"]}))
     vae = shutil.copytree(PLUGINS / "studio_audio" / "weights" / "vae", tmp_path / "vae")
@@ -546,7 +549,7 @@ def test_deeply_nested_json_is_a_damaged_file_not_a_crash(tmp_path, host):
 
 
 def diffusion_copy(tmp_path, name):
-    return shutil.copytree(PLUGINS / "studio_image" / "weights" / "diffusion", tmp_path / name)
+    return shutil.copytree(PLUGINS / "studio_image" / "weights" / "digits", tmp_path / name)
 
 
 def test_diffusion_config_numbers_are_bounded_before_arithmetic(tmp_path, host):
@@ -593,11 +596,12 @@ def test_diffusion_with_many_classes_is_checked_quickly_and_briefly(tmp_path, ho
 def test_diffusion_refuses_sizes_far_past_the_unets_training_and_pipelines_get_a_lower_cpu_budget(tmp_path, host):
     from studio_image.diffusion import ImageDiffusion, _budget, check_budget
 
-    step = {"id": "d", "uses": "image.diffusion", "with": {"steps": 5, "width": 256, "height": 256}}
+    digits = str(PLUGINS / "studio_image" / "weights" / "digits")
+    step = {"id": "d", "uses": "image.diffusion", "with": {"steps": 5, "width": 256, "height": 256, "model": digits}}
     ((where, message),) = issues(pipeline(tmp_path, step, device="cuda"), host)
     assert "8x its trained size, 128 pixels a side" in message
     with pytest.raises(UserError, match="trained size"):
-        params = ImageDiffusion.Params(steps=1).model_copy(update={"width": 512, "height": 512})
+        params = ImageDiffusion.Params(steps=1, model=digits).model_copy(update={"width": 512, "height": 512})
         ImageDiffusion().generate(params, make_context())
     with pytest.raises(UserError, match="512 x 512 at 50 steps"):
         check_budget(1024, 1024, 50, "cpu", **_budget({"kind": "pipeline"}))

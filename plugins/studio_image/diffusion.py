@@ -2,9 +2,10 @@
 
 Two kinds of checkpoint load through the same `model:` parameter:
 - a UNet2DModel with a scheduler (a DDPM/DDIM pipeline directory, unconditional or
-  class-conditional; the embedded default is one), sampled by the loop below;
+  class-conditional; the digit model in weights/digits is one), sampled by the loop below;
 - any text-to-image pipeline `AutoPipelineForText2Image` knows (Stable Diffusion 1.x,
-  2.x, XL, ...), called as diffusers would be.
+  2.x, XL, ...; the embedded default is a small Stable Diffusion), called as diffusers
+  would be.
 Noise comes from `torch.Generator("cpu").manual_seed(seed)` per item, as in a diffusers
 script with `generator=`, so the same seed gives the same image in both.
 """
@@ -42,7 +43,7 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
-CLASS_GUIDANCE = 2.0  # what the embedded model was measured with
+CLASS_GUIDANCE = 2.0  # what the digit model was measured with
 TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
 SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", "heun", "pndm", "unipc"]
 
@@ -187,8 +188,9 @@ class ImageDiffusion(Generator):
     class Params(Params):
         model: str = model_input(
             "default", files=("model_index.json", "unet/config.json"), hub=True,
-            description="'default' (embedded), a local diffusers directory (safetensors weights), or a hub id "
-                        "in the local Hugging Face cache.")
+            description="'default' (embedded: a small text-to-image Stable Diffusion that draws 32x32 emoji "
+                        "from their names), a local diffusers directory (safetensors weights), or a hub id in the "
+                        "local Hugging Face cache.")
         prompt: str | None = Field(None, max_length=2000, description="Text prompt (text-to-image models).")
         negative_prompt: str | None = Field(None, max_length=2000,
                                             description="What to steer away from (text-to-image models).")
@@ -273,6 +275,9 @@ class ImageDiffusion(Generator):
         diffusers.utils.logging.disable_progress_bar()
         diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
+        # diffusers' pipeline modules import image processors that transformers warns
+        # about when torchvision is absent; none of them is used here
+        transformers.utils.logging.set_verbosity_error()
         root = local_path(params.model, DEFAULT_WEIGHTS)
         refuse(params.model, root, component_folders(root))
         # local files only, safetensors only: nothing is downloaded and no pickle is read

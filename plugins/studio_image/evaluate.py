@@ -7,7 +7,9 @@ it scores samples from a generator:
 - label agreement (class-conditional models): the classifier agrees with the class asked for.
 The same numbers for an untrained generator of the same architecture are the baseline.
 
-    python -m studio_image.evaluate --diffusion DIR --gan DIR [--samples 500] [--json OUT]
+    python -m studio_image.evaluate [--diffusion DIR] [--gan DIR] [--samples 500] [--json OUT]
+
+(--diffusion: a class-conditional UNet2DModel directory; the digit model by default.)
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from studio_image.data import load_images
+
+DIGITS = Path(__file__).parent / "weights" / "digits"  # the class-conditional digit model
 
 
 class Classifier(nn.Module):
@@ -89,10 +94,10 @@ def sample_diffusion(model_dir: str | None, n: int, steps: int, guidance: float,
         from studio_image.diffusion_train import unet_config
 
         torch.manual_seed(1)
-        loaded = gen.load(ImageDiffusion.Params(), make_context())
+        loaded = gen.load(ImageDiffusion.Params(model=str(DIGITS)), make_context())
         loaded = {**loaded, "unet": UNet2DModel(**unet_config(16, 1, classes)).eval()}
         gen.load = lambda params, ctx: loaded
-        model_dir = "default"
+        model_dir = str(DIGITS)
     params = [ImageDiffusion.Params(model=model_dir, steps=steps, guidance_scale=guidance,
                                     class_label=int(a), seed=i) for i, a in enumerate(asked)]
     ctxs = [make_context(seed=i) for i in range(n)]
@@ -129,7 +134,7 @@ def sample_gan(model_dir: str | None, n: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="sklearn:digits")
-    parser.add_argument("--diffusion", default="default")
+    parser.add_argument("--diffusion", default=str(DIGITS))
     parser.add_argument("--gan", default="default")
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--steps", type=int, default=25)
