@@ -514,7 +514,7 @@ def test_audio_vae_inputs_are_checked_by_validate(tmp_path, host):
     found = dict(issues(path, host))
     assert found["steps[0].with"] == ("64 frames of 30.0 s make 1,920 s of audio; an interpolation is at most 20 "
                                       "minutes. Lower frames or max_input_s, or sweep position for one file per point")
-    assert "tiny.wav: 0.5 ms of audio is too short; the model needs at least 16 ms" in found["steps[1].with"]
+    assert "tiny.wav: 0.5 ms of audio is too short; the model needs at least 4 ms" in found["steps[1].with"]
 
 
 def test_audio_inputs_are_decoded_only_as_far_as_they_are_used(tmp_path):
