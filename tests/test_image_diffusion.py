@@ -69,7 +69,7 @@ def test_a_batched_sweep_gives_the_images_of_one_by_one(tiny_unet_dir, tmp_path)
 
 def test_schedulers_swap_by_name(tiny_unet_dir, tmp_path):
     images = {}
-    for name in ("ddim", "euler-a", "dpm++", "ddpm"):
+    for name in ("ddim", "euler-a", "dpm++", "ddpm", "dpm++-karras", "euler-karras", "heun-karras"):
         result = run(tmp_path / name, {"model": str(tiny_unet_dir), "steps": 3, "seed": 5, "scheduler": name})
         assert result.status == "done", (name, result.failed)
         images[name] = pixels(result)[0]

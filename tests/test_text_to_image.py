@@ -133,3 +133,31 @@ def test_the_caption_tokenizer_is_the_same_in_every_process():
     assert len(vocabularies) == 1  # ties between equally frequent pairs are broken the same way
     vocab = dict(json.loads(runs[0].stdout))
     assert {"red</w>", "square</w>"} <= set(vocab)  # frequent words became single tokens
+
+
+@pytest.mark.parametrize("name, scheduler_class", [("dpm++-karras", "DPMSolverMultistepScheduler"),
+                                                   ("euler-karras", "EulerDiscreteScheduler")])
+def test_karras_schedulers_match_diffusers_with_karras_sigmas(tmp_path, name, scheduler_class):
+    import diffusers
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from studio_image.diffusion import DEFAULT_WEIGHTS
+
+    run = run_yaml(f"""
+        name: karras
+        steps:
+          - {{id: img, uses: image.diffusion, with: {{prompt: "blue heart", steps: 8, seed: 3}},
+             sweep: {{scheduler: ["{name}", "{name.removesuffix('-karras')}"]}}}}
+    """, tmp_path)
+    karras, plain = run.step("img")
+    assert karras.status == plain.status == "done", (karras.error, plain.error)
+    pipeline = StableDiffusionPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=torch.float32)
+    pipeline.scheduler = getattr(diffusers, scheduler_class).from_config(pipeline.scheduler.config,
+                                                                         use_karras_sigmas=True)
+    theirs = pipeline(prompt="blue heart", num_inference_steps=8,
+                      generator=torch.Generator("cpu").manual_seed(karras.seed)).images[0]
+    ours = np.asarray(Image.open(karras.artifacts["image"].path).convert("RGB"), dtype=np.int16)
+    assert np.abs(ours - np.asarray(theirs.convert("RGB"), dtype=np.int16)).max() <= 1
+    other = np.asarray(Image.open(plain.artifacts["image"].path).convert("RGB"), dtype=np.int16)
+    assert np.abs(ours - other).max() > 8  # the noise levels differ, and so does the image

@@ -42,10 +42,16 @@ SCHEDULERS = {
     "heun": "HeunDiscreteScheduler",
     "pndm": "PNDMScheduler",
     "unipc": "UniPCMultistepScheduler",
+    # the same samplers on Karras et al.'s (2022) noise levels, as A1111 and ComfyUI name them
+    "dpm++-karras": "DPMSolverMultistepScheduler",
+    "euler-karras": "EulerDiscreteScheduler",
+    "heun-karras": "HeunDiscreteScheduler",
 }
+KARRAS = ("dpm++-karras", "euler-karras", "heun-karras")
 CLASS_GUIDANCE = 2.0  # what the digit model was measured with
 TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
-SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", "heun", "pndm", "unipc"]
+SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", "heun", "pndm", "unipc",
+                        "dpm++-karras", "euler-karras", "heun-karras"]
 
 
 def is_unet_checkpoint(path: str | Path) -> bool:
@@ -206,7 +212,9 @@ class ImageDiffusion(Generator):
             "(4.2 megapixels); a UNet2DModel at most 8x its trained size a side; on a CPU width x height x "
             "steps at most 1024 x 1024 x 50 (512 x 512 x 50 for a text-to-image pipeline)."))
         height: int | None = Field(None, ge=8, le=4096, description="Height in pixels; default: the model's size.")
-        scheduler: SchedulerName = Field("default", description="Sampler; 'default' keeps the checkpoint's.")
+        scheduler: SchedulerName = Field("default", description=(
+            "Sampler; 'default' keeps the checkpoint's. The -karras ones step through Karras et al.'s noise "
+            "levels (diffusers' use_karras_sigmas), often better at few steps."))
 
         @field_validator("model")
         @classmethod
@@ -342,7 +350,9 @@ class ImageDiffusion(Generator):
 
         config = model["scheduler_config"]
         cls_name = config["_class_name"] if name == "default" else SCHEDULERS[name]
-        return getattr(diffusers, cls_name).from_config(config)
+        # diffusers' own switch for Karras sigmas, set through the config as its docs do
+        extra = {"use_karras_sigmas": True} if name in KARRAS else {}
+        return getattr(diffusers, cls_name).from_config(config, **extra)
 
     def _unet_loop(self, model: dict, batch: list[Params], ctxs: list) -> list:
         import torch
