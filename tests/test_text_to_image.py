@@ -161,3 +161,28 @@ def test_karras_schedulers_match_diffusers_with_karras_sigmas(tmp_path, name, sc
     assert np.abs(ours - np.asarray(theirs.convert("RGB"), dtype=np.int16)).max() <= 1
     other = np.asarray(Image.open(plain.artifacts["image"].path).convert("RGB"), dtype=np.int16)
     assert np.abs(ours - other).max() > 8  # the noise levels differ, and so does the image
+
+
+def test_timestep_spacing_matches_diffusers_and_changes_the_image(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from studio_image.diffusion import DEFAULT_WEIGHTS
+
+    run = run_yaml("""
+        name: spacing
+        steps:
+          - {id: img, uses: image.diffusion, with: {prompt: "cat face", steps: 6, seed: 4},
+             sweep: {timestep_spacing: [trailing, default]}}
+    """, tmp_path)
+    trailing, default = run.step("img")
+    assert trailing.status == default.status == "done", (trailing.error, default.error)
+    pipeline = StableDiffusionPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=torch.float32)
+    assert pipeline.scheduler.config.timestep_spacing != "trailing"  # so the option changes something
+    pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, timestep_spacing="trailing")
+    theirs = pipeline(prompt="cat face", num_inference_steps=6,
+                      generator=torch.Generator("cpu").manual_seed(4)).images[0]
+    ours = np.asarray(Image.open(trailing.artifacts["image"].path).convert("RGB"), dtype=np.int16)
+    assert np.abs(ours - np.asarray(theirs.convert("RGB"), dtype=np.int16)).max() <= 1
+    other = np.asarray(Image.open(default.artifacts["image"].path).convert("RGB"), dtype=np.int16)
+    assert np.abs(ours - other).max() > 8

@@ -215,6 +215,9 @@ class ImageDiffusion(Generator):
         scheduler: SchedulerName = Field("default", description=(
             "Sampler; 'default' keeps the checkpoint's. The -karras ones step through Karras et al.'s noise "
             "levels (diffusers' use_karras_sigmas), often better at few steps."))
+        timestep_spacing: Literal["default", "linspace", "leading", "trailing"] = Field("default", description=(
+            "Which of the trained timesteps the steps visit (diffusers' timestep_spacing): 'default' keeps "
+            "the checkpoint's; 'trailing' starts from the last one, which helps at few steps."))
 
         @field_validator("model")
         @classmethod
@@ -331,8 +334,8 @@ class ImageDiffusion(Generator):
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         out: list[dict | None] = [None] * len(params)
         # items differing only in seed, prompt or class share a batch
-        keys = [(p.model, p.steps, p.guidance_scale, p.width, p.height, p.scheduler, p.negative_prompt)
-                for p in params]
+        keys = [(p.model, p.steps, p.guidance_scale, p.width, p.height, p.scheduler, p.timestep_spacing,
+                 p.negative_prompt) for p in params]
         for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             ctx = ctxs[indexes[0]]
@@ -345,13 +348,16 @@ class ImageDiffusion(Generator):
     # -- samplers -----------------------------------------------------------------
 
     @staticmethod
-    def _scheduler(model: dict, name: str):
+    def _scheduler(model: dict, params: Params):
         import diffusers
 
         config = model["scheduler_config"]
+        name = params.scheduler
         cls_name = config["_class_name"] if name == "default" else SCHEDULERS[name]
-        # diffusers' own switch for Karras sigmas, set through the config as its docs do
+        # diffusers' own switches, set through the config as its docs do
         extra = {"use_karras_sigmas": True} if name in KARRAS else {}
+        if params.timestep_spacing != "default":
+            extra["timestep_spacing"] = params.timestep_spacing
         return getattr(diffusers, cls_name).from_config(config, **extra)
 
     def _unet_loop(self, model: dict, batch: list[Params], ctxs: list) -> list:
@@ -377,7 +383,7 @@ class ImageDiffusion(Generator):
                             f"{height} and {width}")
         labels = self._class_labels(model, batch, ctxs)
         device, dtype = unet.device, unet.dtype
-        scheduler = self._scheduler(model, first.scheduler)
+        scheduler = self._scheduler(model, first)
         scheduler.set_timesteps(first.steps, device=device)
         generators = [c.torch_generator() for c in ctxs]
         shape = (len(batch), unet.config.in_channels, height, width)
@@ -432,7 +438,7 @@ class ImageDiffusion(Generator):
             raise UserError(f"model {first.model!r}: {exc}") from None
         width, height = image_size(first, facts)
         check_budget(width, height, first.steps, ctxs[0].device, **_budget(facts))
-        pipe.scheduler = self._scheduler(model, first.scheduler)
+        pipe.scheduler = self._scheduler(model, first)
         total = first.steps
 
         def on_step(pipeline, step, timestep, kwargs):
