@@ -41,8 +41,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, StudioRunner, command_seconds, median_time, paired_times, sync, write_json  # noqa: E402
 
-DIGITS = ROOT / "plugins" / "studio_image" / "weights" / "digits"  # the class-conditional digit model
-
 SCALES = {
     "real": {
         "sd": {"unet": (320, 640, 1280, 1280), "vae": (128, 256, 512, 512), "text": (768, 12, 3072), "heads": 8,
@@ -340,7 +338,7 @@ class Harness:
     def _default_diffusion(self) -> None:
         from diffusers import DDIMScheduler, UNet2DModel
 
-        from studio_image.diffusion import ImageDiffusion
+        from studio_image.diffusion import DIGITS_WEIGHTS as DIGITS, ImageDiffusion
 
         info = json.loads((DIGITS / "studio.json").read_text())
         dtype = self.dtype_for(ImageDiffusion)
@@ -458,7 +456,7 @@ class Harness:
                      lambda: self.studio(step), "reported (tiny model)")
 
     def _default_batching(self) -> None:
-        from studio_image.diffusion import ImageDiffusion
+        from studio_image.diffusion import DIGITS_WEIGHTS as DIGITS, ImageDiffusion
 
         self.sweep("defaults", "16-seed sweep of image.diffusion digits, 10 steps", ImageDiffusion, 16,
                    {"steps": 10, "class_label": 5, "model": str(DIGITS)})

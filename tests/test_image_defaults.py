@@ -58,7 +58,7 @@ def test_the_default_draws_what_the_prompt_says(tmp_path):
     colour of what is drawn."""
     import torch
 
-    from studio_image.diffusion_evaluate import COLOURS, hue_of_ink
+    from studio_image.diffusion_evaluate import hue_of_ink, nearest_colour
 
     words = ["red", "blue", "green"]
     text = json.dumps({"name": "t", "device": "cpu", "steps": [
@@ -72,5 +72,4 @@ def test_the_default_draws_what_the_prompt_says(tmp_path):
         corners = np.concatenate([image[:3, :3], image[:3, -3:], image[-3:, :3], image[-3:, -3:]])
         assert corners.mean() > 200  # drawn on white, as the emoji were
         hue = hue_of_ink(torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1)
-        nearest = min(COLOURS, key=lambda c: min(abs(hue - COLOURS[c]), 360 - abs(hue - COLOURS[c])))
-        assert nearest == word, (word, hue)
+        assert nearest_colour(hue) == word, (word, hue)

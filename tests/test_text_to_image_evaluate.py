@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from studio_image.data import ImageData
-from studio_image.diffusion_evaluate import (COLOURS, Judge, candidates_for, distribution_scores, hue_of_ink,
-                                             judge_scores, nearest_training_images)
+from studio_image.diffusion_evaluate import (Judge, candidates_for, distribution_scores, hue_of_ink, judge_scores,
+                                             nearest_colour, nearest_training_images)
 
 
 def solid(rgb: tuple[float, float, float], size: int = 8) -> torch.Tensor:
@@ -21,9 +21,7 @@ def solid(rgb: tuple[float, float, float], size: int = 8) -> torch.Tensor:
 @pytest.mark.parametrize("colour, rgb", [("red", (0.9, 0.1, 0.1)), ("green", (0.1, 0.8, 0.2)),
                                          ("blue", (0.1, 0.3, 0.9)), ("yellow", (0.95, 0.85, 0.1))])
 def test_the_hue_of_the_ink_names_its_colour(colour, rgb):
-    hue = hue_of_ink(solid(rgb))
-    nearest = min(COLOURS, key=lambda c: min(abs(hue - COLOURS[c]), 360 - abs(hue - COLOURS[c])))
-    assert nearest == colour
+    assert nearest_colour(hue_of_ink(solid(rgb))) == colour
 
 
 def test_a_grey_image_has_no_hue():

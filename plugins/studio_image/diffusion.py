@@ -26,6 +26,8 @@ from studio.limits import cpu_budget_problem, on_cpu
 MAX_CPU_PIPELINE_PIXEL_STEPS = 512 * 512 * 50
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "diffusion"
+# the class-conditional digit model shipped beside the default, named by this path
+DIGITS_WEIGHTS = Path(__file__).parent / "weights" / "digits"
 # width x height: 2048 x 2048, or any shape of the same area. Beyond it a UNet's attention
 # over the latent grows past what a GPU holds (diffusion models are trained far below).
 MAX_PIXELS = 2048 * 2048

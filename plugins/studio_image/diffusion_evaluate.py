@@ -193,6 +193,13 @@ def hue_of_ink(image: torch.Tensor) -> float | None:
     return float(torch.rad2deg(torch.atan2(y, x)) % 360)
 
 
+def nearest_colour(hue: float | None) -> str | None:
+    """The colour word (of COLOURS) whose hue is nearest `hue` around the colour circle."""
+    if hue is None:
+        return None
+    return min(COLOURS, key=lambda c: min(abs(hue - COLOURS[c]), 360 - abs(hue - COLOURS[c])))
+
+
 def colour_scores(sample, seeds: int = 4) -> dict:
     """For each colour word x shape, `seeds` images: how often the ink's hue is nearest the
     word's colour among the six."""
@@ -201,9 +208,7 @@ def colour_scores(sample, seeds: int = 4) -> dict:
         prompts = [f"{colour} {shape}" for colour in COLOURS for _ in range(seeds)]
         images = sample(prompts, list(range(len(prompts))))
         for index, prompt in enumerate(prompts):
-            hue = hue_of_ink(images[index])
-            nearest = None if hue is None else min(COLOURS, key=lambda c: min(abs(hue - COLOURS[c]),
-                                                                              360 - abs(hue - COLOURS[c])))
+            nearest = nearest_colour(hue_of_ink(images[index]))
             word = prompt.split()[0]
             hits += nearest == word
             total += 1

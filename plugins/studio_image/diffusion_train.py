@@ -271,6 +271,7 @@ class DiffusionTrainer(Trainer):
         return metrics
 
     def _export_text_to_image(self, out: Path) -> None:
+        import torch
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
         self.vae_done = True
@@ -280,12 +281,10 @@ class DiffusionTrainer(Trainer):
         pipeline = StableDiffusionPipeline(vae=self.vae, text_encoder=self.ema_text, tokenizer=self.tokenizer,
                                            unet=self.ema, scheduler=scheduler, safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False)
-        import torch
-
         stored = {"fp16": torch.float16, "fp32": torch.float32}[self.options.weights_precision]
         pipeline.to(dtype=stored)
         pipeline.save_pretrained(out)
-        pipeline.to(dtype=torch.float32)
+        pipeline.to(dtype=torch.float32)  # the trainer's modules, as they were
         (out / "studio.json").write_text(json.dumps({"data": self.config.data, "captioned": True}, indent=2))
 
     def export(self, out: Path) -> None:

@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from studio_image.data import load_images
-
-DIGITS = Path(__file__).parent / "weights" / "digits"  # the class-conditional digit model
+from studio_image.diffusion import DIGITS_WEIGHTS as DIGITS
 
 
 class Classifier(nn.Module):
