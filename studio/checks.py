@@ -40,7 +40,7 @@ TIME_BUDGET_S = 1.0
 
 def check_items(spec: PipelineSpec, registry: Registry) -> list[Issue]:
     plan = build_plan(spec, registry)
-    context = {"device": likely_device(spec.device)}
+    context = {"device": likely_device(spec.device), "base_dir": spec.base_dir}
     deadline = time.monotonic() + TIME_BUDGET_S
     outputs = {s.id: registry.generators[s.uses].outputs for s in spec.steps}
     files: dict[str, Artifact | None] = {}

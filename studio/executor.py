@@ -476,7 +476,7 @@ class Executor:
         values["seed"] = item.seed
         # validators may weigh the work against the device (image size x steps on a CPU)
         device = self.runtime.device if gen.uses_device else "cpu"
-        return gen.Params.model_validate(values, context={"device": device})
+        return gen.Params.model_validate(values, context={"device": device, "base_dir": self.spec.base_dir})
 
     def _check_models(self, gen: Generator, values: dict[str, Any]) -> None:
         """A model parameter's value as validation checks it (see studio.spec), now that
@@ -591,8 +591,18 @@ def _jsonable(params: Params) -> dict[str, Any]:
             value = _input_record(value)
         elif isinstance(value, list) and value and isinstance(value[0], Artifact):
             value = [_input_record(v) for v in value]
-        out[key] = canonical(value) if not isinstance(value, (dict, list)) else value
+        out[key] = canonical(value) if not isinstance(value, (dict, list)) else _plain(value)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """Lists and mappings as JSON has them, with entries that are pydantic models (a
+    generator's structured parameters) as their fields."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 def _input_record(artifact: Artifact) -> dict[str, Any]:

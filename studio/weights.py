@@ -31,8 +31,9 @@ from studio.modelpath import HUB_ID
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["components", "config", "load_pth", "loading", "local_path", "model_problem", "pickled_code", "read_config",
-           "refuse", "resolve_weights", "safetensors_problem", "short", "weights_fingerprint", "weights_problem"]
+__all__ = ["components", "config", "file_sha256", "input_path", "load_pth", "loading", "local_path", "model_problem",
+           "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_problem", "safetensors_shapes",
+           "short", "weights_fingerprint", "weights_problem"]
 
 MAX_CONFIG_BYTES = 4 * 2**20  # a model's JSON config is kilobytes; a larger one is not read
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -270,6 +271,44 @@ def safetensors_problem(path: Path) -> str | None:
         return f"{path.name} is not a regular file (a FIFO, device or folder)"
     problem = _safetensors_problem(str(path), st.st_size, st.st_mtime_ns)
     return problem and problem + "; copy or save the weights again"
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Each tensor's name and shape in a .safetensors file, read from its header alone
+    (no tensor is loaded). Check the file with safetensors_problem first."""
+    st = os.stat(path)
+    return dict(_safetensors_shapes(str(path), st.st_size, st.st_mtime_ns))
+
+
+@lru_cache(maxsize=64)
+def _safetensors_shapes(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, list[int]], ...]:
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(min(length, MAX_SAFETENSORS_HEADER)))
+    return tuple((key, list(entry.get("shape") or [])) for key, entry in header.items()
+                 if key != "__metadata__" and isinstance(entry, dict))
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256, computed once per version of the file (its size and time)."""
+    st = os.stat(path)
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    from studio.artifacts import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def input_path(value: str, info: Any) -> Path:
+    """A path a parameter names, resolved the way Studio resolves `model:` and media
+    inputs: relative to the pipeline file's folder, which the host passes validators
+    as `info.context["base_dir"]` (the working directory without one)."""
+    base = (getattr(info, "context", None) or {}).get("base_dir")
+    path = Path(value).expanduser()
+    return (Path(base) / path if base is not None and not path.is_absolute() else path).absolute()
 
 
 @lru_cache(maxsize=256)

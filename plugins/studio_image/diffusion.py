@@ -5,7 +5,15 @@ Two kinds of checkpoint load through the same `model:` parameter:
   class-conditional; the digit model in weights/digits is one), sampled by the loop below;
 - any text-to-image pipeline `AutoPipelineForText2Image` knows (Stable Diffusion 1.x,
   2.x, XL, ...; the embedded default is a small Stable Diffusion), called as diffusers
-  would be.
+  would be, and inpainting checkpoints (a 9-channel UNet) through
+  `AutoPipelineForInpainting`.
+Modes: text-to-image; image-to-image with `image` + `strength`; inpainting with `mask`
+as well. A pipeline runs them through diffusers' own image-to-image and inpainting
+pipelines built from the loaded components (`from_pipe`: no second load); the
+UNet2DModel loop runs the same algorithm (SDEdit: the scheduler's timesteps from
+`strength` on, the image noised by the scheduler's `add_noise`, the kept part blended
+back after each step). LoRA files (diffusion_lora), weighted prompts through compel
+(diffusion_prompts) and `clip_skip` apply to text-to-image pipelines.
 Noise comes from `torch.Generator("cpu").manual_seed(seed)` per item, as in a diffusers
 script with `generator=`, so the same seed gives the same image in both.
 """
@@ -19,9 +27,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from studio import Generator, Params, UserError, batch_groups, check_finite, media, model_input
-from studio.weights import components, config, loading, local_path, read_config, refuse, weights_problem
+from studio import Artifact, Generator, Params, UserError, batch_groups, check_finite, media, media_input, model_input
+from studio.weights import components, config, input_path, loading, local_path, read_config, refuse, weights_problem
 from studio.limits import cpu_budget_problem, on_cpu
+from studio_image.diffusion_inputs import (init_problem, keep_unmasked, output_size, prepared_image, prepared_mask,
+                                           strength_timesteps)
+from studio_image.diffusion_lora import MAX_LORAS, Lora, activate, checked, fit_problem
 
 MAX_CPU_PIPELINE_PIXEL_STEPS = 512 * 512 * 50
 
@@ -51,6 +62,7 @@ SCHEDULERS = {
 }
 KARRAS = ("dpm++-karras", "euler-karras", "heun-karras")
 CLASS_GUIDANCE = 2.0  # what the digit model was measured with
+IMG2IMG_STRENGTH, INPAINT_STRENGTH = 0.8, 1.0  # diffusers' defaults
 TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
 SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", "heun", "pndm", "unipc",
                         "dpm++-karras", "euler-karras", "heun-karras"]
@@ -109,13 +121,21 @@ def _model_facts(path: str, stamps: tuple) -> dict[str, Any]:
         classes = [str(c)[:100] for c in classes[:1_000_000]]
         size = _size(unet.get("sample_size"), "unet/config.json")
         return {"kind": "unet", "classes": classes, "index": {c: i for i, c in reversed(list(enumerate(classes)))},
-                "size": size, "trained": size,
+                "size": size, "trained": size, "inpainting": False, "one_text_encoder": False, "text_layers": None,
                 "factor": 2 ** (_blocks(unet.get("block_out_channels"), "unet/config.json") or 1) // 2}
     blocks = _blocks(config(root / "vae").get("block_out_channels"), "vae/config.json")
     scale = 2 ** (blocks - 1) if blocks else 8
-    unet_size = _size(config(root / "unet").get("sample_size"), "unet/config.json")
+    unet = config(root / "unet")
+    unet_size = _size(unet.get("sample_size"), "unet/config.json")
+    index = read_config(root / "model_index.json") or {}
+    layers = config(root / "text_encoder").get("num_hidden_layers")
     return {"kind": "pipeline", "classes": [], "index": {}, "trained": None,
             "size": unet_size and (unet_size[0] * scale, unet_size[1] * scale),
+            # a dedicated inpainting checkpoint: latents, mask and masked image in
+            "inpainting": unet.get("in_channels") == 9,
+            # one CLIP text encoder (SD 1.x/2.x): what compel and clip_skip serve here
+            "one_text_encoder": "text_encoder" in index and "text_encoder_2" not in index,
+            "text_layers": layers if isinstance(layers, int) else None,
             # SD 1.x/2.x/XL: the latent is width/scale x height/scale; other pipelines say their own rules
             "factor": scale if (root / "unet").is_dir() else 1}
 
@@ -220,6 +240,33 @@ class ImageDiffusion(Generator):
         timestep_spacing: Literal["default", "linspace", "leading", "trailing"] = Field("default", description=(
             "Which of the trained timesteps the steps visit (diffusers' timestep_spacing): 'default' keeps "
             "the checkpoint's; 'trailing' starts from the last one, which helps at few steps."))
+        image: Artifact | None = media_input("image/*", None, description=(
+            "Image-to-image: the picture to start from (an upstream image or a file). The output has its size "
+            "unless width and height are given; it is resized to them (Lanczos), transparency drawn over white."))
+        strength: float | None = Field(None, gt=0.0, le=1.0, description=(
+            "How much of the image is redrawn: near 0 keeps it, 1 starts from noise. Runs int(steps x strength) "
+            "steps. Default: 0.8, or 1.0 with a mask (diffusers' defaults)."))
+        mask: Artifact | None = media_input("image/*", None, description=(
+            "Inpainting: white where the image is repainted, black where it is kept; greys, the image's size. "
+            "Works with ordinary checkpoints (the kept part blended back each step) and inpainting ones (9-channel UNet)."))
+        mask_blur: int = Field(0, ge=0, le=64, description=(
+            "Soften the mask's edge by this many pixels (a Gaussian blur, diffusers' mask blur) so the repainted "
+            "part blends in."))
+        keep_unmasked: bool = Field(True, description=(
+            "With a mask: put the image's own pixels back where the mask is black (diffusers' apply_overlay), "
+            "as A1111 does; false gives diffusers' raw output, where the VAE shifts them slightly."))
+        loras: list[Lora] = Field(default_factory=list, max_length=MAX_LORAS, description=(
+            "LoRA files to apply, each {path, scale} (.safetensors: diffusers, peft or kohya layout; "
+            "text-to-image pipelines). Checked against the model's layers before the run."))
+        lora_scale: float = Field(1.0, ge=-10.0, le=10.0, description=(
+            "Multiplies every LoRA's scale: the axis to sweep (the model and the files load once)."))
+        clip_skip: int | None = Field(None, ge=1, le=48, description=(
+            "Condition on the text encoder's layer this many before the last (diffusers' clip_skip; A1111's "
+            "'clip skip 2' is 1 here). Text-to-image pipelines with a CLIP text encoder."))
+        prompt_weighting: Literal["off", "a1111", "compel"] = Field("off", description=(
+            "Weighted prompts through compel: 'a1111' reads (word:1.3), (word) = 1.1x, [word] = 1/1.1x; "
+            "'compel' reads compel's own syntax (word+, (word)1.3, .blend()). Either way prompts longer than the "
+            "text encoder's window are encoded in windows instead of cut."))
 
         @field_validator("model")
         @classmethod
@@ -264,11 +311,37 @@ class ImageDiffusion(Generator):
                                  f"needs; try {max(facts['factor'], value // facts['factor'] * facts['factor'])}")
             return value
 
+        @field_validator("loras")
+        @classmethod
+        def loras_fit_the_model(cls, value: list[Lora], info: ValidationInfo) -> list[Lora]:
+            facts = _facts(info)
+            if not value or facts is None:
+                return value
+            model = info.data["model"]
+            if facts["kind"] == "unet":
+                raise ValueError(f"model {model!r} is a UNet2DModel; loras apply to text-to-image pipelines "
+                                 "(their UNet and text encoder)")
+            loras = [checked(lora, input_path(lora.path, info)) for lora in value]
+            seen: dict[str, str] = {}
+            for lora in loras:
+                if lora.sha256 in seen:
+                    raise ValueError(f"lora {lora.path!r} is listed twice (also as {seen[lora.sha256]!r}); give it "
+                                     "once, with the scales added")
+                seen[lora.sha256] = lora.path
+                problem = fit_problem(Path(lora.path), local_path(model, DEFAULT_WEIGHTS))
+                if problem:
+                    raise ValueError(f"lora {lora.path!r} {problem}")
+            return loras
+
         @model_validator(mode="after")
         def fits(self, info: ValidationInfo):
             facts = model_facts(self.model)
             if facts and facts["kind"] == "pipeline" and self.prompt is None:
                 raise ValueError(f"model {self.model!r} is a text-to-image pipeline: give a prompt")
+            problem = _mode_problem(self, facts) or init_problem(
+                self.image, self.mask, self.strength, self.steps, self.width, self.height, (facts or {"factor": 1})["factor"])
+            if problem:
+                raise ValueError(problem)
             width, height = image_size(self, facts)
             if width * height > MAX_PIXELS:
                 raise ValueError(f"{width} x {height} is {width * height / 1e6:.1f} megapixels; image.diffusion makes "
@@ -303,12 +376,15 @@ class ImageDiffusion(Generator):
             if isinstance(name, str) and not hasattr(diffusers, name):
                 raise UserError(f"model {params.model!r} names the pipeline class {name!r}, which diffusers "
                                 f"{diffusers.__version__} does not have; Studio runs diffusers' own pipelines only")
-            from diffusers import AutoPipelineForText2Image
+            from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
 
-            pipe = AutoPipelineForText2Image.from_pretrained(str(root) if root is not None else params.model,
-                                                             **options)
+            # a 9-channel UNet only inpaints: its own pipeline class, not a text-to-image one
+            unet = config(root / "unet") if root is not None and root.is_dir() else {}
+            auto = AutoPipelineForInpainting if unet.get("in_channels") == 9 else AutoPipelineForText2Image
+            pipe = auto.from_pretrained(str(root) if root is not None else params.model, **options)
             pipe.set_progress_bar_config(disable=True)
-            return {"pipeline": pipe, "scheduler_config": dict(pipe.scheduler.config)}
+            _expose_final_layer_norm(pipe)
+            return {"pipeline": pipe, "scheduler_config": dict(pipe.scheduler.config), "modes": {}}
 
     def prepare(self, model: dict, ctx) -> dict:
         """A text-to-image pipeline's models each on the device (its VAE guarded in
@@ -335,9 +411,11 @@ class ImageDiffusion(Generator):
 
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         out: list[dict | None] = [None] * len(params)
-        # items differing only in seed, prompt or class share a batch
-        keys = [(p.model, p.steps, p.guidance_scale, p.width, p.height, p.scheduler, p.timestep_spacing,
-                 p.negative_prompt) for p in params]
+        # items differing only in seed, prompt, class, init image or mask share a batch
+        keys = [(p.model, p.steps, p.guidance_scale, image_size(p, None) if p.image else (p.width, p.height),
+                 p.scheduler, p.timestep_spacing, p.negative_prompt, strength_of(p), p.mask is None,
+                 tuple((lora.sha256, lora.scale) for lora in p.loras), p.lora_scale, p.clip_skip,
+                 p.prompt_weighting) for p in params]
         for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             ctx = ctxs[indexes[0]]
@@ -375,7 +453,7 @@ class ImageDiffusion(Generator):
             factor = 2 ** (_blocks(list(unet.config.block_out_channels), "unet/config.json") or 1) // 2
         except ValueError as exc:
             raise UserError(f"model {first.model!r}: {exc}") from None
-        width, height = first.width or (size or (64, 64))[0], first.height or (size or (64, 64))[1]
+        width, height = output_size(first.width, first.height, first.image, size or (64, 64))
         check_budget(width, height, first.steps, ctxs[0].device)
         problem = unet_scale_problem(width, height, size)
         if problem:
@@ -386,17 +464,34 @@ class ImageDiffusion(Generator):
         labels = self._class_labels(model, batch, ctxs)
         device, dtype = unet.device, unet.dtype
         scheduler = self._scheduler(model, first)
-        scheduler.set_timesteps(first.steps, device=device)
+        strength = strength_of(first)
+        if strength is None:
+            scheduler.set_timesteps(first.steps, device=device)
+            timesteps = scheduler.timesteps
+        else:
+            timesteps = strength_timesteps(scheduler, first.steps, strength, device)
         generators = [c.torch_generator() for c in ctxs]
         shape = (len(batch), unet.config.in_channels, height, width)
         # the sample and the scheduler's arithmetic stay fp32; only the UNet runs in bf16/fp16
-        sample = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
-        sample = sample * scheduler.init_noise_sigma
+        noise = randn_tensor(shape, generator=generators, device=device, dtype=torch.float32)
+        init = mask = images = masks = None
+        if strength is not None:
+            channels = "L" if unet.config.in_channels == 1 else "RGB"
+            images = [prepared_image(p.image, (width, height), channels) for p in batch]
+            init = _from_pil(images, device)
+        if first.mask is not None:
+            masks = [prepared_mask(p.mask, (width, height), p.mask_blur) for p in batch]
+            # binarized at 0.5, as diffusers' mask processor does
+            mask = (_from_pil(masks, device) > 0).float()
+        if init is None or (mask is not None and strength == 1.0):  # diffusers' inpainting: pure noise at full strength
+            sample = noise * scheduler.init_noise_sigma
+        else:
+            sample = scheduler.add_noise(init, noise, timesteps[:1].repeat(len(batch)))
         guidance = CLASS_GUIDANCE if first.guidance_scale is None else first.guidance_scale
         guided = labels is not None and guidance > 1 and model["null_class"] is not None
         null = torch.full_like(labels, model["null_class"]) if guided else None
         step_kwargs = {"generator": generators} if "generator" in _step_parameters(scheduler) else {}
-        for i, t in enumerate(scheduler.timesteps):
+        for i, t in enumerate(timesteps):
             x = scheduler.scale_model_input(sample, t).to(dtype)
             with ctxs[0].autocast():
                 if guided:
@@ -406,10 +501,14 @@ class ImageDiffusion(Generator):
                 else:
                     eps = unet(x, t, class_labels=labels).sample
             sample = scheduler.step(eps.float(), t, sample, **step_kwargs).prev_sample
+            if mask is not None and i + 1 < len(timesteps):
+                # the kept part: the image noised to the next step's level, as diffusers' inpainting does
+                kept = scheduler.add_noise(init, noise, timesteps[i + 1:i + 2].repeat(len(batch)))
+                sample = (1 - mask) * kept + mask * sample
             for c in ctxs:
-                c.progress(i + 1, len(scheduler.timesteps))
+                c.progress(i + 1, len(timesteps))
         check_finite(sample, f"image.diffusion sample ({first.model}, {unet.dtype})")
-        return _to_pil(sample)
+        return self._keep_unmasked(_to_pil(sample), batch, images, masks)
 
     def _class_labels(self, model: dict, batch: list[Params], ctxs: list):
         import torch
@@ -429,7 +528,7 @@ class ImageDiffusion(Generator):
         return torch.tensor(labels, device=model["unet"].device)
 
     def _pipeline(self, model: dict, batch: list[Params], ctxs: list) -> list:
-        pipe, first = model["pipeline"], batch[0]
+        first = batch[0]
         if any(p.class_label is not None for p in batch):
             raise UserError(f"model {first.model!r} is a text-to-image pipeline: use prompt, not class_label")
         if any(not p.prompt for p in batch):
@@ -440,27 +539,84 @@ class ImageDiffusion(Generator):
             raise UserError(f"model {first.model!r}: {exc}") from None
         width, height = image_size(first, facts)
         check_budget(width, height, first.steps, ctxs[0].device, **_budget(facts))
+        mode = "inpaint" if first.mask is not None else "img2img" if first.image is not None else "text2img"
+        pipe = self._mode_pipeline(model, mode)
         pipe.scheduler = self._scheduler(model, first)
-        total = first.steps
+        activate(model["pipeline"], first.loras, first.lora_scale,
+                 on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
 
         def on_step(pipeline, step, timestep, kwargs):
+            total = getattr(pipeline, "_num_timesteps", None) or first.steps
             for c in ctxs:
                 c.progress(step + 1, total)
             if step + 1 == total and "latents" in kwargs:  # the NaN guard, before the VAE clamps NaN away
                 check_finite(kwargs["latents"], f"image.diffusion latents ({first.model}, {pipe.dtype})")
             return kwargs
 
-        result = pipe(
-            prompt=[p.prompt for p in batch],
-            negative_prompt=[first.negative_prompt] * len(batch) if first.negative_prompt else None,
-            num_inference_steps=first.steps,
-            guidance_scale=TEXT_GUIDANCE if first.guidance_scale is None else first.guidance_scale,
-            width=first.width, height=first.height,
-            generator=[c.torch_generator() for c in ctxs],
-            callback_on_step_end=on_step, output_type="np",
-        )
+        call: dict[str, Any] = {
+            "num_inference_steps": first.steps,
+            "guidance_scale": TEXT_GUIDANCE if first.guidance_scale is None else first.guidance_scale,
+            "generator": [c.torch_generator() for c in ctxs], "callback_on_step_end": on_step, "output_type": "np"}
+        if first.prompt_weighting != "off":
+            from studio_image.diffusion_prompts import embeddings
+
+            call["prompt_embeds"], call["negative_prompt_embeds"] = embeddings(
+                pipe, [p.prompt for p in batch], first.negative_prompt, first.prompt_weighting, first.clip_skip)
+        else:
+            call["prompt"] = [p.prompt for p in batch]
+            call["negative_prompt"] = [first.negative_prompt] * len(batch) if first.negative_prompt else None
+            if first.clip_skip is not None:
+                call["clip_skip"] = first.clip_skip
+        images = masks = None
+        if mode == "text2img":
+            call.update(width=first.width, height=first.height)
+        else:
+            images = [prepared_image(p.image, (width, height)) for p in batch]
+            call.update(image=images, strength=strength_of(first))
+        if mode == "inpaint":
+            masks = [prepared_mask(p.mask, (width, height), p.mask_blur) for p in batch]
+            call.update(mask_image=masks, width=width, height=height)
+        result = pipe(**call)
         check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
-        return pipe.numpy_to_pil(result.images)
+        made = pipe.numpy_to_pil(result.images)
+        return self._keep_unmasked(made, batch, images, masks)
+
+    @staticmethod
+    def _keep_unmasked(made: list, batch: list[Params], images: list | None, masks: list | None) -> list:
+        """The made images, each with its init image's pixels back outside its mask when asked."""
+        if masks is None:
+            return made
+        kept = keep_unmasked(made, images, masks)
+        return [k if p.keep_unmasked else m for k, m, p in zip(kept, made, batch)]
+
+    @staticmethod
+    def _mode_pipeline(model: dict, mode: str):
+        """The loaded pipeline, or diffusers' image-to-image / inpainting pipeline over
+        the same components (from_pipe shares the modules: nothing loads twice)."""
+        base = model["pipeline"]
+        if mode == "text2img" or (mode == "inpaint" and base.unet.config.in_channels == 9):
+            return base
+        if mode not in model["modes"]:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
+            derived = auto.from_pipe(base)
+            derived.set_progress_bar_config(disable=True)
+            model["modes"][mode] = derived
+        return model["modes"][mode]
+
+
+def _expose_final_layer_norm(pipe: Any) -> None:
+    """diffusers' clip_skip and compel's penultimate-layer embeddings reach the CLIP text
+    encoder's last norm as `text_encoder.text_model.final_layer_norm`; transformers 5
+    flattened CLIPTextModel, so that norm is `text_encoder.final_layer_norm` there. A
+    plain attribute (not a submodule: nothing is registered twice) gives both the path
+    they read."""
+    from types import SimpleNamespace
+
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None and not hasattr(encoder, "text_model") and hasattr(encoder, "final_layer_norm"):
+        object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=encoder.final_layer_norm))
 
 
 def _no_prompt_message(model: str, classes: list[str]) -> str:
@@ -470,9 +626,43 @@ def _no_prompt_message(model: str, classes: list[str]) -> str:
 
 
 def image_size(params: Params, facts: dict[str, Any] | None) -> tuple[int, int]:
-    """The size an item is sampled at: as given, else the model's (512 when unknown)."""
-    default = (facts or {}).get("size") or (512, 512)
-    return params.width or default[0], params.height or default[1]
+    """The size an item is sampled at: as given, else the init image's, else the model's
+    (512 when unknown)."""
+    return output_size(params.width, params.height, params.image, (facts or {}).get("size"))
+
+
+def strength_of(params: Params) -> float | None:
+    """The strength an image-to-image item runs at (None for text-to-image)."""
+    if params.image is None:
+        return None
+    if params.strength is not None:
+        return params.strength
+    return INPAINT_STRENGTH if params.mask is not None else IMG2IMG_STRENGTH
+
+
+def _mode_problem(params: Params, facts: dict[str, Any] | None) -> str | None:
+    """Why an option does not apply to the model, or None."""
+    if facts is None:
+        return None
+    model = params.model
+    if facts["inpainting"] and (params.image is None or params.mask is None):
+        return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and masked "
+                "image); give image and mask, or use an ordinary checkpoint for text-to-image")
+    if facts["kind"] == "unet":
+        for name, on in (("clip_skip", params.clip_skip is not None), ("prompt_weighting", params.prompt_weighting != "off")):
+            if on:
+                return f"model {model!r} is a UNet2DModel without a text encoder; {name} applies to text-to-image pipelines"
+        return None
+    if (params.clip_skip is not None or params.prompt_weighting != "off") and not facts["one_text_encoder"]:
+        return (f"model {model!r} does not have one CLIP text encoder (Stable Diffusion 1.x/2.x); clip_skip and "
+                "prompt_weighting apply to those")
+    layers = facts["text_layers"]
+    if params.clip_skip is not None and layers is not None and params.clip_skip >= layers:
+        return (f"clip_skip {params.clip_skip} leaves none of the text encoder's {layers} layers; "
+                f"give at most {layers - 1}")
+    if params.prompt_weighting != "off" and params.clip_skip is not None and params.clip_skip > 1:
+        return "with prompt_weighting, clip_skip can be 1 at most (compel reads the last or the one-before-last layer)"
+    return None
 
 
 def _budget(facts: dict[str, Any] | None) -> dict[str, Any]:
@@ -494,6 +684,16 @@ def _step_parameters(scheduler) -> set[str]:
     import inspect
 
     return set(inspect.signature(scheduler.step).parameters)
+
+
+def _from_pil(images: list, device):
+    """PIL images (L or RGB) -> a [-1, 1] float tensor, as diffusers' image processor does."""
+    import numpy as np
+    import torch
+
+    arrays = [np.asarray(im, dtype=np.float32)[..., None] if im.mode == "L" else np.asarray(im, dtype=np.float32)
+              for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device) / 127.5 - 1
 
 
 def _to_pil(sample) -> list:

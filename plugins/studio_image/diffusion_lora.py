@@ -1,0 +1,177 @@
+"""LoRA files for image.diffusion: checked before the run, loaded into a text-to-image
+pipeline with diffusers' LoRA loading (the peft backend), switched on per batch.
+
+A LoRA is read as safetensors only. Its layers must fit the base model: every layer
+whose name Studio can read (diffusers' and peft's `unet.<module>.lora_A.weight`, kohya's
+`lora_unet_<module>.lora_down.weight`, and the text encoder's) is matched by name and
+shape against the model's own weights, read from the safetensors headers of both, so
+a LoRA made for another base model is refused by `studio validate` with the first
+layers that do not fit.
+
+Loaded adapters stay in the pipeline, named by the file's sha256: a sweep over scales
+loads each file once, and a batch only sets the adapters' weights (peft's
+set_adapters). Peft keeps the base weights apart from the adapters (nothing is fused
+into them), so turning LoRA off or unloading gives the base model back exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from studio.weights import file_sha256, pickled_code, safetensors_problem, safetensors_shapes
+
+MAX_LORAS = 8  # at once on one item; A1111 users stack two or three
+# adapters kept loaded in one pipeline across batches before the unused ones are dropped
+MAX_LOADED = 16
+MAX_SHOWN = 3  # layers named in a message
+# diffusers' / peft's names: [component.]module.lora_A[.adapter].weight (lora.down: older diffusers)
+PEFT_KEY = re.compile(r"^(?:(unet|text_encoder|text_encoder_2)\.)?(.+?)\.(lora_A|lora_B|lora\.down|lora\.up)"
+                      r"(?:\.[A-Za-z0-9_]+)?\.weight$")
+# kohya's (A1111's and ComfyUI's usual files): lora_unet_module_with_underscores.lora_down.weight
+KOHYA_KEY = re.compile(r"^lora_(unet|te|te1|te2)_(.+?)\.(lora_down|lora_up)\.weight$")
+COMPONENT = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
+DOWN = ("lora_A", "lora.down", "lora_down")
+
+
+class Lora(BaseModel):
+    """One LoRA file and how strongly it applies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(min_length=1, max_length=1000, description=(
+        "A LoRA .safetensors file (diffusers, peft or kohya layout), relative to the pipeline file."))
+    scale: float = Field(1.0, ge=-10.0, le=10.0, description="How strongly it applies; 0 gives the base model.")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
+        "Filled in by Studio for the manifest and the cache key; when given, the file must have this hash."))
+
+
+def checked(lora: Lora, path: Path) -> Lora:
+    """The entry with its resolved path and sha256, or a ValueError saying what is wrong
+    with the file."""
+    where = f"lora {lora.path!r}"
+    if not path.exists():
+        raise ValueError(f"{where} not found (looked in {path}); give a path relative to the pipeline file")
+    if not path.is_file():
+        raise ValueError(f"{where} is not a file; give one LoRA .safetensors file")
+    if path.suffix.lower() != ".safetensors":
+        code = pickled_code(path) if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt") else None
+        pickled = f" (its pickle would call {code})" if code else ""
+        raise ValueError(f"{where} is a {path.suffix or 'suffix-less'} file{pickled}; Studio reads LoRA weights as "
+                         ".safetensors only, never a pickle. Convert it where you trust it: "
+                         "safetensors.torch.save_file(torch.load(path, weights_only=True), 'lora.safetensors')")
+    problem = safetensors_problem(path)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    digest = file_sha256(path)
+    if lora.sha256 and lora.sha256 != digest:
+        raise ValueError(f"{where} has sha256 {digest}, not the {lora.sha256} the pipeline pins; it was replaced "
+                         "or is another file")
+    return lora.model_copy(update={"path": str(path.resolve()), "sha256": digest})
+
+
+def fit_problem(lora: Path, model_root: Path) -> str | None:
+    """Why a LoRA's layers do not fit the text-to-image pipeline in `model_root`, or None."""
+    shapes = safetensors_shapes(lora)
+    layers: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for key, shape in shapes.items():
+        found = PEFT_KEY.match(key)
+        if found:
+            component, module, part = found.group(1) or "unet", found.group(2), found.group(3)
+            layers.setdefault((component, module), {})["down" if part in DOWN else "up"] = shape
+            continue
+        found = KOHYA_KEY.match(key)
+        if found:
+            component, module, part = COMPONENT[found.group(1)], found.group(2), found.group(3)
+            layers.setdefault((component, "_" + module), {})["down" if part in DOWN else "up"] = shape
+    if not layers:
+        first = ", ".join(list(shapes)[:MAX_SHOWN]) or "none"
+        return (f"holds no LoRA layers (no lora_A/lora_B or lora_down/lora_up weights; its first tensors: {first}); "
+                "give a LoRA file, not a model's weights")
+    bases = {name: base_modules(model_root / name) for name in {c for c, _ in layers}}
+    misfits = []
+    for (component, module), parts in layers.items():
+        base = bases[component]
+        if module.startswith("_"):  # kohya: underscores stand for the dots of the module's name
+            target = base["underscored"].get(_unwrapped(module[1:], "_"))
+            label = f"lora_{component}_{module[1:]}"
+        else:
+            target, label = base["modules"].get(_unwrapped(module, ".")), f"{component}.{module}"
+        if target is None:
+            misfits.append(f"{label} (the model has no such layer in {component}/)")
+            continue
+        down, up = parts.get("down"), parts.get("up")
+        if (down and len(down) > 1 and down[1] != target[1]) or (up and up[0] != target[0]):
+            misfits.append(f"{label} (maps {_dims(down, 1)} -> {_dims(up, 0)} features; the model's layer is "
+                           f"{target[1]} -> {target[0]})")
+    if not misfits:
+        return None
+    return (f"does not fit this model: {len(misfits)} of its {len(layers)} layers do not match, e.g. "
+            f"{'; '.join(misfits[:MAX_SHOWN])}. It was made for another base model; use a LoRA trained on this one")
+
+
+def _unwrapped(module: str, dot: str) -> str:
+    """A text encoder's layer name without transformers 4's `text_model.` wrapper, which
+    transformers 5 dropped: files saved under either name the same layers."""
+    return module.removeprefix(f"text_model{dot}")
+
+
+def _dims(shape: list[int] | None, axis: int) -> str:
+    return str(shape[axis]) if shape and len(shape) > axis else "?"
+
+
+def base_modules(folder: Path) -> dict[str, dict[str, list[int]]]:
+    """A component's layers with weights, from the headers of its safetensors files:
+    {"modules": name -> weight shape, "underscored": the same with dots as underscores}."""
+    modules: dict[str, list[int]] = {}
+    if folder.is_dir():
+        for file in sorted(folder.glob("*.safetensors"))[:64]:
+            if safetensors_problem(file):
+                continue  # the model's own check names it
+            for key, shape in safetensors_shapes(file).items():
+                if key.endswith(".weight") and len(shape) >= 2:
+                    modules[_unwrapped(key[: -len(".weight")], ".")] = shape
+    return {"modules": modules, "underscored": {name.replace(".", "_"): s for name, s in modules.items()}}
+
+
+def adapter_name(lora: Lora) -> str:
+    return f"lora_{lora.sha256[:16]}"
+
+
+def activate(pipe: Any, loras: list[Lora], lora_scale: float, on_load=None) -> None:
+    """Make `loras` at their scales (times `lora_scale`) the pipeline's active adapters,
+    loading each file the first time it is asked for; with no loras, LoRA is off."""
+    loaded = set(pipe.get_list_adapters().get("unet", [])) | {
+        name for names in pipe.get_list_adapters().values() for name in names}
+    names = [adapter_name(lora) for lora in loras]
+    if not names:
+        if loaded:
+            pipe.disable_lora()
+        return
+    _forget_unused(pipe, loaded, set(names))
+    for lora, name in zip(loras, names):
+        if name not in loaded:
+            from safetensors.torch import load_file
+
+            # read as tensors here, so diffusers is handed no path it could read another way
+            try:
+                pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
+            except (ValueError, KeyError, RuntimeError) as exc:
+                from studio import UserError
+                from studio.weights import short
+
+                raise UserError(f"lora {lora.path!r} could not be loaded into the model: {short(exc)}") from None
+            if on_load is not None:
+                on_load(lora)
+    pipe.enable_lora()
+    pipe.set_adapters(names, adapter_weights=[lora.scale * lora_scale for lora in loras])
+
+
+def _forget_unused(pipe: Any, loaded: set[str], wanted: set[str]) -> None:
+    """Drop adapters no batch asked for lately once more than MAX_LOADED are kept."""
+    unused = sorted(loaded - wanted)
+    if len(loaded) + len(wanted) > MAX_LOADED and unused:
+        pipe.delete_adapters(unused)
