@@ -20,6 +20,9 @@ Rows (each a group; `--only` picks groups):
 - cyclegan: ResNet-9 generator at 256 and 512
 - oobleck:  Stable Audio Open-size Oobleck VAE, 10 s of 44.1 kHz stereo, encode + decode
 - defaults: the embedded defaults vs their raw loops; a 16-seed sweep batched vs one by one
+- modes:    image.diffusion's image-to-image at strength 0.5 vs text-to-image (same steps), vs
+            diffusers' img2img pipeline; a 16-item LoRA-scale sweep vs the same sweep without
+            LoRA and vs diffusers' set_adapters loop (unfused and fused), loads counted
 - tiny:     the embedded defaults, eager vs `compile: true` (CUDA graphs on a GPU)
 - precision: the trained defaults in bf16 vs fp32, same seed (PSNR, SNR, same tokens)
 - memory:   the showcase three times in one process: memory back to its baseline?
@@ -60,7 +63,7 @@ SCALES = {
 }
 
 
-GROUPS = ["sd", "gpt2", "music", "cyclegan", "oobleck", "defaults", "tiny", "precision", "memory", "cli"]
+GROUPS = ["sd", "gpt2", "music", "cyclegan", "oobleck", "defaults", "modes", "tiny", "precision", "memory", "cli"]
 
 
 class Harness:
@@ -380,6 +383,104 @@ class Harness:
                  "zip": {"prompt": prompts, "seed": [0, 1, 2, 3]}}]
         self.compare("defaults", "image.diffusion text-to-image default 32x32, 4 prompts, 25 DDIM steps "
                      "(raw: StableDiffusionPipeline)", raw, lambda: self.studio(step), "a few seconds on 2 cores")
+
+    # -- image.diffusion's modes on the embedded default ---------------------------------
+
+    def modes(self) -> None:
+        self._img2img()
+        self._lora_sweep()
+
+    def _img2img(self) -> None:
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        from studio_image.diffusion import DEFAULT_WEIGHTS, ImageDiffusion
+
+        sketch = str(ROOT / "pipelines" / "assets" / "apple-sketch.png")
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(ImageDiffusion))
+        pipe = pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        from PIL import Image
+
+        init = Image.open(sketch).convert("RGB")
+
+        @torch.inference_mode()
+        def raw():  # a diffusers user's call: four seeds of one sketch at strength 0.5
+            generators = [torch.Generator().manual_seed(i) for i in range(4)]
+            return pipe(["red apple"] * 4, image=[init] * 4, strength=0.5, num_inference_steps=30,
+                        generator=generators).images
+
+        image_step = [{"id": "i", "uses": "image.diffusion",
+                       "with": {"prompt": "red apple", "image": sketch, "strength": 0.5, "steps": 30},
+                       "sweep": {"seed": [0, 1, 2, 3]}}]
+        text_step = [{"id": "t", "uses": "image.diffusion", "with": {"prompt": "red apple", "steps": 30},
+                      "sweep": {"seed": [0, 1, 2, 3]}}]
+        self.compare("modes", "image.diffusion image-to-image 32x32, strength 0.5, 30 steps, 4 seeds "
+                     "(raw: StableDiffusionImg2ImgPipeline)", raw, lambda: self.studio(image_step), ">= 0.97")
+        text_s, image_s = paired_times(lambda: self.studio(text_step), lambda: self.studio(image_step),
+                                       self.args.repeats)
+        self.note("modes", "image-to-image at strength 0.5 vs text-to-image, same 30 steps", text_to_image_s=round(
+            text_s, 3), image_to_image_s=round(image_s, 3), ratio=round(image_s / text_s, 2), target="about 0.5")
+
+    def _lora_sweep(self) -> None:
+        import diffusers
+
+        from studio_image.diffusion import DEFAULT_WEIGHTS, ImageDiffusion
+
+        lora = ROOT / "plugins" / "studio_image" / "weights" / "lora-outline" / "pytorch_lora_weights.safetensors"
+        scales, seeds = [0.0, 0.5, 1.0, 1.5], [0, 1, 2, 3]
+        loads = {"model": 0, "lora": 0}
+        model_load, lora_load = ImageDiffusion.load, diffusers.StableDiffusionPipeline.load_lora_weights
+
+        def counted_model(gen, params, ctx):
+            loads["model"] += 1
+            return model_load(gen, params, ctx)
+
+        def counted_lora(pipe, *args, **kwargs):
+            loads["lora"] += 1
+            return lora_load(pipe, *args, **kwargs)
+
+        def sweep(loras):
+            # without LoRA, four guidance scales stand in for the four LoRA scales: the same
+            # work in the same four batches of four
+            axis = {"lora_scale": scales} if loras else {"guidance_scale": [7.0, 7.5, 8.0, 8.5]}
+            return [{"id": "l", "uses": "image.diffusion", "with": {"prompt": "red heart", "steps": 25, "loras": loras},
+                     "sweep": {**axis, "seed": seeds}}]
+
+        ImageDiffusion.load, diffusers.StableDiffusionPipeline.load_lora_weights = counted_model, counted_lora
+        try:
+            self.studio(sweep([{"path": str(lora)}]))  # a first run in a fresh process: what loads
+            first = dict(loads)
+            with_s, without_s = paired_times(lambda: self.studio(sweep([{"path": str(lora)}])),
+                                             lambda: self.studio(sweep([])), self.args.repeats)
+        finally:
+            ImageDiffusion.load, diffusers.StableDiffusionPipeline.load_lora_weights = model_load, lora_load
+        self.note("modes", "LoRA-scale sweep, 16 items (4 scales x 4 seeds), 32x32, 25 steps, vs without LoRA",
+                  with_lora_s=round(with_s, 3), without_lora_s=round(without_s, 3),
+                  overhead=f"{with_s / without_s - 1:+.1%}", model_loads=first["model"], lora_loads=first["lora"],
+                  target="within 10%, one load each")
+
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(ImageDiffusion))
+        pipe = pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(lora), adapter_name="outline")
+
+        @torch.inference_mode()
+        def raw(fused: bool):  # a diffusers user's loop: one call per scale, four seeds each
+            def run():
+                for scale in scales:
+                    pipe.set_adapters(["outline"], adapter_weights=[scale])
+                    if fused:
+                        pipe.fuse_lora(adapter_names=["outline"], lora_scale=1.0)
+                    pipe(["red heart"] * 4, num_inference_steps=25,
+                         generator=[torch.Generator().manual_seed(s) for s in seeds])
+                    if fused:
+                        pipe.unfuse_lora()
+            return run
+
+        self.compare("modes", "LoRA-scale sweep, 16 items (raw: set_adapters per scale, unfused)", raw(False),
+                     lambda: self.studio(sweep([{"path": str(lora)}])), ">= 0.97")
+        self.compare("modes", "LoRA-scale sweep, 16 items (raw: set_adapters + fuse_lora per scale)", raw(True),
+                     lambda: self.studio(sweep([{"path": str(lora)}])), "reported: is fusing faster?")
 
     def _default_text(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

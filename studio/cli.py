@@ -385,7 +385,11 @@ def train(generator, data, out, steps, batch_size, lr, device, seed, resume, che
     echo(f"trained {generator} for {result.steps} steps in {result.seconds:.0f} s: {losses}")
     if metrics:
         echo(f"held-out: {metrics}")
-    echo(f"weights: {_display(result.out)} (use `model: {_display(result.out)}`)")
+    lora = result.out / "pytorch_lora_weights.safetensors"  # diffusers' name for a LoRA it saves
+    if lora.is_file():
+        echo(f"weights: {_display(lora)} (use `loras: [{{path: {_display(lora)}}}]`)")
+    else:
+        echo(f"weights: {_display(result.out)} (use `model: {_display(result.out)}`)")
 
 
 @cli.group()

@@ -308,7 +308,7 @@ def input_path(value: str, info: Any) -> Path:
     as `info.context["base_dir"]` (the working directory without one)."""
     base = (getattr(info, "context", None) or {}).get("base_dir")
     path = Path(value).expanduser()
-    return (Path(base) / path if base is not None and not path.is_absolute() else path).absolute()
+    return Path(os.path.abspath(Path(base) / path if base is not None and not path.is_absolute() else path))
 
 
 @lru_cache(maxsize=256)

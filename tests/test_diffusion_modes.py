@@ -69,11 +69,19 @@ def diffusers_pipeline(kind: str, model=None):
 # --- image-to-image -----------------------------------------------------------------
 
 
-def test_image_to_image_equals_diffusers_and_a_strength_seed_sweep_batches(tmp_path):
+def test_image_to_image_equals_diffusers_and_a_strength_seed_sweep_batches(tmp_path, monkeypatch):
+    import diffusers
+
+    calls = []
+    original = diffusers.StableDiffusionImg2ImgPipeline.__call__
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "__call__",
+                        lambda self, *a, **k: calls.append(len(k["prompt"])) or original(self, *a, **k))
     init = sketch(tmp_path / "sketch.png")
     with_ = {"prompt": PROMPT, "image": str(init), "steps": 10}
     run = step(tmp_path / "sweep", with_, sweep={"strength": [0.3, 0.7], "seed": [1, 2]})
     assert run.status == "done", run.failed
+    assert calls == [2, 2]  # one batch per strength, its two seeds together
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "__call__", original)
     items = run.step("img")
     pipe = diffusers_pipeline("img2img")
     for item in items:
@@ -284,6 +292,45 @@ def test_lora_equals_diffusers_scale_zero_is_the_base_and_the_sweep_loads_once(t
 
     assert recorded == [{"path": str(lora_file.resolve()), "scale": 0.5,
                          "sha256": hashlib.sha256(lora_file.read_bytes()).hexdigest()}]
+
+
+def test_two_loras_at_once_equal_diffusers_set_adapters(tmp_path, lora_file):
+    from studio_image.diffusion import DEFAULT_WEIGHTS
+
+    second = make_lora(DEFAULT_WEIGHTS, tmp_path / "second", seed=7, text_encoder=False)
+    run = step(tmp_path, {"prompt": "cat face", "steps": 5, "seed": 6, "lora_scale": 0.5,
+                          "loras": [{"path": str(lora_file), "scale": 0.8}, {"path": str(second), "scale": -0.4}]})
+    assert run.status == "done", run.failed
+    pipe = diffusers_pipeline("text2img")
+    pipe.load_lora_weights(str(lora_file), adapter_name="one")
+    pipe.load_lora_weights(str(second), adapter_name="two")
+    pipe.set_adapters(["one", "two"], adapter_weights=[0.8 * 0.5, -0.4 * 0.5])
+    theirs = pipe("cat face", num_inference_steps=5, generator=torch.Generator("cpu").manual_seed(6)).images[0]
+    assert close(run.step("img")[0].artifacts["image"].path, theirs)
+
+
+def test_kohya_named_loras_are_checked_against_the_model_too(tmp_path, tiny_sd_dir, lora_file):
+    from safetensors.torch import load_file, save_file
+
+    from studio_image.diffusion import DEFAULT_WEIGHTS
+    from studio_image.diffusion_lora import fit_problem
+
+    def as_kohya(source: Path, target: Path) -> Path:
+        renamed = {}
+        for key, tensor in load_file(source).items():
+            component, _, rest = key.partition(".")
+            module, _, part = rest.rpartition(".lora_")
+            prefix = "lora_unet_" if component == "unet" else "lora_te_text_model_"
+            down_up = "lora_down" if part.startswith("A") else "lora_up"
+            renamed[f"{prefix}{module.replace('.', '_')}.{down_up}.weight"] = tensor
+        save_file(renamed, target)
+        return target
+
+    kohya = as_kohya(lora_file, tmp_path / "kohya.safetensors")
+    assert fit_problem(kohya, DEFAULT_WEIGHTS) is None
+    other = as_kohya(make_lora(tiny_sd_dir, tmp_path / "other"), tmp_path / "other.safetensors")
+    problem = fit_problem(other, DEFAULT_WEIGHTS)
+    assert problem.startswith("does not fit this model: 36 of its 36 layers do not match, e.g. lora_")
 
 
 def test_unloading_a_lora_restores_the_base_weights_byte_for_byte(lora_file, tmp_path):

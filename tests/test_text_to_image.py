@@ -186,3 +186,56 @@ def test_timestep_spacing_matches_diffusers_and_changes_the_image(tmp_path):
     assert np.abs(ours - np.asarray(theirs.convert("RGB"), dtype=np.int16)).max() <= 1
     other = np.asarray(Image.open(default.artifacts["image"].path).convert("RGB"), dtype=np.int16)
     assert np.abs(ours - other).max() > 8
+
+
+def test_lora_training_makes_a_lora_that_image_diffusion_applies_and_resumes_exactly(tmp_path, tiny_sd_dir,
+                                                                                    monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from studio_image.diffusion_train import DiffusionTrainer
+
+    data = captioned_folder(tmp_path / "data", "metadata.jsonl")
+
+    def lora_training(out, checkpoint_every=1000, resume=False):
+        config = TrainConfig(data=str(data), out=out, steps=4, batch_size=4, lr=1e-2, device="cpu",
+                             resume=resume, checkpoint_every=checkpoint_every,
+                             options={"lora_rank": 4, "base": str(tiny_sd_dir)})
+        return train(DiffusionTrainer, config, show_progress=False)
+
+    result = lora_training(tmp_path / "lora")
+    lora = result.out / "pytorch_lora_weights.safetensors"
+    weights = load_file(lora)
+    assert weights and all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in weights)
+    assert {"held_out_noise_mse", "held_out_noise_mse_base"} <= set(result.metrics)
+    base_unet = load_file(next((tiny_sd_dir / "unet").glob("*.safetensors")))
+    assert not any(k.removeprefix("unet.") in base_unet for k in weights)  # adapters only, not the model
+
+    run = run_yaml(f"""
+        name: lora
+        steps:
+          - {{id: img, uses: image.diffusion, with: {{model: "{tiny_sd_dir}", prompt: "a red square", steps: 3,
+              seed: 1, loras: [{{path: "{lora}"}}]}}, sweep: {{lora_scale: [0, 1]}}}}
+          - {{id: plain, uses: image.diffusion, with: {{model: "{tiny_sd_dir}", prompt: "a red square", steps: 3,
+              seed: 1}}}}
+    """, tmp_path)
+    assert run.status == "done", run.failed
+    off, on = (np.asarray(Image.open(i.artifacts["image"].path), dtype=np.int16) for i in run.step("img"))
+    plain = np.asarray(Image.open(run.step("plain")[0].artifacts["image"].path), dtype=np.int16)
+    assert np.array_equal(off, plain) and not np.array_equal(on, plain)
+
+    original = DiffusionTrainer.train_step
+
+    def dies_at_step_3(self, step):
+        if step == 3:
+            raise Interrupt
+        return original(self, step)
+
+    monkeypatch.setattr(DiffusionTrainer, "train_step", dies_at_step_3)
+    with pytest.raises(Interrupt):
+        lora_training(tmp_path / "parts", checkpoint_every=2)
+    monkeypatch.setattr(DiffusionTrainer, "train_step", original)
+    parts = load_file(lora_training(tmp_path / "parts", checkpoint_every=2, resume=True).out
+                      / "pytorch_lora_weights.safetensors")
+    assert parts.keys() == weights.keys()
+    assert all(torch.allclose(parts[k], weights[k], atol=1e-6) for k in weights)

@@ -24,7 +24,7 @@ from studio.training import Trainer, TrainerOptions
 # must keep making the same weights
 OLD_DEFAULTS = {
     "image.diffusion": {"size": 16, "channels": 1, "vae_steps": 1000, "vocab_size": 2000, "max_tokens": 32,
-                        "text_width": 128, "weights_precision": "fp16"},
+                        "text_width": 128, "weights_precision": "fp16", "lora_rank": 0, "base": "default"},
     "image.gan": {"size": 16, "channels": 1, "z_dim": 64},
     "music.transformer": {"layers": 4, "width": 192, "heads": 6},
     "text.gpt": {"block": 256, "vocab_size": 2048, "width": 192, "layers": 4, "heads": 6},

@@ -248,7 +248,8 @@ class ImageDiffusion(Generator):
             "steps. Default: 0.8, or 1.0 with a mask (diffusers' defaults)."))
         mask: Artifact | None = media_input("image/*", None, description=(
             "Inpainting: white where the image is repainted, black where it is kept; greys, the image's size. "
-            "Works with ordinary checkpoints (the kept part blended back each step) and inpainting ones (9-channel UNet)."))
+            "Works with ordinary checkpoints (the kept part blended back each step) and inpainting ones "
+            "(9-channel UNet)."))
         mask_blur: int = Field(0, ge=0, le=64, description=(
             "Soften the mask's edge by this many pixels (a Gaussian blur, diffusers' mask blur) so the repainted "
             "part blends in."))
@@ -338,8 +339,9 @@ class ImageDiffusion(Generator):
             facts = model_facts(self.model)
             if facts and facts["kind"] == "pipeline" and self.prompt is None:
                 raise ValueError(f"model {self.model!r} is a text-to-image pipeline: give a prompt")
+            factor = (facts or {"factor": 1})["factor"]
             problem = _mode_problem(self, facts) or init_problem(
-                self.image, self.mask, self.strength, self.steps, self.width, self.height, (facts or {"factor": 1})["factor"])
+                self.image, self.mask, self.strength, self.steps, self.width, self.height, factor)
             if problem:
                 raise ValueError(problem)
             width, height = image_size(self, facts)
@@ -648,10 +650,14 @@ def _mode_problem(params: Params, facts: dict[str, Any] | None) -> str | None:
     if facts["inpainting"] and (params.image is None or params.mask is None):
         return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and masked "
                 "image); give image and mask, or use an ordinary checkpoint for text-to-image")
+    if params.lora_scale != 1.0 and not params.loras:
+        return f"lora_scale {params.lora_scale} multiplies the scales of loras, and this item has none: give loras"
     if facts["kind"] == "unet":
-        for name, on in (("clip_skip", params.clip_skip is not None), ("prompt_weighting", params.prompt_weighting != "off")):
+        for name, on in (("clip_skip", params.clip_skip is not None),
+                         ("prompt_weighting", params.prompt_weighting != "off")):
             if on:
-                return f"model {model!r} is a UNet2DModel without a text encoder; {name} applies to text-to-image pipelines"
+                return (f"model {model!r} is a UNet2DModel without a text encoder; {name} applies to text-to-image "
+                        "pipelines")
         return None
     if (params.clip_skip is not None or params.prompt_weighting != "off") and not facts["one_text_encoder"]:
         return (f"model {model!r} does not have one CLIP text encoder (Stable Diffusion 1.x/2.x); clip_skip and "

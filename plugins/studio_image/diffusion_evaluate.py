@@ -17,6 +17,13 @@ held-out caption:
 The same for the untrained model (the trained autoencoder and tokenizer with a fresh
 UNet and text encoder), for a nearest-training-image baseline (the training image whose
 caption shares the most words with the prompt) and for the held-out images (the ceiling).
+
+With `--lora FILE --data STYLE` it measures a style LoRA instead: images of held-out
+captions at each `--scales` value (0 is the model alone) against the style's held-out
+images and the model's own data, by colour saturation and the share of dark (line)
+pixels, which separate line art from colour glyphs:
+
+    python -m studio_image.diffusion_evaluate --model DIR --lora FILE --data emoji:noto-outline
 """
 
 from __future__ import annotations
@@ -253,6 +260,53 @@ def grid_image(sample, prompts, seeds: int, path: Path, scale: int = 3) -> None:
     Image.fromarray(sheet).resize((seeds * w * scale, len(prompts) * h * scale), Image.NEAREST).save(path)
 
 
+def style_stats(images: torch.Tensor) -> dict[str, float]:
+    """Mean HSV saturation and the share of dark pixels (every channel below a quarter)
+    of images in [-1, 1]."""
+    x = (images + 1) / 2
+    top, bottom = x.max(1).values, x.min(1).values
+    saturation = torch.where(top > 0, (top - bottom) / top.clamp_min(1e-6), torch.zeros_like(top))
+    return {"saturation": round(saturation.mean().item(), 4),
+            "dark_share": round((top < 0.25).float().mean().item(), 4)}
+
+
+def lora_report(pipeline, args) -> dict:
+    """Style statistics of the model with the LoRA at each scale, and of the targets."""
+    from studio_image.data import load_images
+
+    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    style = load_images(args.data, size, 3).split()[1]  # the held-out split the LoRA's trainer kept back
+    own = load_images(args.own_data, size, 3).split()[1]
+    count = min(args.lora_captions, len(style.captions))
+    prompts, seeds = style.captions[:count], list(range(count))
+    pipeline.load_lora_weights(str(args.lora), adapter_name="evaluated")
+    report: dict = {"model": args.model, "lora": str(args.lora), "captions": count, "steps": args.steps,
+                    "guidance": args.guidance, "style_images": style_stats(style.images[:count]),
+                    "model_data_images": style_stats(own.images[:count])}
+    sample = sampler(pipeline, args.steps, args.guidance)
+    for scale in args.scales:
+        pipeline.set_adapters(["evaluated"], adapter_weights=[scale])
+        report[f"scale_{scale:g}"] = style_stats(sample(prompts, seeds))
+    if args.grid:
+        sheets = []
+        for scale in args.scales:
+            pipeline.set_adapters(["evaluated"], adapter_weights=[scale])
+            sheets.append(sample(list(GRID_PROMPTS[:6]), [3] * 6))
+        _lora_grid(sheets, args.grid)
+    return report
+
+
+def _lora_grid(sheets: list[torch.Tensor], path: Path, scale: int = 3) -> None:
+    """Rows: prompts; columns: LoRA scales."""
+    from PIL import Image
+
+    images = torch.stack(sheets, 1)  # prompts x scales x 3 x h x w
+    prompts, scales, _, h, w = images.shape
+    grid = ((images + 1) * 127.5).clamp(0, 255).round().byte().permute(0, 3, 1, 4, 2)
+    grid = grid.reshape(prompts * h, scales * w, 3).numpy()
+    Image.fromarray(grid).resize((scales * w * scale, prompts * h * scale), Image.NEAREST).save(path)
+
+
 def main() -> None:
     from diffusers import StableDiffusionPipeline
 
@@ -268,6 +322,10 @@ def main() -> None:
     parser.add_argument("--judge", type=Path, help="keep the judge's weights in this file and reuse them")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--grid", type=Path, help="write a prompt x seed sheet here")
+    parser.add_argument("--lora", type=Path, help="measure this style LoRA on --model (see above)")
+    parser.add_argument("--scales", type=lambda v: [float(x) for x in v.split(",")], default=[0, 0.5, 1, 1.5])
+    parser.add_argument("--own-data", default="emoji:noto", help="with --lora: the data the model was trained on")
+    parser.add_argument("--lora-captions", type=int, default=128, help="with --lora: held-out captions to draw")
     args = parser.parse_args()
     began = time.time()
 
@@ -275,6 +333,12 @@ def main() -> None:
                                                        dtype=torch.float32, safety_checker=None,
                                                        requires_safety_checker=False)
     pipeline.set_progress_bar_config(disable=True)
+    if args.lora:
+        report = lora_report(pipeline, args) | {"seconds": round(time.time() - began, 1)}
+        print(json.dumps(report, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     data = load_images(args.data, size, 3)
     train, held_out = data.split()  # the split the trainer used

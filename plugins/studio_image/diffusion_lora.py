@@ -144,8 +144,7 @@ def adapter_name(lora: Lora) -> str:
 def activate(pipe: Any, loras: list[Lora], lora_scale: float, on_load=None) -> None:
     """Make `loras` at their scales (times `lora_scale`) the pipeline's active adapters,
     loading each file the first time it is asked for; with no loras, LoRA is off."""
-    loaded = set(pipe.get_list_adapters().get("unet", [])) | {
-        name for names in pipe.get_list_adapters().values() for name in names}
+    loaded = {name for names in pipe.get_list_adapters().values() for name in names}
     names = [adapter_name(lora) for lora in loras]
     if not names:
         if loaded:
@@ -173,5 +172,5 @@ def activate(pipe: Any, loras: list[Lora], lora_scale: float, on_load=None) -> N
 def _forget_unused(pipe: Any, loaded: set[str], wanted: set[str]) -> None:
     """Drop adapters no batch asked for lately once more than MAX_LOADED are kept."""
     unused = sorted(loaded - wanted)
-    if len(loaded) + len(wanted) > MAX_LOADED and unused:
+    if len(loaded | wanted) > MAX_LOADED and unused:
         pipe.delete_adapters(unused)

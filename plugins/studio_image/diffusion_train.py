@@ -6,7 +6,11 @@ Class folders (or no classes) train a pixel-space UNet2DModel with class labels.
 Captioned data (a caption file beside each image, or a metadata.jsonl) trains a small
 Stable Diffusion instead (diffusion_network.py): first its autoencoder, for `vae_steps`
 steps, then the UNet and the text encoder together on the autoencoder's latents; it is
-exported as a standard StableDiffusionPipeline folder."""
+exported as a standard StableDiffusionPipeline folder.
+With `--option lora_rank=N`, captioned data trains a LoRA instead: peft adapters of rank
+N on the attention layers of `--option base`'s UNet (the embedded default unless named),
+everything else frozen, the same noise-prediction loss; it is exported as diffusers
+saves one (pytorch_lora_weights.safetensors), for image.diffusion's `loras:`."""
 
 from __future__ import annotations
 
@@ -56,6 +60,12 @@ class DiffusionTrainer(Trainer):
             "Captioned data only: tokens per caption, start and end included; longer captions are cut."))
         text_width: int = Field(128, ge=32, le=1024, multiple_of=4, description=(
             "Captioned data only: the text encoder's width (and the UNet's cross-attention width)."))
+        lora_rank: int = Field(0, ge=0, le=256, description=(
+            "Captioned data only: above 0, train a LoRA of this rank on `base` instead of a new model (the "
+            "images are resized to the base's size; size, channels, vae_steps and the text options are the base's)."))
+        base: str = Field("default", min_length=1, max_length=1000, description=(
+            "With lora_rank: the text-to-image pipeline the LoRA is made for: 'default' (the embedded one) or a "
+            "diffusers folder (safetensors)."))
         weights_precision: Annotated[str, OneOf(("fp16", "fp32"))] = Field("fp16", description=(
             "Captioned data only: how the exported pipeline's weights are stored (half the size in fp16; "
             "Studio computes in the run's precision either way, and diffusers loads them with dtype=torch.float32)."))
@@ -70,10 +80,20 @@ class DiffusionTrainer(Trainer):
 
         self.size = self.options.size
         self.channels = self.options.channels
+        self.lora = self.options.lora_rank > 0
+        if self.lora:
+            self.base = self._load_base()
+            self.size, self.channels = self.base["size"], 3
         data = load_images(self.config.data, self.size, self.channels)
         self.train_data, self.held_out = data.split()
         self.classes = data.classes
         self.captioned = data.captions is not None
+        if self.lora and not self.captioned:
+            raise UserError(f"--option lora_rank trains a LoRA on captioned images; {self.config.data!r} has no "
+                            "captions (a .txt beside each image, or a metadata.jsonl)")
+        if self.lora:
+            self._setup_lora()
+            return
         if self.captioned:
             self._setup_text_to_image()
             return
@@ -105,6 +125,8 @@ class DiffusionTrainer(Trainer):
 
         index = torch.randint(len(self.train_data.images), (self.batch_size,), generator=self.rng)
         x0 = self.train_data.images[index]
+        if self.lora:
+            return self._lora_step(x0.to(self.device), [self.train_data.captions[i] for i in index])
         if self.captioned:
             return self._text_to_image_step(step, x0.to(self.device), [self.train_data.captions[i] for i in index])
         noise = torch.randn(x0.shape, generator=self.rng)
@@ -124,6 +146,8 @@ class DiffusionTrainer(Trainer):
         fixed timesteps and noise so runs compare."""
         import torch
 
+        if self.lora:
+            return self._evaluate_lora()
         if self.captioned:
             return self._evaluate_text_to_image()
         gen = torch.Generator().manual_seed(1234)
@@ -174,6 +198,7 @@ class DiffusionTrainer(Trainer):
                                           lr=self.lr, weight_decay=0.01)}
         self.latent_scale: float | None = None
         self.vae_done = False  # the autoencoder has finished training (set by the first UNet step)
+        self.max_tokens = o.max_tokens
 
     def _ids(self, captions: list[str], drop: bool):
         """Token ids of `captions`; with `drop`, 10% become "" (the unconditional prompt
@@ -183,7 +208,7 @@ class DiffusionTrainer(Trainer):
         if drop:
             keep = torch.rand(len(captions), generator=self.rng) >= NULL_CLASS_DROPOUT
             captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-        return self.tokenizer(captions, padding="max_length", max_length=self.options.max_tokens, truncation=True,
+        return self.tokenizer(captions, padding="max_length", max_length=self.max_tokens, truncation=True,
                               return_tensors="pt").input_ids.to(self.device)
 
     def _vae_step(self, x0) -> dict[str, float]:
@@ -287,7 +312,91 @@ class DiffusionTrainer(Trainer):
         pipeline.to(dtype=torch.float32)  # the trainer's modules, as they were
         (out / "studio.json").write_text(json.dumps({"data": self.config.data, "captioned": True}, indent=2))
 
+    # -- a LoRA on a text-to-image pipeline ------------------------------------------
+
+    def _load_base(self) -> dict:
+        """The base pipeline, loaded as image.diffusion loads a model (checked first:
+        safetensors only, no code), and the size its images are."""
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        from studio.weights import loading, local_path, refuse
+        from studio_image.diffusion import DEFAULT_WEIGHTS, component_folders, model_facts
+
+        base = self.options.base
+        root = local_path(base, DEFAULT_WEIGHTS)
+        facts = model_facts(base) if root is not None else None
+        if facts is None or facts["kind"] != "pipeline" or facts["inpainting"] or not facts["one_text_encoder"]:
+            raise UserError(f"--option base={base!r} is not a Stable Diffusion pipeline folder (model_index.json, a "
+                            "UNet2DConditionModel and one CLIP text encoder); give 'default' or such a folder")
+        refuse(base, root, component_folders(root))
+        with loading(base, "the LoRA's base pipeline", "give 'default' or a diffusers pipeline folder"):
+            pipe = StableDiffusionPipeline.from_pretrained(root, dtype=torch.float32, use_safetensors=True,
+                                                           local_files_only=True)
+        return {"pipeline": pipe, "size": (facts["size"] or (512, 512))[0], "root": str(root)}
+
+    def _setup_lora(self) -> None:
+        import torch
+        from diffusers import DDPMScheduler
+        from peft import LoraConfig
+
+        pipe = self.base["pipeline"]
+        self.tokenizer = pipe.tokenizer
+        self.max_tokens = pipe.tokenizer.model_max_length
+        self.vae, self.text_encoder, self.unet = (m.to(self.device).requires_grad_(False)
+                                                  for m in (pipe.vae, pipe.text_encoder, pipe.unet))
+        rank = self.options.lora_rank
+        # the attention projections, as diffusers' train_text_to_image_lora.py adapts
+        self.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                         target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+        self.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's noise levels
+        self.latent_scale, self.vae_done = float(self.vae.config.scaling_factor), True
+        self.modules = {"unet": self.unet}
+        self.optimizers = {"lora": torch.optim.AdamW([p for p in self.unet.parameters() if p.requires_grad],
+                                                     lr=self.lr, weight_decay=1e-2)}
+
+    def _lora_step(self, x0, captions) -> dict[str, float]:
+        self.unet.train()
+        loss = self._text_to_image_loss(self.unet, self.text_encoder, x0, captions, drop=True)
+        self.optimize(loss, "lora", clip=1.0)
+        return {"loss": loss.item()}
+
+    def _evaluate_lora(self) -> dict[str, float]:
+        """Held-out noise-prediction MSE with the LoRA and, for comparison, of the base
+        alone, at fixed timesteps and noise."""
+        import torch
+
+        x0 = self.held_out.images.to(self.device)
+        latent = self.size // (2 ** (len(self.vae.config.block_out_channels) - 1))
+        metrics: dict[str, float] = {"held_out_images": len(x0)}
+        for name, on in (("held_out_noise_mse", True), ("held_out_noise_mse_base", False)):
+            (self.unet.enable_adapters if on else self.unet.disable_adapters)()
+            gen = torch.Generator().manual_seed(1234)
+            total, timesteps = 0.0, (50, 250, 500, 750, 950)
+            with torch.no_grad():
+                for t in timesteps:
+                    noise = torch.randn((len(x0), 4, latent, latent), generator=gen).to(self.device)
+                    total += self._text_to_image_loss(self.unet.eval(), self.text_encoder, x0,
+                                                      self.held_out.captions, drop=False, noise=noise,
+                                                      t=torch.full((len(x0),), t)).item()
+            metrics[name] = total / len(timesteps)
+        self.unet.enable_adapters()
+        return metrics
+
+    def _export_lora(self, out: Path) -> None:
+        from diffusers import StableDiffusionPipeline
+        from peft import get_peft_model_state_dict
+
+        out.mkdir(parents=True, exist_ok=True)
+        StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(self.unet),
+                                                  safe_serialization=True)
+        (out / "studio.json").write_text(json.dumps({"data": self.config.data, "lora": True,
+                                                     "rank": self.options.lora_rank, "base": self.options.base},
+                                                    indent=2))
+
     def export(self, out: Path) -> None:
+        if self.lora:
+            return self._export_lora(out)
         if self.captioned:
             return self._export_text_to_image(out)
         from diffusers import DDIMScheduler
