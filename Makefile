@@ -35,4 +35,10 @@ samples: $(STAMP)
 	cp "$$(cat .last-run)/tune/midi.mid" samples/showcase-tune.mid
 	cp "$$(cat .last-run)/tune-audio/audio.wav" samples/showcase-tune.wav
 	cp "$$(cat .last-run)/tune-variation/audio.wav" samples/showcase-tune-variation.wav
+	$(BIN)/studio run pipelines/img2img.yaml --out runs --quiet > .last-run
+	cp "$$(cat .last-run)/sheet/image.png" samples/img2img-sheet.png
+	$(BIN)/studio run pipelines/inpaint.yaml --out runs --quiet > .last-run
+	cp "$$(cat .last-run)/sheet/image.png" samples/inpaint-sheet.png
+	$(BIN)/studio run pipelines/lora-sweep.yaml --out runs --quiet > .last-run
+	cp "$$(cat .last-run)/sheet/image.png" samples/lora-sweep-sheet.png
 	rm .last-run

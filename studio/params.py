@@ -46,6 +46,8 @@ def type_name(annotation: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(ann) if a is not type(None))
     names = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    if isinstance(ann, type) and issubclass(ann, BaseModel):  # a structured entry: its keys
+        return "mapping {" + ", ".join(ann.model_fields) + "}"
     return names.get(ann, getattr(ann, "__name__", str(ann)))
 
 
@@ -100,8 +102,14 @@ def check_value(params_cls: type[BaseModel], name: str, value: Any) -> str | Non
     try:
         _adapter(params_cls, name).validate_python(value, strict=_strict(params_cls, name))
     except ValidationError as exc:
-        return "; ".join(e["msg"] for e in exc.errors(include_url=False))
+        return "; ".join(_where(e["loc"]) + e["msg"] for e in exc.errors(include_url=False))
     return None
+
+
+def _where(loc: tuple) -> str:
+    """Where inside a list or mapping value an error is ("[0].path: "), or ""."""
+    text = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    return f"{text}: " if text else ""
 
 
 def _strict(params_cls: type[BaseModel], name: str) -> bool:

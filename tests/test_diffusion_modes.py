@@ -461,6 +461,11 @@ def test_bad_loras_and_options_are_refused_before_the_run(tmp_path, tiny_sd_dir,
     unet = next((DEFAULT_WEIGHTS / "unet").glob("*.safetensors"))
     assert "holds no LoRA layers" in refused(tmp_path, {"prompt": "x", "loras": [{"path": str(unet)}]})
     assert "not found (looked in" in refused(tmp_path, {"prompt": "x", "loras": [{"path": "none.safetensors"}]})
+    assert ("steps[0].with.loras (step 'img'): got [{'pth': 'x'}]: [0].path: Field required; [0].pth: Extra inputs "
+            "are not permitted. Allowed: list of mapping {path, scale, sha256}") in refused(
+        tmp_path, {"prompt": "x", "loras": [{"pth": "x"}]})
+    assert "lora_scale 0.5 multiplies the scales of loras, and this item has none" in refused(
+        tmp_path, {"prompt": "x", "lora_scale": 0.5})
     assert "is listed twice" in refused(tmp_path, {"prompt": "x", "loras": [{"path": str(lora_file)}] * 2})
     assert "not the " + "0" * 64 in refused(tmp_path, {"prompt": "x", "loras": [
         {"path": str(lora_file), "sha256": "0" * 64}]})

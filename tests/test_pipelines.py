@@ -27,3 +27,41 @@ def test_showcase_turns_the_gpts_lines_into_images_and_a_prompt_x_seed_sheet(tmp
     (sheet,) = result.artifacts("sheet")
     image = Image.open(sheet.path)
     assert image.width > 2 * 96 and image.height > 6 * 96  # 2 seeds across, 6 prompts down
+
+
+def test_the_inpainting_example_repaints_only_the_top_half(tmp_path):
+    import numpy as np
+
+    result = api.run(PIPELINES[0].parent / "inpaint.yaml", out=tmp_path, host=make_host())
+    assert result.status == "done", [r.error for r in result.failed]
+    (apple,) = result.artifacts("apple")
+    kept = np.asarray(Image.open(apple.path).convert("RGB"), dtype=np.int16)
+    repainted = [np.asarray(Image.open(i.artifacts["image"].path).convert("RGB"), dtype=np.int16)
+                 for i in result.step("repaint")]
+    assert len(repainted) == 6
+    for image in repainted:
+        # the mask's lower half is black (mask_blur 1 reaches about 3 rows past its edge)
+        assert np.array_equal(image[20:], kept[20:])
+        assert np.abs(image[:14] - kept[:14]).mean() > 5
+
+
+def test_the_lora_example_starts_from_the_base_model_and_moves_away_with_the_scale(tmp_path):
+    import numpy as np
+
+    result = api.run(PIPELINES[0].parent / "lora-sweep.yaml", out=tmp_path, host=make_host())
+    assert result.status == "done", [r.error for r in result.failed]
+    items = {(i.labels["lora_scale"], i.labels["prompt"]): i for i in result.step("outline")}
+    plain = api.run(_single_step(tmp_path), out=tmp_path / "plain", host=make_host())
+    base = np.asarray(Image.open(plain.artifacts("img")[0].path), dtype=np.int16)
+    assert np.array_equal(np.asarray(Image.open(items[0, "red heart"].artifacts["image"].path), dtype=np.int16), base)
+    distances = [np.abs(np.asarray(Image.open(items[s, "red heart"].artifacts["image"].path), dtype=np.int16)
+                        - base).mean() for s in (0.5, 0.75, 1)]
+    assert 0 < distances[0] < distances[2]
+
+
+def _single_step(tmp_path):
+    """The lora-sweep example's red heart at seed 3, without the LoRA."""
+    path = tmp_path / "plain.yaml"
+    path.write_text('name: plain\nsteps:\n  - {id: img, uses: image.diffusion, with: {prompt: "red heart", steps: 25, '
+                    'seed: 3}}\n')
+    return path
