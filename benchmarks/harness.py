@@ -456,7 +456,7 @@ class Harness:
             ImageDiffusion.load, diffusers.StableDiffusionPipeline.load_lora_weights = model_load, lora_load
         self.note("modes", "LoRA-scale sweep, 16 items (4 scales x 4 seeds), 32x32, 25 steps, vs without LoRA",
                   with_lora_s=round(with_s, 3), without_lora_s=round(without_s, 3),
-                  overhead=f"{with_s / without_s - 1:+.1%}", model_loads=first["model"], lora_loads=first["lora"],
+                  overhead=f"{with_s / without_s - 1:+.1%}", model_reloads=first["model"], lora_loads=first["lora"],
                   target="within 10%, one load each")
 
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=self.dtype_for(ImageDiffusion))

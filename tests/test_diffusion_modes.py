@@ -339,10 +339,11 @@ def test_unloading_a_lora_restores_the_base_weights_byte_for_byte(lora_file, tmp
     pipe = diffusers_pipeline("text2img")
     before = {k: v.clone() for k, v in {**pipe.unet.state_dict(), **pipe.text_encoder.state_dict()}.items()}
     lora = checked(Lora(path=str(lora_file), scale=0.7), lora_file)
-    activate(pipe, [lora], 1.0)
+    state: dict = {}
+    activate(pipe, [lora], 1.0, state)
     base = diffusers_pipeline("text2img")
     with_lora = pipe("red heart", num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
-    activate(pipe, [], 1.0)  # a batch without LoRA: the adapters are switched off
+    activate(pipe, [], 1.0, state)  # a batch without LoRA: unfused, the base weights put back
     off = pipe("red heart", num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
     plain = base("red heart", num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
     assert np.array_equal(grey(off), grey(plain)) and not np.array_equal(grey(with_lora), grey(plain))

@@ -386,7 +386,7 @@ class ImageDiffusion(Generator):
             pipe = auto.from_pretrained(str(root) if root is not None else params.model, **options)
             pipe.set_progress_bar_config(disable=True)
             _expose_final_layer_norm(pipe)
-            return {"pipeline": pipe, "scheduler_config": dict(pipe.scheduler.config), "modes": {}}
+            return {"pipeline": pipe, "scheduler_config": dict(pipe.scheduler.config), "modes": {}, "lora_state": {}}
 
     def prepare(self, model: dict, ctx) -> dict:
         """A text-to-image pipeline's models each on the device (its VAE guarded in
@@ -544,7 +544,7 @@ class ImageDiffusion(Generator):
         mode = "inpaint" if first.mask is not None else "img2img" if first.image is not None else "text2img"
         pipe = self._mode_pipeline(model, mode)
         pipe.scheduler = self._scheduler(model, first)
-        activate(model["pipeline"], first.loras, first.lora_scale,
+        activate(model["pipeline"], first.loras, first.lora_scale, model["lora_state"],
                  on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
 
         def on_step(pipeline, step, timestep, kwargs):

@@ -9,9 +9,11 @@ a LoRA made for another base model is refused by `studio validate` with the firs
 layers that do not fit.
 
 Loaded adapters stay in the pipeline, named by the file's sha256: a sweep over scales
-loads each file once, and a batch only sets the adapters' weights (peft's
-set_adapters). Peft keeps the base weights apart from the adapters (nothing is fused
-into them), so turning LoRA off or unloading gives the base model back exactly.
+loads each file once, and a batch sets the adapters' weights (peft's set_adapters) and
+fuses them into the base weights (diffusers' fuse_lora), which runs faster than peft's
+separate adapter matmuls. A copy of each adapted layer's base weight is kept, and put
+back when the batch that follows wants other LoRAs or none, so turning LoRA off or
+unloading gives the base model back bit for bit.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ PEFT_KEY = re.compile(r"^(?:(unet|text_encoder|text_encoder_2)\.)?(.+?)\.(lora_A
 KOHYA_KEY = re.compile(r"^lora_(unet|te|te1|te2)_(.+?)\.(lora_down|lora_up)\.weight$")
 COMPONENT = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
 DOWN = ("lora_A", "lora.down", "lora_down")
+FUSED = ("unet", "text_encoder")  # the components diffusers' Stable Diffusion LoRA loading adapts
 
 
 class Lora(BaseModel):
@@ -141,15 +144,22 @@ def adapter_name(lora: Lora) -> str:
     return f"lora_{lora.sha256[:16]}"
 
 
-def activate(pipe: Any, loras: list[Lora], lora_scale: float, on_load=None) -> None:
-    """Make `loras` at their scales (times `lora_scale`) the pipeline's active adapters,
-    loading each file the first time it is asked for; with no loras, LoRA is off."""
+def activate(pipe: Any, loras: list[Lora], lora_scale: float, state: dict, on_load=None) -> None:
+    """Make `loras` at their scales (times `lora_scale`) the pipeline's adapters, fused
+    into the base weights for the batch (one matmul a layer instead of three: faster
+    wherever a batch outweighs the fuse), loading each file the first time it is asked
+    for; with no loras, the base weights exactly as loaded. `state` is kept with the
+    loaded model between batches: what is fused, and the base weights to go back to."""
+    wanted = [(adapter_name(lora), lora.scale * lora_scale) for lora in loras]
+    if state.get("fused") == wanted:
+        return  # fused as this batch asks already (a sweep's next batch at the same scale)
+    _unfuse(pipe, state)
     loaded = {name for names in pipe.get_list_adapters().values() for name in names}
-    names = [adapter_name(lora) for lora in loras]
-    if not names:
+    if not wanted:
         if loaded:
             pipe.disable_lora()
         return
+    names = [name for name, _ in wanted]
     _forget_unused(pipe, loaded, set(names))
     for lora, name in zip(loras, names):
         if name not in loaded:
@@ -166,7 +176,51 @@ def activate(pipe: Any, loras: list[Lora], lora_scale: float, on_load=None) -> N
             if on_load is not None:
                 on_load(lora)
     pipe.enable_lora()
-    pipe.set_adapters(names, adapter_weights=[lora.scale * lora_scale for lora in loras])
+    pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
+    _fuse(pipe, state, names)
+    state["fused"] = wanted
+
+
+def _lora_layers(pipe: Any) -> dict[str, Any]:
+    """The layers peft wrapped, by component and name."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = {}
+    for component in FUSED:
+        module = getattr(pipe, component, None)
+        if module is not None:
+            layers |= {f"{component}.{name}": layer for name, layer in module.named_modules()
+                       if isinstance(layer, BaseTunerLayer)}
+    return layers
+
+
+def _fuse(pipe: Any, state: dict, names: list[str]) -> None:
+    """Fuse the active adapters at their weights, first keeping a copy of each wrapped
+    layer's base weight: unfusing subtracts what was added, which is not exact in
+    floating point, and the copy is."""
+    import torch
+
+    saved = state.setdefault("base", {})
+    with torch.no_grad():
+        for key, layer in _lora_layers(pipe).items():
+            if key not in saved:
+                saved[key] = layer.get_base_layer().weight.detach().clone()
+    pipe.fuse_lora(components=[c for c in FUSED if getattr(pipe, c, None) is not None], lora_scale=1.0,
+                   adapter_names=names)
+
+
+def _unfuse(pipe: Any, state: dict) -> None:
+    """Back to the base weights, bit for bit."""
+    import torch
+
+    if not state.get("fused"):
+        return
+    pipe.unfuse_lora(components=[c for c in FUSED if getattr(pipe, c, None) is not None])
+    with torch.no_grad():
+        for key, layer in _lora_layers(pipe).items():
+            if key in state["base"]:
+                layer.get_base_layer().weight.copy_(state["base"][key])
+    state["fused"] = None
 
 
 def _forget_unused(pipe: Any, loaded: set[str], wanted: set[str]) -> None:
