@@ -99,8 +99,14 @@ def test_image_to_image_equals_diffusers_and_a_strength_seed_sweep_batches(tmp_p
     assert high > low  # strength 0.7 moves further from the sketch than 0.3 (same seed)
 
 
-def test_image_to_image_records_the_init_image_by_hash_and_takes_upstream_images(tmp_path):
+def test_image_to_image_records_the_init_image_by_hash_and_takes_upstream_images(tmp_path, monkeypatch):
     import hashlib
+
+    from studio_image.diffusion import ImageDiffusion
+
+    loads = []
+    original = ImageDiffusion.load
+    monkeypatch.setattr(ImageDiffusion, "load", lambda self, p, c: loads.append(p.model) or original(self, p, c))
 
     init = sketch(tmp_path / "sketch.png")
     text = json.dumps({"name": "chain", "device": "cpu", "steps": [
@@ -112,6 +118,7 @@ def test_image_to_image_records_the_init_image_by_hash_and_takes_upstream_images
     ]})
     run = run_yaml(text, tmp_path)
     assert run.status == "done", run.failed
+    assert len(loads) == 1  # text-to-image and image-to-image share one loaded model (from_pipe)
     (again,) = run.step("again")
     (file,) = run.step("file")
     recorded = json.loads(Image.open(file.artifacts["image"].path).text["studio"])["params"]["image"]

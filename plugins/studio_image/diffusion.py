@@ -205,8 +205,8 @@ def _facts(info: ValidationInfo) -> dict[str, Any] | None:
 
 class ImageDiffusion(Generator):
     name = "image.diffusion"
-    description = ("Diffusion sampling with diffusers: the embedded class-conditional digit model, "
-                   "a UNet2DModel directory, or any text-to-image pipeline (Stable Diffusion ...).")
+    description = ("Diffusion with diffusers: text-to-image, image-to-image, inpainting and LoRA on Stable Diffusion "
+                   "pipelines (the embedded default draws emoji), and UNet2DModel checkpoints (the digit model).")
     outputs = {"image": media.IMAGE}
     precisions = ("bf16", "fp16", "fp32")
     default_weights = DEFAULT_WEIGHTS
@@ -329,7 +329,8 @@ class ImageDiffusion(Generator):
                     raise ValueError(f"lora {lora.path!r} is listed twice (also as {seen[lora.sha256]!r}); give it "
                                      "once, with the scales added")
                 seen[lora.sha256] = lora.path
-                problem = fit_problem(Path(lora.path), local_path(model, DEFAULT_WEIGHTS))
+                root = local_path(model, DEFAULT_WEIGHTS)
+                problem = fit_problem(Path(lora.path), root) if root is not None and root.is_dir() else None
                 if problem:
                     raise ValueError(f"lora {lora.path!r} {problem}")
             return loras
