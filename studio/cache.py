@@ -99,13 +99,37 @@ class StepCache:
         except (DamagedEntry, OSError, ValueError, RecursionError, MemoryError):
             return None
 
+    def touch(self, key: str) -> None:
+        """Mark an entry used now (its folder's time): `studio cache gc` removes the least
+        recently used first."""
+        try:
+            os.utime(self._dir(key))
+        except OSError:
+            pass  # a read-only cache still serves; only its order of removal is older
+
     def verify(self, f: CachedFile) -> None:
         """Check a cached file before it is copied: see verify_file."""
         verify_file(f)
 
     def copy_out(self, f: CachedFile, dest: Path) -> None:
-        """Copy a cached file to `dest`, hashing it on the way: DamagedEntry when the
-        content is not what the entry recorded. Errors writing `dest` are OSErrors."""
+        """Put a cached file at `dest`: a hard link to the entry's file where the file
+        system allows it (the run takes no more disk), else a copy; hashed either way:
+        DamagedEntry when the content is not what the entry recorded. Errors writing
+        `dest` are OSErrors."""
+        try:
+            # the link itself, never what a link in the cache would point to
+            os.link(f.path, dest, follow_symlinks=False)
+        except OSError:  # another file system, or one without hard links: copy
+            pass
+        else:
+            try:
+                with _open_plain(dest) as linked:
+                    if sha256_stream(linked) != f.sha256:
+                        raise DamagedEntry(f"{f.path.name}: content changed")
+            except (DamagedEntry, OSError) as exc:
+                dest.unlink(missing_ok=True)
+                raise DamagedEntry(str(exc)) from None
+            return
         try:
             src = _open_plain(f.path)
         except OSError as exc:
@@ -140,7 +164,10 @@ class StepCache:
         try:
             files = {}
             for port, art in artifacts.items():
-                shutil.copyfile(art.path, tmp / art.path.name)
+                try:  # the run's file and the entry share the disk blocks where they can
+                    os.link(art.path, tmp / art.path.name, follow_symlinks=False)
+                except OSError:
+                    shutil.copyfile(art.path, tmp / art.path.name)
                 files[port] = {"file": art.path.name, "media_type": art.media_type, "sha256": art.sha256,
                                "size": art.size}
             (tmp / ENTRY).write_text(json.dumps({"files": files, "notes": notes or {}}, indent=2, default=str),

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from studio.version import __version__
-from studio.errors import GeneratorFailed, StudioError, printable
+from studio.errors import GeneratorFailed, StudioError, UserError, printable
 
 PRECISION_CHOICES = click.Choice(["auto", "fp32", "bf16", "fp16"])
 
@@ -422,6 +422,20 @@ def plugins_list(as_json) -> None:
     Console().print(table)
 
 
+@plugins.command("new")
+@click.argument("name")
+@click.option("--dir", "where", default=".", show_default=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write studio-NAME/.")
+def plugins_new(name, where) -> None:
+    """Write a ready plugin package: pyproject with the entry point, a generator
+    (image.NAME), tests using studio.testing, a README."""
+    from studio.scaffold import new_plugin
+
+    root = new_plugin(name, where)
+    echo(f"wrote {root}: its generator is image.{name}")
+    echo(f"next: cd {root} && pip install -e '.[test]' && pytest")
+
+
 @plugins.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
@@ -463,15 +477,173 @@ def runs() -> None:
     """Look at finished runs."""
 
 
-@runs.command("show")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+OUT_OPTION = click.option("--out", default="runs", show_default=True, metavar="DIR", type=click.Path(path_type=Path),
+                          help="The folder runs were written to (studio run --out).")
+
+
+@runs.command("list")
+@OUT_OPTION
+@click.option("--name", "pipeline", metavar="PIPELINE", help="Only this pipeline's runs.")
+@click.option("--status", type=click.Choice(["done", "failed", "interrupted", "running", "unreadable"]))
+@click.option("--since", metavar="DATE", help="Started on or after, e.g. 2026-11-24 or 2026-11-24T10:00.")
+@click.option("--until", metavar="DATE", help="Started on or before (a date includes its whole day).")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def runs_show(run_dir, as_json) -> None:
-    """What a run made: status, seeds, timings and artifacts per item."""
+def runs_list(out, pipeline, status, since, until, limit, as_json) -> None:
+    """Runs, newest first: name, run id, status, items, time, pipeline file, size."""
+    from studio.history import runs as find_runs
+
+    found = find_runs(out, pipeline=pipeline, status=status, since=since, until=until, limit=limit)
+    if as_json:
+        echo(json.dumps([r.as_dict() for r in found], indent=2))
+        return
+    if not found:
+        echo(f"no runs in {out}" + (" match" if pipeline or status or since or until else ""))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table()
+    for col in ("pipeline", "run", "status", "done/failed/cached", "time", "pipeline file", "size"):
+        table.add_column(col, overflow="fold", no_wrap=col == "run")
+    for r in found:
+        seconds = "" if r.seconds is None else f"{r.seconds:.1f} s"
+        table.add_row(escape(r.pipeline), escape(r.run_id), escape(r.status), f"{r.done}/{r.failed}/{r.cached}",
+                      seconds, escape(r.source), _size(r.bytes) + (
+                          f" (+{_size(r.shared_bytes)} shared)" if r.shared_bytes else ""))
+    # a table piped to a file or pager keeps its rows on one line each
+    Console(emoji=False, highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@runs.command("find")
+@OUT_OPTION
+@click.option("--step", help="Step id.")
+@click.option("--uses", help="Generator, e.g. image.diffusion.")
+@click.option("--seed", type=int)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter's value (YAML: 7, 0.5, true, red heart); an input by file name or sha256. Repeatable.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def runs_find(out, step, uses, seed, params, limit, as_json) -> None:
+    """Items of any run by step, generator, seed or parameter value."""
+    import yaml
+
+    from studio.history import find
+
+    wanted = {}
+    for entry in params:
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--param {entry!r}: expected KEY=VALUE, e.g. --param prompt='red heart'")
+        try:
+            wanted[key.strip()] = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            wanted[key.strip()] = value
+    found = find(out, step=step, uses=uses, seed=seed, params=wanted, limit=limit)
+    if as_json:
+        echo(json.dumps(found, indent=2, default=str))
+        return
+    for item in found:
+        echo(f"{item['run_dir']}  {item['name']}  {item['status']}  seed {item['seed']}")
+    if not found:
+        echo(f"no items in {out} match")
+
+
+@runs.command("rm")
+@OUT_OPTION
+@click.argument("targets", nargs=-1, required=True, metavar="RUN...")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def runs_rm(out, targets, yes) -> None:
+    """Delete runs: run directories, `latest`, or a pipeline name (its newest run)."""
+    from studio.history import remove, resolve
+
+    chosen = [resolve(out, t) for t in targets]
+    for run_dir in chosen:
+        if not yes and not click.confirm(f"delete {run_dir}?", default=False):
+            continue
+        remove(out, run_dir)
+        echo(f"removed {run_dir}")
+
+
+@cli.group()
+def cache() -> None:
+    """Look after the step cache (OUT/.cache/steps)."""
+
+
+@cache.command("info")
+@OUT_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(out, as_json) -> None:
+    """How many entries the cache holds, its size, and what only it holds."""
+    import time
+
+    from studio.cache_admin import cache_root, entries, keys_in_runs
+
+    found = entries(out)
+    listed = keys_in_runs(out) if out.is_dir() else set()
+    info = {"cache": str(cache_root(out)), "entries": len(found), "bytes": sum(e.bytes for e in found),
+            "bytes_alone": sum(e.alone for e in found), "entries_runs_recorded": sum(e.key in listed for e in found),
+            "oldest_use": found[0].last_used if found else None, "newest_use": found[-1].last_used if found else None}
+    if as_json:
+        echo(json.dumps(info, indent=2))
+        return
+    when = (lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-")
+    echo(f"{info['cache']}: {info['entries']} entries, {_size(info['bytes'])} "
+         f"({_size(info['bytes_alone'])} not shared with any run); {info['entries_runs_recorded']} recorded by "
+         f"runs in {out}; last used {when(info['oldest_use'])} to {when(info['newest_use'])}")
+
+
+@cache.command("gc")
+@OUT_OPTION
+@click.option("--older-than", "days", type=click.FloatRange(0), metavar="DAYS",
+              help="Remove entries last used more than DAYS ago.")
+@click.option("--max-gb", type=click.FloatRange(0), help="Then remove the least recently used until the cache "
+              "alone holds at most this much.")
+@click.option("--include-listed", is_flag=True, help="Also remove entries that runs in OUT recorded.")
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+def cache_gc(out, days, max_gb, include_listed, dry_run) -> None:
+    """Remove cache entries, least recently used first; never one a run in OUT recorded
+    unless --include-listed."""
+    from studio.cache_admin import collect
+
+    if days is None and max_gb is None:
+        raise UserError("give --older-than DAYS, --max-gb N or both (studio cache info shows the cache's size)")
+    removed, protected = collect(out, older_than_days=days, max_bytes=None if max_gb is None else int(max_gb * 2**30),
+                                 include_listed=include_listed, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    echo(f"{verb} {len(removed)} entries, freeing {_size(sum(e.alone for e in removed))}"
+         + (f"; kept {len(protected)} that runs in {out} recorded (--include-listed removes them)"
+            if protected else ""))
+
+
+@runs.command("show")
+@click.argument("run_dir", metavar="RUN")
+@OUT_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_dir, out, as_json) -> None:
+    """What a run made: status, seeds, timings and artifacts per item. RUN is a run
+    directory, a pipeline's folder or name (its newest run), or `latest`."""
     from rich.markup import escape
 
+    from studio.history import resolve
     from studio.manifest import read_manifest, shown
 
+    given = Path(run_dir)
+    # a name, `latest` or a pipeline's folder of runs: which run; any other path is read as
+    # given, so that what is wrong with it is said about it
+    if not os.path.lexists(given) or (given.is_dir() and not os.path.lexists(given / "manifest.json")
+                                      and _holds_runs(given)):
+        given = resolve(out, run_dir)
+    run_dir = given
     # completed from the run's journal when the run was killed, and saved back
     manifest = read_manifest(run_dir, repair=True)
     try:
@@ -486,6 +658,12 @@ def runs_show(run_dir, as_json) -> None:
         from studio.errors import StorageError
 
         raise StorageError(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+
+def _holds_runs(folder: Path) -> bool:
+    from studio.history import newest_in
+
+    return newest_in(folder) is not None
 
 
 def _show_manifest(manifest, escape, shown) -> None:

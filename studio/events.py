@@ -60,19 +60,23 @@ class Plain(Sink):
 
 
 class RichProgress(Sink):
-    """A bar per step (items) and one for the item being made (its own progress)."""
+    """A bar per step (items) and one for the items being made (their own progress: the
+    whole batch, named, when a step makes several at once); each with its time so far
+    and an estimate of the time left."""
 
     def __init__(self, console=None):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console, transient=False,
+            TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.steps: dict[str, Any] = {}
         self.item_task = None
+        self.item_names: list[str] = []
 
     def emit(self, event: str, **data: Any) -> None:
         p = self.progress
@@ -86,7 +90,7 @@ class RichProgress(Sink):
                 p.advance(task)
             if self.item_task is not None:
                 p.remove_task(self.item_task)
-                self.item_task = None
+                self.item_task, self.item_names = None, []
             if event == "item_cached":
                 p.console.print(f"  [dim]cached[/]  {data['item']}")
             elif event == "item_error":
@@ -96,11 +100,26 @@ class RichProgress(Sink):
         elif event == "batch_shrunk":
             p.console.print(f"  [yellow]{shrunk_message(data)}[/]")
         elif event == "item_progress":
+            name = data["item"]
             if self.item_task is None:
-                self.item_task = p.add_task(f"  {data['item']}", total=data["total"])
+                self.item_names = [name]
+                self.item_task = p.add_task(self.item_label(), total=data["total"])
+            elif name not in self.item_names:  # another item of the same batch
+                self.item_names.append(name)
+                p.update(self.item_task, description=self.item_label())
             p.update(self.item_task, completed=data["done"], total=data["total"])
         elif event == "run_done":
             p.stop()
+
+    def item_label(self) -> str:
+        """The items being made: one name, or a batch's first two and how many more."""
+        from rich.markup import escape
+
+        names = self.item_names
+        if len(names) == 1:
+            return f"  {escape(names[0])}"
+        more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+        return f"  {escape(names[0])}, {escape(names[1])}{more} [dim](one batch)[/]"
 
     def close(self) -> None:
         self.progress.stop()

@@ -28,9 +28,11 @@ from studio.artifacts import (atomic_write, fsync_dir, is_storage_problem, os_er
                               sha256_file, write_json_atomic)
 from studio.batch import BatchOutOfMemory, BatchResult, run_batch
 from studio.cache import DamagedEntry, StepCache, cache_key, canonical
+from studio.codehash import code_fingerprint
 from studio.errors import MachineError, StorageError, StudioError, UserError, clip, echo
 from studio.events import GuardedSink, Sink
 from studio.generator import Artifact, Generator, Params, StepContext
+from studio.history import link_latest
 from studio.manifest import MANIFEST, Manifest
 from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
 from studio.records import ItemResult, ItemRun, RunResult, RunStats, StepRun
@@ -106,6 +108,7 @@ class Executor:
         for item in self.plan.items:
             self.results[item.name] = ItemResult(item.name, item.step_id, item.dirname, item.labels, item.seed)
         run_dir = self._make_run_dir()
+        link_latest(run_dir)  # runs/<pipeline>/latest: this run, from its first moment
         self.events.emit("run_start", pipeline=self.spec.name, run_dir=str(run_dir), items=len(self.results))
         status = "interrupted"
         try:
@@ -262,7 +265,8 @@ class Executor:
                 continue
             result.params = _jsonable(params)
             key = cache_key({
-                "generator": gen.name, "version": gen.version, "weights": gen.weights_id(params),
+                "generator": gen.name, "version": gen.version, "code": code_fingerprint(type(gen)),
+                "weights": gen.weights_id(params),
                 "params": params, "seed": item.seed, "precision": precision,
                 "device": device_kind,
             })
@@ -396,6 +400,7 @@ class Executor:
             self._discard(result)
             raise StorageError(os_error_text(exc, target)) from exc
         result.notes = entry.notes
+        self.cache.touch(key)
         run = StepRun(step.id, step.uses, self.registry.plugin_of(step.uses), gen, self.runtime, "", [])
         for artifact in result.artifacts.values():
             self.hooks.artifact_saved(artifact=artifact, step=run)

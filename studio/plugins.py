@@ -66,6 +66,7 @@ class Host:
         if env.get("STUDIO_TRACE_PLUGINS", "") not in ("", "0"):
             host.pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
             host.pm.enable_tracing()
+            host.pm.add_hookcall_monitoring(_trace_before, _trace_after)
 
         from studio import builtin
 
@@ -175,3 +176,15 @@ def default_host() -> Host:
     if _default is None:
         _default = Host.load()
     return _default
+
+
+def _trace_before(hook_name: str, implementations: list, kwargs: dict) -> None:
+    """STUDIO_TRACE_PLUGINS: which plugins a hook call reaches, in the order they run."""
+    names = ", ".join(impl.plugin_name for impl in reversed(implementations)) or "no plugin"
+    print(f"studio: hook {hook_name} -> {names}", file=sys.stderr)
+
+
+def _trace_after(outcome, hook_name: str, implementations: list, kwargs: dict) -> None:
+    if outcome.exception is not None:
+        print(f"studio: hook {hook_name} raised {type(outcome.exception).__name__}: {outcome.exception}",
+              file=sys.stderr)

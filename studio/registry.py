@@ -115,7 +115,8 @@ class Registry:
             owners = " and ".join(repr(o) for o in self.conflicts[name] if o)
             raise UserError(f"generator {name!r} is registered by both {owners}")
         if name not in self.generators:
-            raise UserError(unknown_generator_message(name, self.generators))
+            broken = {plugin: info.errors for plugin, info in self.plugins.items() if info.errors}
+            raise UserError(unknown_generator_message(name, self.generators, broken))
         return self.generators[name]
 
     def writer(self, media_type: str) -> Writer:
@@ -140,10 +141,14 @@ class Registry:
         return info.version if info else None
 
 
-def unknown_generator_message(name: str, known: Iterable[str]) -> str:
+def unknown_generator_message(name: str, known: Iterable[str], broken: dict[str, list[str]] | None = None) -> str:
     known = sorted(known)
     msg = f"unknown generator {echo(name)}." + did_you_mean(name, known)
     msg += f" Registered: {', '.join(known) or 'none'} (see `studio plugins list`)."
+    if broken:  # the generator may be one of theirs
+        shown = "; ".join(f"{echo(plugin)} ({echo(errors[0][:200])})" for plugin, errors in sorted(broken.items())[:3])
+        msg += (f" Plugins that failed to load, whose generators are missing: {shown}"
+                + (f" and {len(broken) - 3} more" if len(broken) > 3 else "") + ".")
     only = os.environ.get("STUDIO_LOAD_PLUGINS")
     if only is not None:  # a filter the user may have forgotten is set
         msg += f" Only the plugins named in STUDIO_LOAD_PLUGINS={echo(only)} are loaded; unset it to load all."

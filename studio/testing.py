@@ -38,7 +38,7 @@ from studio.hookspecs import hookimpl
 # the public API plugins may import (documented in docs/plugins.md)
 __all__ = ["ClusterFakes", "FakeCaption", "FakeCrashOnce", "FakeFail", "FakeImage", "FakePlugin", "FakeSleep",
            "FakeText", "assert_generator_contract",
-           "make_context", "make_host", "run_yaml"]
+           "make_artifact", "make_context", "make_host", "run_yaml"]
 
 
 # --- fake generators -----------------------------------------------------------------
@@ -213,6 +213,23 @@ def make_context(seed: int = 0, *, device: str = "cpu", precision: str = "fp32",
 
     return StepContext(step_id=step_id, item_name=step_id, seed=seed,
                        runtime=Runtime(device, precision), precision=precision)
+
+
+def make_artifact(path: str | Path) -> Artifact:
+    """A file as a generator's media input receives it (media type read from its
+    content, sha256, size), to call `generate()` directly on a real image, WAV or MIDI:
+
+        image = make_artifact(tmp_path / "in.png")
+        out = MyFilter().generate(MyFilter.Params(image=image), make_context(seed=1))
+    """
+    from studio.artifacts import sha256_file
+    from studio.sniff import sniff
+
+    path = Path(path).absolute()
+    found = sniff(path, full=True)
+    if not found.ok:
+        raise ValueError(f"{path}: {found.problem or 'not a file type Studio reads'}")
+    return Artifact(path=path, media_type=found.media_type, sha256=sha256_file(path), size=path.stat().st_size)
 
 
 def run_yaml(text: str, tmp_path: Path, *, plugins=(), use_cache: bool = True, events=None, **kwargs):

@@ -56,7 +56,8 @@ def start_run(cwd: Path, *extra: str, python: str | None = None) -> subprocess.P
 
 def run_dirs(cwd: Path) -> list[Path]:
     parent = cwd / "runs" / "cards"
-    return sorted(p for p in parent.iterdir() if not p.name.startswith(".")) if parent.is_dir() else []
+    return sorted(p for p in parent.iterdir() if not p.name.startswith(".") and p.name != "latest") \
+        if parent.is_dir() else []
 
 
 def journal_lines(cwd: Path) -> int:
@@ -321,7 +322,7 @@ def test_a_user_error_at_run_time_fails_only_its_item_and_exits_2(invoke, tmp_pa
     assert "Traceback" not in result.output
     assert ("step 't', item 't@prompt=much too long': test.picky: prompt: 13 characters, this model takes "
             "at most 5") in result.output
-    (run_dir,) = (tmp_path / "runs" / "u").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs" / "u").iterdir() if p.name != "latest"]
     items = json.loads((run_dir / "manifest.json").read_text())["steps"]["t"]["items"]
     assert [(i["status"], i["error_kind"]) for i in items] == [("done", None), ("failed", "user"), ("done", None)]
     assert (run_dir / "t@prompt=ok" / "text.txt").read_text() == "ok"

@@ -147,12 +147,37 @@ def test_third_party_plugin_installed_as_a_package(third_party, tmp_path):
     run_dir = tmp_path / ran.stdout.strip()
     assert (run_dir / "a" / "text.txt").read_text() == "HEY!"
 
+    # the same again is served from the cache; after an edit of the plugin's code it is made again
+    import json as json_module
+
+    def statuses(stdout):
+        manifest = json_module.loads((tmp_path / stdout.strip() / "manifest.json").read_text())
+        return [i["status"] for i in manifest["steps"]["a"]["items"]]
+
+    again = studio(["run", "p.yaml", "--quiet"], third_party, cwd=tmp_path)
+    assert statuses(again.stdout) == ["cached"]
+    source = tmp_path / "site" / "acme_studio.py"
+    source.write_text(source.read_text().replace('"!"', '"!!"'))
+    edited = studio(["run", "p.yaml", "--quiet"], third_party, cwd=tmp_path)
+    assert statuses(edited.stdout) == ["done"]
+    assert (tmp_path / edited.stdout.strip() / "a" / "text.txt").read_text() == "HEY!!"
+
+    # a generator of the plugin that failed: the message says which plugin broke and why
+    (tmp_path / "q.yaml").write_text("name: q\nsteps:\n  - {id: a, uses: text.libfoo, with: {}}\n")
+    checked = studio(["validate", "q.yaml"], third_party, cwd=tmp_path)
+    assert checked.returncode == 2
+    assert ("Plugins that failed to load, whose generators are missing: 'broken' (\"failed to import 'acme_broken': "
+            "ImportError: needs libfoo\")") in checked.stdout + checked.stderr
+
 
 def test_trace_prints_hook_calls(third_party):
     env = {**third_party, "STUDIO_TRACE_PLUGINS": "1", "STUDIO_LOAD_PLUGINS": "acme,utils"}
     out = studio(["plugins", "list"], env)
     assert out.returncode == 0
     assert "register_generators [hook]" in out.stderr
+    # each call names the plugins it reaches
+    lines = out.stderr.splitlines()
+    assert "studio: hook register_generators -> acme" in lines and "studio: hook register_generators -> utils" in lines
     assert "broken" not in out.stdout  # filtered out
 
 
