@@ -13,6 +13,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	scripts/install-system-packages
 	$(PYTHON) -m venv $(VENV)
+	@# the distribution was called "studio" before "studio-media": an old install's entry
+	@# points would register every built-in plugin twice
+	$(BIN)/pip uninstall --quiet --yes studio 2>/dev/null || true
+	rm -rf studio.egg-info
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 

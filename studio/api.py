@@ -50,12 +50,14 @@ def load(
     precision: str | None = None,
     compile: bool | None = None,
     host: Host | None = None,
+    base_dir: str | Path | None = None,
 ) -> Pipeline:
     """Read and validate a pipeline. Raises PipelineError listing every problem.
-    `overrides` are "STEP.PARAM=VALUE" strings, as `--set` takes them."""
+    `overrides` are "STEP.PARAM=VALUE" strings, as `--set` takes them; `base_dir` is
+    where relative input files are (default: the pipeline file's folder)."""
     host = host or default_host()
     spec = load_spec(path, host.registry, overrides=list(overrides), seed=seed, device=device, precision=precision,
-                     compile=compile)
+                     compile=compile, base_dir=None if base_dir is None else Path(base_dir))
     return Pipeline(spec, host)
 
 
@@ -87,9 +89,11 @@ def run(
     executor: str | None = None,
     ray_address: str | None = None,
     keep_workers: float | None = None,
+    base_dir: str | Path | None = None,
 ) -> RunResult:
     """Validate and run a pipeline; returns the run with its artifacts. A failed item
     does not raise: check `result.status` and `result.failed`."""
-    pipeline = load(path, overrides=overrides, seed=seed, device=device, precision=precision, host=host)
+    pipeline = load(path, overrides=overrides, seed=seed, device=device, precision=precision, host=host,
+                    base_dir=base_dir)
     return pipeline.run(out=out, use_cache=use_cache, events=events, runtime=runtime, executor=executor,
                         ray_address=ray_address, keep_workers=keep_workers)

@@ -118,8 +118,9 @@ def cli() -> None:
                    "run (default 300; 0 stops them when this run ends).")
 def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, compile_, max_ram_gb,
         max_vram_gb, executor, ray_address, ray_keep_workers) -> None:
-    """Run PIPELINE and write its outputs under OUT."""
-    from studio import api
+    """Run PIPELINE and write its outputs under OUT. PIPELINE is a pipeline file, or a
+    PNG, WAV or MIDI file Studio made, a manifest.json or a run directory: the pipeline
+    that made it runs again (fully cached when nothing changed; --set applies)."""
     from studio.artifacts import os_error_text
     from studio.errors import StorageError, UserError
     from studio.events import GuardedSink, sink_for
@@ -129,8 +130,8 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     if not out.strip():
         raise StorageError("--out is empty: give a folder for the runs, e.g. --out runs")
     out = Path(out)
-    loaded = api.load(pipeline, overrides=overrides, seed=seed, device=device, precision=precision,
-                      compile=True if compile_ else None, host=_host())
+    loaded = _load_or_reopen(pipeline, overrides=overrides, seed=seed, device=device, precision=precision,
+                             compile=True if compile_ else None, host=_host())
     budget = ModelBudget(cpu=None if max_ram_gb is None else int(max_ram_gb * 2**30),
                          gpu=None if max_vram_gb is None else int(max_vram_gb * 2**30))
     runtime = Runtime(loaded.spec.device, loaded.spec.precision, budget)
@@ -199,6 +200,48 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
         # machine (memory, disk) is for the user to fix: exit 2
         crashed = any(r.error_kind == "generator" for r in result.failed)
         raise (GeneratorFailed if crashed else UserError)("\n".join(lines))
+
+
+def _load_or_reopen(pipeline: Path, **options):
+    """A pipeline file, or the pipeline inside a file Studio made (PNG, WAV, MIDI), a
+    manifest.json or a run directory: loaded and validated like any pipeline file, its
+    relative inputs read from the folder they were read from when it first ran."""
+    import tempfile
+
+    from studio import api
+    from studio.reopen import MEDIA, as_yaml, reopen
+
+    if not (pipeline.is_dir() or pipeline.name == "manifest.json" or pipeline.suffix.lower() in MEDIA):
+        return api.load(pipeline, **options)
+    reopened = reopen(pipeline)
+    if reopened.base_dir is not None and not reopened.base_dir.is_dir():
+        # made on another machine: its input files are looked for here instead
+        reopened.base_dir = None
+    with tempfile.TemporaryDirectory(prefix="studio-reopened-") as tmp:
+        path = Path(tmp) / "pipeline.yaml"
+        path.write_text(as_yaml(reopened, pipeline), encoding="utf-8")
+        loaded = api.load(path, base_dir=reopened.base_dir or Path.cwd(), **options)
+    loaded.spec.source = pipeline  # the manifest says where this run came from
+    return loaded
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the YAML here (default: print it).")
+def export(source, output) -> None:
+    """Write out the pipeline that made SOURCE: a PNG, WAV or MIDI file Studio made, a
+    manifest.json or a run directory."""
+    from studio.artifacts import atomic_write
+    from studio.reopen import as_yaml, reopen
+
+    text = as_yaml(reopen(source), source)
+    if output is None:
+        echo(text.rstrip("\n"))
+        return
+    if output.exists():
+        raise UserError(f"{output} exists; give another -o, or remove it first")
+    atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    echo(f"wrote {output}")
 
 
 def _stdout_to_devnull() -> None:
@@ -363,7 +406,7 @@ class _TrainCommand(click.Command):
 def train(generator, data, out, steps, batch_size, lr, device, seed, resume, checkpoint_every, options, quiet) -> None:
     """Train weights for GENERATOR on your own data; `model: OUT` then uses them."""
     from studio.errors import UserError, echo as quoted
-    from studio.training import TrainConfig, train as run_training
+    from studio.training import TrainConfig, TrainingInterrupted, train as run_training
 
     opts = {}
     for option in options:
@@ -379,7 +422,15 @@ def train(generator, data, out, steps, batch_size, lr, device, seed, resume, che
         warnings.showwarning = lambda message, *args, **kwargs: echo(f"warning: {message}", err=True)
         warnings.simplefilter("always", UserWarning)
         # checks the options before anything loads
-        result = run_training(trainer, config, show_progress=not quiet)
+        try:
+            result = run_training(trainer, config, show_progress=not quiet)
+        except TrainingInterrupted as stopped:
+            if stopped.saved:
+                echo(f"interrupted at step {stopped.done} of {stopped.total}: checkpoint saved in "
+                     f"{_display(stopped.out / 'training')}; continue with the same command plus --resume", err=True)
+            else:
+                echo("interrupted before a step finished: nothing to keep", err=True)
+            sys.exit(130)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     echo(f"trained {generator} for {result.steps} steps in {result.seconds:.0f} s: {losses}")

@@ -51,7 +51,7 @@ from studio.runtime import ModelBudget, Runtime, choose_precision
 from studio.version import __version__
 
 RAY_MISSING = ("running on a Ray cluster (--executor ray, or executor: ray in the pipeline) needs Ray, which is "
-               "not installed here. Install it with `pip install 'studio[ray]'` (or `pip install ray`), or run "
+               "not installed here. Install it with `pip install 'studio-media[ray]'` (or `pip install ray`), or run "
                "with --executor local")
 RETRIES = 3  # a worker that dies mid-batch is restarted and the batch run again, this often
 KEEP_WORKERS_S = 300.0  # how long a worker waits, idle, for the next run's batches

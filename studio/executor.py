@@ -38,6 +38,8 @@ from studio.plan import Binding, FileInput, Plan, PlanItem, PlanStep
 from studio.records import ItemResult, ItemRun, RunResult, RunStats, StepRun
 from studio.refs import interpolate, whole_ref
 from studio.registry import Registry
+from studio.reopen import KEY as PIPELINE_KEY
+from studio.reopen import encode as encode_pipeline
 from studio.report import write_gallery
 from studio.runtime import Runtime, check_finite, free_memory, is_out_of_memory
 from studio.version import __version__
@@ -545,6 +547,13 @@ class Executor:
             raise UserError(f"item directory {name!r} would leave the run directory")
         return path
 
+    @property
+    def _pipeline_source(self) -> str:
+        """The resolved pipeline, compressed, as every output file carries it (made once)."""
+        if getattr(self, "_encoded_pipeline", None) is None:
+            self._encoded_pipeline = encode_pipeline(self.spec.data)
+        return self._encoded_pipeline
+
     def _provenance(self, run: StepRun, item_run: ItemRun) -> dict[str, Any]:
         return {
             "studio": __version__, "pipeline": self.spec.name, "step": run.step_id,
@@ -552,6 +561,9 @@ class Executor:
             "plugin": run.plugin, "plugin_version": self.registry.plugin_version(run.plugin),
             "params": _jsonable(item_run.params), "seed": item_run.item.seed,
             "precision": run.precision, "device": self.runtime.device if run.generator.uses_device else "cpu",
+            # the whole pipeline, to run again from this file alone (studio run FILE); not the
+            # folder it ran in, so the same run in another folder writes the same bytes
+            PIPELINE_KEY: self._pipeline_source,
         }
 
     def _log_traceback(self, run: StepRun, exc: BaseException) -> None:

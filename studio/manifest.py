@@ -111,6 +111,7 @@ class Manifest:
             "runtime": {**self.runtime.describe(), **self.stats.describe(self.runtime)},
             "versions": versions(self.registry),
             "resolved_pipeline": spec.data,
+            "base_dir": str(spec.base_dir),  # where its relative input files were read from
             "steps": steps,
         }
 

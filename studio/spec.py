@@ -134,10 +134,13 @@ def read_spec(
     device: str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
+    base_dir: Path | None = None,
 ) -> tuple[PipelineSpec | None, list[Issue]]:
     """Read a pipeline file with its command-line overrides and check it step by step
     (keys, generators, parameters, input files): the spec, or None when it cannot be
-    built, and every issue found. The graph between steps is studio.plan's to check."""
+    built, and every issue found. The graph between steps is studio.plan's to check.
+    Relative input files resolve against `base_dir`, by default the file's folder (a
+    pipeline re-opened from an output names the folder it first ran from)."""
     path = Path(path)
     text = read_pipeline_text(path)
     data, locs, issues = load_yaml(text, str(path))
@@ -152,7 +155,7 @@ def read_spec(
     from studio.sniff import check_budget
 
     with check_budget(INPUT_CHECK_BUDGET_S):  # input files: see _check_input_file
-        spec, more = build_spec(data, locs, registry, base_dir=path.resolve().parent)
+        spec, more = build_spec(data, locs, registry, base_dir=base_dir or path.resolve().parent)
     issues += more
     if spec is not None:
         spec.source = path

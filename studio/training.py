@@ -250,31 +250,22 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
         raise UserError(f"the checkpoint in {out} is at step {start}, and --steps is {trainer.steps}; "
                         "raise --steps to train further")
     (out / "training").mkdir(parents=True, exist_ok=True)
-    log_path = out / "training" / "log.jsonl"
-    began = time.perf_counter()
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
+    log = _Log(out / "training" / "log.jsonl", time.perf_counter())
     progress = _progress(show_progress, generator, trainer.steps, start)
+    done = start
     try:
-        for step in range(start, trainer.steps):
-            lr = trainer.set_learning_rate(step)
-            for key, value in trainer.train_step(step).items():
-                if not math.isfinite(value):
-                    raise UserError(f"training diverged at step {step + 1}: {key} is {value}. "
-                                    "Lower --lr or resume from the last checkpoint")
-                window.setdefault(key, []).append(value)
-            done = step + 1
-            if done % config.log_every == 0 or done == trainer.steps:
-                last = {k: sum(v) / len(v) for k, v in window.items()}
-                window = {}
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(json.dumps({"step": done, "lr": lr, **last,
-                                          "seconds": round(time.perf_counter() - began, 2)}) + "\n")
-                progress.update(done, last)
-            if done % config.checkpoint_every == 0 and done < trainer.steps:
-                save_checkpoint(trainer, done)
+        with _stop_between_steps() as stop:
+            for step in range(start, trainer.steps):
+                if stop.requested:
+                    break
+                done = _one_step(trainer, config, step, log, progress)
     finally:
         progress.close()
+    began, last = log.began, log.last
+    if done < trainer.steps:  # Ctrl-C: the finished steps are kept
+        if done > start:
+            save_checkpoint(trainer, done)
+        raise TrainingInterrupted(out, done, trainer.steps, saved=done > start)
     save_checkpoint(trainer, trainer.steps)
     metrics = trainer.evaluate()
     trainer.export(out)
@@ -286,6 +277,79 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
                "config": _config_record(config, options)}
     (out / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     return TrainResult(out, trainer.steps, last, metrics, seconds)
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during `studio train`: the steps finished so far are in a checkpoint."""
+
+    def __init__(self, out: Path, done: int, total: int, saved: bool):
+        super().__init__(f"interrupted at step {done} of {total}")
+        self.out, self.done, self.total, self.saved = out, done, total, saved
+
+
+@dataclass
+class _Log:
+    """OUT/training/log.jsonl: the mean of each loss over the last `log_every` steps."""
+
+    path: Path
+    began: float
+    window: dict[str, list[float]] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+
+    def flush(self, done: int, lr: float) -> None:
+        self.last = {k: sum(v) / len(v) for k, v in self.window.items()}
+        self.window = {}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": done, "lr": lr, **self.last,
+                                "seconds": round(time.perf_counter() - self.began, 2)}) + "\n")
+
+
+def _one_step(trainer: Trainer, config: TrainConfig, step: int, log: _Log, progress: "_progress") -> int:
+    lr = trainer.set_learning_rate(step)
+    for key, value in trainer.train_step(step).items():
+        if not math.isfinite(value):
+            raise UserError(f"training diverged at step {step + 1}: {key} is {value}. "
+                            "Lower --lr or resume from the last checkpoint")
+        log.window.setdefault(key, []).append(value)
+    done = step + 1
+    if done % config.log_every == 0 or done == trainer.steps:
+        log.flush(done, lr)
+    progress.update(done, log.last)  # every step: the bar and its estimate of the time left move
+    if done % config.checkpoint_every == 0 and done < trainer.steps:
+        save_checkpoint(trainer, done)
+    return done
+
+
+class _stop_between_steps:
+    """The first Ctrl-C asks training to stop after the step it is in (so the checkpoint
+    holds whole steps); a second one stops at once. Only where signals can be handled
+    (the main thread); elsewhere Ctrl-C stops at once, as it always does."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "_stop_between_steps":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one is at once
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _config_record(config: TrainConfig, options: TrainerOptions) -> dict[str, Any]:
@@ -301,10 +365,11 @@ class _progress:
     def __init__(self, show: bool, name: str, total: int, start: int):
         self.bar = None
         if show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self.bar = Progress(TextColumn(f"train {name}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+            self.bar = Progress(TextColumn(f"train {name}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
             self.task = self.bar.add_task("", total=total, completed=start, losses="")
             self.bar.start()
 

@@ -27,13 +27,14 @@ def load_spec(
     device: str | None = None,
     precision: str | None = None,
     compile: bool | None = None,
+    base_dir: Path | None = None,
 ) -> PipelineSpec:
     """Read and validate a pipeline file; raise PipelineError with every issue."""
     # one time budget for reading input files, whatever the pipeline lists: files past
     # it get a cheap check here and the full one at run time (studio.sniff.check_budget)
     with check_budget(INPUT_FILES_BUDGET_S):
         spec, issues = read_spec(path, registry, overrides=overrides, seed=seed, device=device,
-                                 precision=precision, compile=compile)
+                                 precision=precision, compile=compile, base_dir=base_dir)
         if spec is not None:
             issues += check_graph(spec, registry)
         if not issues:

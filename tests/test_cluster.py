@@ -136,7 +136,7 @@ def test_without_ray_installed_the_error_says_what_to_install(tmp_path):
             "main()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
-    assert "pip install 'studio[ray]'" in out.stderr and "Traceback" not in out.stderr
+    assert "pip install 'studio-media[ray]'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()  # nothing written
 
 

@@ -302,5 +302,5 @@ def test_emoji_noto_says_what_to_install(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="apt-get install fonts-noto-color-emoji unicode-data"):
         load_images("emoji:noto", 32, 3)
     monkeypatch.setitem(__import__("sys").modules, "emoji", None)
-    with pytest.raises(UserError, match=r"needs the emoji package .*pip install 'studio\[train\]'"):
+    with pytest.raises(UserError, match=r"needs the emoji package .*pip install 'studio-media\[train\]'"):
         load_images("emoji:noto", 32, 3)

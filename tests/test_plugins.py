@@ -20,7 +20,7 @@ def module(name, **attrs):
 def test_builtin_plugins_come_through_the_entry_point_group():
     host = make_host()
     utils = host.registry.plugins["utils"]
-    assert utils.module == "studio_utils" and utils.distribution == "studio" and utils.ok
+    assert utils.module == "studio_utils" and utils.distribution == "studio-media" and utils.ok
     assert set(utils.generators) == {"text.template", "image.grid", "image.resize", "image.title"}
     assert host.registry.plugin_of("image.grid") == "utils"
 

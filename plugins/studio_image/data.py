@@ -322,7 +322,7 @@ def _sklearn_digits(size: int, channels: int) -> ImageData:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise UserError("--data sklearn:digits needs scikit-learn: pip install 'studio[train]'")
+        raise UserError("--data sklearn:digits needs scikit-learn: pip install 'studio-media[train]'")
     digits = load_digits()
     # 0..16 ink on white paper: dark digits on a light ground, like ink
     pil = [Image.fromarray((255 - img * 255 / 16).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
@@ -351,7 +351,7 @@ def _emoji_noto(size: int, channels: int, outline: bool = False) -> ImageData:
         import emoji
     except ImportError:
         raise UserError("--data emoji:noto needs the emoji package (its CLDR names are the captions): "
-                        "pip install 'studio[train]'")
+                        "pip install 'studio-media[train]'")
     if not NOTO_EMOJI.is_file():
         raise UserError(f"--data emoji:noto needs Debian's Noto Color Emoji font ({NOTO_EMOJI} is missing): "
                         + INSTALL_EMOJI)

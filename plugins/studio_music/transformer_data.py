@@ -51,7 +51,7 @@ def _music21_bach() -> list[list[int]]:
     try:
         from music21 import converter, corpus
     except ImportError:
-        raise UserError("--data music21:bach needs music21: pip install 'studio[train]'")
+        raise UserError("--data music21:bach needs music21: pip install 'studio-media[train]'")
     pieces = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, path in enumerate(corpus.getComposer("bach")):

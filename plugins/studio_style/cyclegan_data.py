@@ -86,7 +86,7 @@ def photos() -> list[Any]:
         import skimage.data
         from sklearn.datasets import load_sample_images
     except ImportError as exc:
-        raise UserError("photo2clipart needs scikit-image and scikit-learn: pip install 'studio[train]'") from exc
+        raise UserError("photo2clipart needs scikit-image and scikit-learn: pip install 'studio-media[train]'") from exc
     from PIL import Image
 
     out = [Image.fromarray(a) for a in load_sample_images().images]  # china.jpg, flower.jpg
