@@ -40,7 +40,7 @@ from studio.refs import interpolate, whole_ref
 from studio.registry import Registry
 from studio.reopen import KEY as PIPELINE_KEY
 from studio.reopen import encode as encode_pipeline
-from studio.report import write_gallery
+from studio.report import write_gallery, write_pipeline
 from studio.runtime import Runtime, check_finite, free_memory, is_out_of_memory
 from studio.version import __version__
 
@@ -198,7 +198,8 @@ class Executor:
             self.manifest.journal.remove()  # the manifest now says all the journal did
         steps = {s.id: [self.results[i.name] for i in s.items] for s in self.plan.steps}
         try:
-            write_gallery(self.run_dir, self.spec.name, status, steps)
+            write_pipeline(self.run_dir, self.spec.data, str(self.spec.source))
+            write_gallery(self.run_dir, self.spec.name, status, steps, self.spec.description)
         except OSError as exc:
             self._warn(f"gallery.html is not written ({os_error_text(exc, self.run_dir / 'gallery.html')})")
         self.events.emit("run_done", status=status, run_dir=str(self.run_dir))

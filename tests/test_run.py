@@ -31,7 +31,7 @@ def test_run_directory_manifest_and_provenance(tmp_path):
     assert result.status == "done"
     assert result.run_dir.parent == tmp_path / "runs" / "chain"
     names = sorted(p.name for p in result.run_dir.iterdir())
-    assert names == ["gallery.html", "manifest.json", "pic@prompt=blue", "pic@prompt=red", "sheet",
+    assert names == ["gallery.html", "manifest.json", "pic@prompt=blue", "pic@prompt=red", "pipeline.yaml", "sheet",
                      "words@prompt=blue", "words@prompt=red"]
     assert (result.run_dir / "words@prompt=red" / "text.txt").read_text() == "red"
 
@@ -297,7 +297,8 @@ def test_gallery_shows_every_item_escaped(tmp_path):
     """, tmp_path)
     page = (result.run_dir / "gallery.html").read_text()
     assert '<img src="i/image.png"' in page
-    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x" not in page
+    assert page.count("<script>") == 1  # the page's own filters, nothing from an output
     assert "failed: fake.fail (plugin &#x27;fake&#x27;) raised ValueError: boom" in page
 
 
