@@ -95,6 +95,14 @@ class Trainer:
     def export(self, out: Path) -> None:
         raise NotImplementedError
 
+    def samples(self) -> dict[str, Any]:
+        """What the model makes now, to look at while it trains: {name: a PIL image, a
+        str, a studio.media.Audio or a pretty_midi.PrettyMIDI}. Written under
+        OUT/training/samples/step-N/ at every checkpoint and at the end, with an
+        index.html. Must not draw from `self.rng` (a resumed run would train on other
+        noise) nor change the model. None by default."""
+        return {}
+
     def optimize(self, loss, optimizer: str, *, clip: float | None = None) -> None:
         """One update of `self.optimizers[optimizer]` from `loss`: clear the gradients,
         backpropagate, clip their norm to `clip` (over the optimizer's parameters), step."""
@@ -267,6 +275,7 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
             save_checkpoint(trainer, done)
         raise TrainingInterrupted(out, done, trainer.steps, saved=done > start)
     save_checkpoint(trainer, trainer.steps)
+    write_samples(trainer, trainer.steps)
     metrics = trainer.evaluate()
     trainer.export(out)
     seconds = time.perf_counter() - began
@@ -277,6 +286,51 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
                "config": _config_record(config, options)}
     (out / "training" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     return TrainResult(out, trainer.steps, last, metrics, seconds)
+
+
+def write_samples(trainer: Trainer, step: int) -> None:
+    """Trainer.samples() as files under OUT/training/samples/step-N/, and the index.html
+    that shows every step's, newest first."""
+    import torch
+
+    from studio.artifacts import write_json, write_midi, write_png, write_text, write_wav
+
+    with torch.no_grad():
+        made = trainer.samples()
+    if not made:
+        return
+    root = trainer.config.out / "training" / "samples"
+    folder = root / f"step-{step:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    provenance = {"generator": trainer.generator, "step": step}
+    for name, value in made.items():
+        kind = type(value).__name__
+        writer, suffix = {"Image": (write_png, "png"), "str": (write_text, "txt"), "Audio": (write_wav, "wav"),
+                          "PrettyMIDI": (write_midi, "mid")}.get(kind, (write_json, "json"))
+        writer(value, folder / f"{name}.{suffix}", provenance)
+    _samples_index(root, trainer.generator)
+
+
+def _samples_index(root: Path, generator: str) -> None:
+    import html
+
+    parts = [f"<!doctype html><meta charset=utf-8><title>{html.escape(generator)} samples</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2rem}img{image-rendering:pixelated;max-width:"
+             "480px}pre{white-space:pre-wrap;background:#f3f3f3;padding:.4rem;max-width:60rem}</style>",
+             f"<h1>{html.escape(generator)}: samples during training</h1>"]
+    for folder in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        parts.append(f"<h2>{html.escape(folder.name)}</h2>")
+        for f in sorted(folder.iterdir()):
+            rel = html.escape(f"{folder.name}/{f.name}")
+            if f.suffix == ".png":
+                parts.append(f'<img src="{rel}" alt="{rel}" width=480>')
+            elif f.suffix == ".wav":
+                parts.append(f'<audio controls src="{rel}"></audio>')
+            elif f.suffix == ".txt":
+                parts.append(f"<pre>{html.escape(f.read_text(encoding='utf-8', errors='replace')[:5000])}</pre>")
+            else:
+                parts.append(f'<a href="{rel}">{rel}</a>')
+    (root / "index.html").write_text("\n".join(parts), encoding="utf-8")
 
 
 class TrainingInterrupted(Exception):
@@ -317,6 +371,7 @@ def _one_step(trainer: Trainer, config: TrainConfig, step: int, log: _Log, progr
     progress.update(done, log.last)  # every step: the bar and its estimate of the time left move
     if done % config.checkpoint_every == 0 and done < trainer.steps:
         save_checkpoint(trainer, done)
+        write_samples(trainer, done)
     return done
 
 

@@ -114,6 +114,19 @@ class GPTTrainer(Trainer):
                 "val_perplexity_per_token": math.exp(per_token), "val_tokens": count,
                 "chars_per_token": self.val_chars / count}
 
+    def samples(self) -> dict:
+        """The opening of the held-out text continued greedily (no random draw), up to 120
+        tokens within the model's context."""
+        import torch
+
+        prompt = self.val_ids[:min(16, self.block // 2)].unsqueeze(0).to(self.device)
+        self.model.eval()
+        made = self.model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                   max_new_tokens=max(1, min(120, self.block - prompt.shape[1])),
+                                   do_sample=False, pad_token_id=self.tokenizer.eos_token_id)
+        self.model.train()
+        return {"continuation": self.tokenizer.decode(made[0], skip_special_tokens=True)}
+
     def export(self, out: Path) -> None:
         self.model.save_pretrained(out)  # config.json, generation_config.json, model.safetensors
         self.tokenizer.save_pretrained(out)  # tokenizer.json + tokenizer_config.json
