@@ -165,3 +165,28 @@ def test_ctrl_c_while_the_command_starts_says_interrupted_without_a_traceback(tm
     assert child.returncode in (130, 0, -signal.SIGINT), output
     if child.returncode == 130:
         assert output.strip().endswith("interrupted")
+
+
+def test_a_ctrl_c_inside_an_import_lock_callback_is_put_off_not_lost():
+    # Python prints an exception raised in such a callback as "Exception ignored" with a
+    # traceback and drops it: the interrupt is asked for again a moment later instead
+    import signal
+    import time
+    import types
+
+    from studio import interrupts
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGALRM)
+    interrupts.install()
+    try:
+        callback = types.SimpleNamespace(f_code=types.SimpleNamespace(co_name="cb",
+                                                                      co_filename="<frozen importlib._bootstrap>"))
+        interrupts._on_sigint(signal.SIGINT, callback)  # returns: put off
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(2)
+        assert time.monotonic() - began < 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGALRM, before[1])
