@@ -47,3 +47,22 @@ def test_a_gpt_writes_its_continuation(tmp_path):
     (text,) = (tmp_path / "gpt" / "training" / "samples" / "step-0000002").glob("*.txt")
     assert len(text.read_text()) > 16
     assert "<pre>" in (tmp_path / "gpt" / "training" / "samples" / "index.html").read_text()
+
+
+def test_the_diffusion_trainers_write_samples_without_changing_what_is_trained(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from studio_image.diffusion_train import DiffusionTrainer
+
+    def run(out):
+        config = TrainConfig(data="sklearn:digits", out=out, steps=2, batch_size=4, device="cpu", checkpoint_every=1,
+                             options={"size": 8, "channels": 1})
+        train(DiffusionTrainer, config, show_progress=False)
+        return load_file(next((out / "unet").glob("*.safetensors")))
+
+    made = run(tmp_path / "with")
+    classes = Image.open(tmp_path / "with" / "training" / "samples" / "step-0000001" / "classes.png")
+    assert classes.size == (240, 96)  # ten digits of 8 pixels, five across, six times larger
+    monkeypatch.setattr(DiffusionTrainer, "samples", lambda self: {})
+    plain = run(tmp_path / "without")
+    assert all(np.array_equal(made[k].numpy(), plain[k].numpy()) for k in made)

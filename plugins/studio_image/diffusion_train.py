@@ -312,6 +312,64 @@ class DiffusionTrainer(Trainer):
         pipeline.to(dtype=torch.float32)  # the trainer's modules, as they were
         (out / "studio.json").write_text(json.dumps({"data": self.config.data, "captioned": True}, indent=2))
 
+    # -- samples while training ----------------------------------------------------------
+
+    def samples(self) -> dict:
+        """What the exported weights make now, from fixed noise (never the training
+        generator): four held-out captions for a text-to-image model or a LoRA (the
+        autoencoder's reconstructions while it trains alone), one image per class for
+        class folders."""
+        import torch
+
+        from studio_image.samples import sheet
+
+        noise = torch.Generator().manual_seed(0)
+        if not self.captioned:
+            return {"classes": sheet(self._sample_classes(noise), 5)}
+        if not self.lora and not self.vae_done:
+            x0 = self.held_out.images[:8].to(self.device)
+            self.vae.eval()
+            made = self.vae.decode(self.vae.encode(x0).latent_dist.mean).sample
+            self.vae.train()
+            return {"autoencoder": sheet(torch.cat([x0, made]), 8)}
+        captions = list(self.held_out.captions[:4])
+        pipe = self.base["pipeline"] if self.lora else self._pipeline_now()
+        pipe.set_progress_bar_config(disable=True)
+        self.unet.eval()
+        images = pipe(captions, num_inference_steps=20, generator=[torch.Generator().manual_seed(i) for i in
+                                                                   range(len(captions))], output_type="pt").images
+        self.unet.train()
+        return {"captions": sheet(images * 2 - 1, 4), "captions-text": "\n".join(captions)}
+
+    def _pipeline_now(self):
+        """The text-to-image pipeline the export would write now (EMA weights, DDIM)."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, clip_sample=False, set_alpha_to_one=False,
+                                              steps_offset=1)
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.ema_text, tokenizer=self.tokenizer,
+                                       unet=self.ema, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+
+    def _sample_classes(self, noise):
+        """One image per class (at most 10; 8 without classes), 20 DDIM steps, guidance 2."""
+        import torch
+        from diffusers import DDIMScheduler
+
+        count = min(10, len(self.classes)) if self.classes else 8
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(20)
+        x = torch.randn((count, self.channels, self.size, self.size), generator=noise).to(self.device)
+        labels = torch.arange(count, device=self.device) if self.classes else None
+        null = torch.full((count,), len(self.classes), device=self.device) if self.classes else None
+        for t in scheduler.timesteps:
+            eps = self.ema(x, t, class_labels=labels).sample
+            if null is not None:
+                unconditional = self.ema(x, t, class_labels=null).sample
+                eps = unconditional + 2.0 * (eps - unconditional)  # the guidance image.diffusion uses
+            x = scheduler.step(eps, t, x).prev_sample
+        return x
+
     # -- a LoRA on a text-to-image pipeline ------------------------------------------
 
     def _load_base(self) -> dict:

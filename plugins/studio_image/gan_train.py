@@ -102,18 +102,12 @@ class GANTrainer(Trainer):
 
     def samples(self) -> dict:
         """Sixteen images from the same fixed noise at every checkpoint, 4 x 4, enlarged."""
-        import numpy as np
-        from PIL import Image
+        from studio_image.samples import sheet
 
         self.G.eval()
-        images = self.G(self.fixed_z[:16].to(self.device)).cpu()
+        images = self.G(self.fixed_z[:16].to(self.device))
         self.G.train()
-        pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # 16 x C x H x W
-        _, c, h, w = pixels.shape
-        sheet = pixels.reshape(4, 4, c, h, w).transpose(0, 3, 1, 4, 2).reshape(4 * h, 4 * w, c)
-        image = Image.fromarray(sheet[..., 0] if c == 1 else sheet, "L" if c == 1 else "RGB")
-        scale = max(1, 256 // image.width)
-        return {"fixed-noise": image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)}
+        return {"fixed-noise": sheet(images, 4)}
 
     def export(self, out: Path) -> None:
         from safetensors.torch import save_file
