@@ -247,6 +247,11 @@ def test_training_lowers_the_loss_and_the_result_loads(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "vae" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["stft"] < log[0]["stft"] * 0.8
     assert result.metrics["stft"] < result.metrics["stft_silence"]
+    # the sample written at the end: a held-out clip, a quarter second of silence, its reconstruction
+    heard, rate = soundfile.read(tmp_path / "vae" / "training" / "samples" / "step-0000040" /
+                                 "held-out-then-reconstructed.wav")
+    assert rate == 8000 and len(heard) == 2 * 4000 + 2000
+    assert np.abs(heard[4000:6000]).max() == 0 and np.abs(heard[:4000]).max() > 0.1
     tone(tmp_path / "a.wav")
     (out, rate), = outputs(run(tmp_path / "run", [vae_step(tmp_path / "vae", mode="reconstruct",
                                                            audio=str(tmp_path / "a.wav"))]))

@@ -204,6 +204,8 @@ def test_training_lowers_the_losses_and_exports_a_loadable_pair(tmp_path):
     assert log[-1]["cycle"] < log[0]["cycle"] * 0.7
     assert log[-1]["loss_G"] < log[0]["loss_G"]
     assert result.metrics["held_out_cycle_l1"] < 0.5
+    sample = Image.open(tmp_path / "cg" / "training" / "samples" / "step-0000060" / "held-out-translated.png")
+    assert sample.mode == "RGB" and sample.size[1] == 2 * 32 and sample.size[0] % 32 == 0  # photos over translations
     photo(tmp_path / "in.png", size=(20, 20))
     result = run(tmp_path / "run", [{"id": "s", "uses": "style.cyclegan",
                                      "with": {"model": str(tmp_path / "cg"), "image": str(tmp_path / "in.png")},

@@ -148,6 +148,22 @@ class VAETrainer(Trainer):
     def evaluate(self) -> dict[str, float]:
         return reconstruction_metrics(self.vae, self.test_clips, self.sample_rate, self.mean_log_mel)
 
+    def samples(self) -> dict:
+        """The first held-out clip, a quarter second of silence, then its reconstruction
+        (the latent mean: no random draw), to listen to one after the other."""
+        import numpy as np
+
+        from studio import media
+
+        hop = int(np.prod(self.vae.config.downsampling_ratios))
+        clip = self.test_clips[0][:len(self.test_clips[0]) // hop * hop]
+        self.vae.eval()
+        made = self.vae.decode(self.vae.encode(clip.reshape(1, 1, -1).to(self.device)).latent_dist.mean).sample
+        self.vae.train()
+        gap = np.zeros(self.sample_rate // 4, dtype=np.float32)
+        return {"held-out-then-reconstructed": media.Audio(
+            np.concatenate([clip.numpy(), gap, made[0, 0].float().cpu().numpy()]), self.sample_rate)}
+
     def export(self, out: Path) -> None:
         self.vae.save_pretrained(out)  # config.json + diffusion_pytorch_model.safetensors
         (out / "studio.json").write_text(json.dumps({"data": self.config.data, "kl_weight": self.kl_weight,

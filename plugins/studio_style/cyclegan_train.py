@@ -150,6 +150,19 @@ class CycleGANTrainer(Trainer):
             change = (stylized - x).abs().mean().item()
         return {"held_out_cycle_l1": cycle, "held_out_change_l1": change, **self.counts}
 
+    def samples(self) -> dict:
+        """Four held-out photos (top) and their translation by G_A (below), side by side."""
+        import torch
+        from PIL import Image
+
+        x = self.test_crops[:4].to(self.device)
+        self.G_A.eval()
+        stylized = self.G_A(x)
+        self.G_A.train()
+        rows = [torch.cat(list(batch), dim=2) for batch in (x, stylized)]  # C x H x 4W each
+        pixels = ((torch.cat(rows, dim=1).clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return {"held-out-translated": Image.fromarray(pixels, "RGB")}
+
     def export(self, out: Path) -> None:
         from safetensors.torch import save_file
 
