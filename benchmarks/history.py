@@ -14,12 +14,13 @@ with what copying its files would have taken.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from studio.history import disk_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = """
@@ -38,19 +39,6 @@ def studio(*args: str, cwd: Path) -> float:
     subprocess.run([str(Path(sys.executable).with_name("studio")), *args], cwd=cwd, check=True,
                    capture_output=True)
     return time.perf_counter() - began
-
-
-def disk(path: Path) -> tuple[int, int]:
-    """(blocks of files only this folder holds, blocks shared by hard links)."""
-    own = shared = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            st = os.lstat(os.path.join(folder, name))
-            if st.st_nlink > 1:
-                shared += st.st_blocks * 512
-            else:
-                own += st.st_blocks * 512
-    return own, shared
 
 
 def main() -> None:
@@ -72,8 +60,8 @@ def main() -> None:
         studio("run", "p.yaml", "--quiet", cwd=work)  # fully cached
         after_new = studio("runs", "list", "--limit", "20", cwd=work)
         second = max(p for p in (work / "runs" / "history").iterdir() if not p.is_symlink())
-        own, shared = disk(second)
-        first_own, first_shared = disk(first)
+        own, shared = disk_usage(second)
+        first_own, first_shared = disk_usage(first)
         print(f"runs listed: {args.runs + 1}")
         print(f"studio runs list, no index (builds it): {build:.2f} s")
         print(f"studio runs list, index up to date: {warm:.2f} s")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from studio.cache import KEY
+from studio.history import disk_usage
 
 
 @dataclass
@@ -49,26 +49,20 @@ def entries(out: Path) -> list[Entry]:
         for entry in listing:
             if not KEY.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
                 continue
-            total = alone = 0
             try:
-                for f in os.scandir(entry.path):
-                    st = f.stat(follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode):
-                        size = st.st_blocks * 512
-                        total += size
-                        alone += size if st.st_nlink == 1 else 0
                 last_used = entry.stat(follow_symlinks=False).st_mtime
             except OSError:
                 continue
-            found.append(Entry(entry.name, Path(entry.path), last_used, total, alone))
+            alone, shared = disk_usage(Path(entry.path))
+            found.append(Entry(entry.name, Path(entry.path), last_used, alone + shared, alone))
     return sorted(found, key=lambda e: e.last_used)
 
 
 def keys_in_runs(out: Path) -> set[str]:
     """The cache keys the runs below `out` recorded."""
-    from studio.history import find
+    from studio.history import recorded_cache_keys
 
-    return {item["cache_key"] for item in find(out, limit=10**9) if item.get("cache_key")}
+    return recorded_cache_keys(out)
 
 
 def collect(out: Path, *, older_than_days: float | None = None, max_bytes: int | None = None,

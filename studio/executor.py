@@ -89,6 +89,8 @@ class Executor:
         self.hooks = hooks
         self.plan = plan
         self.spec = plan.spec
+        # the resolved pipeline, compressed, as every output file carries it
+        self._pipeline_source = encode_pipeline(self.spec.data)
         self.out_given = Path(out)  # as the user wrote it, for messages
         # absolute, links kept: a run folder that is a link to another disk stays one
         self.out = Path(out).absolute()
@@ -547,13 +549,6 @@ class Executor:
         if name in ("", ".", "..") or "\0" in name or path.parent != self.run_dir or path.name != name:
             raise UserError(f"item directory {name!r} would leave the run directory")
         return path
-
-    @property
-    def _pipeline_source(self) -> str:
-        """The resolved pipeline, compressed, as every output file carries it (made once)."""
-        if getattr(self, "_encoded_pipeline", None) is None:
-            self._encoded_pipeline = encode_pipeline(self.spec.data)
-        return self._encoded_pipeline
 
     def _provenance(self, run: StepRun, item_run: ItemRun) -> dict[str, Any]:
         return {

@@ -88,8 +88,9 @@ def runs(root: Path, *, pipeline: str | None = None, status: str | None = None, 
 
 
 def _until(value: str | None) -> str | None:
-    """A date bound that includes the whole of its last day: '2026-11-24' -> '2026-11-25'
-    compared as text would miss nothing, so take the next character after the day."""
+    """An --until bound that includes its whole day: start times are ISO text
+    ("2026-11-24T10:00:00+0000"), so a bare date is compared as the date followed by the
+    highest character, which sorts after every time of that day."""
     if value is None:
         return None
     return value + "\uffff" if len(value) <= 10 else value
@@ -119,6 +120,12 @@ def find(root: Path, *, step: str | None = None, uses: str | None = None, seed: 
             if len(found) >= limit:
                 break
         return found
+
+
+def recorded_cache_keys(root: Path) -> set[str]:
+    """The cache keys the items of every run below `root` recorded."""
+    with _index(root) as db:
+        return {row[0] for row in db.execute("SELECT DISTINCT cache_key FROM items WHERE cache_key IS NOT NULL")}
 
 
 def _matches(recorded: Any, wanted: Any) -> bool:
