@@ -314,6 +314,8 @@ def write_samples(trainer: Trainer, step: int) -> None:
 def _samples_index(root: Path, generator: str) -> None:
     import html
 
+    from studio.report import piano_roll
+
     parts = [f"<!doctype html><meta charset=utf-8><title>{html.escape(generator)} samples</title>",
              "<style>body{font-family:system-ui,sans-serif;margin:2rem}img{image-rendering:pixelated;max-width:"
              "480px}pre{white-space:pre-wrap;background:#f3f3f3;padding:.4rem;max-width:60rem}</style>",
@@ -326,6 +328,10 @@ def _samples_index(root: Path, generator: str) -> None:
                 parts.append(f'<img src="{rel}" alt="{rel}" width=480>')
             elif f.suffix == ".wav":
                 parts.append(f'<audio controls src="{rel}"></audio>')
+            elif f.suffix == ".mid":
+                roll = piano_roll(f, width=480, height=120)
+                image = f'<img src="{roll}" alt="piano roll of {rel}" width=480><br>' if roll else ""
+                parts.append(f'<div>{image}<a href="{rel}">{rel}</a></div>')
             elif f.suffix == ".txt":
                 parts.append(f"<pre>{html.escape(f.read_text(encoding='utf-8', errors='replace')[:5000])}</pre>")
             else:

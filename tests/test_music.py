@@ -212,6 +212,14 @@ def test_training_lowers_the_loss_and_resumes_with_tied_weights(chorales, tmp_pa
     log = [json.loads(line) for line in (tmp_path / "m" / "training" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] - 0.5
     assert result.metrics["held_out_nll_per_event"] < np.log(VOCAB_SIZE)  # better than uniform
+    samples = tmp_path / "m" / "training" / "samples"
+    continued = samples / "step-0000030" / "continuation.mid"
+    assert pretty_midi.PrettyMIDI(str(continued)).get_end_time() > 8.0  # the opening and 8 s more
+    heard, rate = soundfile.read(samples / "step-0000030" / "continuation-sine.wav")
+    assert rate == 16_000 and abs(len(heard) / rate - pretty_midi.PrettyMIDI(str(continued)).get_end_time()) < 1.5
+    assert 0.4 < np.abs(heard).max() < 0.6
+    page = (samples / "index.html").read_text()
+    assert 'alt="piano roll of step-0000030/continuation.mid"' in page and "<audio controls" in page
     with pytest.raises(UserError, match="is at step 30, and --steps is 30"):
         train(host.registry.trainer("music.transformer"), config(tmp_path / "m", steps=30, resume=True),
               show_progress=False)
