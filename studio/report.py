@@ -38,8 +38,10 @@ h2{margin-top:2rem}.items{display:flex;flex-wrap:wrap;gap:1rem}
 .item.wide img.sheet{max-width:100%;cursor:zoom-in}.item.wide img.sheet.zoomed{max-width:none;cursor:zoom-out}
 .name{font-size:.8rem;color:#555;word-break:break-all}
 pre{white-space:pre-wrap;max-height:16rem;overflow:auto;background:#f3f3f3;padding:.4rem}
-.failed{color:#b00}.meta{font-size:.75rem;color:#777}.params{font-size:.75rem;margin:.3rem 0;border-collapse:collapse}
-.params td{padding:0 .4rem 0 0;vertical-align:top;word-break:break-word}.params td:first-child{color:#777}
+.failed{color:#b00}.meta{font-size:.75rem;color:#777}
+.params,.notes{font-size:.75rem;margin:.3rem 0;border-collapse:collapse}
+.params td,.notes td{padding:0 .4rem 0 0;vertical-align:top;word-break:break-word}.params td:first-child,
+.notes td:first-child{color:#777}.notes{font-style:italic}
 .cached{color:#06c}.roll,.wave{display:block;max-width:320px;margin:.3rem 0;image-rendering:pixelated}
 nav{margin:1rem 0;font-size:.9rem}nav select{margin-right:1rem}
 """
@@ -180,6 +182,13 @@ def _params_html(params: dict[str, Any]) -> str:
     return f"<table class=params>{''.join(rows)}</table>" if rows else ""
 
 
+def _notes_html(notes: dict[str, Any], shown: int = 8) -> str:
+    """What the generator recorded about the item (ctx.record), the first few."""
+    rows = [f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_shown(v))}</td></tr>"
+            for k, v in list(notes.items())[:shown]]
+    return f"<table class=notes>{''.join(rows)}</table>" if rows else ""
+
+
 def _rendered_audio(steps: dict[str, list[ItemResult]]) -> dict[str, Path]:
     """MIDI item name -> the audio a later step made from it (its input was that item)."""
     found: dict[str, Path] = {}
@@ -218,7 +227,8 @@ def write_gallery(run_dir: Path, pipeline: str, status: str, steps: dict[str, li
             cached = " &middot; <span class=cached>cached</span>" if r.status == "cached" else ""
             parts.append(f'<div class="item{" wide" if wide else ""}" data-step="{html.escape(step_id)}" '
                          f'data-status="{html.escape(r.status)}"><div class=name>{html.escape(r.name)}</div>{body}'
-                         f"{_params_html(r.params or {})}<div class=meta>seed {r.seed}{seconds}{cached}</div></div>")
+                         f"{_params_html(r.params or {})}{_notes_html(r.notes or {})}"
+                         f"<div class=meta>seed {r.seed}{seconds}{cached}</div></div>")
         parts.append("</div></section>")
     parts.append(f"<script>{SCRIPT}</script>")
     out = run_dir / "gallery.html"

@@ -25,6 +25,21 @@ def test_builtin_plugins_come_through_the_entry_point_group():
     assert host.registry.plugin_of("image.grid") == "utils"
 
 
+def test_a_plugins_own_tests_may_name_it_while_it_is_installed():
+    """studio_run(..., plugins=[("utils", studio_utils)]) in the plugin's tests, after
+    `pip install -e .`: the same module is the same plugin, not a second one."""
+    import warnings
+
+    import studio_utils
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PluginWarning)
+        host = make_host([("utils", studio_utils)])
+    assert host.registry.plugins["utils"].ok and "image.grid" in host.registry.generators
+    with pytest.warns(PluginWarning, match="a second plugin named 'utils'"):
+        make_host([("utils", FakePlugin())])  # another plugin under a taken name is still reported
+
+
 def test_a_plugin_whose_hook_raises_is_reported_not_fatal():
     @hookimpl
     def register_generators(register):

@@ -317,6 +317,7 @@ class Tone(Generator):
         midi.instruments.append(piano)
         from studio.media import Audio
 
+        ctx.record(tone_hz=440, made_by="<b>sine</b>")
         return {"audio": Audio(0.5 * np.sin(2 * np.pi * 440 * t), 16000), "midi": midi}
 
 
@@ -341,6 +342,8 @@ def test_wav_and_midi_carry_provenance(tmp_path):
     notes = pretty_midi.PrettyMIDI(str(mid)).instruments[0].notes
     assert [(n.pitch, n.velocity) for n in notes] == [(60, 90)]
     assert read_provenance(mid)["step"] == "t"
+    page = (result.run_dir / "gallery.html").read_text()  # what the generator recorded, escaped
+    assert "<table class=notes><tr><td>tone_hz</td><td>440</td></tr><tr><td>made_by</td><td>&lt;b&gt;sine" in page
 
 
 class SwallowingPlugin:
