@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup showcase test clean samples
+.PHONY: setup showcase test clean samples augmentation-experiment
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) runs
 
+# docs/augmentation.md's table and plot: does generated data help a few-shot classifier?
+augmentation-experiment: $(STAMP)
+	$(BIN)/python experiments/digits_augmentation.py --out docs
+
 # samples/ holds outputs made by `studio run`, never edited by hand.
 samples: $(STAMP)
 	$(BIN)/studio run pipelines/showcase.yaml --out runs --quiet > .last-run
@@ -43,6 +47,10 @@ samples: $(STAMP)
 	cp "$$(cat .last-run)/sheet/image.png" samples/img2img-sheet.png
 	$(BIN)/studio run pipelines/inpaint.yaml --out runs --quiet > .last-run
 	cp "$$(cat .last-run)/sheet/image.png" samples/inpaint-sheet.png
+	$(BIN)/studio run pipelines/augment-digits.yaml --out runs --quiet > .last-run
+	cp "$$(cat .last-run)/sheet-generated/image.png" samples/augment-digits-generated.png
+	cp "$$(cat .last-run)/sheet-augmented/image.png" samples/augment-digits-classical.png
+	cp "$$(cat .last-run)/score-generated/metrics.json" samples/augment-digits-generated-metrics.json
 	$(BIN)/studio run pipelines/lora-sweep.yaml --out runs --quiet > .last-run
 	cp "$$(cat .last-run)/sheet/image.png" samples/lora-sweep-sheet.png
 	rm .last-run

@@ -244,6 +244,33 @@ def export(source, output) -> None:
     echo(f"wrote {output}")
 
 
+@cli.command()
+@click.argument("run_dir", metavar="RUN")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The folder to write the training set into (new or empty).")
+@click.option("--step", help="The step whose outputs to export (default: the one with the most items).")
+@click.option("--port", help="Its output to export, when it writes several.")
+@click.option("--layout", type=click.Choice(["imagefolder", "classes"]), default="imagefolder", show_default=True,
+              help="imagefolder: files + metadata.jsonl (Hugging Face); classes: one folder per class.")
+@click.option("--label", help="The parameter that is the class (default: class_label or label when swept).")
+@click.option("--caption", help="The parameter that is the caption (default: prompt, text or caption).")
+@click.option("--split", help="Write into OUTPUT/SPLIT (train, validation, test...).")
+@click.option("--out", "runs_root", default="runs", show_default=True, metavar="DIR", type=click.Path(path_type=Path),
+              help="The folder runs were written to, for RUN given as a name or `latest`.")
+def dataset(run_dir, output, step, port, layout, label, caption, split, runs_root) -> None:
+    """Write a run's outputs as a training set: RUN is a run directory, a pipeline's
+    folder or name (its newest run), or `latest`. Labels and captions come from the
+    items' parameters (a sweep's class_label, an upstream text's prompt)."""
+    from studio.dataset import export as export_dataset
+    from studio.history import resolve
+
+    given = Path(run_dir)
+    run = given if (given / "manifest.json").is_file() else resolve(runs_root, run_dir)
+    written, count = export_dataset(run, output, step=step, port=port, layout=layout, label=label,
+                                    caption=caption, split=split)
+    echo(f"wrote {count} files to {written} ({layout})")
+
+
 def _stdout_to_devnull() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)

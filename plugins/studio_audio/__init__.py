@@ -1,6 +1,7 @@
-"""Audio: MIDI rendering and the Oobleck VAE."""
+"""Audio: MIDI rendering, the Oobleck VAE, classical augmentation."""
 
 from studio import hookimpl
+from studio_audio.augment import AudioAugment
 from studio_audio.render import AudioRender
 from studio_audio.vae import AudioVAE
 from studio_audio.vae_train import VAETrainer
@@ -10,6 +11,7 @@ from studio_audio.vae_train import VAETrainer
 def register_generators(register):
     register(AudioRender)
     register(AudioVAE)
+    register(AudioAugment)
 
 
 @hookimpl

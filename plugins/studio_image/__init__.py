@@ -1,6 +1,7 @@
-"""Image generation: diffusion (diffusers) and a DCGAN, with their trainers."""
+"""Image generation: diffusion (diffusers) and a DCGAN, with their trainers; classical augmentation."""
 
 from studio import hookimpl
+from studio_image.augment import ImageAugment
 from studio_image.diffusion import ImageDiffusion
 from studio_image.diffusion_train import DiffusionTrainer
 from studio_image.gan import ImageGAN
@@ -11,6 +12,7 @@ from studio_image.gan_train import GANTrainer
 def register_generators(register):
     register(ImageDiffusion)
     register(ImageGAN)
+    register(ImageAugment)
 
 
 @hookimpl

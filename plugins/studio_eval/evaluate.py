@@ -1,0 +1,100 @@
+"""One entry point for every media family: measure a generated set, against a
+reference set where the metric needs one. Used by `studio eval` and eval.metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio import UserError
+from studio_eval.collect import MediaSet
+
+CAVEAT = {
+    "image": "FID and KID are measured in Studio's own feature network (studio-features-v1), not Inception-v3: "
+             "compare them between runs measured here, never with published FID numbers.",
+    "audio": "vae_latent_frechet is a Fréchet distance over Studio's audio VAE latents, not VGGish FAD.",
+    "text": "Perplexity is under the reference language model named (text.gpt's embedded model by default).",
+    "midi": "muspy's metrics; gap_in_std is the generated mean minus the reference mean in reference standard "
+            "deviations.",
+}
+NEEDS_REFERENCE = {"image", "audio"}
+
+
+def evaluate(generated: MediaSet, reference: MediaSet | None, *, features: str = "default",
+             lm: str = "default", vae: str = "default") -> dict[str, Any]:
+    family = generated.family()
+    if reference is not None and reference.family() != family:
+        raise UserError(f"the generated set is {family} ({generated.where}) but the reference is "
+                        f"{reference.family()} ({reference.where}); measure like against like")
+    if reference is None and family in NEEDS_REFERENCE:
+        raise UserError(f"{family} metrics compare two sets: give a reference set with --against "
+                        "(a folder of real examples, or another run)")
+    metrics = {"image": _images, "text": _texts, "midi": _music, "audio": _audio}[family](
+        generated, reference, features=features, lm=lm, vae=vae)
+    return {"family": family, "generated": generated.where,
+            "reference": reference.where if reference else None, "metrics": metrics, "note": CAVEAT[family]}
+
+
+def _images(generated: MediaSet, reference: MediaSet, *, features: str, **_: Any) -> dict[str, Any]:
+    from PIL import Image
+
+    from studio_eval.features import DEFAULT_WEIGHTS, features_of, image_tensor, load_network
+    from studio_eval.image_metrics import measure_images
+
+    root = DEFAULT_WEIGHTS if features == "default" else Path(features)
+    net = load_network(root)
+
+    def embed(members):
+        images = []
+        for member in members:
+            with Image.open(member.path) as image:
+                image.load()
+                images.append(image)
+        return features_of(net, image_tensor(images))
+
+    if len(generated.members) < 4 or len(reference.members) < 4:
+        raise UserError(f"image metrics need at least 4 images a set; got {len(generated.members)} generated and "
+                        f"{len(reference.members)} reference")
+    asked = [m.label for m in generated.members]
+    return measure_images(embed(reference.members), embed(generated.members), reference.labels(),
+                          asked if any(a is not None for a in asked) else None)
+
+
+def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any) -> dict[str, Any]:
+    from studio_eval.text_metrics import describe_texts, perplexity
+    from studio_text.gpt import load_model
+
+    def read(members):
+        return [m.path.read_text(encoding="utf-8", errors="replace") for m in members]
+
+    model = load_model(lm)
+    texts = read(generated.members)
+    out: dict[str, Any] = {**describe_texts(texts), **perplexity(texts, model)}
+    if reference is not None:
+        references = read(reference.members)
+        out["reference"] = {**describe_texts(references), **perplexity(references, model)}
+    return out
+
+
+def _music(generated: MediaSet, reference: MediaSet | None, **_: Any) -> dict[str, Any]:
+    from studio_eval.music_metrics import compare, piece_metrics, summarise
+
+    def measure(members):
+        pieces = [p for p in (piece_metrics(m.path) for m in members) if p is not None]
+        return summarise(pieces), len(pieces)
+
+    summary, count = measure(generated.members)
+    out: dict[str, Any] = {"pieces": count, "generated": summary}
+    if reference is not None:
+        reference_summary, reference_count = measure(reference.members)
+        out.update({"reference_pieces": reference_count, "reference": reference_summary,
+                    "compared": compare(summary, reference_summary)})
+    return out
+
+
+def _audio(generated: MediaSet, reference: MediaSet, *, vae: str, **_: Any) -> dict[str, Any]:
+    from studio_audio.vae import load_vae
+    from studio_eval.audio_metrics import measure_audio
+
+    return measure_audio([m.path for m in generated.members], [m.path for m in reference.members],
+                         load_vae(vae).eval() if vae != "none" else None)

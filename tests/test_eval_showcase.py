@@ -1,0 +1,63 @@
+"""`studio eval` on the showcase's outputs, one media type at a time, as the README
+shows it: images against the emoji, text alone, MIDI against a MIDI folder, audio
+against another step's audio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def studio(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "studio", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def showcase(tmp_path_factory):
+    out = tmp_path_factory.mktemp("showcase")
+    ran = studio("run", str(ROOT / "pipelines" / "showcase.yaml"), "--out", str(out), "-q", cwd=out)
+    assert ran.returncode == 0, ran.stderr
+    return out / ran.stdout.strip().splitlines()[-1]  # printed relative to the working directory
+
+
+def measured(showcase, *args):
+    target = showcase.parent / f"eval-{len(list(showcase.parent.glob('eval-*.json')))}.json"
+    done = studio("eval", str(showcase), *args, "--json", str(target), cwd=showcase.parent)
+    assert done.returncode == 0, done.stderr
+    return json.loads(target.read_text()), done.stdout
+
+
+def test_images_against_the_emoji_they_were_trained_on(showcase):
+    result, shown = measured(showcase, "--step", "emoji", "--against", "emoji:noto")
+    metrics = result["metrics"]
+    assert result["family"] == "image" and metrics["reference"] > 3000
+    assert metrics["fid_studio_features"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert metrics["classes"] == 9 and metrics["classes_covered"] >= 1
+    assert "fid_studio_features" in shown and (showcase / "eval-emoji.json").is_file()
+
+
+def test_text_alone(showcase):
+    metrics = measured(showcase, "--step", "line")[0]["metrics"]
+    assert metrics["texts"] >= 2 and metrics["perplexity"] > 1 and 0 < metrics["distinct_1"] <= 1
+    assert "reference" not in metrics
+
+
+def test_midi_against_a_folder_of_midi(showcase):
+    metrics = measured(showcase, "--step", "tune", "--against", str(ROOT / "pipelines" / "assets"))[0]["metrics"]
+    assert metrics["pieces"] == 1 and metrics["reference_pieces"] == 1  # the folder's one MIDI file, not its PNGs
+    assert set(metrics["compared"]) >= {"pitch_range", "scale_consistency", "polyphony"}
+
+
+def test_audio_against_another_steps_audio(showcase):
+    result = measured(showcase, "--step", "tune-variation", "--against", str(showcase),
+                      "--reference-step", "tune-audio")[0]
+    assert result["family"] == "audio"
+    metrics = result["metrics"]
+    assert metrics["log_mel_frechet"] > 0 and metrics["vae_latent_frechet"] >= 0
