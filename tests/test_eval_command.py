@@ -146,3 +146,36 @@ def test_text_metrics_against_a_reference_folder(tmp_path):
     result = evaluate(collect(tmp_path / "made"), collect(tmp_path / "real"))["metrics"]
     assert result["repetition_4"] > 0.9 and result["distinct_2"] < 0.1
     assert result["perplexity"] > 5 * result["reference"]["perplexity"]  # the model knows Shakespeare
+
+
+def png_header(path, width, height):
+    """A PNG that claims width x height pixels and holds none: its header is all a check may read."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_inputs_too_large_to_measure_are_refused_by_name_before_they_are_decoded(real_digits, tmp_path):
+    from studio.errors import UserError
+    from studio_eval.collect import collect
+    from studio_eval.evaluate import evaluate
+
+    (tmp_path / "big").mkdir()
+    for i in range(4):
+        png_header(tmp_path / "big" / f"{i}.png", 9000, 9000)
+    with pytest.raises(UserError, match=r"0\.png: 9000 x 9000 pixels; images are measured up to 67,108,864"):
+        evaluate(collect(tmp_path / "big"), collect(real_digits / "reference"))
+    for i in range(4):  # past twice that, PIL itself refuses to open it: still by name, still exit 2
+        png_header(tmp_path / "big" / f"{i}.png", 60_000, 60_000)
+    with pytest.raises(UserError, match=r"0\.png: not an image Studio can read \(Image size \(3600000000 pixels\)"):
+        evaluate(collect(tmp_path / "big"), collect(real_digits / "reference"))
+    (tmp_path / "midi").mkdir()
+    (tmp_path / "midi" / "huge.mid").write_bytes(b"MThd" + bytes(3 << 20))
+    with pytest.raises(UserError, match="huge.mid: 3,145,732 bytes; MIDI files are measured up to 2,097,152"):
+        evaluate(collect(tmp_path / "midi"), None)

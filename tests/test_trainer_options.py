@@ -32,6 +32,7 @@ OLD_DEFAULTS = {
     "audio.vae": {"sample_rate": 16000, "window": 8192, "kl_weight": 1e-4, "linear_magnitude": 1.0,
                   "clip_s": 2.0, "clips": 1200, "channel_multiples": (1, 2, 4, 4),
                   "downsampling_ratios": (4, 4, 4, 4), "encoder_hidden_size": 32, "decoder_channels": 24},
+    "eval.metrics": {"label_smoothing": 0.1},  # typed from the start
 }
 
 
@@ -209,8 +210,8 @@ def test_help_without_a_generator_names_the_trainable_ones():
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "train [OPTIONS] GENERATOR" in text
-    assert "`studio train GENERATOR --help` lists them. Trainable generators: audio.vae, image.diffusion, " \
-           "image.gan, music.transformer, style.cyclegan, text.gpt" in text
+    assert "`studio train GENERATOR --help` lists them. Trainable generators: audio.vae, eval.metrics, " \
+           "image.diffusion, image.gan, music.transformer, style.cyclegan, text.gpt" in text
     misspelt = studio_train("image.gann", "--help")
     assert misspelt.exit_code == 0 and "no trainer for 'image.gann'. Did you mean 'image.gan'?" in misspelt.output
 

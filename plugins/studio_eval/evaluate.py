@@ -18,6 +18,7 @@ CAVEAT = {
             "deviations.",
 }
 NEEDS_REFERENCE = {"image", "audio"}
+MAX_TEXT_CHARS = 1_000_000
 
 
 def evaluate(generated: MediaSet, reference: MediaSet | None, *, features: str = "default",
@@ -36,28 +37,47 @@ def evaluate(generated: MediaSet, reference: MediaSet | None, *, features: str =
 
 
 def _images(generated: MediaSet, reference: MediaSet, *, features: str, **_: Any) -> dict[str, Any]:
-    from PIL import Image
+    import torch
 
-    from studio_eval.features import DEFAULT_WEIGHTS, features_of, image_tensor, load_network
+    from studio_eval.features import DEFAULT_WEIGHTS, features_of, load_network
     from studio_eval.image_metrics import measure_images
-
-    root = DEFAULT_WEIGHTS if features == "default" else Path(features)
-    net = load_network(root)
-
-    def embed(members):
-        images = []
-        for member in members:
-            with Image.open(member.path) as image:
-                image.load()
-                images.append(image)
-        return features_of(net, image_tensor(images))
 
     if len(generated.members) < 4 or len(reference.members) < 4:
         raise UserError(f"image metrics need at least 4 images a set; got {len(generated.members)} generated and "
                         f"{len(reference.members)} reference")
+    net = load_network(DEFAULT_WEIGHTS if features == "default" else Path(features))
+
+    def embed(members, chunk: int = 256):
+        # read, shrink to 32 x 32 and measure a chunk at a time: a set of large images never sits in memory
+        return torch.cat([features_of(net, _small_images(members[i:i + chunk]))
+                          for i in range(0, len(members), chunk)])
+
     asked = [m.label for m in generated.members]
     return measure_images(embed(reference.members), embed(generated.members), reference.labels(),
                           asked if any(a is not None for a in asked) else None)
+
+
+def _small_images(members) -> Any:
+    """The members' images as the feature network's input, each refused by name when it
+    is too large to decode safely."""
+    from PIL import Image
+
+    from studio.sniff import MAX_IMAGE_PIXELS
+    from studio_eval.features import SIZE, image_tensor
+
+    small = []
+    for member in members:
+        try:
+            with Image.open(member.path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise UserError(f"{member.path}: {image.width} x {image.height} pixels; images are measured up "
+                                    f"to {MAX_IMAGE_PIXELS:,} pixels")
+                image.draft("RGB", (SIZE * 4, SIZE * 4))  # JPEGs decode at a fraction of their size
+                small.append(image.copy() if image.mode in ("RGBA", "LA", "P") else image.convert("RGB"))
+                small[-1].thumbnail((SIZE * 4, SIZE * 4))
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise UserError(f"{member.path}: not an image Studio can read ({exc})") from None
+    return image_tensor(small)
 
 
 def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any) -> dict[str, Any]:
@@ -65,7 +85,11 @@ def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any
     from studio_text.gpt import load_model
 
     def read(members):
-        return [m.path.read_text(encoding="utf-8", errors="replace") for m in members]
+        texts = []
+        for member in members:
+            with open(member.path, encoding="utf-8", errors="replace") as f:
+                texts.append(f.read(MAX_TEXT_CHARS))  # a text is measured over its first million characters
+        return texts
 
     model = load_model(lm)
     texts = read(generated.members)
@@ -79,7 +103,13 @@ def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any
 def _music(generated: MediaSet, reference: MediaSet | None, **_: Any) -> dict[str, Any]:
     from studio_eval.music_metrics import compare, piece_metrics, summarise
 
+    from studio.sniff import MAX_MIDI_BYTES
+
     def measure(members):
+        for member in members:
+            if member.path.stat().st_size > MAX_MIDI_BYTES:
+                raise UserError(f"{member.path}: {member.path.stat().st_size:,} bytes; MIDI files are measured up to "
+                                f"{MAX_MIDI_BYTES:,} bytes (real ones are kilobytes)")
         pieces = [p for p in (piece_metrics(m.path) for m in members) if p is not None]
         return summarise(pieces), len(pieces)
 
