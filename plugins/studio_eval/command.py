@@ -13,7 +13,8 @@ from studio import UserError
 @click.command("eval")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--against", "reference", type=click.Path(path_type=Path), default=None,
-              help="The reference set: a folder of real examples (sub-folders as classes) or another run.")
+              help="The reference set: a folder of real examples (sub-folders as classes), another run, or "
+                   "sklearn:digits / emoji:noto.")
 @click.option("--step", default=None, help="The step of SOURCE to measure (default: the one with the most items).")
 @click.option("--reference-step", default=None, help="The step of a reference run to compare with.")
 @click.option("--features", default="default", show_default=True,
