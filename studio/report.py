@@ -41,7 +41,7 @@ pre{white-space:pre-wrap;max-height:16rem;overflow:auto;background:#f3f3f3;paddi
 .failed{color:#b00}.meta{font-size:.75rem;color:#777}
 .params,.notes{font-size:.75rem;margin:.3rem 0;border-collapse:collapse}
 .params td,.notes td{padding:0 .4rem 0 0;vertical-align:top;word-break:break-word}.params td:first-child,
-.notes td:first-child{color:#777}.notes{font-style:italic}
+.notes td:first-child{color:#777;white-space:nowrap}.notes{font-style:italic}
 .cached{color:#06c}.roll,.wave{display:block;max-width:320px;margin:.3rem 0;image-rendering:pixelated}
 nav{margin:1rem 0;font-size:.9rem}nav select{margin-right:1rem}
 """
@@ -178,7 +178,8 @@ def _shown(value: Any) -> str:
 
 def _params_html(params: dict[str, Any]) -> str:
     rows = [f"<tr><td>{html.escape(k)}</td><td>{html.escape(_shown(params[k]))}</td></tr>"
-            for k in SHOWN_PARAMS if params.get(k) not in (None, [], "")]
+            for k in SHOWN_PARAMS if params.get(k) not in (None, [], "")
+            and not (k == "lora_scale" and not params.get("loras"))]  # a scale of no LoRA says nothing
     return f"<table class=params>{''.join(rows)}</table>" if rows else ""
 
 

@@ -302,6 +302,14 @@ def test_gallery_shows_every_item_escaped(tmp_path):
     assert "failed: fake.fail (plugin &#x27;fake&#x27;) raised ValueError: boom" in page
 
 
+def test_the_gallery_shows_a_lora_scale_only_beside_loras():
+    from studio.report import _params_html
+
+    assert "lora_scale" not in _params_html({"steps": 10, "lora_scale": 1.0})
+    shown = _params_html({"steps": 10, "lora_scale": 0.5, "loras": [{"path": "/x/outline.safetensors", "scale": 1}]})
+    assert "<td>lora_scale</td><td>0.5</td>" in shown
+
+
 class Tone(Generator):
     name = "test.tone"
     description = "A sine tone and a one-note MIDI file."

@@ -11,7 +11,8 @@ from studio_eval.collect import MediaSet
 
 CAVEAT = {
     "image": "FID and KID are measured in Studio's own feature network (studio-features-v1), not Inception-v3: "
-             "compare them between runs measured here, never with published FID numbers.",
+             "compare them between runs measured here, never with published FID numbers. Precision and recall "
+             "(k-nearest-neighbour manifolds) depend on the sets' sizes: compare sets of equal size.",
     "audio": "vae_latent_frechet is a Fréchet distance over Studio's audio VAE latents, not VGGish FAD.",
     "text": "Perplexity is under the reference language model named (text.gpt's embedded model by default).",
     "midi": "muspy's metrics; gap_in_std is the generated mean minus the reference mean in reference standard "
