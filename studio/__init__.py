@@ -38,6 +38,7 @@ _WHERE = {
     # the API pulls in the executor; plugins importing `studio` should not pay for it
     "load": "studio.api", "validate": "studio.api", "plan": "studio.api", "run": "studio.api",
     "Pipeline": "studio.api",
+    "record_evaluation": "studio.evaluations",
     "Trainer": "studio.training", "TrainerOptions": "studio.training", "TrainConfig": "studio.training",
 }
 
@@ -56,4 +57,5 @@ def __getattr__(name: str):
 
 __all__ = ["Artifact", "Generator", "NonFiniteOutput", "Params", "PipelineError", "StepContext", "StudioError",
            "UserError", "Writer", "__version__", "batch_groups", "check_finite", "hookimpl", "media", "media_input",
-           "model_input", "Trainer", "TrainerOptions", "TrainConfig", "load", "validate", "plan", "run", "Pipeline"]
+           "model_input", "Trainer", "TrainerOptions", "TrainConfig", "load", "validate", "plan", "run", "Pipeline",
+           "record_evaluation"]

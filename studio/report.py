@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SHOWN_PARAMS = ("prompt", "negative_prompt", "text", "class_label", "image", "mask", "audio", "primer", "strength",
                 "steps", "scheduler", "guidance_scale", "loras", "lora_scale", "model", "temperature", "top_p",
                 "duration_s", "mode", "direction", "position")
+EVALUATIONS = "<!-- evaluations -->"
 SHEET_WIDTH = 400  # an image wider than this is a contact sheet: shown wide, click to zoom
 MAX_AUDIO_S = 600  # a waveform is drawn from at most this much audio
 
@@ -231,6 +232,7 @@ def write_gallery(run_dir: Path, pipeline: str, status: str, steps: dict[str, li
                          f"{_params_html(r.params or {})}{_notes_html(r.notes or {})}"
                          f"<div class=meta>seed {r.seed}{seconds}{cached}</div></div>")
         parts.append("</div></section>")
+    parts.append(EVALUATIONS)  # `studio eval` puts its sections here later (studio.evaluations)
     parts.append(f"<script>{SCRIPT}</script>")
     out = run_dir / "gallery.html"
     atomic_write(out, lambda tmp: tmp.write_text("\n".join(parts), encoding="utf-8"))

@@ -85,6 +85,13 @@ steps:
     assert "not Inception-v3" in done.stdout
     result = json.loads((run / "eval-draw.json").read_text())
     metrics = result["metrics"]
+    recorded = json.loads((run / "manifest.json").read_text())["evaluations"]["draw"]
+    assert recorded["file"] == "eval-draw.json" and recorded["summary"]["fid_studio_features"] > 0
+    gallery = (run / "gallery.html").read_text()
+    assert gallery.count('<section class=evaluation data-name="draw">') == 1 and "<td>label_agreement</td>" in gallery
+    again = studio("eval", str(run), "--against", str(real_digits / "reference"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # measured again: replaced, not added
+    assert (run / "gallery.html").read_text().count('<section class=evaluation data-name="draw">') == 1
     assert metrics["generated"] == 30 and metrics["reference"] == 400
     assert metrics["label_agreement"] > 0.5  # the digit model draws the class it is asked for
     assert metrics["class_coverage"] >= 0.8

@@ -388,3 +388,22 @@ def test_ctrl_c_that_a_library_turned_into_another_error_still_interrupts_the_ru
     finally:
         signal.signal(signal.SIGINT, previous)
     stopped_run(tmp_path)
+
+
+def test_an_evaluation_joins_a_finished_runs_manifest_and_gallery(tmp_path):
+    from studio import record_evaluation
+    from studio.errors import UserError
+
+    result = run_yaml("name: g\nsteps:\n  - {id: i, uses: fake.image}\n", tmp_path)
+    written = record_evaluation(result.run_dir, "i", {"metrics": {"fid": 1.5}}, {"fid": 1.5, "note": "<b>"})
+    assert json.loads(written.read_text()) == {"metrics": {"fid": 1.5}}
+    manifest = json.loads(result.manifest_path.read_text())
+    assert manifest["evaluations"]["i"]["summary"] == {"fid": 1.5, "note": "<b>"}
+    assert manifest["steps"]["i"]["items"][0]["status"] == "done"  # the rest of the manifest as it was
+    page = (result.run_dir / "gallery.html").read_text()
+    assert "<td>fid</td><td>1.5</td>" in page and "&lt;b&gt;" in page and '<a href="eval-i.json">' in page
+    record_evaluation(result.run_dir, "i", {}, {"fid": 2.0})
+    page = (result.run_dir / "gallery.html").read_text()
+    assert page.count("data-name=\"i\"") == 1 and "<td>fid</td><td>2</td>" in page
+    with pytest.raises(UserError, match="evaluation name '../x'"):
+        record_evaluation(result.run_dir, "../x", {}, {})

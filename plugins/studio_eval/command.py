@@ -24,7 +24,7 @@ from studio import UserError
 @click.option("--vae", default="default", show_default=True,
               help="Audio VAE for the latent Fréchet distance: 'default' (audio.vae's), a directory, or 'none'.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
-              help="Also write the results here (a run's are always written to RUN/eval-STEP.json).")
+              help="Also write the results here (a run's always go to RUN/eval-STEP.json, its manifest and gallery).")
 def eval_command(source: Path, reference: Path | None, step: str | None, reference_step: str | None, features: str,
                  lm: str, vae: str, json_out: Path | None) -> None:
     """Measure what a generator made: SOURCE is a run directory (its manifest says what
@@ -39,14 +39,18 @@ def eval_command(source: Path, reference: Path | None, step: str | None, referen
     against = collect(reference, step=reference_step, family=generated.family()) if reference else None
     result = evaluate(generated, against, features=_model(features), lm=_model(lm), vae=_model(vae))
     _print(result)
-    text = json.dumps(result, indent=2, default=str) + "\n"
-    targets = [source / f"eval-{generated.step}.json"] if generated.step else []
-    targets += [json_out] if json_out else []
-    for target in targets:
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)  # never a half-written file
-        click.echo(f"written: {target}")
+    if generated.step:  # a run: the numbers join its manifest and gallery
+        from studio import record_evaluation
+        from studio_eval.metrics_step import summary
+
+        written = record_evaluation(source, generated.step, json.loads(json.dumps(result, default=str)),
+                                    summary(result["metrics"]))
+        click.echo(f"written: {written} (and the run's manifest.json and gallery.html)")
+    if json_out:
+        tmp = json_out.with_name(f".{json_out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(json_out)  # never a half-written file
+        click.echo(f"written: {json_out}")
 
 
 def _model(value: str) -> str:

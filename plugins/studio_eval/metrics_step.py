@@ -84,8 +84,13 @@ class Metrics(Generator):
         ctx.progress(0, 1)
         result = evaluate(generated, reference, features=params.model)
         ctx.progress(1, 1)
-        ctx.record(**{k: _rounded(v) for k, v in result["metrics"].items() if k in SUMMARY_KEYS})
+        ctx.record(**summary(result["metrics"]))
         return {"metrics": result}
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers, for a manifest and a gallery."""
+    return {k: _rounded(v) for k, v in metrics.items() if k in SUMMARY_KEYS}
 
 
 def _asked(artifact: Artifact) -> str | None:
