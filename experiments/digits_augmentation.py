@@ -73,13 +73,14 @@ def classical(x, y, ratio: int, seed: int):
 
     from studio_image.augment import transforms
 
+    images = [Image.fromarray((image * 255).astype(np.uint8)) for image in x]
+    augment = transforms(AUGMENT, images[0])  # every image is 8 x 8 greyscale with a fixed fill: one pipeline
     out_x, out_y = [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for r in range(ratio):
-            for image, label in zip(x, y):
-                pil = Image.fromarray((image * 255).astype(np.uint8))
-                out_x.append(np.asarray(transforms(AUGMENT, pil)(pil), dtype=np.float32) / 255)
+        for _ in range(ratio):
+            for pil, label in zip(images, y):
+                out_x.append(np.asarray(augment(pil), dtype=np.float32) / 255)
                 out_y.append(label)
     return np.stack(out_x), np.array(out_y)
 

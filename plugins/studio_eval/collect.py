@@ -133,16 +133,15 @@ def _from_run(run: Path, step: str | None, family: str | None) -> MediaSet:
 
 
 def _from_folder(root: Path, family: str | None) -> MediaSet:
+    wanted = {kind: suffixes for kind, suffixes in FAMILIES.items() if not family or kind == family}
     by_family: dict[str, list[Path]] = {}
-    for kind, suffixes in FAMILIES.items():
-        if family and kind != family:
-            continue
-        files = [p for p in data_files(root, suffixes) if not p.name.startswith(".")]
-        if files:
-            by_family[kind] = files
+    for path in data_files(root, tuple(s for suffixes in wanted.values() for s in suffixes)):  # one walk, sorted
+        if not path.name.startswith("."):
+            kind = next(k for k, suffixes in wanted.items() if path.suffix.lower() in suffixes)
+            by_family.setdefault(kind, []).append(path)
     if not by_family:
-        wanted = ", ".join(s for kind, suf in FAMILIES.items() if not family or kind == family for s in suf)
-        raise UserError(f"{root}: no {family + ' ' if family else ''}files to measure ({wanted})"
+        listed = ", ".join(s for suffixes in wanted.values() for s in suffixes)
+        raise UserError(f"{root}: no {family + ' ' if family else ''}files to measure ({listed})"
                         + (f"; the set it is compared with is {family}" if family else ""))
     kind, files = max(by_family.items(), key=lambda entry: len(entry[1]))
     if len(files) > MAX_ITEMS:

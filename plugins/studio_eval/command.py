@@ -43,8 +43,7 @@ def eval_command(source: Path, reference: Path | None, step: str | None, referen
         from studio import record_evaluation
         from studio_eval.metrics_step import summary
 
-        written = record_evaluation(source, generated.step, json.loads(json.dumps(result, default=str)),
-                                    summary(result["metrics"]))
+        written = record_evaluation(source, generated.step, result, summary(result["metrics"]))
         click.echo(f"written: {written} (and the run's manifest.json and gallery.html)")
     if json_out:
         tmp = json_out.with_name(f".{json_out.name}.tmp")

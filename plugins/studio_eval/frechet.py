@@ -46,10 +46,7 @@ def kernel_distance(real: Any, fake: Any, subsets: int = 50, seed: int = 0) -> t
                                          normalize=True)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # torchmetrics draws its subsets from the global generator
-    try:
+    with torch.random.fork_rng(devices=[]):  # torchmetrics draws its subsets from the global generator
+        torch.manual_seed(seed)
         mean, std = metric.compute()
-    finally:
-        torch.random.set_rng_state(state)
     return float(mean), float(std)
