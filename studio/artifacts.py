@@ -179,28 +179,13 @@ BUILTIN_WRITERS = [
 ]
 
 def read_provenance(path: Path) -> dict[str, Any] | None:
-    """The provenance Studio embedded in a PNG, WAV or MIDI file, or None."""
-    suffix = path.suffix.lower()
-    if suffix == ".png":
-        return read_png_provenance(path)
-    if suffix == ".wav":
-        import soundfile
+    """The provenance Studio embedded in a PNG, WAV or MIDI file, or None when it carries
+    none. Bounded and regular files only (studio.reopen reads it); a file that is not
+    one to read, or is damaged, is a UserError naming it."""
+    from studio.reopen import read_provenance_strict
 
-        with soundfile.SoundFile(path) as f:
-            comment = f.comment
-        return json.loads(comment) if comment.startswith("{") else None
-    if suffix in (".mid", ".midi"):
-        import pretty_midi
-
-        for event in pretty_midi.PrettyMIDI(str(path)).text_events:
-            if event.text.startswith("studio:"):
-                return json.loads(event.text[len("studio:"):])
-    return None
+    return read_provenance_strict(path)
 
 
 def read_png_provenance(path: Path) -> dict[str, Any] | None:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        text = im.text.get("studio") if hasattr(im, "text") else None
-    return json.loads(text) if text else None
+    return read_provenance(path) if Path(path).suffix.lower() == ".png" else None

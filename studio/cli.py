@@ -205,22 +205,42 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
 def _load_or_reopen(pipeline: Path, **options):
     """A pipeline file, or the pipeline inside a file Studio made (PNG, WAV, MIDI), a
     manifest.json or a run directory: loaded and validated like any pipeline file, its
-    relative inputs read from the folder they were read from when it first ran."""
+    relative inputs read from the folder they were read from when it first ran. Every
+    problem found in a re-opened pipeline names the file the user gave."""
     import tempfile
 
     from studio import api
-    from studio.reopen import MEDIA, as_yaml, reopen
+    from studio.errors import Issue, PipelineError
+    from studio.reopen import MEDIA, as_yaml, reopen, shown
 
     if not (pipeline.is_dir() or pipeline.name == "manifest.json" or pipeline.suffix.lower() in MEDIA):
         return api.load(pipeline, **options)
     reopened = reopen(pipeline)
-    if reopened.base_dir is not None and not reopened.base_dir.is_dir():
-        # made on another machine: its input files are looked for here instead
+    try:
+        if reopened.base_dir is not None and not reopened.base_dir.is_dir():
+            # made on another machine: its input files are looked for here instead
+            reopened.base_dir = None
+    except (OSError, ValueError):
         reopened.base_dir = None
+    origin = shown(pipeline) + (" (its embedded pipeline)" if pipeline.suffix.lower() in MEDIA
+                                else " (the pipeline its manifest records)")
+    text = as_yaml(reopened, pipeline)
     with tempfile.TemporaryDirectory(prefix="studio-reopened-") as tmp:
         path = Path(tmp) / "pipeline.yaml"
-        path.write_text(as_yaml(reopened, pipeline), encoding="utf-8")
-        loaded = api.load(path, base_dir=reopened.base_dir or Path.cwd(), **options)
+        try:
+            path.write_text(text, encoding="utf-8")
+            loaded = api.load(path, base_dir=reopened.base_dir or Path.cwd(), **options)
+        except PipelineError as exc:
+            # the temporary file is no place the user knows: the file they gave, and the
+            # YAML path in the pipeline (the lines are those `studio export` writes)
+            raise PipelineError([Issue(i.message.replace(str(path), origin), origin if i.file == str(path) else i.file,
+                                       None if i.file == str(path) else i.line, i.path, i.step)
+                                 for i in exc.issues]) from None
+        except UserError as exc:
+            raise UserError(str(exc).replace(str(path), origin)) from None
+        except OSError as exc:
+            raise UserError(f"{shown(pipeline)}: its pipeline cannot be re-opened: the temporary folder "
+                            f"{shown(tmp)} refuses it ({exc.strerror or exc}); set TMPDIR to a writable folder") from None
     loaded.spec.source = pipeline  # the manifest says where this run came from
     return loaded
 
@@ -231,17 +251,25 @@ def _load_or_reopen(pipeline: Path, **options):
 def export(source, output) -> None:
     """Write out the pipeline that made SOURCE: a PNG, WAV or MIDI file Studio made, a
     manifest.json or a run directory."""
-    from studio.artifacts import atomic_write
-    from studio.reopen import as_yaml, reopen
+    from studio.artifacts import atomic_write, os_error_text
+    from studio.reopen import as_yaml, reopen, shown
 
+    def refuse_existing() -> None:
+        if os.path.lexists(output):
+            raise UserError(f"{shown(output)} exists; give another -o, or remove it first")
+
+    if output is not None:
+        refuse_existing()  # before any reading: nothing is read for an answer that cannot be written
     text = as_yaml(reopen(source), source)
     if output is None:
         echo(text.rstrip("\n"))
         return
-    if output.exists():
-        raise UserError(f"{output} exists; give another -o, or remove it first")
-    atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    echo(f"wrote {output}")
+    refuse_existing()
+    try:
+        atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:  # nothing is left half written: the temporary file is removed
+        raise UserError(os_error_text(exc, shown(output))) from None
+    echo(f"wrote {shown(output)}")
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from studio.artifacts import read_provenance, write_midi, write_wav
 from studio.cli import cli
+from studio.errors import UserError
 from studio.reopen import KEY, decode, encode, reopen
 
 PIPELINE = """
@@ -115,6 +116,6 @@ def test_files_without_a_pipeline_or_with_a_bad_one_are_refused(tmp_path):
     import zlib
 
     bomb = base64.b64encode(zlib.compress(b"[" * (64 * 2**20), 9)).decode()  # 64 MB of brackets
-    with pytest.raises(Exception, match="larger than 16 MB once decompressed"):
+    with pytest.raises(UserError, match="larger than 2 MB once decompressed"):
         decode(bomb, "bomb.png")
     assert os.path.exists(tmp_path / "other.png")
