@@ -10,14 +10,20 @@ asked: removing one means that run's pipeline makes the item again next time.
 
 from __future__ import annotations
 
+import math
 import os
-import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from studio.cache import KEY
-from studio.history import disk_usage
+from studio.errors import UserError
+from studio.history import disk_usage, printable_text, remove_tree
+
+# what --older-than and --max-gb accept: a century, a petabyte
+MAX_DAYS = 36_500.0
+MAX_GB = 1_000_000.0
 
 
 @dataclass
@@ -33,21 +39,49 @@ def cache_root(out: Path) -> Path:
     return out / ".cache" / "steps"
 
 
+def check_inside(out: Path) -> None:
+    """The cache's folders (OUT/.cache, OUT/.cache/steps) are folders of OUT's own, not
+    links to elsewhere: the cache commands never look after (or remove) files outside
+    OUT. UserError naming the link otherwise."""
+    for folder in (out / ".cache", cache_root(out)):
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{printable_text(str(folder))}: cannot be read ({getattr(exc, 'strerror', None) or exc})"
+                            ) from None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(folder)
+            except OSError:
+                target = "?"
+            raise UserError(f"{printable_text(str(folder))} is a link (to {printable_text(target)}); the cache "
+                            "commands only look after a cache inside the output folder. Nothing was changed; "
+                            "remove the link, or give --out the folder it belongs to")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UserError(f"{printable_text(str(folder))} is not a folder; it is not a Studio cache. Nothing "
+                            "was changed")
+
+
 def entries(out: Path) -> list[Entry]:
     """Every entry of the cache below `out`, least recently used first."""
+    check_inside(out)
     root = cache_root(out)
     found = []
     try:
-        shards = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and len(e.name) == 2]
+        with os.scandir(root) as listing:
+            shards = [e for e in listing if len(e.name) == 2 and _plain_dir(e)]
     except OSError:
         return []
     for shard in shards:
         try:
-            listing = list(os.scandir(shard.path))
+            with os.scandir(shard.path) as it:
+                listing = list(it)
         except OSError:
             continue
         for entry in listing:
-            if not KEY.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+            if not KEY.fullmatch(entry.name) or not _plain_dir(entry):
                 continue
             try:
                 last_used = entry.stat(follow_symlinks=False).st_mtime
@@ -58,19 +92,45 @@ def entries(out: Path) -> list[Entry]:
     return sorted(found, key=lambda e: e.last_used)
 
 
-def keys_in_runs(out: Path) -> set[str]:
+def _plain_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def keys_in_runs(out: Path, notes: list[str] | None = None) -> set[str]:
     """The cache keys the runs below `out` recorded."""
     from studio.history import recorded_cache_keys
 
-    return recorded_cache_keys(out)
+    return recorded_cache_keys(out, notes)
+
+
+def check_limits(older_than_days: float | None, max_gb: float | None) -> None:
+    """--older-than and --max-gb as `collect` takes them: finite, in range."""
+    for option, value, high in (("--older-than", older_than_days, MAX_DAYS), ("--max-gb", max_gb, MAX_GB)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not 0 <= value <= high:
+            raise UserError(f"{option}: {printable_text(value)[:80]} is not allowed; give a number from 0 to "
+                            f"{high:,.0f}")
 
 
 def collect(out: Path, *, older_than_days: float | None = None, max_bytes: int | None = None,
-            include_listed: bool = False, dry_run: bool = False) -> tuple[list[Entry], list[Entry]]:
+            include_listed: bool = False, dry_run: bool = False, notes: list[str] | None = None
+            ) -> tuple[list[Entry], list[Entry]]:
     """Remove entries, least recently used first: those last used more than
     `older_than_days` ago, then more until the cache alone holds at most `max_bytes`.
-    Returns (removed, kept because a listed run recorded them)."""
-    listed = set() if include_listed else keys_in_runs(out)
+    Returns (removed, kept because a listed run recorded them). Only entries inside
+    `out`'s own cache folder are removed, each without following a link."""
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 <= max_bytes <= MAX_GB * 2**30:
+            raise UserError(f"--max-gb: {printable_text(max_bytes)[:80]} bytes is not allowed; give a number of GB "
+                            f"from 0 to {MAX_GB:,.0f}")
+    check_limits(older_than_days, None)
+    check_inside(out)
+    listed = set() if include_listed else keys_in_runs(out, notes)
     now = time.time()
     candidates = entries(out)
     alone_total = sum(e.alone for e in candidates)
@@ -84,7 +144,13 @@ def collect(out: Path, *, older_than_days: float | None = None, max_bytes: int |
             protected.append(entry)
             continue
         if not dry_run:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            try:
+                remove_tree(entry.path)
+            except OSError as exc:
+                if notes is not None:
+                    notes.append(f"{printable_text(str(entry.path))}: not removed entirely "
+                                 f"({exc.strerror or exc})")
+                continue
         removed.append(entry)
         alone_total -= entry.alone
     return removed, protected
