@@ -599,7 +599,9 @@ def runs_list(out, pipeline, status, since, until, limit, as_json) -> None:
     """Runs, newest first: name, run id, status, items, time, pipeline file, size."""
     from studio.history import runs as find_runs
 
-    found = find_runs(out, pipeline=pipeline, status=status, since=since, until=until, limit=limit)
+    notes: list[str] = []
+    found = find_runs(out, pipeline=pipeline, status=status, since=since, until=until, limit=limit, notes=notes)
+    _print_notes(notes + [f"{r.run_dir}: {r.note}" for r in found if r.note])
     if as_json:
         echo(json.dumps([r.as_dict() for r in found], indent=2))
         return
@@ -622,7 +624,20 @@ def runs_list(out, pipeline, status, since, until, limit, as_json) -> None:
     Console(emoji=False, highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
+def _print_notes(notes: list[str], shown: int = 20) -> None:
+    """What the run index could not use (a damaged manifest, an index that was a link),
+    on stderr, clipped: the listing itself stays on stdout."""
+    from studio.errors import clip
+
+    for note in notes[:shown]:
+        echo(f"note: {clip(note, 1000)}", err=True)
+    if len(notes) > shown:
+        echo(f"note: ... and {len(notes) - shown} more", err=True)
+
+
 def _size(n: int) -> str:
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return "?"
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -634,7 +649,7 @@ def _size(n: int) -> str:
 @OUT_OPTION
 @click.option("--step", help="Step id.")
 @click.option("--uses", help="Generator, e.g. image.diffusion.")
-@click.option("--seed", type=int)
+@click.option("--seed", type=IntRange(0, 2**63 - 1))
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="A parameter's value (YAML: 7, 0.5, true, red heart); an input by file name or sha256. Repeatable.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
@@ -645,16 +660,40 @@ def runs_find(out, step, uses, seed, params, limit, as_json) -> None:
 
     from studio.history import find
 
+    from studio.errors import clip
+    from studio.history import MAX_PARAMS_DEPTH, _too_deep_or_large, printable_text
+
     wanted = {}
     for entry in params:
         key, sep, value = entry.partition("=")
+        shown = clip(printable_text(entry), 80)
         if not sep or not key.strip():
-            raise UserError(f"--param {entry!r}: expected KEY=VALUE, e.g. --param prompt='red heart'")
-        try:
-            wanted[key.strip()] = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            wanted[key.strip()] = value
-    found = find(out, step=step, uses=uses, seed=seed, params=wanted, limit=limit)
+            raise UserError(f"--param {shown!r}: expected KEY=VALUE, e.g. --param prompt='red heart'")
+        if len(value) > 10_000:
+            raise UserError(f"--param {clip(printable_text(key), 80)}: the value is {len(value):,} characters; "
+                            "at most 10,000")
+        # a YAML value, nested at most MAX_PARAMS_DEPTH deep: checked on the text first, so a
+        # 5,000-deep list is refused before the (recursive) YAML parser sees it
+        depth = max_depth = 0
+        for char in value:
+            depth += char in "[{"
+            depth -= char in "]}"
+            max_depth = max(max_depth, depth)
+        parsed: Any = value
+        if value.strip() and max_depth <= MAX_PARAMS_DEPTH:
+            try:
+                parsed = yaml.safe_load(value)
+            except (yaml.YAMLError, ValueError, RecursionError):  # not YAML, or a 5,000-digit number: as text
+                parsed = value
+        problem = _too_deep_or_large(parsed, MAX_PARAMS_DEPTH, 10_000) if max_depth <= MAX_PARAMS_DEPTH else (
+            f"nested more than {MAX_PARAMS_DEPTH} deep")
+        if problem:
+            raise UserError(f"--param {clip(printable_text(key), 80)}: the value is {problem}; give a plain value "
+                            f"(a number, text, or a list or mapping at most {MAX_PARAMS_DEPTH} deep)")
+        wanted[key.strip()] = parsed
+    notes: list[str] = []
+    found = find(out, step=step, uses=uses, seed=seed, params=wanted, limit=limit, notes=notes)
+    _print_notes(notes)
     if as_json:
         echo(json.dumps(found, indent=2, default=str))
         return
@@ -672,10 +711,20 @@ def runs_rm(out, targets, yes) -> None:
     """Delete runs: run directories, `latest`, or a pipeline name (its newest run)."""
     from studio.history import remove, resolve
 
-    chosen = [resolve(out, t) for t in targets]
+    chosen, seen = [], set()
+    for target in targets:  # every target is found before anything is removed
+        run_dir = resolve(out, target)
+        real = os.path.realpath(run_dir)
+        if real not in seen:
+            seen.add(real)
+            chosen.append(run_dir)
     for run_dir in chosen:
-        if not yes and not click.confirm(f"delete {run_dir}?", default=False):
-            continue
+        try:
+            if not yes and not click.confirm(f"delete {run_dir}?", default=False):
+                continue
+        except click.Abort:  # no answer (stdin closed) or Ctrl-C at the question
+            raise UserError(f"{run_dir} was not removed: no answer to the question; give --yes to remove "
+                            "without asking") from None
         remove(out, run_dir)
         echo(f"removed {run_dir}")
 
@@ -694,15 +743,21 @@ def cache_info(out, as_json) -> None:
 
     from studio.cache_admin import cache_root, entries, keys_in_runs
 
+    notes: list[str] = []
     found = entries(out)
-    listed = keys_in_runs(out) if out.is_dir() else set()
+    listed = keys_in_runs(out, notes) if out.is_dir() else set()
+    _print_notes(notes)
     info = {"cache": str(cache_root(out)), "entries": len(found), "bytes": sum(e.bytes for e in found),
             "bytes_alone": sum(e.alone for e in found), "entries_runs_recorded": sum(e.key in listed for e in found),
             "oldest_use": found[0].last_used if found else None, "newest_use": found[-1].last_used if found else None}
     if as_json:
         echo(json.dumps(info, indent=2))
         return
-    when = (lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-")
+    def when(t):
+        try:
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
+        except (OverflowError, OSError, ValueError):  # a folder time far outside the calendar
+            return "?"
     echo(f"{info['cache']}: {info['entries']} entries, {_size(info['bytes'])} "
          f"({_size(info['bytes_alone'])} not shared with any run); {info['entries_runs_recorded']} recorded by "
          f"runs in {out}; last used {when(info['oldest_use'])} to {when(info['newest_use'])}")
@@ -710,21 +765,24 @@ def cache_info(out, as_json) -> None:
 
 @cache.command("gc")
 @OUT_OPTION
-@click.option("--older-than", "days", type=click.FloatRange(0), metavar="DAYS",
+@click.option("--older-than", "days", type=FloatRange(0, 36_500), metavar="DAYS",
               help="Remove entries last used more than DAYS ago.")
-@click.option("--max-gb", type=click.FloatRange(0), help="Then remove the least recently used until the cache "
+@click.option("--max-gb", type=FloatRange(0, 1_000_000), help="Then remove the least recently used until the cache "
               "alone holds at most this much.")
 @click.option("--include-listed", is_flag=True, help="Also remove entries that runs in OUT recorded.")
 @click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
 def cache_gc(out, days, max_gb, include_listed, dry_run) -> None:
     """Remove cache entries, least recently used first; never one a run in OUT recorded
     unless --include-listed."""
-    from studio.cache_admin import collect
+    from studio.cache_admin import check_limits, collect
 
     if days is None and max_gb is None:
         raise UserError("give --older-than DAYS, --max-gb N or both (studio cache info shows the cache's size)")
+    check_limits(days, max_gb)
+    notes: list[str] = []
     removed, protected = collect(out, older_than_days=days, max_bytes=None if max_gb is None else int(max_gb * 2**30),
-                                 include_listed=include_listed, dry_run=dry_run)
+                                 include_listed=include_listed, dry_run=dry_run, notes=notes)
+    _print_notes(notes)
     verb = "would remove" if dry_run else "removed"
     echo(f"{verb} {len(removed)} entries, freeing {_size(sum(e.alone for e in removed))}"
          + (f"; kept {len(protected)} that runs in {out} recorded (--include-listed removes them)"
@@ -746,7 +804,7 @@ def runs_show(run_dir, out, as_json) -> None:
     given = Path(run_dir)
     # a name, `latest` or a pipeline's folder of runs: which run; any other path is read as
     # given, so that what is wrong with it is said about it
-    if not os.path.lexists(given) or (given.is_dir() and not os.path.lexists(given / "manifest.json")
+    if not os.path.lexists(given) or (os.path.isdir(given) and not os.path.lexists(given / "manifest.json")
                                       and _holds_runs(given)):
         given = resolve(out, run_dir)
     run_dir = given
@@ -754,7 +812,12 @@ def runs_show(run_dir, out, as_json) -> None:
     manifest = read_manifest(run_dir, repair=True)
     try:
         if as_json:
-            echo(json.dumps(manifest, indent=2))
+            try:
+                text = json.dumps(manifest, indent=2)
+            except (RecursionError, ValueError):  # the pure-Python encoder (indent) recurses per level
+                raise UserError(f"{_display(Path(run_dir))}/manifest.json: nested too deep to print as JSON; it is "
+                                "not a manifest Studio wrote") from None
+            echo(text)
             return
         _show_manifest(manifest, escape, shown)
         sys.stdout.flush()

@@ -297,17 +297,22 @@ def this_process() -> dict[str, Any]:
     return {"pid": pid, "host": socket.gethostname(), "boot_id": _boot_id(), "start_ticks": _start_ticks(pid)}
 
 
+MAX_PID = 2**31 - 1  # a pid_t; Linux's own limit (pid_max) is at most 2**22
+
+
 def process_is_gone(info: Any) -> bool:
     """True when the process recorded in `info` has certainly ended: same host, and no
     process with that pid, or one that started at another time (the pid was reused), or
     the machine has rebooted since. False when it runs or cannot be told (another host)."""
-    if not isinstance(info, dict) or info.get("host") != socket.gethostname():
+    # every field is a file's: a pid or start time that is not a sane number, a host or
+    # boot id that is not short text, says nothing (OverflowError from os.kill otherwise)
+    if not isinstance(info, dict) or not isinstance(info.get("host"), str) or info["host"] != socket.gethostname():
         return False
     pid = info.get("pid")
-    if type(pid) is not int or pid <= 0:
+    if type(pid) is not int or not 0 < pid <= MAX_PID:
         return False
-    boot = _boot_id()
-    if boot and info.get("boot_id") and boot != info["boot_id"]:
+    boot, recorded_boot = _boot_id(), info.get("boot_id")
+    if boot and isinstance(recorded_boot, str) and recorded_boot and boot != recorded_boot:
         return True
     try:
         os.kill(pid, 0)
@@ -315,7 +320,7 @@ def process_is_gone(info: Any) -> bool:
         return True
     except PermissionError:
         pass  # it exists, owned by someone else
-    except OSError:
+    except (OSError, OverflowError, ValueError):
         return False
     stat = _proc_stat(pid)
     if stat is None:
@@ -323,7 +328,8 @@ def process_is_gone(info: Any) -> bool:
     state, started = stat
     if state in ("Z", "X"):  # killed, not yet reaped by its parent
         return True
-    return info.get("start_ticks") is not None and started != info["start_ticks"]
+    ticks = info.get("start_ticks")
+    return type(ticks) is int and 0 <= ticks < 2**64 and started != ticks
 
 
 def _boot_id() -> str | None:
