@@ -127,6 +127,10 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     from studio.executor import RunWarning
     from studio.runtime import ModelBudget, Runtime
 
+    if ray_address is not None or executor == "ray":  # checked before anything is read or started
+        from studio.cluster import resolve_address
+
+        resolve_address(ray_address)  # --ray-address, or RAY_ADDRESS when Ray would read it
     if not out.strip():
         raise StorageError("--out is empty: give a folder for the runs, e.g. --out runs")
     out = Path(out)
@@ -293,7 +297,8 @@ def dataset(run_dir, output, step, port, layout, label, caption, split, runs_roo
     from studio.history import resolve
 
     given = Path(run_dir)
-    run = given if (given / "manifest.json").is_file() else resolve(runs_root, run_dir)
+    # a run folder's manifest is read (and checked) by the export, whatever kind of file it is
+    run = given if os.path.lexists(given / "manifest.json") else resolve(runs_root, run_dir)
     written, count = export_dataset(run, output, step=step, port=port, layout=layout, label=label,
                                     caption=caption, split=split)
     echo(f"wrote {count} files to {written} ({layout})")
@@ -913,10 +918,10 @@ def main() -> None:
 
         echo(f"Error: {os_error_text(exc, writing=False)}", err=True)
         sys.exit(2)
-    except MemoryError:
+    except MemoryError:  # the machine, not a bug: exit 2 as an item that does not fit alone
         echo("Error: out of memory. Lower the sizes in the pipeline (width, height, sweep lengths, "
                    "batch) or free memory, then run again.", err=True)
-        sys.exit(1)
+        sys.exit(2)
     except Exception as exc:
         log = _write_crash_log(exc)
         echo(f"Error: internal error, not a mistake of yours: {type(exc).__name__}: {str(exc)[:300]}\n"

@@ -28,9 +28,14 @@ Ray is imported only here, and this module only when `--executor ray` is asked f
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import logging
 import os
 import pickle
+import re
+import socket
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.batch import BatchOutOfMemory, BatchResult, run_batch
-from studio.errors import ClusterError, UserError, clip
+from studio.errors import ClusterError, UserError, clip, echo, printable
 from studio.executor import Executor, StepWork
 from studio.generator import Artifact, StepContext
 from studio.plan import PlanItem, PlanStep
@@ -67,39 +72,276 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str | None) -> dict[str, float]:
+def connect(address: str | None, option: str = "--ray-address") -> dict[str, float]:
     """Join the cluster at `address` (else RAY_ADDRESS, else start a local one) unless
-    this process is connected already; the cluster's resources."""
+    this process is connected already; the cluster's resources. The address is checked
+    before Ray is imported, and a host:port where nothing answers is refused after a
+    bounded probe (Ray itself would retry for minutes). A Ray that Studio starts here
+    keeps its messages for the driver out of the terminal (see `hold_ray_output`)."""
+    joined = sys.modules.get("ray")
+    if joined is not None and joined.is_initialized():
+        return _resources(joined)  # the caller's own ray.init() chose the cluster
+    address, source = resolve_address(address, option=option)
     ray = import_ray()
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        problem = address and _unreachable(address)
+        target, found_in = address, source
+        if address in (None, "auto"):  # what Ray would join: the cluster `ray start` left here, if any
+            target, found_in = _found_address(ray, address), "the cluster `ray start` recorded on this machine"
+        problem = target not in (None, "auto", "local") and _unreachable(target)
         if problem:  # Ray itself would retry for minutes before saying so
-            raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {problem}. Start one with "
-                               "`ray start --head` and give the address it prints (see docs/scale-out.md)")
+            raise ClusterError(f"cannot reach the Ray cluster at {target!r} (from {found_in}): {problem}. Start one "
+                               "with `ray start --head` and give the address it prints (see docs/scale-out.md)")
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address!r}" if address else "a local Ray cluster"
-            raise ClusterError(f"cannot reach {where}: {clip(str(exc), 300)}. Start one with `ray start --head` "
-                               "and give its address with --ray-address (see docs/scale-out.md)") from None
+            where = f"the Ray cluster at {address!r} (from {source})" if address else "a local Ray cluster"
+            raise ClusterError(f"cannot reach {where}: {clip(printable(str(exc)), 300)}. Start one with `ray start "
+                               "--head` and give its address with --ray-address (see docs/scale-out.md)") from None
+        hold_ray_output(ray, for_good=True)  # this process is Studio's: Ray's messages never reach its terminal
+    return _resources(ray)
+
+
+def _resources(ray: Any) -> dict[str, float]:
     return {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
 
 
-def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
-    """Why nothing answers at a "host:port" (or "ray://host:port") address, or None
-    (also for Ray's own words: "auto", "local")."""
-    import socket
-
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
+def _found_address(ray: Any, address: str | None) -> str | None:
+    """The host:port Ray would join for no address or "auto" (the cluster `ray start`
+    last started here), or None when it would start one (or cannot tell)."""
+    try:
+        found = ray._private.services.get_ray_address_from_environment(address, None)
+    except Exception:  # noqa: BLE001 - Ray's own words follow in ray.init
         return None
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-            return None
-    except OSError as exc:
-        return exc.strerror or str(exc) or type(exc).__name__
+        return check_address(found, "RAY_ADDRESS") if isinstance(found, str) else None
+    except UserError:
+        return None
+
+
+MAX_ADDRESS = 300  # characters: a host name has at most 253, a port 5, "ray://" 6
+PROBE_S = 5.0  # how long the reachability probe waits for a name lookup and a connection, in all
+ADDRESS_HELP = ("an address is HOST:PORT of the head (`ray start --head` prints it, e.g. 127.0.0.1:6379), "
+                "[IPv6]:PORT, ray://HOST:PORT for Ray Client, auto or local (see docs/scale-out.md)")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also takes "٨٠" and "²"
+
+
+def resolve_address(given: Any, *, option: str = "--ray-address") -> tuple[str | None, str]:
+    """The cluster address a run joins and where it came from (`option`, or RAY_ADDRESS),
+    checked the way Ray would read it: `given`, unless it is absent or "auto" and
+    RAY_ADDRESS is set. Raises UserError naming the source for an address Ray could not
+    use, before Ray is imported or started."""
+    env = os.environ.get("RAY_ADDRESS")
+    if given is not None and not isinstance(given, str):
+        raise UserError(f"{option}: got {echo(given)} (a {type(given).__name__}); give the address as text: "
+                        f"{ADDRESS_HELP}")
+    if given is not None and given != "auto":
+        return check_address(given, option), option
+    if env:  # Ray reads it too when the address is absent or "auto" (an empty one is unset)
+        return check_address(env, "RAY_ADDRESS"), "RAY_ADDRESS"
+    return given, option
+
+
+def check_address(text: str, source: str) -> str:
+    """`text` as Ray would take it (its canonical form: the port as plain digits), or a
+    UserError naming `source` that says what is wrong."""
+    def refuse(why: str) -> UserError:
+        return UserError(f"{source}: got {echo(text)}; {why}. {ADDRESS_HELP[0].upper()}{ADDRESS_HELP[1:]}")
+
+    if len(text) > MAX_ADDRESS:
+        raise refuse(f"it is {len(text):,} characters long, more than the {MAX_ADDRESS} an address can have")
+    if not text.strip():
+        raise refuse("it is empty" if not text else "it holds only spaces")
+    bad = next((c for c in text if not "!" <= c <= "~"), None)
+    if bad is not None:
+        what = ("a space" if bad == " " else "a control character" if bad.isascii() or not bad.isprintable()
+                else "a non-ASCII character")
+        raise refuse(f"it holds {what} ({bad!r}) at position {text.index(bad) + 1}; an address is plain ASCII "
+                     "(write an international host name in its xn-- form)")
+    if text in ("auto", "local"):
+        return text
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    elif scheme in ("http", "https"):
+        raise refuse("that is a web address (the dashboard's or the job API's), not the cluster's; give the "
+                     "address `ray start --head` printed (port 6379 by default)")
+    elif scheme != "ray":
+        raise refuse(f"the only scheme Ray Client takes is ray:// (Ray would import a Python module named "
+                     f"{echo(scheme, 40)} for it)")
+    if rest.startswith("["):
+        host, close, port = rest[1:].partition("]")
+        if not close or not port.startswith(":"):
+            raise refuse("an IPv6 address in brackets needs a port after it: [::1]:6379")
+        port = port[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise refuse(f"{echo(host, 60)} in the brackets is not an IPv6 address") from None
+    elif rest.count(":") > 1:
+        raise refuse("an IPv6 address needs brackets around it and its port after them: [::1]:6379")
+    else:
+        host, colon, port = rest.partition(":")
+        if not colon:
+            raise refuse("there is no port: give HOST:PORT, e.g. 127.0.0.1:6379")
+        if not host:
+            raise refuse("there is no host before the port: give HOST:PORT, e.g. 127.0.0.1:6379")
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise refuse(f"{echo(host, 60)} is not a host name or IPv4 address (letters, digits, '-' and '_' "
+                         "in dot-separated parts of 1 to 63 characters)")
+    if not port:
+        raise refuse("the port is empty: give HOST:PORT, e.g. 127.0.0.1:6379")
+    if not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535:
+        raise refuse(f"the port {echo(port, 20)} is not a number from 1 to 65535 written in the digits 0-9")
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{bracketed}:{int(port)}" if scheme else f"{bracketed}:{int(port)}"
+
+
+def _unreachable(address: str, timeout_s: float = PROBE_S) -> str | None:
+    """Why nothing answers at a host:port, [IPv6]:port or ray://host:port address as
+    `check_address` returns it, or None; within `timeout_s` in all, the name lookup
+    included (it runs in a thread of its own: a resolver can wait far longer)."""
+    rest = address.partition("://")[2] if "://" in address else address
+    host, _, port = rest.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    deadline = time.monotonic() + timeout_s
+    found: dict[str, Any] = {}
+
+    def look_up() -> None:
+        try:
+            found["infos"] = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            found["error"] = exc
+
+    lookup = threading.Thread(target=look_up, name="studio-ray-address-lookup", daemon=True)
+    lookup.start()
+    lookup.join(timeout_s)
+    if lookup.is_alive():
+        return f"looking up the host name {host!r} took more than {timeout_s:g} s"
+    if "error" in found:
+        exc = found["error"]
+        return f"cannot look up the host name {host!r} ({getattr(exc, 'strerror', None) or exc})"
+    problem = "the host name has no address"
+    for family, kind, proto, _, where in found["infos"]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"no answer within {timeout_s:g} s ({problem})"
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(left)
+                sock.connect(where)
+                return None
+        except OSError as exc:
+            problem = exc.strerror or str(exc) or type(exc).__name__
+    return problem
+
+
+RAY_LOG = "ray.log"  # in the run folder: what Ray had to say to the driver during the run
+MAX_RAY_LINES = 2000  # the latest ones kept, each clipped
+
+
+class RayOutput:
+    """Ray's messages for the driver, kept for the run folder instead of the terminal:
+    errors the cluster pushes to the driver (printed by Ray as "(raylet) Task Worker.keep
+    failed ... killed by `ray.kill`" when a worker retires as a batch is sent, which the
+    run handles) and Ray's log records. Workers' own stdout and stderr stay in Ray's
+    session logs (log_to_driver=False)."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=MAX_RAY_LINES)
+        self.lock = threading.Lock()
+        self.dropped = 0
+
+    def add(self, line: str) -> None:
+        with self.lock:
+            if len(self.lines) == self.lines.maxlen:
+                self.dropped += 1
+            self.lines.append(clip(printable(line.rstrip("\n")), 2000))
+
+    def take(self) -> list[str]:
+        with self.lock:
+            lines, dropped = list(self.lines), self.dropped
+            self.lines.clear()
+            self.dropped = 0
+        return ([f"({dropped:,} earlier lines dropped)"] if dropped else []) + lines
+
+
+class _ToRayOutput(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            OUTPUT.add(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {record.levelname} {record.name}: "
+                       f"{record.getMessage()}")
+        except Exception:  # noqa: BLE001 - a log line must never fail the run
+            pass
+
+
+OUTPUT = RayOutput()
+_held: dict[str, Any] | None = None  # what hold_ray_output replaced, to put back
+_held_for_good = False
+
+
+def hold_ray_output(ray: Any, for_good: bool = False) -> None:
+    """From now on, what Ray would print for the driver in this process (pushed errors,
+    its "ray" logger) goes to OUTPUT instead of stdout and stderr; `for_good` when this
+    process is Studio's (it started Ray), else until `release_ray_output`."""
+    global _held, _held_for_good
+    _held_for_good = _held_for_good or for_good
+    if _held is not None:
+        return
+    worker = sys.modules.get("ray._private.worker")
+    logger = logging.getLogger("ray")
+    _held = {"worker": worker, "print": getattr(worker, "print_to_stdstream", None),
+             "handlers": list(logger.handlers), "propagate": logger.propagate}
+
+    def print_to_run_log(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            for line in data.get("lines", ()):
+                OUTPUT.add(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({data.get('pid', 'ray')}) {line}")
+        except Exception:  # noqa: BLE001
+            pass
+
+    if _held["print"] is not None:  # Ray's error listener looks it up here for every message
+        worker.print_to_stdstream = print_to_run_log
+    logger.handlers = [_ToRayOutput()]
+    logger.propagate = False
+
+
+def release_ray_output() -> None:
+    """Ray prints for the driver again as it did before (unless Studio started Ray)."""
+    global _held
+    if _held is None or _held_for_good:
+        return
+    if _held["print"] is not None:
+        _held["worker"].print_to_stdstream = _held["print"]
+    logger = logging.getLogger("ray")
+    logger.handlers, logger.propagate = _held["handlers"], _held["propagate"]
+    _held = None
+
+
+def write_ray_log(run_dir: Path, lines: list[str]) -> None:
+    """RUN/ray.log with `lines`, when there are any (written whole or not at all; a log
+    never fails a finished run)."""
+    if not lines:
+        return
+    partial = run_dir / f".{RAY_LOG}.{os.getpid()}.partial"
+    try:
+        with open(partial, "x", encoding="utf-8") as log:
+            log.write("\n".join(lines) + "\n")
+        os.replace(partial, run_dir / RAY_LOG)
+    except OSError:
+        try:
+            partial.unlink()
+        except OSError:
+            pass
+
+
+def session_logs(ray: Any) -> str | None:
+    """Ray's session log folder (its raylet's and workers' logs) on this machine, or None."""
+    try:
+        return str(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:  # noqa: BLE001 - a Ray Client driver has none here
+        return None
 
 
 def versions(registry: Any) -> dict[str, Any]:
@@ -400,12 +642,24 @@ class RayExecutor(Executor):
             self.runtime = ClusterRuntime(given.requested_device if given else self.spec.device,
                                           given.requested_precision if given else self.spec.precision,
                                           given.budget if given else self.budget, self.cluster)
-        return super().run()
+        hold_ray_output(import_ray())  # Ray's messages during the run go to RUN/ray.log, not the terminal
+        OUTPUT.take()  # what came before this run is not this run's
+        try:
+            result = super().run()
+        finally:
+            lines = OUTPUT.take()
+            release_ray_output()
+        write_ray_log(result.run_dir, lines)
+        return result
 
     def executor_info(self) -> dict[str, Any]:
         ray = import_ray()
-        return {"name": "ray", "address": ray.get_runtime_context().gcs_address,
+        info = {"name": "ray", "address": ray.get_runtime_context().gcs_address,
                 "resources": self.cluster, "versions": self.expected}
+        logs = session_logs(ray)
+        if logs:  # the raylet's and workers' logs; Ray's messages to the driver: RUN/ray.log
+            info["logs"] = logs
+        return info
 
     # -- scheduling ---------------------------------------------------------------
 
