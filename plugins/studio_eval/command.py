@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import click
 
 from studio import UserError
+from studio.errors import clip, echo, printable
 
 
 @click.command("eval")
@@ -33,11 +36,28 @@ def eval_command(source: Path, reference: Path | None, step: str | None, referen
     metrics. Text: perplexity, distinct-n, repetition. Audio: log-mel and audio-VAE
     Fréchet distances."""
     from studio_eval.collect import collect
-    from studio_eval.evaluate import evaluate
+    from studio_eval.evaluate import evaluate, out_of_memory
 
+    if json_out is not None:
+        json_out = _json_target(json_out)  # checked before anything is measured
+    models = {"features": _model(features, "--features"), "lm": _model(lm, "--lm"), "vae": _model(vae, "--vae")}
     generated = collect(source, step=step)
+    if generated.step:  # a run: its folder must take eval-STEP.json, known before the work
+        from studio.evaluations import evaluation_problem
+
+        problem = evaluation_problem(source, generated.step)
+        if problem:
+            raise UserError(problem)
     against = collect(reference, step=reference_step, family=generated.family()) if reference else None
-    result = evaluate(generated, against, features=_model(features), lm=_model(lm), vae=_model(vae))
+    try:
+        result = evaluate(generated, against, **models)
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
+        raise UserError(f"out of memory while measuring {generated.where}"
+                        + (f" against {against.where}" if against else "")
+                        + ": measure fewer or smaller files (a folder with fewer, or --step a smaller step), "
+                          "or free memory, then run again") from None
     _print(result)
     if generated.step:  # a run: the numbers join its manifest and gallery
         from studio import record_evaluation
@@ -45,21 +65,78 @@ def eval_command(source: Path, reference: Path | None, step: str | None, referen
 
         written = record_evaluation(source, generated.step, result, summary(result["metrics"]))
         click.echo(f"written: {written} (and the run's manifest.json and gallery.html)")
-    if json_out:
-        tmp = json_out.with_name(f".{json_out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(json_out)  # never a half-written file
+    if json_out is not None:
+        _write_json(json_out, result)
         click.echo(f"written: {json_out}")
 
 
-def _model(value: str) -> str:
+def _shown(path: Path | str) -> str:
+    return printable(clip(str(path), 300))
+
+
+def _json_target(path: Path) -> Path:
+    """--json's file, checked before any work: a file (new, or a regular file to
+    replace) in a folder that exists and takes new files."""
+    if not str(path) or str(path).endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+        raise UserError(f"--json {_shown(path)}: give a file name, e.g. --json results.json")
+    if os.path.lexists(path):
+        if path.is_dir():
+            raise UserError(f"--json {_shown(path)}: a folder; give a file name, e.g. --json {_shown(path / 'eval.json')}")
+        if path.is_symlink():
+            raise UserError(f"--json {_shown(path)}: a link; give a file name of its own (nothing was written)")
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise UserError(f"--json {_shown(path)}: not a regular file (a pipe or a device); give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"--json {_shown(path)}: the folder {_shown(parent)} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--json {_shown(path)}: cannot write in {_shown(parent)}; give a path you may write to")
+    return path
+
+
+def _write_json(path: Path, result: dict) -> None:
+    """The results as JSON, through a new temporary file beside `path` (never through a
+    link) renamed over it: whole or not at all."""
+    text = json.dumps(result, indent=2, default=str) + "\n"
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        from studio.artifacts import os_error_text
+
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise UserError(f"--json {_shown(path)}: {os_error_text(exc, path)}") from None
+
+
+def _model(value: str, option: str) -> str:
     """'default'/'none', or a path made absolute (and checked) from the working directory."""
     if value in ("default", "none"):
+        if value == "none" and option != "--vae":
+            raise UserError(f"{option} 'none': only --vae may be 'none'; give 'default' or a model directory")
         return value
+    if not value or "\0" in value or len(value) > 4096:
+        raise UserError(f"{option} {_echo(value)}: give 'default' or a model directory")
     path = Path(value).expanduser()
     if not path.exists():
-        raise UserError(f"{value!r}: no such directory; give 'default' or a model directory")
-    return str(path.resolve())
+        raise UserError(f"{option} {_echo(value)}: no such directory; give 'default' or a model directory")
+    path = path.resolve()
+    if option == "--features":  # the network's files, checked before anything is measured
+        from studio_eval.features import network_problem
+
+        problem = network_problem(path)
+        if problem:
+            raise UserError(f"--features {_echo(value)}: {problem}")
+    return str(path)
+
+
+def _echo(value: str) -> str:
+    return printable(echo(value))
 
 
 def _print(result: dict) -> None:

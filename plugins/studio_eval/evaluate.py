@@ -37,6 +37,15 @@ def evaluate(generated: MediaSet, reference: MediaSet | None, *, features: str =
             "reference": reference.where if reference else None, "metrics": metrics, "note": CAVEAT[family]}
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, torch's out-of-memory error, or the CPU allocator's refusal (torch
+    raises a RuntimeError when malloc fails)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)[:2000]
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
 def _images(generated: MediaSet, reference: MediaSet, *, features: str, **_: Any) -> dict[str, Any]:
     import torch
 
@@ -102,15 +111,11 @@ def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any
 
 
 def _music(generated: MediaSet, reference: MediaSet | None, **_: Any) -> dict[str, Any]:
-    from studio_eval.music_metrics import compare, piece_metrics, summarise
-
-    from studio.sniff import MAX_MIDI_BYTES
+    from studio_eval.music_metrics import check_midi, compare, piece_metrics, summarise
 
     def measure(members):
-        for member in members:
-            if member.path.stat().st_size > MAX_MIDI_BYTES:
-                raise UserError(f"{member.path}: {member.path.stat().st_size:,} bytes; MIDI files are measured up to "
-                                f"{MAX_MIDI_BYTES:,} bytes (real ones are kilobytes)")
+        for member in members:  # every file checked (size, damage, length) before any is measured
+            check_midi(member.path)
         pieces = [p for p in (piece_metrics(m.path) for m in members) if p is not None]
         return summarise(pieces), len(pieces)
 

@@ -51,6 +51,20 @@ class Metrics(Generator):
                 raise ValueError(f"reference {value!r}: no such folder ({path}); give a folder of real examples")
             return str(path)
 
+        @field_validator("model")
+        @classmethod
+        def model_is_a_feature_network(cls, value: str, info: ValidationInfo) -> str:
+            """config.json and model.safetensors read and checked before anything loads
+            (the network's size, the weights' shapes): see features.network_problem."""
+            if value == "default":
+                return value
+            from studio_eval.features import network_problem
+
+            problem = network_problem(input_path(value, info))
+            if problem:
+                raise ValueError(f"model {value!r}: {problem}")
+            return value
+
     def weights_id(self, params: Params) -> str:
         """The feature network's files and the reference folder's (names, sizes, times):
         new reference files are new numbers, not a cached answer."""
@@ -60,10 +74,9 @@ class Metrics(Generator):
 
             suffixes = {s for group in FAMILIES.values() for s in group} | {".jsonl"}
             digest = hashlib.sha256()
-            for path in sorted(Path(params.reference).rglob("*"))[:200_000]:
-                if path.suffix.lower() in suffixes and path.is_file():
-                    stat = path.stat()
-                    digest.update(f"{path.relative_to(params.reference)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            for path in _reference_files(Path(params.reference), suffixes):
+                stat = path.stat()
+                digest.update(f"{path.relative_to(params.reference)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
             parts.append(digest.hexdigest())
         return "|".join(parts)
 
@@ -86,6 +99,29 @@ class Metrics(Generator):
         ctx.progress(1, 1)
         ctx.record(**summary(result["metrics"]))
         return {"metrics": result}
+
+
+def _reference_files(root: Path, suffixes: set[str], limit: int = 200_000, depth: int = 64) -> list[Path]:
+    """The reference folder's media files, sorted: an iterative walk that follows no
+    link to a folder (a link to / is not walked), goes at most `depth` folders down and
+    stops after `limit` entries."""
+    import os
+
+    found, seen, stack = [], 0, [(root, 0)]
+    while stack and seen < limit:
+        folder, level = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    seen += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        if level < depth:
+                            stack.append((Path(entry.path), level + 1))
+                    elif Path(entry.name).suffix.lower() in suffixes and entry.is_file():
+                        found.append(Path(entry.path))
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
