@@ -230,11 +230,17 @@ def as_yaml(reopened: Reopened, origin: Path) -> str:
              if reopened.item else "")
     header = (f"# re-opened from {shown(origin)}{where}\n"
               + (f"# its relative input files were in {shown(reopened.base_dir)}\n" if reopened.base_dir else ""))
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's emitter when PyYAML has it
-    try:
-        body = yaml.dump(reopened.pipeline, Dumper=dumper, sort_keys=False, allow_unicode=True)
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # bounded by check_pipeline; a last guard
-        raise UserError(f"{shown(origin)}: its pipeline cannot be written as YAML ({clip(str(exc), 120)})") from None
+    # libyaml's emitter when PyYAML has it (fast); the Python one escapes what libyaml
+    # cannot encode (a lone surrogate, which a pipeline file may write as "\uD800")
+    dumpers = [getattr(yaml, "CSafeDumper", None), yaml.SafeDumper]
+    for dumper in filter(None, dumpers):
+        try:
+            body = yaml.dump(reopened.pipeline, Dumper=dumper, sort_keys=False, allow_unicode=True)
+            break
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:  # bounded by check_pipeline; a last guard
+            error = exc
+    else:
+        raise UserError(f"{shown(origin)}: its pipeline cannot be written as YAML ({clip(str(error), 120)})") from None
     # a lone surrogate in a string is escaped by the emitter; make sure the text encodes
     return header + body.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -335,7 +341,7 @@ def _png_text(f: BinaryIO, size: int, where: str) -> str | None:
             if keyword == b"studio":
                 if length > MAX_PROVENANCE:
                     raise UserError(f"{where}: its studio text chunk is {length / 2**20:,.1f} MB; the provenance "
-                                    f"Studio writes is at most {MAX_PROVENANCE / 2**20:,.0f} MB. Not read")
+                                    f"Studio writes is at most {MAX_PROVENANCE / 2**20:,.1f} MB. Not read")
                 f.seek(position + 8)
                 body = _read(f, length, where, "its studio text chunk")
                 crc = _read(f, 4, where, "its studio text chunk")
@@ -378,7 +384,7 @@ def _inflate(data: bytes, where: str, kind: bytes) -> bytes:
         raise UserError(f"{where}: its studio {kind.decode('latin-1')} chunk cannot be decompressed "
                         f"({clip(str(exc), 120)}); the file is damaged") from None
     if len(raw) > MAX_PROVENANCE or inflater.unconsumed_tail:
-        raise UserError(f"{where}: its studio text chunk is larger than {MAX_PROVENANCE / 2**20:,.0f} MB once "
+        raise UserError(f"{where}: its studio text chunk is larger than {MAX_PROVENANCE / 2**20:,.1f} MB once "
                         "decompressed; the provenance Studio writes is smaller. Not read (a decompression bomb?)")
     if not inflater.eof:
         raise UserError(f"{where}: its studio {kind.decode('latin-1')} chunk is cut short; the file is damaged")
@@ -429,7 +435,7 @@ def _info_comment(f: BinaryIO, start: int, stop: int, where: str) -> str | None:
         if kind == b"ICMT":
             if length > MAX_PROVENANCE:
                 raise UserError(f"{where}: its comment is {length / 2**20:,.1f} MB; the provenance Studio writes is at "
-                                f"most {MAX_PROVENANCE / 2**20:,.0f} MB. Not read")
+                                f"most {MAX_PROVENANCE / 2**20:,.1f} MB. Not read")
             raw = _read(f, length, where, "its comment").rstrip(b"\0")
             if not raw.startswith(b"{"):
                 return None  # a comment, not Studio's provenance
@@ -490,6 +496,10 @@ def _kind(value: Any) -> str:
         return "text"
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
     return type(value).__name__
 
 
