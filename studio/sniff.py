@@ -129,7 +129,9 @@ def sniff(path: Path, *, full: bool = False) -> Sniffed:
         if found is None:
             found = _remember(_cheap_cache, key, _sniff_file(key[0], st.st_size, cheap=True))
         return found
-    return _remember(_cache, key, _sniff_file(key[0], st.st_size, cheap=False))
+    found = _sniff_file(key[0], st.st_size, cheap=False)
+    # a check cut short by the budget (a large PNG's image data) is kept as a cheap one
+    return _remember(_cheap_cache if found.deferred else _cache, key, found)
 
 
 def _remember(cache: OrderedDict, key: tuple[str, int, int], found: Sniffed) -> Sniffed:
@@ -205,6 +207,11 @@ def _image(path: Path, kind: str, cheap: bool = False) -> Sniffed:
             return Sniffed(kind, f"has more than {MAX_PNG_CHUNKS:,} chunks; a real PNG has a few hundred", info)
         with Image.open(path) as im:
             im.verify()  # walks every chunk and its checksum: finds truncation cheaply
+        problem = _png_data_problem(path)  # the checksums can be right and the pixels still missing
+        if problem is _OUT_OF_TIME:  # validation's budget ran out while inflating: the run checks it
+            return Sniffed(kind, None, info, deferred=True)
+        if problem:
+            return Sniffed(kind, problem, info)
     elif width * height <= MAX_DECODED_PIXELS:
         with Image.open(path) as im:
             im.load()  # other formats have no cheap check: small ones are decoded to find damage
@@ -226,6 +233,113 @@ def _png_chunk_count(path: Path) -> int:
                 break
             f.seek(int.from_bytes(header[:4], "big") + 4, os.SEEK_CUR)
     return count
+
+
+# PNG colour type -> samples a pixel
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 interlacing: (first column, first row, column step, row step) of each pass
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_INFLATE_PIECE = 1 << 20  # bytes inflated at a time: the check holds this much, never the image
+_OUT_OF_TIME = "out of time"  # _png_data_problem's answer when validation's time budget ends first
+
+
+def _png_rows(width: int, height: int, bits: int, channels: int, interlaced: bool) -> list[tuple[int, int]]:
+    """(rows, bytes a row takes with its filter byte) of each pass of a PNG's image data."""
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    out = []
+    for x0, y0, dx, dy in passes:
+        w, h = max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))
+        if w and h:
+            out.append((h, 1 + (w * bits * channels + 7) // 8))
+    return out
+
+
+def _png_data_problem(path: Path) -> str | None:
+    """Why a PNG's image data cannot give its declared pixels, or None: its IDAT chunks
+    inflated (a piece at a time, never the whole image, and no further than the bytes
+    the header's size needs) must hold every row, each starting with a filter type of 0
+    to 4. Pillow decodes a PNG cut short (5 of its 32 rows) without complaint at open
+    and fails only when the pixels are read. Inside a validation whose time budget ends
+    while inflating (a large image on a slow machine), _OUT_OF_TIME: the run checks it."""
+    import zlib
+
+    header, parts = _png_image_chunks(path)
+    if header is None or len(header) < 13:
+        return None  # Pillow's open has judged the header already
+    width, height = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:8], "big")
+    bits, colour, interlace = header[8], header[9], header[12]
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None or interlace > 1:
+        return None
+    passes = _png_rows(width, height, bits, channels, interlace == 1)
+    need = sum(rows * stride for rows, stride in passes)
+    # the filter type byte of every row, in the order they come: pass by pass
+    segment, row, next_filter, rows_done = 0, 0, 0, 0
+    made = 0
+    inflate = zlib.decompressobj()
+    try:
+        with open(path, "rb") as f:
+            for offset, length in parts:
+                f.seek(offset)
+                left = length
+                while left and made < need and not inflate.eof:
+                    data = f.read(min(left, _INFLATE_PIECE))
+                    if not data:
+                        break
+                    left -= len(data)
+                    if checks_deferred():
+                        return _OUT_OF_TIME
+                    while data and made < need and not inflate.eof:
+                        out = inflate.decompress(data, _INFLATE_PIECE)
+                        data = inflate.unconsumed_tail
+                        end = made + len(out)
+                        while segment < len(passes) and next_filter < end:
+                            kind = out[next_filter - made]
+                            if kind > 4:
+                                return (f"is a damaged PNG: row {rows_done + 1} of its image data has filter type "
+                                        f"{kind} (a PNG's are 0 to 4)")
+                            rows_done += 1
+                            row += 1
+                            next_filter += passes[segment][1]
+                            if row == passes[segment][0]:
+                                segment, row = segment + 1, 0
+                        made = end
+                if made >= need or inflate.eof:
+                    break
+    except zlib.error as exc:
+        return f"is a damaged PNG: its image data is not a valid compressed stream ({exc})"
+    if made >= need:
+        return None
+    if not interlace:
+        return (f"is truncated: its image data holds {made // passes[0][1]:,} of its {height:,} rows "
+                f"({made:,} of {need:,} bytes); the file was cut short or damaged")
+    return (f"is truncated: its image data holds {made:,} of the {need:,} bytes its {width:,} x {height:,} "
+            "pixels need; the file was cut short or damaged")
+
+
+def _png_image_chunks(path: Path) -> tuple[bytes | None, list[tuple[int, int]]]:
+    """A PNG's IHDR data and the (offset, length) of each IDAT chunk's data, read from
+    the chunk headers (at most MAX_PNG_CHUNKS of them)."""
+    header, parts = None, []
+    with open(path, "rb") as f:
+        f.seek(8)
+        for _ in range(MAX_PNG_CHUNKS + 1):
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                break
+            length, name = int.from_bytes(chunk[:4], "big"), chunk[4:8]
+            if name == b"IHDR" and header is None:
+                header = f.read(min(length, 13))
+                f.seek(length - len(header), os.SEEK_CUR)
+            elif name == b"IDAT":
+                parts.append((f.tell(), length))
+                f.seek(length, os.SEEK_CUR)
+            elif name == b"IEND":
+                break
+            else:
+                f.seek(length, os.SEEK_CUR)
+            f.seek(4, os.SEEK_CUR)  # the checksum, which verify() has checked
+    return header, parts
 
 
 def _audio(path: Path, kind: str) -> Sniffed:

@@ -287,16 +287,25 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """Each tensor's name and shape in a .safetensors file, read from its header alone
     (no tensor is loaded). A ValueError says what is wrong with a damaged file (check it
     with safetensors_problem first)."""
-    return {key: list(shape) for key, _, shape in _tensors(path)}
+    return {key: list(shape) for key, _, shape, _, _ in _tensors(path)}
 
 
 def safetensors_dtypes(path: Path) -> dict[str, str]:
     """Each tensor's name and dtype ("F32", "BF16", ...) in a .safetensors file, from
     its header alone. A ValueError for a damaged file, as safetensors_shapes."""
-    return {key: dtype for key, dtype, _ in _tensors(path)}
+    return {key: dtype for key, dtype, _, _, _ in _tensors(path)}
 
 
-def _tensors(path: Path) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+def safetensors_layout(path: Path) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """Each tensor as (name, dtype, shape, first byte, end byte), its bytes' place in the
+    file, in the order of their data. A ValueError for a damaged file."""
+    return list(_tensors(path))
+
+
+Tensors = tuple[tuple[str, str, tuple[int, ...], int, int], ...]
+
+
+def _tensors(path: Path) -> Tensors:
     st = os.stat(path)
     header = _safetensors_header(str(path), st.st_size, st.st_mtime_ns)
     if isinstance(header, str):
@@ -328,9 +337,10 @@ def _utf8(text: str) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _safetensors_header(path: str, size: int, mtime_ns: int) -> str | tuple[tuple[str, str, tuple[int, ...]], ...]:
-    """The tensors of a safetensors file as (name, dtype, shape), in the order of their
-    data, or why the file is damaged (without the advice safetensors_problem adds)."""
+def _safetensors_header(path: str, size: int, mtime_ns: int) -> str | Tensors:
+    """The tensors of a safetensors file as (name, dtype, shape, first byte, end byte),
+    in the order of their data, or why the file is damaged (without the advice
+    safetensors_problem adds)."""
     name = Path(path).name
     damaged = f"{name} is not a complete safetensors file"
     try:
@@ -346,13 +356,13 @@ def _safetensors_header(path: str, size: int, mtime_ns: int) -> str | tuple[tupl
         return f"{damaged} (its header is nested too deeply to be a table of tensors)"
     if not isinstance(header, dict):
         return f"{damaged} (its header is not a table of tensors)"
-    return _header_problem(name, header, size - 8 - length)
+    return _header_problem(name, header, size - 8 - length, 8 + length)
 
 
-def _header_problem(name: str, header: dict[str, Any], data: int
-                    ) -> str | tuple[tuple[str, str, tuple[int, ...]], ...]:
-    """Every field of a parsed safetensors header checked against `data` bytes of data:
-    the tensors (name, dtype, shape) in the order of their data, or the first problem."""
+def _header_problem(name: str, header: dict[str, Any], data: int, start: int = 0) -> str | Tensors:
+    """Every field of a parsed safetensors header checked against `data` bytes of data
+    (from byte `start` of the file): the tensors (name, dtype, shape, first byte, end
+    byte) in the order of their data, or the first problem."""
     broken = f"{name} has a broken safetensors header"
     metadata = header.get("__metadata__")
     if metadata is not None and not (isinstance(metadata, dict) and all(
@@ -408,7 +418,7 @@ def _header_problem(name: str, header: dict[str, Any], data: int
     if end != data:
         return (f"{broken}: its tensors hold {end:,} bytes and the file has {data:,} bytes of data after the header; "
                 "the header does not describe the whole file")
-    return tuple((key, dtype, shape) for _, _, key, dtype, shape in tensors)
+    return tuple((key, dtype, shape, start + begin, start + stop) for begin, stop, key, dtype, shape in tensors)
 
 
 def _whole(value: Any) -> bool:

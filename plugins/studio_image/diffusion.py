@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from studio import Artifact, Generator, Params, UserError, batch_groups, check_finite, media, media_input, model_input
+from studio.errors import NonFiniteOutput
 from studio.weights import components, config, input_path, loading, local_path, read_config, refuse, weights_problem
 from studio.limits import cpu_budget_problem, on_cpu
 from studio_image.diffusion_inputs import (init_problem, keep_unmasked, output_size, prepared_image, prepared_mask,
@@ -219,7 +220,9 @@ class ImageDiffusion(Generator):
             description="'default' (embedded: a small text-to-image Stable Diffusion that draws 32x32 emoji "
                         "from their names), a local diffusers directory (safetensors weights), or a hub id in the "
                         "local Hugging Face cache.")
-        prompt: str | None = Field(None, max_length=2000, description="Text prompt (text-to-image models).")
+        prompt: str | None = Field(None, max_length=2000, description=(
+            "Text prompt (text-to-image models); absent: the empty prompt, as diffusers, A1111 and ComfyUI sample "
+            "(an unconditioned image; the embedded model was trained with caption dropout for it)."))
         negative_prompt: str | None = Field(None, max_length=2000,
                                             description="What to steer away from (text-to-image models).")
         class_label: int | str | None = Field(None, description=(
@@ -338,8 +341,6 @@ class ImageDiffusion(Generator):
         @model_validator(mode="after")
         def fits(self, info: ValidationInfo):
             facts = model_facts(self.model)
-            if facts and facts["kind"] == "pipeline" and self.prompt is None:
-                raise ValueError(f"model {self.model!r} is a text-to-image pipeline: give a prompt")
             factor = (facts or {"factor": 1})["factor"]
             problem = _mode_problem(self, facts) or init_problem(
                 self.image, self.mask, self.strength, self.steps, self.width, self.height, factor)
@@ -534,8 +535,6 @@ class ImageDiffusion(Generator):
         first = batch[0]
         if any(p.class_label is not None for p in batch):
             raise UserError(f"model {first.model!r} is a text-to-image pipeline: use prompt, not class_label")
-        if any(not p.prompt for p in batch):
-            raise UserError(f"model {first.model!r} is a text-to-image pipeline: give a prompt")
         try:
             facts = model_facts(first.model)
         except ValueError as exc:
@@ -564,9 +563,9 @@ class ImageDiffusion(Generator):
             from studio_image.diffusion_prompts import embeddings
 
             call["prompt_embeds"], call["negative_prompt_embeds"] = embeddings(
-                pipe, [p.prompt for p in batch], first.negative_prompt, first.prompt_weighting, first.clip_skip)
+                pipe, [p.prompt or "" for p in batch], first.negative_prompt, first.prompt_weighting, first.clip_skip)
         else:
-            call["prompt"] = [p.prompt for p in batch]
+            call["prompt"] = [p.prompt or "" for p in batch]  # absent: the empty prompt, as diffusers samples
             call["negative_prompt"] = [first.negative_prompt] * len(batch) if first.negative_prompt else None
             if first.clip_skip is not None:
                 call["clip_skip"] = first.clip_skip
@@ -579,8 +578,12 @@ class ImageDiffusion(Generator):
         if mode == "inpaint":
             masks = [prepared_mask(p.mask, (width, height), p.mask_blur) for p in batch]
             call.update(mask_image=masks, width=width, height=height)
-        result = pipe(**call)
-        check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
+        try:
+            result = pipe(**call)
+            check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
+        except NonFiniteOutput:
+            _blame_loras(first, pipe)
+            raise
         made = pipe.numpy_to_pil(result.images)
         return self._keep_unmasked(made, batch, images, masks)
 
@@ -620,6 +623,20 @@ def _expose_final_layer_norm(pipe: Any) -> None:
     encoder = getattr(pipe, "text_encoder", None)
     if encoder is not None and not hasattr(encoder, "text_model") and hasattr(encoder, "final_layer_norm"):
         object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=encoder.final_layer_norm))
+
+
+def _blame_loras(params: Params, pipe: Any) -> None:
+    """NaN or Inf out of a full-precision run with LoRAs is the LoRAs' doing (their
+    values are finite, checked when loaded, but too large for this model at these
+    scales): a UserError naming them, instead of the advice to run in fp32."""
+    import torch
+
+    if not params.loras or pipe.unet.dtype != torch.float32:
+        return
+    files = ", ".join(f"{lora.path!r} at scale {lora.scale * params.lora_scale:g}" for lora in params.loras)
+    raise UserError(f"image.diffusion made NaN or Inf values in fp32 with loras {files}: their weights are too large "
+                    "for this model at these scales. Lower scale or lora_scale, or use LoRA files trained on this "
+                    "model") from None
 
 
 def _no_prompt_message(model: str, classes: list[str]) -> str:

@@ -7,6 +7,11 @@ resized to it (Lanczos), so a mask must have its image's size. Transparent pixel
 an init image are flattened onto white, A1111's default background.
 A mask is white where the image is repainted and black where it is kept; it is read
 as greys (L), so a colour image given as a mask is refused rather than guessed at.
+
+Bounded work before the run: `studio validate` judges an image and a mask from their
+headers (size, mode; studio.sniff checks the files themselves) and reads a mask's pixels
+only when it is small (MASK_CHECKED_PIXELS) and validation's time budget is not spent;
+the run reads every mask in full anyway and refuses it there with the same words.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from studio import Artifact
 MASK_GREY_TOLERANCE = 8
 # a pixel at or above this (0-1) is repainted: diffusers binarizes masks at 0.5
 MASK_THRESHOLD = 0.5
+# validate reads the pixels of masks up to this size (a few hundredths of a second);
+# a larger mask is read, and refused with the same words, when the run prepares it
+MASK_CHECKED_PIXELS = 2048 * 2048
+ROWS_AT_ONCE = 256  # a large mask is converted this many rows at a time
 
 
 def init_problem(image: Artifact | None, mask: Artifact | None, strength: float | None, steps: int,
@@ -41,7 +50,7 @@ def init_problem(image: Artifact | None, mask: Artifact | None, strength: float 
         if size != mask_size:
             return (f"mask is {mask_size[0]} x {mask_size[1]} but image is {size[0]} x {size[1]}: a mask must have "
                     "its image's size (the two are resized together to width x height)")
-        problem = mask_problem(mask)
+        problem = mask_problem(mask) if _read_now(mask) else None
         if problem:
             return problem
     for name, given, own in (("width", width, info["width"]), ("height", height, info["height"])):
@@ -52,13 +61,24 @@ def init_problem(image: Artifact | None, mask: Artifact | None, strength: float 
     return None
 
 
+def _read_now(mask: Artifact) -> bool:
+    """Whether a check before the run reads this mask's pixels: small enough, and
+    validation's time budget not spent."""
+    from studio.sniff import checks_deferred
+
+    info = mask.info
+    return info.get("width", 0) * info.get("height", 0) <= MASK_CHECKED_PIXELS and not checks_deferred()
+
+
 def mask_problem(mask: Artifact) -> str | None:
     """Why a mask file cannot be used, or None: it must be greys, and not all black."""
+    grey = read_mask(mask)
+    return grey if isinstance(grey, str) else _black_problem(grey)
+
+
+def _black_problem(grey) -> str | None:
     import numpy as np
 
-    grey = read_mask(mask)
-    if isinstance(grey, str):
-        return grey
     if not (np.asarray(grey) >= MASK_THRESHOLD * 255).any():
         return ("mask is black everywhere: nothing would be repainted. White marks what to repaint, black what "
                 "to keep")
@@ -66,7 +86,8 @@ def mask_problem(mask: Artifact) -> str | None:
 
 
 def read_mask(mask: Artifact):
-    """A mask as an 'L' image, or why it is not one."""
+    """A mask as an 'L' image, or why it is not one. Large masks are converted a band
+    of rows at a time (an 8192 x 8192 16-bit mask holds 128 MB; as floats, a gigabyte)."""
     import numpy as np
 
     image = mask.open_image()
@@ -75,12 +96,19 @@ def read_mask(mask: Artifact):
         return image.convert("L")
     if mode in ("LA", "La"):
         return image.getchannel("L")
-    if mode.startswith("I"):  # 16- and 32-bit greys: scaled to 8 bits
-        array = np.asarray(image, dtype=np.float64)
+    if mode.startswith("I") or mode == "F":  # 16- and 32-bit greys: scaled to 8 bits
+        array = np.asarray(image)
         top = 65535.0 if array.max() > 255 else 255.0
-        return _from_array((array / top * 255).round().astype(np.uint8))
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-    spread = int((rgb.max(axis=2) - rgb.min(axis=2)).max())
+        out = np.empty(array.shape, dtype=np.uint8)
+        for row in range(0, array.shape[0], ROWS_AT_ONCE):
+            band = array[row:row + ROWS_AT_ONCE].astype(np.float64)
+            out[row:row + ROWS_AT_ONCE] = (np.clip(band, 0, top) / top * 255).round()
+        return _from_array(out)
+    rgb = np.asarray(image.convert("RGB"))
+    spread = 0
+    for row in range(0, rgb.shape[0], ROWS_AT_ONCE):
+        band = rgb[row:row + ROWS_AT_ONCE]
+        spread = max(spread, int((band.max(axis=2).astype(np.int16) - band.min(axis=2)).max()))
     if spread > MASK_GREY_TOLERANCE:
         return (f"mask is a colour image (mode {mode}; its red, green and blue differ by up to {spread}); a mask is "
                 "greys: white where the image is repainted, black where it is kept (save it in mode L)")
@@ -122,10 +150,11 @@ def prepared_mask(mask: Artifact, size: tuple[int, int], blur: int):
     from PIL import Image
 
     grey = read_mask(mask)
-    if isinstance(grey, str):
+    problem = grey if isinstance(grey, str) else _black_problem(grey)  # the full check of a large mask
+    if problem:
         from studio import UserError
 
-        raise UserError(grey)
+        raise UserError(problem)
     if grey.size != size:
         grey = grey.resize(size, Image.Resampling.LANCZOS)
     if blur:

@@ -18,13 +18,17 @@ unloading gives the base model back bit for bit.
 
 from __future__ import annotations
 
+import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.weights import file_sha256, pickled_code, safetensors_problem, safetensors_shapes
+from studio.errors import clip
+from studio.weights import (file_sha256, pickled_code, safetensors_dtypes, safetensors_layout, safetensors_problem,
+                            safetensors_shapes)
 
 MAX_LORAS = 8  # at once on one item; A1111 users stack two or three
 # adapters kept loaded in one pipeline across batches before the unused ones are dropped
@@ -38,6 +42,16 @@ KOHYA_KEY = re.compile(r"^lora_(unet|te|te1|te2)_(.+?)\.(lora_down|lora_up)\.wei
 COMPONENT = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
 DOWN = ("lora_A", "lora.down", "lora_down")
 FUSED = ("unet", "text_encoder")  # the components diffusers' Stable Diffusion LoRA loading adapts
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # what a LoRA's weights are stored as
+# LoRA files are megabytes to a few hundred; a file past this is a model or a mistake, and
+# validate would spend seconds hashing it
+MAX_LORA_BYTES = 4 * 2**30
+# validate reads a LoRA's values for NaN and Inf up to this size (a tenth of a second);
+# larger files are checked when the run loads them
+MAX_VALUES_CHECKED = 256 * 2**20
+# dtype -> (unsigned integer of its width, the exponent bits: all set is Inf or NaN)
+EXPONENT_BITS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
+                 "F64": ("<u8", 0x7FF0000000000000)}
 
 
 class Lora(BaseModel):
@@ -56,10 +70,19 @@ def checked(lora: Lora, path: Path) -> Lora:
     """The entry with its resolved path and sha256, or a ValueError saying what is wrong
     with the file."""
     where = f"lora {lora.path!r}"
-    if not path.exists():
-        raise ValueError(f"{where} not found (looked in {path}); give a path relative to the pipeline file")
+    try:
+        found = path.exists()
+    except (OSError, ValueError):  # a NUL byte in the path, a name too long for the file system
+        found = False
+    if not found:
+        raise ValueError(f"{where} not found (looked in {clip(str(path), 300)!r}); give a path relative to the "
+                         "pipeline file")
     if not path.is_file():
         raise ValueError(f"{where} is not a file; give one LoRA .safetensors file")
+    size = path.stat().st_size
+    if size > MAX_LORA_BYTES:
+        raise ValueError(f"{where} is {size / 2**30:.1f} GB; a LoRA file is megabytes (at most "
+                         f"{MAX_LORA_BYTES // 2**30} GB here): is it a model's weights?")
     if path.suffix.lower() != ".safetensors":
         code = pickled_code(path) if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt") else None
         pickled = f" (its pickle would call {code})" if code else ""
@@ -69,6 +92,9 @@ def checked(lora: Lora, path: Path) -> Lora:
     problem = safetensors_problem(path)
     if problem:
         raise ValueError(f"{where}: {problem}")
+    problem = nonfinite_problem(path)
+    if problem:
+        raise ValueError(f"{where} {problem}")
     digest = file_sha256(path)
     if lora.sha256 and lora.sha256 != digest:
         raise ValueError(f"{where} has sha256 {digest}, not the {lora.sha256} the pipeline pins; it was replaced "
@@ -76,24 +102,66 @@ def checked(lora: Lora, path: Path) -> Lora:
     return lora.model_copy(update={"path": str(path.resolve()), "sha256": digest})
 
 
+def nonfinite_problem(path: Path) -> str | None:
+    """Why a LoRA's weights cannot be applied: a tensor holding NaN or Inf (a training
+    run that diverged, a damaged file), or None. Read from the raw bytes of each float
+    tensor, by its exponent bits, a piece at a time; a file larger than
+    MAX_VALUES_CHECKED, or one met once validation's time budget is spent, is left to
+    the run, which checks the loaded tensors (see activate). Check the header first."""
+    from studio.sniff import checks_deferred
+
+    st = os.stat(path)
+    if st.st_size > MAX_VALUES_CHECKED or checks_deferred():
+        return None
+    return _nonfinite_problem(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _nonfinite_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    import numpy as np
+
+    with open(path, "rb") as f:
+        for key, dtype, _, begin, end in safetensors_layout(Path(path)):
+            if dtype not in EXPONENT_BITS:
+                continue
+            kind, bits = EXPONENT_BITS[dtype]
+            f.seek(begin)
+            for at in range(begin, end, 2**22):
+                values = np.frombuffer(f.read(min(end - at, 2**22)), dtype=kind)
+                if ((values & np.array(bits, dtype=kind)) == bits).any():
+                    return (f"holds NaN or Inf values (tensor {clip(key, 160)!r}, {dtype}): the file is damaged, "
+                            "or was saved from a training run that diverged; use another LoRA file or train it again")
+    return None
+
+
 def fit_problem(lora: Path, model_root: Path) -> str | None:
     """Why a LoRA's layers do not fit the text-to-image pipeline in `model_root`, or None."""
-    shapes = safetensors_shapes(lora)
+    shapes, dtypes = safetensors_shapes(lora), safetensors_dtypes(lora)
     layers: dict[tuple[str, str], dict[str, list[int]]] = {}
+    names: dict[tuple[str, str], dict[str, str]] = {}
     for key, shape in shapes.items():
+        if (PEFT_KEY.match(key) or KOHYA_KEY.match(key)) and dtypes[key] not in FLOAT_DTYPES:
+            return (f"holds {dtypes[key]} numbers in tensor {clip(key, 160)!r}; a LoRA's weights are floating point "
+                    f"({', '.join(FLOAT_DTYPES)}): the file is damaged or not a LoRA")
         found = PEFT_KEY.match(key)
         if found:
             component, module, part = found.group(1) or "unet", found.group(2), found.group(3)
             layers.setdefault((component, module), {})["down" if part in DOWN else "up"] = shape
+            names.setdefault((component, module), {})["down" if part in DOWN else "up"] = key
             continue
         found = KOHYA_KEY.match(key)
         if found:
             component, module, part = COMPONENT[found.group(1)], found.group(2), found.group(3)
             layers.setdefault((component, "_" + module), {})["down" if part in DOWN else "up"] = shape
+            names.setdefault((component, "_" + module), {})["down" if part in DOWN else "up"] = key
     if not layers:
         first = ", ".join(list(shapes)[:MAX_SHOWN]) or "none"
         return (f"holds no LoRA layers (no lora_A/lora_B or lora_down/lora_up weights; its first tensors: {first}); "
                 "give a LoRA file, not a model's weights")
+    for layer, parts in layers.items():
+        problem = _pair_problem(parts, names[layer])
+        if problem:
+            return problem
     bases = {name: base_modules(model_root / name) for name in {c for c, _ in layers}}
     misfits = []
     for (component, module), parts in layers.items():
@@ -114,6 +182,25 @@ def fit_problem(lora: Path, model_root: Path) -> str | None:
         return None
     return (f"does not fit this model: {len(misfits)} of its {len(layers)} layers do not match, e.g. "
             f"{'; '.join(misfits[:MAX_SHOWN])}. It was made for another base model; use a LoRA trained on this one")
+
+
+def _pair_problem(parts: dict[str, list[int]], names: dict[str, str]) -> str | None:
+    """Why a layer's down and up matrices cannot make a LoRA update (up @ down), or None:
+    both are there, each a matrix (or a convolution's 4-D kernel), and the rank the
+    down matrix maps to is the rank the up matrix maps from."""
+    for half, other in (("down", "up"), ("up", "down")):
+        if half not in parts:
+            return (f"has {clip(names[other], 160)!r} without its {half} matrix (lora_A/lora_B or "
+                    "lora_down/lora_up come in pairs): the file is incomplete or damaged")
+    down, up = parts["down"], parts["up"]
+    for half, shape in (("down", down), ("up", up)):
+        if len(shape) not in (2, 4) or 0 in shape:
+            return (f"has {clip(names[half], 160)!r} of shape {shape}; a LoRA matrix is 2-D (or a 4-D convolution "
+                    "kernel) with no empty side: the file is damaged or not a LoRA")
+    if down[0] != up[1]:
+        return (f"has {clip(names['down'], 160)!r} of rank {down[0]} and {clip(names['up'], 160)!r} of rank {up[1]}; "
+                "a layer's two matrices share one rank: the file is damaged")
+    return None
 
 
 def _unwrapped(module: str, dot: str) -> str:
@@ -163,15 +250,16 @@ def activate(pipe: Any, loras: list[Lora], lora_scale: float, state: dict, on_lo
     _forget_unused(pipe, loaded, set(names))
     for lora, name in zip(loras, names):
         if name not in loaded:
-            from safetensors.torch import load_file
-
             # read as tensors here, so diffusers is handed no path it could read another way
+            tensors = load_tensors(lora)
             try:
-                pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
-            except (ValueError, KeyError, RuntimeError) as exc:
+                pipe.load_lora_weights(tensors, adapter_name=name)
+            except Exception as exc:
                 from studio import UserError
-                from studio.weights import short
+                from studio.weights import _out_of_memory, short
 
+                if _out_of_memory(exc):
+                    raise
                 raise UserError(f"lora {lora.path!r} could not be loaded into the model: {short(exc)}") from None
             if on_load is not None:
                 on_load(lora)
@@ -179,6 +267,30 @@ def activate(pipe: Any, loras: list[Lora], lora_scale: float, state: dict, on_lo
     pipe.set_adapters(names, adapter_weights=[weight for _, weight in wanted])
     _fuse(pipe, state, names)
     state["fused"] = wanted
+
+
+def load_tensors(lora: Lora) -> dict[str, Any]:
+    """A LoRA file's tensors (safetensors, on the CPU), each float tensor checked for NaN
+    and Inf before anything is applied: a UserError names the file and the tensor."""
+    import torch
+    from safetensors.torch import load_file
+
+    from studio import UserError
+    from studio.weights import _out_of_memory, short
+
+    try:
+        tensors = load_file(lora.path)
+    except Exception as exc:  # changed on disk since it was checked: a damaged file, in words
+        if _out_of_memory(exc):
+            raise
+        raise UserError(f"lora {lora.path!r} could not be read as safetensors: {short(exc)}; copy or save it "
+                        "again") from None
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"lora {lora.path!r} holds NaN or Inf values (tensor {clip(key, 160)!r}, "
+                            f"{str(tensor.dtype).removeprefix('torch.')}): the file is damaged, or was saved from a "
+                            "training run that diverged; use another LoRA file or train it again")
+    return tensors
 
 
 def _lora_layers(pipe: Any) -> dict[str, Any]:
