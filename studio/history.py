@@ -367,7 +367,10 @@ def remove_tree(path: Path) -> None:
             os.rmdir(name, dir_fd=fd)
     finally:
         os.close(fd)
-    os.rmdir(path)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:  # removed meanwhile by someone else: gone, as asked
+        pass
 
 
 def disk_usage(run_dir: Path) -> tuple[int, int]:
