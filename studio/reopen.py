@@ -232,8 +232,7 @@ def as_yaml(reopened: Reopened, origin: Path) -> str:
               + (f"# its relative input files were in {shown(reopened.base_dir)}\n" if reopened.base_dir else ""))
     # libyaml's emitter when PyYAML has it (fast); the Python one escapes what libyaml
     # cannot encode (a lone surrogate, which a pipeline file may write as "\uD800")
-    dumpers = [getattr(yaml, "CSafeDumper", None), yaml.SafeDumper]
-    for dumper in filter(None, dumpers):
+    for dumper in _dumpers():
         try:
             body = yaml.dump(reopened.pipeline, Dumper=dumper, sort_keys=False, allow_unicode=True)
             break
@@ -243,6 +242,24 @@ def as_yaml(reopened: Reopened, origin: Path) -> str:
         raise UserError(f"{shown(origin)}: its pipeline cannot be written as YAML ({clip(str(error), 120)})") from None
     # a lone surrogate in a string is escaped by the emitter; make sure the text encodes
     return header + body.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _dumpers() -> list[type]:
+    """SafeDumpers that quote every string which YAML 1.1 or Studio's YAML 1.2 reading
+    (studio.yamlfile) would take for something else: "1e5" stays text, not 100000.0."""
+    import yaml
+
+    from studio.yamlfile import _Loader
+
+    out = []
+    for base in (getattr(yaml, "CSafeDumper", None), yaml.SafeDumper):
+        if base is None:
+            continue
+        table = {first: list(entries) for first, entries in base.yaml_implicit_resolvers.items()}
+        for first, entries in _Loader.yaml_implicit_resolvers.items():
+            table.setdefault(first, []).extend(entries)
+        out.append(type(f"Reopen{base.__name__}", (base,), {"yaml_implicit_resolvers": table}))
+    return out
 
 
 # --- reading the provenance a file carries ---------------------------------------------

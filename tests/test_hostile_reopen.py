@@ -370,15 +370,20 @@ def test_a_damaged_neighbour_manifest_is_only_a_hint(tmp_path):
 
 
 def test_strings_that_are_not_text_survive_export(tmp_path):
-    """A lone surrogate, control characters, and a NaN pass through as a pipeline file
-    holding them would: escaped, and the file written is UTF-8."""
-    raw = pipeline_with(["\ud800", "\x00\x07\x1b", "\u2028", float("inf")])
+    """A lone surrogate, control characters, infinity, and words YAML could take for
+    numbers, booleans or dates pass through as a pipeline file holding them would:
+    escaped or quoted, and the file written is UTF-8."""
+    words = ["1e5", "1.0e5", "yes", "0x1F", "1_000", ".inf", "~", "null", "", "2001-12-14", "1:20", "<<"]
+    raw = pipeline_with(["\ud800", "\x00\x07\x1b", "\u2028", float("inf"), *words])
     (tmp_path / "x.png").write_bytes(png_prov(prov(raw)))
     out = tmp_path / "p.yaml"
     code, output, _ = invoke(["export", str(tmp_path / "x.png"), "-o", str(out)])
     assert code == 0, output
-    data = yaml.safe_load(out.read_bytes().decode("utf-8"))
-    assert data["steps"][0]["with"]["x"][1:] == ["\x00\x07\x1b", "\u2028", float("inf")]
+    from studio.yamlfile import load_yaml
+
+    text = out.read_bytes().decode("utf-8")
+    for data in (yaml.safe_load(text), load_yaml(text, "p.yaml")[0]):  # YAML 1.1, and as Studio reads it
+        assert data["steps"][0]["with"]["x"][1:] == ["\x00\x07\x1b", "\u2028", float("inf"), *words]
 
 
 def test_export_refuses_an_existing_output_before_reading(tmp_path):
