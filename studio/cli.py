@@ -620,10 +620,15 @@ def runs_list(out, pipeline, status, since, until, limit, as_json) -> None:
     table = Table()
     for col in ("pipeline", "run", "status", "done/failed/cached", "time", "pipeline file", "size"):
         table.add_column(col, overflow="fold", no_wrap=col == "run")
+    from studio.manifest import shown
+
+    def text(value, limit: int = 300) -> str:  # from the manifests: escape sequences made visible
+        return escape(shown(value, limit))
+
     for r in found:
         seconds = "" if r.seconds is None else f"{r.seconds:.1f} s"
-        table.add_row(escape(r.pipeline), escape(r.run_id), escape(r.status), f"{r.done}/{r.failed}/{r.cached}",
-                      seconds, escape(r.source), _size(r.bytes) + (
+        table.add_row(text(r.pipeline), text(r.run_id), text(r.status, 100), f"{r.done}/{r.failed}/{r.cached}",
+                      seconds, text(r.source), _size(r.bytes) + (
                           f" (+{_size(r.shared_bytes)} shared)" if r.shared_bytes else ""))
     # a table piped to a file or pager keeps its rows on one line each
     Console(emoji=False, highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
