@@ -437,6 +437,8 @@ OPTION_CASES = {
     "find-param-no-key": (["runs", "find", "--param", "=3"], "--param"),
     "list-name-not-utf8": (["runs", "list", "--name", os.fsdecode(b"\xff\xfe")], "--name"),
     "list-limit-0": (["runs", "list", "--limit", "0"], "--limit"),
+    "find-uses-not-utf8": (["runs", "find", "--uses", os.fsdecode(b"image.\xff")], "--uses"),
+    "find-step-20000-chars": (["runs", "find", "--step", "s" * 20_000], "--step"),
     "gc-max-gb-1e308": (["cache", "gc", "--max-gb", "1e308"], "--max-gb"),
     "gc-max-gb-nan": (["cache", "gc", "--max-gb", "nan"], "--max-gb"),
     "gc-max-gb-inf": (["cache", "gc", "--max-gb", "inf"], "--max-gb"),
@@ -467,6 +469,21 @@ def test_odd_but_harmless_param_values_are_compared_as_given(tmp_path, value):
     out = good_out(tmp_path)
     code, stdout, stderr = studio("runs", "find", "--out", str(out), "--param", "prompt=" + value, "--json")
     assert code == 0 and json.loads(stdout) == [], (stdout, stderr)
+
+
+def test_an_output_folder_whose_name_is_not_utf8_is_refused_naming_out(tmp_path):
+    out = tmp_path / os.fsdecode(b"runs-\xff")
+    write_run(out, "20260101-100000-good")
+    assert_refused(["runs", "list", "--out", str(out)], "--out", "UTF-8")
+    assert sorted(p.name for p in out.iterdir()) == ["p"]
+
+
+def test_escape_sequences_from_a_manifest_never_reach_the_terminal(tmp_path):
+    out = good_out(tmp_path)
+    write_run(out, "20260102-100000-bad", manifest(pipeline="\x1b]0;owned\x07\x1b[2J", source="\x1b[31m",
+                                                   status="done\x1b[8m"))
+    code, stdout, stderr = studio("runs", "list", "--out", str(out))
+    assert code == 0 and "\x1b" not in stdout + stderr and "\\x1b" in stdout
 
 
 def test_the_library_refuses_out_of_range_values_too(tmp_path):
