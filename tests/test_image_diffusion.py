@@ -118,6 +118,13 @@ def test_text_to_image_matches_diffusers_and_takes_upstream_text(tiny_sd_dir, tm
         assert np.abs(image.astype(int) - theirs.astype(int)).max() <= 1  # batched vs alone
 
 
-def test_text_to_image_needs_a_prompt(tiny_sd_dir, tmp_path):
-    said = refused(tmp_path, {"model": str(tiny_sd_dir), "steps": 1})
-    assert f"steps[0].with (step 'img'): model '{tiny_sd_dir}' is a text-to-image pipeline: give a prompt" in said
+def test_text_to_image_without_a_prompt_samples_the_empty_prompt_as_diffusers_does(tiny_sd_dir, tmp_path):
+    from diffusers import AutoPipelineForText2Image
+
+    result = run(tmp_path, {"model": str(tiny_sd_dir), "steps": 2, "seed": 3})
+    assert result.status == "done", result.failed
+    (ours,) = pixels(result)
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_sd_dir)
+    theirs = pipe(prompt="", num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(3),
+                  output_type="np").images[0]
+    assert np.abs(ours.astype(int) - (theirs * 255).round().astype(int)).max() <= 1
