@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from studio.cli import cli
 from studio.reopen import KEY, encode
-from test_hostile import Case, check_case, midi, png, wav
+from test_hostile import Case, check_case, midi, no_terminal_controls, png, wav
 
 BUDGET_S = 3.0  # in process, on a busy 2-core machine; each case takes well under a second
 OK_PIPELINE = {"name": "t", "steps": [{"id": "a", "uses": "image.title", "with": {"text": "hi", "width": 32,
@@ -278,6 +278,18 @@ CASES = [
     Reopen("manifest-base-dir-relative", {"m/manifest.json": manifest(OK_PIPELINE, base_dir="rel\n# x")},
            "m/manifest.json", ("base_dir", "\\n")),
     Reopen("manifest-fifo", {"m/manifest.json": fifo}, "m", ("not a regular file",), where="manifest.json"),
+    Reopen("manifest-running-pid-2**40",
+           {"m/manifest.json": json.dumps({"status": "running", "steps": {"a": {"items": 5}}, "base_dir": "/",
+                                           "process": {"pid": 2**40, "host": "h"},
+                                           "resolved_pipeline": json.loads(DEEP)})}, "m", ("64 levels",),
+           where="manifest.json"),
+    Reopen("manifest-running-junk-journal",
+           {"m/manifest.json": json.dumps({"status": "running", "steps": {"a": {"items": [5, None]}},
+                                           "resolved_pipeline": json.loads(DEEP)}),
+            "m/journal.jsonl": '{"item": 5}\n[1]\n{"step": [], "item": {}, "status": 7}\n{"end": 5}\n'},
+           "m", ("64 levels",), where="manifest.json"),
+    Reopen("png-name-not-utf8-with-escape", {"\udcff\x1b[2J.png": png_prov(prov(DEEP))}, "\udcff\x1b[2J.png",
+           ("64 levels",), where="\\udcff\\x1b[2J.png"),
     Reopen("manifest-not-json", {"m/manifest.json": "{"}, "m/manifest.json", ("not a valid manifest",)),
     Reopen("manifest-a-list", {"m/manifest.json": "[]"}, "m/manifest.json", ("not a valid manifest",)),
 ]
@@ -330,6 +342,7 @@ def check_refused(case: Reopen, command: str, root: Path) -> str:
     for phrase in case.expect:
         assert phrase in output, f"{phrase!r} missing\n{context}"
     assert len(output) < 5_000, context
+    no_terminal_controls(output)  # names and values from the file are shown escaped
     assert seconds < case.budget_s, context
     assert snapshot(root) == before, f"wrote {sorted(set(snapshot(root)) ^ set(before))[:5]}\n{context}"
     return output
