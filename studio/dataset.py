@@ -341,7 +341,7 @@ def _rows(reader: RunReader, items: list[tuple[int, dict]], step_id: str, port: 
             continue
         source = reader.artifact_file(step_id, index, port, artifact)
         suffix = source.suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,10}", source.suffix) else ""
-        stem = safe_name(reader.name(step_id, index, item) or "", f"item{len(rows)}")
+        stem = safe_name(reader.name(step_id, index, item) or "", f"item{len(rows)}")[:MAX_NAME - 20]
         name = f"{stem}{suffix}"
         while name in names:
             name = f"{stem}-{len(names)}{suffix}"
