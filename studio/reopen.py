@@ -181,9 +181,10 @@ def _from_manifest(path: Path) -> Reopened:
         raise UserError(f"{where}: its manifest records no pipeline")
     check_pipeline(pipeline, f"{where}: the pipeline its manifest records")
     base = manifest.get("base_dir")
-    if base is not None and _folder(base) is None:
+    if base is not None and not isinstance(base, str):
         raise UserError(f"{where}: its manifest's base_dir is not a folder's path (got {_echo(base)}); the manifest is "
                         "damaged. Remove base_dir to read the pipeline's input files from here")
+    # a path this machine cannot use (relative, another system's): looked for here instead
     return Reopened(pipeline, _folder(base))
 
 
@@ -209,13 +210,13 @@ def _base_dir_beside(path: Path) -> Path | None:
     """Where the inputs of the run a file sits in were read from: its run folder's
     manifest says (RUN/<item>/<file>); None for a file moved out of its run, and for a
     manifest there that cannot say (damaged: the file itself is what was asked for)."""
-    manifest = path.parent.parent / "manifest.json"
+    run = Path(os.path.abspath(path)).parent.parent  # "x.png" given in an item's folder: its run
     try:
-        if not manifest.is_file():
+        if not (run / "manifest.json").is_file():
             return None
         from studio.manifest import read_manifest
 
-        base = read_manifest(path.parent.parent).get("base_dir")
+        base = read_manifest(run).get("base_dir")
     except Exception:  # a hint only: whatever a damaged neighbour raises
         return None
     return _folder(base)

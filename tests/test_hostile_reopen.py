@@ -275,8 +275,8 @@ CASES = [
     Reopen("manifest-no-pipeline", {"m/manifest.json": manifest(None)}, "m/manifest.json", ("records no pipeline",)),
     Reopen("manifest-base-dir-a-list", {"m/manifest.json": manifest(OK_PIPELINE, base_dir=["/"])}, "m/manifest.json",
            ("base_dir", "a list")),
-    Reopen("manifest-base-dir-relative", {"m/manifest.json": manifest(OK_PIPELINE, base_dir="rel\n# x")},
-           "m/manifest.json", ("base_dir", "\\n")),
+    Reopen("manifest-base-dir-a-number", {"m/manifest.json": manifest(OK_PIPELINE, base_dir=1e400)},
+           "m/manifest.json", ("base_dir", "inf")),
     Reopen("manifest-fifo", {"m/manifest.json": fifo}, "m", ("not a regular file",), where="manifest.json"),
     Reopen("manifest-running-pid-2**40",
            {"m/manifest.json": json.dumps({"status": "running", "steps": {"a": {"items": 5}}, "base_dir": "/",
@@ -380,6 +380,15 @@ def test_a_damaged_neighbour_manifest_is_only_a_hint(tmp_path):
         a_run_with(png_prov(prov(GOOD)), base)(root / "run", root)
         code, output, _ = invoke(["export", str(root / "run" / "a" / "image.png")])
         assert code == 0 and "its relative input files" not in output, output
+
+
+def test_a_base_dir_this_machine_cannot_use_is_looked_for_here(tmp_path):
+    for i, base in enumerate(("rel\n# x", "C:\\Users\\me", "", "/a\0b")):
+        (tmp_path / f"m{i}").mkdir()
+        (tmp_path / f"m{i}" / "manifest.json").write_text(manifest(OK_PIPELINE, base_dir=base))
+        code, output, _ = invoke(["export", str(tmp_path / f"m{i}")])
+        assert code == 0 and "its relative input files" not in output, output
+        assert yaml.safe_load(output) == OK_PIPELINE
 
 
 def test_strings_that_are_not_text_survive_export(tmp_path):
