@@ -385,8 +385,10 @@ def read_manifest(run_dir: Path, *, repair: bool = False) -> dict[str, Any]:
     if repair and merged["status"] != "running":
         try:
             write_json_atomic(path, merged)
-        except OSError:
-            pass  # a read-only copy of a run: the answer is the same, only not saved
+        except (OSError, RecursionError, ValueError):
+            # a read-only copy of a run, or a manifest nested too deep for the indented
+            # (recursive) JSON writer: the answer is the same, only not saved
+            pass
     return merged
 
 
