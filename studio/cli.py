@@ -730,7 +730,7 @@ def runs_rm(out, targets, yes) -> None:
             chosen.append(run_dir)
     for run_dir in chosen:
         try:
-            if not yes and not click.confirm(f"delete {run_dir}?", default=False):
+            if not yes and not click.confirm(printable(f"delete {run_dir}?"), default=False):
                 continue
         except click.Abort:  # no answer (stdin closed) or Ctrl-C at the question
             raise UserError(f"{run_dir} was not removed: no answer to the question; give --yes to remove "
