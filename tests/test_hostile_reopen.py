@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 
 from studio.cli import cli
-from studio.reopen import KEY, encode
+from studio.reopen import KEY
 from test_hostile import Case, check_case, midi, no_terminal_controls, png, wav
 
 BUDGET_S = 3.0  # in process, on a busy 2-core machine; each case takes well under a second
