@@ -90,6 +90,10 @@ def check_midi(path: Path) -> dict[str, Any]:
         raise UserError(f"{_shown(path)}: plays {facts['seconds'] / 60:,.0f} minutes (its last event at tick "
                         f"{facts['last_tick']:,}); music metrics measure pieces of at most {MAX_SECONDS // 60} "
                         "minutes: give shorter pieces")
+    beats = facts["last_tick"] // facts["ticks_per_beat"] if isinstance(facts["ticks_per_beat"], int) else 0
+    if beats >= MAX_ROLL_STEPS:  # not even one step a beat would fit the piano roll
+        raise UserError(f"{_shown(path)}: its notes span {facts['last_tick']:,} ticks, {beats:,} beats; music metrics "
+                        f"are measured over at most {MAX_ROLL_STEPS:,} beats")
     return facts
 
 
