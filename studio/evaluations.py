@@ -62,6 +62,8 @@ def evaluation_problem(run_dir: Path, name: str) -> str | None:
     for file in (run_dir / f"eval-{name}.json", run_dir / MANIFEST, run_dir / "gallery.html"):
         if os.path.lexists(file) and not file.is_symlink() and not stat.S_ISREG(os.lstat(file).st_mode):
             return f"{_where(file)}: not a regular file (a folder, a pipe or a device); the run is damaged"
+    if read_manifest(run_dir).get("status") == "running":
+        return f"{_where(run_dir)}: the run is still running; measure it when it has finished"
     return None
 
 

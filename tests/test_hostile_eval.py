@@ -232,6 +232,26 @@ def test_a_run_that_cannot_take_its_eval_file_is_refused_before_measuring(tmp_pa
     run2 = run_folder(tmp_path / "b", steps={"../x": {"items": [artifact_item(f"draw/{i}/image.png")
                                                                  for i in range(4)]}})
     refused(*main(["eval", str(run2), "--against", "real"], tmp_path, monkeypatch, capsys), "evaluation name '../x'")
+    from studio.manifest import this_process
+
+    run3 = run_folder(tmp_path / "c", status="running", process=this_process())
+    refused(*main(["eval", str(run3), "--against", "real"], tmp_path, monkeypatch, capsys), "still running")
+
+
+def test_images_are_read_only_in_the_formats_their_names_say(tmp_path):
+    """A .png that is a GIF, a TIFF of floats or PostScript (PIL would run Ghostscript) is refused by name."""
+    from PIL import Image
+
+    from studio.errors import UserError
+    from studio_eval.collect import Member
+    from studio_eval.evaluate import _small_images
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "gif.png", format="GIF")
+    Image.new("F", (8, 8)).save(tmp_path / "tiff.png", format="TIFF")
+    (tmp_path / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    for name in ("gif.png", "tiff.png", "eps.png"):
+        with pytest.raises(UserError, match=f"{name}: not an image Studio can read"):
+            _small_images([Member(tmp_path / name, "image")])
 
 
 def test_recording_survives_a_damaged_evaluations_field_and_refuses_a_fifo_gallery(tmp_path):

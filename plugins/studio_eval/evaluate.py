@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import UserError
+from studio.errors import clip, printable
 from studio_eval.collect import MediaSet
 
 CAVEAT = {
@@ -19,6 +20,7 @@ CAVEAT = {
             "deviations.",
 }
 NEEDS_REFERENCE = {"image", "audio"}
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")  # what collect.FAMILIES["image"] names
 MAX_TEXT_CHARS = 1_000_000
 
 
@@ -35,6 +37,10 @@ def evaluate(generated: MediaSet, reference: MediaSet | None, *, features: str =
         generated, reference, features=features, lm=lm, vae=vae)
     return {"family": family, "generated": generated.where,
             "reference": reference.where if reference else None, "metrics": metrics, "note": CAVEAT[family]}
+
+
+def _shown(path: Path) -> str:
+    return printable(clip(str(path), 300))
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -78,15 +84,17 @@ def _small_images(members) -> Any:
     small = []
     for member in members:
         try:
-            with Image.open(member.path) as image:
+            # only the formats a set's files are named for: PIL would hand an EPS to Ghostscript
+            with Image.open(member.path, formats=IMAGE_FORMATS) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise UserError(f"{member.path}: {image.width} x {image.height} pixels; images are measured up "
                                     f"to {MAX_IMAGE_PIXELS:,} pixels")
                 image.draft("RGB", (SIZE * 4, SIZE * 4))  # JPEGs decode at a fraction of their size
                 small.append(image.copy() if image.mode in ("RGBA", "LA", "P") else image.convert("RGB"))
                 small[-1].thumbnail((SIZE * 4, SIZE * 4))
-        except (OSError, Image.DecompressionBombError) as exc:
-            raise UserError(f"{member.path}: not an image Studio can read ({exc})") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise UserError(f"{_shown(member.path)}: not an image Studio can read ({clip(str(exc), 200)}); images "
+                            "are measured from PNG, JPEG, WebP and BMP files") from None
     return image_tensor(small)
 
 
