@@ -38,21 +38,30 @@ def sha256_stream(f: BinaryIO) -> str:
 
 
 def temp_path_for(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+    """A fresh, empty regular file beside `final` to write into. Its name is predictable,
+    so whatever already has it (a crashed run's leftover, or a link planted to send the
+    write elsewhere) is removed first and the file is created exclusively, never opened
+    through a link."""
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    return tmp
 
 
 def atomic_write(final: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file and rename, so `final` is either whole or absent.
     An interrupted write leaves no file that a later run could mistake for finished."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(final)
+    tmp = None
     try:
+        tmp = temp_path_for(final)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     fsync_dir(final.parent)
 
 
