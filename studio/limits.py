@@ -9,13 +9,15 @@ the validation context (on_cpu).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from studio.sniff import MAX_IMAGE_PIXELS
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["MAX_CPU_PIXEL_STEPS", "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "colour", "colour_problem",
+__all__ = ["MAX_CPU_PIXEL_STEPS", "MAX_DATA_DEPTH", "MAX_DATA_FILES", "MAX_SCAN_ENTRIES", "MAX_SCAN_SECONDS",
+           "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "colour", "colour_problem",
            "cpu_budget_problem", "data_files", "on_cpu", "output_size_problem", "regular_file_problem"]
 
 # An image a step writes stays one Studio can read back as an input (the same limit).
@@ -26,26 +28,162 @@ MAX_OUTPUT_SIDE = 8192
 MAX_CPU_PIXEL_STEPS = 1024 * 1024 * 50
 
 
-def data_files(root: Any, suffixes: Any) -> list:
+# Scanning a folder of training data (`data_files`): how far the walk goes. A data set is a
+# few levels of class and split folders; 32 levels is far more than any has, and a folder
+# nested deeper is refused rather than walked (recursion is never used: the walk is a loop).
+MAX_DATA_DEPTH = 32
+# entries looked at (files, folders and links, matching or not) and seconds spent looking:
+# a scan that reaches these is walking something other than a data set (a home folder, /)
+MAX_SCAN_ENTRIES = 500_000
+MAX_SCAN_SECONDS = 30.0
+# matching files a scan returns, unless the reader sets its own (lower) limit
+MAX_DATA_FILES = 200_000
+
+
+def data_files(root: Any, suffixes: Any, *, inside: Any = None, max_files: int = MAX_DATA_FILES,
+               max_file_bytes: int | None = None, max_total_bytes: int | None = None,
+               what: str = "files") -> list:
     """The regular files under `root` (a folder of training data) whose suffix is one of
-    `suffixes`, sorted. Anything else with such a name (a FIFO, a socket, a device) is
-    skipped with a warning on stderr: opening it would block or read forever."""
+    `suffixes`, sorted. Anything else with such a name (a FIFO, a socket, a device, a link
+    to /dev/zero) is skipped with a warning on stderr: opening it would block or read forever.
+
+    The walk stays inside the data folder: `inside` (default: `root` itself; a reader
+    that scans a class sub-folder passes the data folder) bounds it. A linked folder is
+    followed only when it leads to a folder inside that one, each real folder once (no
+    loops); links that lead elsewhere (a link to / or to a home folder) are left out with
+    a warning. It is a loop, not a recursion, and it is bounded: folders more than
+    MAX_DATA_DEPTH levels deep, more than MAX_SCAN_ENTRIES entries or MAX_SCAN_SECONDS of
+    looking, or more than `max_files` matching files are a UserError naming the folder,
+    refused before any file is read. `max_file_bytes` (one file) and `max_total_bytes` (all
+    of them together) are the reader's size caps, checked from the sizes on disk before it
+    reads anything; `what` names the files in the messages ("text files")."""
+    import os
     import stat
     import sys
+    import time
 
-    files = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in suffixes:
-            continue
+    from studio.errors import UserError
+
+    suffixes = {s.lower() for s in suffixes}
+    top = Path(root)
+    try:
+        fence = os.path.realpath(inside if inside is not None else top)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--data: {_shown(top)} cannot be read ({exc})") from None
+    try:
+        real_top = os.path.realpath(top)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--data: {_shown(top)} cannot be read ({exc})") from None
+    if not _within(real_top, fence):
+        raise UserError(f"--data: {_shown(top)} is a link to {_shown(real_top)}, outside {_shown(fence)}; "
+                        "Studio reads training data only inside the folder given. Copy the files into it")
+    began = time.monotonic()
+    looked = 0
+    files: list[tuple[Path, int]] = []
+    total = 0
+    outside: list[str] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    pending: list[tuple[Path, int]] = [(top, 0)]
+    while pending:
+        folder, depth = pending.pop()
         try:
-            mode = path.stat().st_mode
-        except OSError:
+            real = os.path.realpath(folder)
+        except (OSError, ValueError):
             continue
-        if stat.S_ISREG(mode):
-            files.append(path)
-        elif not stat.S_ISDIR(mode):
-            print(f"warning: --data: skipped {str(path)[-300:]}: not a regular file", file=sys.stderr)
-    return files
+        if real in seen:  # a link back to a folder already walked
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as listing:
+                entries = []
+                for entry in listing:
+                    looked += 1
+                    if looked > MAX_SCAN_ENTRIES or time.monotonic() - began > MAX_SCAN_SECONDS:
+                        raise UserError(
+                            f"--data {_shown(top)}: the folder holds more than Studio looks through (over "
+                            f"{min(looked, MAX_SCAN_ENTRIES):,} entries or {MAX_SCAN_SECONDS:.0f} s of scanning); "
+                            "give a folder that holds only the training data")
+                    entries.append(entry)
+        except UserError:
+            raise
+        except OSError as exc:
+            if folder == top:
+                raise UserError(f"--data {_shown(top)}: the folder cannot be read ({exc.strerror or exc})") from None
+            skipped.append(f"{_shown(folder)} (cannot be read: {exc.strerror or exc})")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_link, is_dir = True, False
+            if is_dir:
+                if is_link:
+                    try:
+                        target = os.path.realpath(path)
+                    except (OSError, ValueError):
+                        continue
+                    if not _within(target, fence):
+                        outside.append(f"{_shown(path)} -> {_shown(target)}")
+                        continue
+                if depth + 1 > MAX_DATA_DEPTH:
+                    raise UserError(f"--data {_shown(top)}: {_shown(path)} is more than {MAX_DATA_DEPTH} folders "
+                                    f"deep; data sets are limited to {MAX_DATA_DEPTH} levels of folders")
+                pending.append((path, depth + 1))
+                continue
+            if os.path.splitext(entry.name)[1].lower() not in suffixes:
+                continue
+            try:
+                info = os.stat(path)  # follows a link to a file: its target's kind and size
+            except (OSError, ValueError) as exc:
+                skipped.append(f"{_shown(path)} (cannot be read: {getattr(exc, 'strerror', None) or exc})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                print(f"warning: --data: skipped {_shown(path)}: not a regular file", file=sys.stderr)
+                continue
+            if max_file_bytes is not None and info.st_size > max_file_bytes:
+                raise UserError(f"--data: {_shown(path)} is {_size(info.st_size)}; {what} are limited to "
+                                f"{_size(max_file_bytes)} each. Remove it or split it")
+            files.append((path, info.st_size))
+            total += info.st_size
+            if len(files) > max_files:
+                raise UserError(f"--data {_shown(top)}: more than {max_files:,} {what}; training reads at most "
+                                f"{max_files:,}. Give a smaller folder (or a sample of it)")
+            if max_total_bytes is not None and total > max_total_bytes:
+                raise UserError(f"--data {_shown(top)}: the {what} add up to more than {_size(max_total_bytes)}, "
+                                f"the limit for training on them. Give a smaller folder (or a sample of it)")
+    if outside:
+        more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+        print(f"warning: --data: left out linked folders that lead outside {_shown(fence)}: {outside[0]}{more}",
+              file=sys.stderr)
+    if skipped:
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        print(f"warning: --data: skipped {skipped[0]}{more}", file=sys.stderr)
+    return sorted(path for path, _ in files)
+
+
+def _within(path: str, folder: str) -> bool:
+    import os
+
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _shown(path: Any) -> str:
+    from studio.errors import printable
+
+    return printable(str(path)[-300:])
+
+
+def _size(n: int) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:,.1f} MiB"
+    if n >= 1024:
+        return f"{n / 1024:,.0f} KiB"
+    return f"{n:,} bytes"
 
 
 def regular_file_problem(path: Any) -> str | None:

@@ -3,7 +3,9 @@
 It writes studio-NAME/ with a pyproject.toml declaring the entry point (group "studio"),
 one generator with a media input (`image.NAME`, a seeded glitch effect: something that
 works, to be replaced), tests that use `studio.testing` and pass as written, and a
-README saying how to install, test and publish it.
+README saying how to install, test and publish it. NAME may have - between words, as pip
+names do: `acme-grain` is the package studio-acme-grain, its module studio_acme_grain, its
+generator image.acme_grain.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from pathlib import Path
 
 from studio.errors import UserError
 
-PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# what `studio plugins new NAME` takes: lower-case words of letters and digits, the first
+# starting with a letter, joined by - or _ (pip's names usually have a -, modules a _)
+PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
+MAX_PLUGIN_NAME = 40
 DISTRIBUTION = "studio-media"  # Studio's own distribution (the name `studio` is another project's)
 
 PYPROJECT = '''[build-system]
@@ -151,16 +156,34 @@ pyproject.toml when you publish (`python -m build`, then upload the wheel).
 '''
 
 
+def plugin_names(given: str) -> dict[str, str]:
+    """The names a plugin called `given` goes by: "acme-grain" (or "acme_grain", or
+    "studio-acme-grain") is the distribution studio-acme-grain, the module
+    studio_acme_grain, the entry point and plugin acme_grain, and the generator
+    image.acme_grain. A UserError saying what is allowed when `given` cannot be made into
+    a module name."""
+    from studio.errors import echo
+
+    name = given[len("studio-"):] if given.startswith(("studio-", "studio_")) and len(given) > 7 else given
+    if len(name) > MAX_PLUGIN_NAME or not PLUGIN_NAME.fullmatch(name):
+        raise UserError(f"plugin name {echo(given, 80)}: use lower-case letters, digits and _ or - between words, "
+                        f"starting with a letter, at most {MAX_PLUGIN_NAME} characters (e.g. glitch or acme-grain: "
+                        "the package studio-acme-grain, the module studio_acme_grain, the generator image.acme_grain)")
+    module_name = name.replace("-", "_")
+    return {"name": module_name, "dash": module_name.replace("_", "-"), "module": f"studio_{module_name}",
+            "generator": f"image.{module_name}", "cls": "".join(part.capitalize() for part in module_name.split("_"))}
+
+
 def new_plugin(name: str, where: Path) -> Path:
-    """Write the package for plugin `name` in where/studio-<name>/ and return its path."""
-    if not PLUGIN_NAME.fullmatch(name):
-        raise UserError(f"plugin name {name!r}: use lower-case letters, digits and _, starting with a letter, at "
-                        "most 40 characters (e.g. glitch); its generator will be image.<name>")
-    dash = name.replace("_", "-")
-    root = where / f"studio-{dash}"
+    """Write the package for plugin `name` in where/studio-<name>/ and return its path
+    (`plugin_names` says what each part is called)."""
+    names = plugin_names(name)
+    name, dash, cls = names["name"], names["dash"], names["cls"]
+    root = Path(where) / f"studio-{dash}"
+    if root.is_symlink():
+        raise UserError(f"{root} is a link; choose another folder (--dir)")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UserError(f"{root} exists and is not empty; choose another name or folder (--dir)")
-    cls = "".join(part.capitalize() for part in name.split("_")) or "Plugin"
     values = {"name": name, "dash": dash, "cls": cls, "distribution": DISTRIBUTION}
     files = {
         "pyproject.toml": PYPROJECT, f"studio_{name}/__init__.py": MODULE, f"tests/test_{name}.py": TESTS,

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from studio.errors import UserError
+from studio.errors import UserError, echo
 from studio.trainer_options import CommaSeparated, OneOf, TrainerOptions, parse_options
 
 if TYPE_CHECKING:
@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 # what plugins may import from here (studio.PUBLIC_MODULES); docs/plugins.md describes them
 __all__ = ["CommaSeparated", "OneOf", "TrainConfig", "Trainer", "TrainerOptions"]
+
+
+# the bounds of `studio train`'s own flags (the command line's option types say the same)
+MAX_STEPS = 10_000_000
+MAX_BATCH_SIZE = 65536
+MAX_SEED = 2**63 - 1
+# OUT is walked for links that lead elsewhere before anything is written: the folders
+# training writes reach 4 levels down (OUT/training/samples/step-N/NAME); a folder holding
+# more entries than this is not a training run's
+MAX_OUT_ENTRIES = 100_000
+OUT_DEPTH = 4
 
 
 @dataclass
@@ -151,7 +162,7 @@ def save_checkpoint(trainer: Trainer, step: int) -> None:
     state = {"step": step, "rng": trainer.rng.get_state(), "torch_rng": torch.get_rng_state(),
              "optimizers": {n: o.state_dict() for n, o in trainer.optimizers.items()}}
     # written under temporary names and renamed: a crash mid-save keeps the last checkpoint
-    save_file(tensors, str(weights_path) + ".tmp", metadata={"step": str(step)})
+    save_file(tensors, str(weights_path) + ".tmp", metadata={"step": str(step), "generator": trainer.generator})
     torch.save(state, str(state_path) + ".tmp")
     os.replace(str(weights_path) + ".tmp", weights_path)
     os.replace(str(state_path) + ".tmp", state_path)
@@ -177,6 +188,7 @@ def load_checkpoint(trainer: Trainer) -> int:
     problem = safetensors_problem(weights_path)
     if problem:
         raise UserError(f"--resume: {problem} (in {weights_path.parent}); {start_over}")
+    _check_checkpoint_fits(trainer, weights_path, state_path, start_over)
     try:
         tensors = load_file(weights_path)
         for name, module in trainer.modules.items():
@@ -187,11 +199,57 @@ def load_checkpoint(trainer: Trainer) -> int:
             optimizer.load_state_dict(state["optimizers"][name])
         trainer.rng.set_state(state["rng"])
         torch.set_rng_state(state["torch_rng"])
-        return int(state["step"])
+        step = state["step"]
+    except MemoryError:
+        raise UserError(f"--resume: the checkpoint in {weights_path.parent} does not fit in memory; "
+                        f"{start_over}") from None
     except Exception as exc:  # a checkpoint of another model, other options, or damaged
         raise UserError(f"--resume: the checkpoint in {weights_path.parent} does not fit this training "
                         f"({type(exc).__name__}: {str(exc)[:300]}); resume with the options it was started "
                         f"with, or {start_over}") from None
+    if type(step) is not int or not 0 <= step <= MAX_STEPS:
+        raise UserError(f"--resume: {state_path} gives the step as {echo(step, 60)}, not a whole number from 0 to "
+                        f"{MAX_STEPS:,}: the file is damaged; {start_over}")
+    return step
+
+
+def _check_checkpoint_fits(trainer: Trainer, weights_path: Path, state_path: Path, start_over: str) -> None:
+    """Before a byte of the checkpoint is loaded: it was made by this generator's trainer
+    (its metadata says so), its tensors are this model's (names and shapes, from the
+    header), and the optimizer state is no larger than such a model's can be. A foreign,
+    damaged or huge checkpoint is a UserError naming the file."""
+    from safetensors import safe_open
+
+    from studio.weights import safetensors_shapes
+
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            metadata = f.metadata() or {}
+        shapes = safetensors_shapes(weights_path)
+    except Exception as exc:  # safetensors_problem passed: only a file changed meanwhile gets here
+        raise UserError(f"--resume: {weights_path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); "
+                        f"{start_over}") from None
+    made_by = metadata.get("generator")
+    if made_by is not None and made_by != trainer.generator:
+        raise UserError(f"--resume: the checkpoint in {weights_path.parent} was made by the {echo(made_by, 80)} "
+                        f"trainer, not {trainer.generator}'s; give the --out it was trained into, or {start_over}")
+    expected = {f"{name}.{k}": (list(v.shape), v.numel() * v.element_size())
+                for name, module in trainer.modules.items() for k, v in module.state_dict().items()}
+    wrong = [key for key, (shape, _) in expected.items() if shapes.get(key) != shape]
+    extra = [key for key in shapes if key not in expected]
+    if wrong or extra:
+        key = (wrong or extra)[0]
+        found = f"{shapes[key]}" if key in shapes else "missing"
+        want = f"{expected[key][0]}" if key in expected else "none (this model has no such tensor)"
+        raise UserError(f"--resume: the checkpoint in {weights_path.parent} does not fit this training: "
+                        f"{len(wrong) + len(extra)} tensors differ (the first, {echo(key, 120)}: {found}, this model: "
+                        f"{want}); resume with the options it was started with, or {start_over}")
+    # an optimizer keeps at most a few values per parameter (Adam: two), plus small bookkeeping
+    limit = 3 * sum(nbytes for _, nbytes in expected.values()) + 64 * 2**20
+    size = state_path.stat().st_size
+    if size > limit:
+        raise UserError(f"--resume: {state_path} is {size / 2**20:,.0f} MiB, more than the optimizer state of this "
+                        f"model can be ({limit / 2**20:,.0f} MiB); it is not this training's. {start_over}")
 
 
 # --- the loop ----------------------------------------------------------------------
@@ -206,9 +264,76 @@ class TrainResult:
     seconds: float
 
 
+def check_config(config: TrainConfig) -> None:
+    """Every value of `config` that is not the trainer's own option (those are
+    parse_options'), checked before anything loads: a UserError naming the option
+    (--steps, --lr, ...), what it got and what it takes. The command line's types refuse
+    the same values; this holds for a TrainConfig built in Python too."""
+
+    def whole(value: Any, flag: str, low: int, high: int, *, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if type(value) is not int or not low <= value <= high:
+            raise UserError(f"{flag} {echo(value, 60)}: give a whole number from {low:,} to {high:,}")
+
+    if not isinstance(config.data, str) or not config.data.strip() or "\x00" in config.data \
+            or len(config.data) > 4096:
+        raise UserError(f"--data {echo(config.data, 100)}: give a folder or file of training data, or a named "
+                        "source (e.g. sklearn:digits): a path of at most 4,096 characters, without NUL")
+    whole(config.steps, "--steps", 1, MAX_STEPS, optional=True)
+    whole(config.batch_size, "--batch-size", 1, MAX_BATCH_SIZE, optional=True)
+    whole(config.seed, "--seed", 0, MAX_SEED)
+    whole(config.checkpoint_every, "--checkpoint-every", 1, MAX_STEPS)
+    whole(config.log_every, "log_every", 1, MAX_STEPS)
+    lr = config.lr
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                           or not 0 < lr <= 1):
+        raise UserError(f"--lr {echo(lr, 60)}: give a number above 0 and at most 1 (e.g. 3e-4)")
+    if not isinstance(config.device, str) or not config.device or len(config.device) > 100:
+        raise UserError(f"--device {echo(config.device, 60)}: give auto, cpu, cuda or cuda:N")
+    if not isinstance(config.options, dict) or not all(isinstance(k, str) for k in config.options):
+        raise UserError(f"--option: {echo(config.options, 100)}: give KEY=VALUE settings")
+    if not isinstance(config.out, (str, os.PathLike)) or "\x00" in str(config.out) or not str(config.out):
+        raise UserError(f"--out {echo(config.out, 100)}: give a folder for the model")
+
+
+def _links_leaving(out: Path) -> None:
+    """A UserError when a link inside OUT (training/, a checkpoint, the samples, the weights,
+    the model card: anything training writes, OUT_DEPTH levels down) leads outside OUT, a
+    dangling one included: writing through it would put the file elsewhere. The walk is a
+    loop that follows no link and looks at no more than MAX_OUT_ENTRIES entries."""
+    real_out = os.path.realpath(out)
+    if not os.path.isdir(real_out):
+        return
+    fence = real_out.rstrip(os.sep) + os.sep
+    pending, looked = [(str(out), 1)], 0
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            raise UserError(f"--out {out}: {folder} cannot be read ({exc.strerror or exc}); "
+                            "give another folder") from None
+        for entry in entries:
+            looked += 1
+            if looked > MAX_OUT_ENTRIES:
+                raise UserError(f"--out {out} holds more than {MAX_OUT_ENTRIES:,} entries; it is not a training run's "
+                                "folder. Give a new folder for the model")
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if target != real_out and not target.startswith(fence):
+                    raise UserError(f"--out {out}: {entry.path} is a link to {target}, outside --out; training writes "
+                                    "there (checkpoints, optimizer state, samples, weights) and would write outside "
+                                    f"{out}. Remove the link, or give another --out")
+            elif depth < OUT_DEPTH and entry.is_dir(follow_symlinks=False):
+                pending.append((entry.path, depth + 1))
+
+
 def _check_out(out: Path, resume: bool) -> None:
     """Training writes config.json, model.safetensors, a model card and training/ into
-    OUT: never into a system directory, a file, or a folder of someone else's files."""
+    OUT: never into a system directory, a file, or a folder of someone else's files, nor
+    through a link inside OUT to somewhere else."""
     from studio.modelpath import SYSTEM_DIRS
 
     try:
@@ -220,6 +345,10 @@ def _check_out(out: Path, resume: bool) -> None:
                         "e.g. --out models/my-model")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; give a new folder for the model")
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a link to {os.readlink(out)}, which does not exist; give a new folder "
+                        "for the model")
+    _links_leaving(out)
     if resume:
         return  # load_checkpoint says what it finds there
     if _checkpoint_paths(out)[0].exists():
@@ -241,6 +370,8 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
     """Train `trainer_cls` (what a plugin registered for `trainer_cls.generator`) as
     `config` says, and write the weights to config.out."""
     # the options first: a mistake in them costs no torch import, no data, no OUT
+    check_config(config)
+    config.out = Path(config.out)
     options = parse_options(trainer_cls, config.options)
     from studio.runtime import resolve_device
 
@@ -277,6 +408,7 @@ def train(trainer_cls: type[Trainer], config: TrainConfig, *, show_progress: boo
     save_checkpoint(trainer, trainer.steps)
     write_samples(trainer, trainer.steps)
     metrics = trainer.evaluate()
+    _links_leaving(out)  # nothing made since the start leads elsewhere either
     trainer.export(out)
     seconds = time.perf_counter() - began
     summary = {"generator": generator, "trainer": trainer_cls.__name__, "data": config.data,

@@ -10,6 +10,9 @@ from studio import UserError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 SOURCES = "a folder of audio files (WAV/FLAC/OGG/MP3), or fluidsynth:gm"
+# what a folder may hold: all of it is decoded into memory (2 hours at 48 kHz is 1.4 GB)
+MAX_AUDIO_FILES = 20_000
+MAX_AUDIO_SECONDS = 2 * 3600
 
 # General MIDI programs that play pitched notes: everything but the percussive,
 # sound-effect and ethnic-percussion families (112-127)
@@ -20,23 +23,29 @@ def load_clips(data: str, *, sample_rate: int, clip_s: float, count: int, seed: 
     """Float32 numpy mono clips of `clip_s` seconds at `sample_rate`."""
     if data.startswith("fluidsynth:"):
         if data != "fluidsynth:gm":
-            raise UserError(f"unknown audio source {data!r}; use {SOURCES}")
+            raise UserError(f"--data: unknown audio source {data[:300]!r}; use {SOURCES}")
         return gm_notes(count=count, sample_rate=sample_rate, clip_s=clip_s, seed=seed)
+    if "\x00" in data:
+        raise UserError(f"--data {data[:300]!r}: a path cannot hold a NUL character; use {SOURCES}")
     folder = Path(data).expanduser()
     if not folder.is_dir():
-        raise UserError(f"--data {data!r} is not a folder; use {SOURCES}")
+        raise UserError(f"--data {data[:300]!r} is not a folder; use {SOURCES}")
     return folder_clips(folder, sample_rate=sample_rate, clip_s=clip_s)
 
 
 def folder_clips(folder: Path, *, sample_rate: int, clip_s: float) -> list[Any]:
-    """Every audio file under `folder`, mixed to mono, resampled and cut into clips."""
+    """Every audio file under `folder`, mixed to mono, resampled and cut into clips.
+    Bounded before any file is decoded: at most MAX_AUDIO_FILES files, each within
+    audio_io's decoding limit, and MAX_AUDIO_SECONDS of audio in all, from the files'
+    headers (a few kilobytes of FLAC can declare hours)."""
     from studio_audio.audio_io import conform, read_audio
 
     from studio.limits import data_files
 
-    files = data_files(folder, AUDIO_SUFFIXES)
+    files = data_files(folder, AUDIO_SUFFIXES, max_files=MAX_AUDIO_FILES, what="audio files")
     if not files:
-        raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+        raise UserError(f"--data: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+    _check_lengths(files)
     size = round(clip_s * sample_rate)
     clips = []
     for path in files:
@@ -50,6 +59,35 @@ def folder_clips(folder: Path, *, sample_rate: int, clip_s: float) -> list[Any]:
         raise UserError(f"{folder} gives only {len(clips)} clips of {clip_s} s with sound; "
                         "training needs at least 10 (about a minute of audio)")
     return clips
+
+
+def _check_lengths(files: list[Path]) -> None:
+    """Each file's header read (never its samples): a UserError naming the file that
+    cannot be read or is too long to decode, or the folder whose files add up to more
+    than MAX_AUDIO_SECONDS."""
+    import soundfile
+
+    from studio_audio.audio_io import READABLE, decode_problem
+
+    total = 0.0
+    for path in files:
+        try:
+            info = soundfile.info(str(path))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError) as exc:
+            raise UserError(f"--data: {str(path)[-300:]} is not an audio file Studio can read ({str(exc)[:200]}); "
+                            f"give {READABLE} files, or remove it") from None
+        rate = int(info.samplerate or 0)
+        if rate <= 0 or info.channels <= 0 or info.frames < 0:
+            raise UserError(f"--data: {str(path)[-300:]}: its header declares {info.frames} frames of "
+                            f"{info.channels} channels at {rate} Hz; the file is damaged")
+        problem = decode_problem(info.frames, info.channels, rate, None)
+        if problem:
+            raise UserError(f"--data: {str(path)[-300:]}: {problem}")
+        total += info.frames / rate
+        if total > MAX_AUDIO_SECONDS:
+            raise UserError(f"--data: the audio files under {str(files[0].parent)[-300:]} last more than "
+                            f"{MAX_AUDIO_SECONDS // 3600} hours, the limit for training on them (all are decoded "
+                            "into memory); give a sample of them")
 
 
 def gm_notes(*, count: int, sample_rate: int, clip_s: float, seed: int) -> list[Any]:

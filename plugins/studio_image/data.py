@@ -38,6 +38,12 @@ MAX_CAPTION_BYTES = 64 * 1024
 # training run here holds, and 64 MiB is room for a million rows of long captions
 MAX_METADATA_BYTES = 64 * 1024 * 1024
 MAX_METADATA_LINES = 1_000_000
+# a folder's images, all decoded and shrunk into one tensor in memory: at most this many
+# files, each at most studio.sniff's input limit on disk, and the tensor at most
+# MAX_IMAGE_TENSOR_BYTES (100,000 RGB images at 64 x 64 are 4.9 GB, 680 at 1024 x 1024 are 8); checked
+# before any image is opened
+MAX_IMAGE_FILES = 100_000
+MAX_IMAGE_TENSOR_BYTES = 8 * 2**30
 # Debian's fonts-noto-color-emoji and unicode-data (the CLDR groups in emoji-test.txt)
 NOTO_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
@@ -75,13 +81,18 @@ def load_images(source: str, size: int, channels: int) -> ImageData:
         return _sklearn_digits(size, channels)
     if source in ("emoji:noto", "emoji:noto-outline"):
         return _emoji_noto(size, channels, outline=source.endswith("-outline"))
+    if "\x00" in source:
+        raise UserError(f"--data {source[:300]!r}: a path cannot hold a NUL character. Give a folder of images, or "
+                        "one of: " + ", ".join(SOURCES))
     if ":" in source and not Path(source).exists():
-        raise UserError(f"--data {source!r}: unknown source. Give a folder of images, or one of: "
+        raise UserError(f"--data {source[:300]!r}: unknown source. Give a folder of images, or one of: "
                         + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
     return _folder(Path(source), size, channels)
 
 
 def _to_tensor(pil_images, size: int, channels: int):
+    """(N, C, size, size) in [-1, 1]; each image squared to `size` (a no-op for those
+    _open_images already squared)."""
     import numpy as np
     import torch
 
@@ -117,25 +128,74 @@ def _folder(root: Path, size: int, channels: int) -> ImageData:
     if nested:  # the imagefolder layout with one metadata.jsonl a split: its splits are not classes
         raise UserError(f"--data {str(root)!r}: {nested[0].relative_to(root)} is one folder down; give the folder "
                         f"that holds {METADATA} as --data (e.g. --data {nested[0].parent})")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _class_folders(root)
     entries: list[tuple[Path, int]] = []
     if classes:
         for index, name in enumerate(classes):
-            entries += [(p, index) for p in data_files(root / name, IMAGE_SUFFIXES)]
+            entries += [(p, index) for p in _image_files(root / name, root, len(entries))]
     else:
-        entries = [(p, 0) for p in data_files(root, IMAGE_SUFFIXES)]
+        entries = [(p, 0) for p in _image_files(root, root, 0)]
     if not entries:
         raise UserError(f"--data {str(root)!r}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     found = _caption_files(root, [p for p, _ in entries])
     if found is not None:
         entries = [(p, label) for p, label in entries if p in found]
-    images = _open_images([p for p, _ in entries])
+    _check_count(root, len(entries), size, channels)
+    images = _open_images([p for p, _ in entries], size, channels)
     labels = torch.tensor([label for _, label in entries])
     captions = None if found is None else [found[p] for p, _ in entries]
     return ImageData(_to_tensor(images, size, channels), labels, classes, str(root), captions)
 
 
-def _open_images(paths: list[Path]) -> list:
+def _class_folders(root: Path) -> list[str]:
+    """The sub-folders of `root` that are classes: not hidden, and inside `root` (a linked
+    folder that leads elsewhere, to / or a home folder, is left out with a warning)."""
+    import os
+    import sys
+
+    fence = os.path.realpath(root)
+    classes, outside = [], []
+    try:
+        listing = sorted(root.iterdir())
+    except OSError as exc:
+        raise UserError(f"--data {str(root)!r}: the folder cannot be read ({exc.strerror or exc})") from None
+    for p in listing:
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        real = os.path.realpath(p)
+        if real != fence and real.startswith(fence.rstrip(os.sep) + os.sep):
+            classes.append(p.name)
+        else:
+            outside.append(f"{p.name} -> {real}")
+    if outside:
+        print(f"warning: --data: left out linked folders that lead outside {str(root)[-300:]}: {outside[0][-300:]}"
+              + (f" and {len(outside) - 1} more" if len(outside) > 1 else ""), file=sys.stderr)
+    return classes
+
+
+def _image_files(folder: Path, root: Path, already: int) -> list[Path]:
+    """The image files under `folder` (`root` or a class folder in it), within the limits."""
+    from studio.sniff import MAX_INPUT_BYTES
+
+    return data_files(folder, IMAGE_SUFFIXES, inside=root, max_files=max(1, MAX_IMAGE_FILES - already),
+                      max_file_bytes=MAX_INPUT_BYTES, what="images")
+
+
+def _check_count(root: Path, count: int, size: int, channels: int) -> None:
+    """Refuse, before any is opened, more images than the training tensor holds."""
+    if count > MAX_IMAGE_FILES:
+        raise UserError(f"--data {str(root)!r}: {count:,} images; training reads at most {MAX_IMAGE_FILES:,}. "
+                        "Give a smaller folder (or a sample of it)")
+    tensor = count * size * size * channels * 4
+    if tensor > MAX_IMAGE_TENSOR_BYTES:
+        raise UserError(f"--data {str(root)!r}: {count:,} images at {size} x {size} are {tensor / 2**30:,.1f} GiB in "
+                        f"memory for training; the limit is {MAX_IMAGE_TENSOR_BYTES // 2**30} GiB. Give fewer images "
+                        "or a smaller image size")
+
+
+def _open_images(paths: list[Path], size: int | None = None, channels: int = 3) -> list:
+    """The images at `paths`, each decoded then (with `size`) squared at once, so only one
+    full-size image is in memory at a time."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -149,11 +209,13 @@ def _open_images(paths: list[Path]) -> list:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as im:
                     im.load()
-                    images.append(im.copy())
+                    images.append(im.copy() if size is None else _square(im, size, channels))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise UserError(f"--data: {path} is too large to train on ({short(exc, 200)}); remove it or shrink it")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"--data: {path} is not a readable image ({exc}); remove it or fix it")
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise UserError(f"--data: {path} is not a readable image ({short(exc, 200)}); remove it or fix it")
+        except MemoryError:
+            raise UserError(f"--data: {path} does not fit in memory to decode; remove it or shrink it") from None
     return images
 
 
@@ -223,13 +285,14 @@ def _metadata_folder(root: Path, size: int, channels: int) -> ImageData:
     import torch
 
     rows = _read_metadata(root)
+    _check_count(root, len(rows), size, channels)
     listed = {image for image, _ in rows}
-    unlisted = [p for p in data_files(root, IMAGE_SUFFIXES) if p not in listed]
+    unlisted = [p for p in _image_files(root, root, 0) if p not in listed]
     if unlisted:
         shown = ", ".join(str(p.relative_to(root)) for p in unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
         warnings.warn(f"--data {str(root)!r}: left out {len(unlisted)} images that {METADATA} does not list ({shown}); "
                       f"add a line for each to train on them")
-    images = _open_images([image for image, _ in rows])
+    images = _open_images([image for image, _ in rows], size, channels)
     return ImageData(_to_tensor(images, size, channels), torch.zeros(len(rows), dtype=torch.long), [], str(root),
                      [caption for _, caption in rows])
 

@@ -11,6 +11,11 @@ from studio import UserError
 from studio_music.midi import MIDI_SUFFIXES, load_midi
 
 SOURCES = {"music21:bach": "the Bach works in music21's corpus (433 files, 371 chorales)"}
+# a folder's MIDI files are all encoded into token lists in memory (about a token a byte,
+# tens of bytes a token as Python ints): 32 MiB of MIDI is some 30,000 pieces of music.
+# Each file is also within studio.sniff's MIDI limits (2 MB, 10 million ticks).
+MAX_MIDI_FILES = 50_000
+MAX_MIDI_TOTAL_BYTES = 32 * 2**20
 
 
 def load_pieces(source: str) -> list[list[int]]:
@@ -19,15 +24,18 @@ def load_pieces(source: str) -> list[list[int]]:
 
     if source in SOURCES:
         return _music21_bach()
-    root = Path(source)
+    if "\x00" in source:
+        raise UserError(f"--data {source[:300]!r}: a path cannot hold a NUL character")
+    root = Path(source).expanduser()
     if not root.is_dir():
-        raise UserError(f"--data {source!r}: give a folder of MIDI files or one of: "
+        raise UserError(f"--data {source[:300]!r}: give a folder of MIDI files or one of: "
                         + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
     from studio.limits import data_files
 
-    files = data_files(root, MIDI_SUFFIXES)
+    files = data_files(root, MIDI_SUFFIXES, max_files=MAX_MIDI_FILES, max_total_bytes=MAX_MIDI_TOTAL_BYTES,
+                       what="MIDI files")
     if not files:
-        raise UserError(f"--data {source!r}: no .mid or .midi files found")
+        raise UserError(f"--data {source[:300]!r}: no .mid or .midi files found")
     pieces, skipped = [], []
     for path in files:
         try:

@@ -16,6 +16,9 @@ from studio import UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 OPENCLIPART = Path("/usr/share/openclipart/png")
 MAX_SIDE = 384
+# images of one domain, each kept at most MAX_SIDE a side in memory (5,000 are 2.2 GB);
+# the reference's horse2zebra has about 1,200 a domain
+MAX_DOMAIN_IMAGES = 5000
 SOURCES = "a folder with A/ and B/ (or trainA/ and trainB/) sub-folders of images, or photo2clipart"
 # colour photographs that load without a download (scikit-image's data and scikit-learn's two)
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -26,11 +29,13 @@ def load_domains(data: str, *, seed: int, max_b: int = 1000) -> tuple[list[Any],
     """(domain A images, domain B images) as RGB PIL images."""
     if data == "photo2clipart":
         return photos(), clipart(seed=seed, limit=max_b)
+    if "\x00" in data:
+        raise UserError(f"--data {data[:300]!r}: a path cannot hold a NUL character; use {SOURCES}")
     root = Path(data).expanduser()
     for a, b in (("A", "B"), ("trainA", "trainB")):
         if (root / a).is_dir() and (root / b).is_dir():
-            return _folder(root / a), _folder(root / b)
-    raise UserError(f"--data {data!r}: use {SOURCES}")
+            return _folder(root / a, root), _folder(root / b, root)
+    raise UserError(f"--data {data[:300]!r}: use {SOURCES}")
 
 
 def split_held_out(domain_a: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -40,7 +45,9 @@ def split_held_out(domain_a: list[Any]) -> tuple[list[Any], list[Any]]:
     return domain_a[:-held], domain_a[-held:]
 
 
-def _folder(folder: Path) -> list[Any]:
+def _folder(folder: Path, root: Path) -> list[Any]:
+    """The images of one domain (`folder`, inside the data folder `root`), each shrunk to
+    MAX_SIDE as it is read; at most MAX_DOMAIN_IMAGES of them, refused before any is opened."""
     import warnings
 
     from PIL import Image, UnidentifiedImageError
@@ -48,9 +55,12 @@ def _folder(folder: Path) -> list[Any]:
     from studio.limits import data_files
     from studio.weights import short
 
-    files = data_files(folder, IMAGE_SUFFIXES)
+    from studio.sniff import MAX_INPUT_BYTES
+
+    files = data_files(folder, IMAGE_SUFFIXES, inside=root, max_files=MAX_DOMAIN_IMAGES,
+                       max_file_bytes=MAX_INPUT_BYTES, what="images")
     if not files:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise UserError(f"--data: no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     images = []
     for path in files:
         try:
@@ -59,8 +69,10 @@ def _folder(folder: Path) -> list[Any]:
                 images.append(flatten(path))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise UserError(f"--data: {path} is too large to train on ({short(exc, 200)}); remove it or shrink it")
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise UserError(f"--data: {path} is not a readable image ({short(exc, 200)}); remove it or fix it")
+        except MemoryError:
+            raise UserError(f"--data: {path} does not fit in memory to decode; remove it or shrink it") from None
     return images
 
 
