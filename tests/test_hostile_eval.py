@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings  # the `test` extra
+from hypothesis import strategies as st
 
 from test_hostile import Case, check_case, midi, png, snapshot
 
@@ -461,3 +463,55 @@ SUBPROCESS = [
 @pytest.mark.parametrize("case", SUBPROCESS, ids=[c.id for c in SUBPROCESS])
 def test_hostile_eval_subprocess(case: Case, tmp_path: Path) -> None:
     check_case(case, tmp_path)
+
+
+# --- fuzzing: the metadata.jsonl and run-manifest readers answer anything with a UserError ---
+
+FUZZ = settings(max_examples=150, derandomize=True, database=None, deadline=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                        max_size=4), max_leaves=20)
+
+
+@FUZZ
+@given(lines=st.lists(st.one_of(
+    st.binary(max_size=40),
+    st.fixed_dictionaries({"file_name": JSON_VALUES, "label": JSON_VALUES}).map(lambda d: json.dumps(d).encode()),
+    JSON_VALUES.map(lambda v: json.dumps(v).encode())), max_size=6))
+def test_fuzzed_metadata_is_read_or_refused_by_line(tmp_path_factory, lines):
+    from studio.errors import UserError
+    from studio_eval.collect import _metadata_labels
+
+    root = tmp_path_factory.mktemp("meta")
+    (root / "metadata.jsonl").write_bytes(b"\n".join(lines))
+    try:
+        labels = _metadata_labels(root)
+    except UserError as exc:
+        assert "metadata.jsonl:" in str(exc), str(exc)
+    else:
+        assert labels is None or all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+
+
+@FUZZ
+@given(step=JSON_VALUES, item=st.dictionaries(
+    st.sampled_from(["name", "status", "params", "labels", "artifacts", "seed"]), JSON_VALUES, max_size=6))
+def test_fuzzed_run_manifests_are_read_or_refused_by_field(tmp_path_factory, step, item):
+    from studio.dataset import RunReader
+    from studio.errors import UserError
+
+    run = tmp_path_factory.mktemp("run")
+    for steps in ({"s": step}, {"s": {"items": [item]}}, {"s": {"items": [{**artifact_item(), **item}]}}):
+        (run / "manifest.json").write_text(json.dumps({"status": "done", "steps": steps}))
+        try:
+            reader = RunReader(run)
+            for step_id in reader.steps():
+                for index, entry in reader.finished_items(step_id):
+                    reader.param(step_id, index, entry, "class_label")
+                    reader.seed(step_id, index, entry)
+                    reader.name(step_id, index, entry)
+                    for port, artifact in reader.artifacts(step_id, index, entry).items():
+                        reader.artifact_file(step_id, index, port, artifact)
+        except UserError as exc:
+            assert "manifest.json" in str(exc), str(exc)
