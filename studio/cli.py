@@ -539,11 +539,12 @@ def plugins_list(as_json) -> None:
               help="Where to write studio-NAME/.")
 def plugins_new(name, where) -> None:
     """Write a ready plugin package: pyproject with the entry point, a generator
-    (image.NAME), tests using studio.testing, a README."""
-    from studio.scaffold import new_plugin
+    (image.NAME), tests using studio.testing, a README. NAME: lower-case words joined
+    by - or _ (acme-grain: the package studio-acme-grain, the generator image.acme_grain)."""
+    from studio.scaffold import new_plugin, plugin_names
 
     root = new_plugin(name, where)
-    echo(f"wrote {root}: its generator is image.{name}")
+    echo(f"wrote {root}: its generator is {plugin_names(name)['generator']}")
     echo(f"next: cd {root} && pip install -e '.[test]' && pytest")
 
 
