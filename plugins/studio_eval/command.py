@@ -122,10 +122,15 @@ def _model(value: str, option: str) -> str:
         return value
     if not value or "\0" in value or len(value) > 4096:
         raise UserError(f"{option} {_echo(value)}: give 'default' or a model directory")
-    path = Path(value).expanduser()
-    if not path.exists():
+    try:
+        path = Path(value).expanduser()
+        found = path.exists()
+        path = path.resolve()
+    except (OSError, RuntimeError) as exc:  # ~nobody/x, a name too long, a loop of links
+        raise UserError(f"{option} {_echo(value)}: cannot be used ({clip(str(exc), 200)}); give 'default' or a "
+                        "model directory") from None
+    if not found:
         raise UserError(f"{option} {_echo(value)}: no such directory; give 'default' or a model directory")
-    path = path.resolve()
     if option == "--features":  # the network's files, checked before anything is measured
         from studio_eval.features import network_problem
 
