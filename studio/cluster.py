@@ -123,7 +123,7 @@ PROBE_S = 5.0  # how long the reachability probe waits for a name lookup and a c
 ADDRESS_HELP = ("an address is HOST:PORT of the head (`ray start --head` prints it, e.g. 127.0.0.1:6379), "
                 "[IPv6]:PORT, ray://HOST:PORT for Ray Client, auto or local (see docs/scale-out.md)")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits only: str.isdigit() also takes "٨٠" and "²"
+_PORT = re.compile(r"0*[0-9]{1,5}")  # ASCII digits only: str.isdigit() also takes "٨٠" and "²"
 
 
 def resolve_address(given: Any, *, option: str = "--ray-address") -> tuple[str | None, str]:
