@@ -145,7 +145,7 @@ def data_files(root: Any, suffixes: Any, *, inside: Any = None, max_files: int =
                 continue
             if max_file_bytes is not None and info.st_size > max_file_bytes:
                 raise UserError(f"--data: {_shown(path)} is {_size(info.st_size)}; {what} are limited to "
-                                f"{_size(max_file_bytes)} each. Remove it or split it")
+                                f"{_size(max_file_bytes)} each. Remove it, or make it smaller")
             files.append((path, info.st_size))
             total += info.st_size
             if len(files) > max_files:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def load_checkpoint(trainer: Trainer) -> int:
                         f"({type(exc).__name__}: {str(exc)[:300]}); resume with the options it was started "
                         f"with, or {start_over}") from None
     if type(step) is not int or not 0 <= step <= MAX_STEPS:
-        raise UserError(f"--resume: {state_path} gives the step as {echo(step, 60)}, not a whole number from 0 to "
+        raise UserError(f"--resume: {state_path} gives the step as {_shown(step)}, not a whole number from 0 to "
                         f"{MAX_STEPS:,}: the file is damaged; {start_over}")
     return step
 
@@ -264,6 +265,14 @@ class TrainResult:
     seconds: float
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value for a message: echo's clipped repr, but never the repr of an integer past
+    Python's digit limit (that would raise)."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"{'-' if value < 0 else ''}a {value.bit_length():,}-bit number"
+    return echo(value, limit)
+
+
 def check_config(config: TrainConfig) -> None:
     """Every value of `config` that is not the trainer's own option (those are
     parse_options'), checked before anything loads: a UserError naming the option
@@ -274,7 +283,7 @@ def check_config(config: TrainConfig) -> None:
         if value is None and optional:
             return
         if type(value) is not int or not low <= value <= high:
-            raise UserError(f"{flag} {echo(value, 60)}: give a whole number from {low:,} to {high:,}")
+            raise UserError(f"{flag} {_shown(value)}: give a whole number from {low:,} to {high:,}")
 
     if not isinstance(config.data, str) or not config.data.strip() or "\x00" in config.data \
             or len(config.data) > 4096:
@@ -288,9 +297,9 @@ def check_config(config: TrainConfig) -> None:
     lr = config.lr
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
                            or not 0 < lr <= 1):
-        raise UserError(f"--lr {echo(lr, 60)}: give a number above 0 and at most 1 (e.g. 3e-4)")
-    if not isinstance(config.device, str) or not config.device or len(config.device) > 100:
-        raise UserError(f"--device {echo(config.device, 60)}: give auto, cpu, cuda or cuda:N")
+        raise UserError(f"--lr {_shown(lr)}: give a number above 0 and at most 1 (e.g. 3e-4)")
+    if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", config.device):
+        raise UserError(f"--device {echo(config.device, 60)}: give auto, cpu, cuda or cuda:N (N a device number)")
     if not isinstance(config.options, dict) or not all(isinstance(k, str) for k in config.options):
         raise UserError(f"--option: {echo(config.options, 100)}: give KEY=VALUE settings")
     if not isinstance(config.out, (str, os.PathLike)) or "\x00" in str(config.out) or not str(config.out):
