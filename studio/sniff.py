@@ -184,6 +184,10 @@ def _what(kind: str) -> str:
 def _image(path: Path, kind: str, cheap: bool = False) -> Sniffed:
     from PIL import Image
 
+    # counted first, cheaply: Pillow's open walks every chunk before the image data, and a
+    # million empty ones take it seconds
+    if kind == media.IMAGE and _png_chunk_count(path) > MAX_PNG_CHUNKS:
+        return Sniffed(kind, f"has more than {MAX_PNG_CHUNKS:,} chunks; a real PNG has a few hundred")
     try:
         with warnings.catch_warnings():  # the size is judged below, in Studio's words
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -202,9 +206,6 @@ def _image(path: Path, kind: str, cheap: bool = False) -> Sniffed:
     if cheap:  # the header's size is known; damage further in is the run's to find
         return Sniffed(kind, None, info, deferred=True)
     if kind == media.IMAGE:
-        chunks = _png_chunk_count(path)
-        if chunks > MAX_PNG_CHUNKS:
-            return Sniffed(kind, f"has more than {MAX_PNG_CHUNKS:,} chunks; a real PNG has a few hundred", info)
         with Image.open(path) as im:
             im.verify()  # walks every chunk and its checksum: finds truncation cheaply
         problem = _png_data_problem(path)  # the checksums can be right and the pixels still missing
