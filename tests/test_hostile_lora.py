@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 import time
 import zlib
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_hostile import BUDGET_S, SLACK_S, Case, _chunk, check_case, png
+from test_hostile import BUDGET_S, SLACK_S, Case, _chunk, _Pwn, check_case, png
 
 REPO = Path(__file__).resolve().parents[1]
 OUTLINE = REPO / "plugins/studio_image/weights/lora-outline/pytorch_lora_weights.safetensors"
@@ -280,6 +281,10 @@ LORA_PATH_CASES: list[tuple[str, Callable[[Path], None], str, tuple[str, ...]]] 
     ("a-nul-byte", lambda p: None, "style\x00.safetensors", ("not found",)),
     ("a-pickle", lambda p: (p / "style.ckpt").write_bytes(b"\x80\x04K\x01."), "style.ckpt",
      ("is a .ckpt file", "never a pickle")),
+    ("a-pickle-with-code", lambda p: (p / "style.pt").write_bytes(pickle.dumps(_Pwn(str(p / "pwned")))), "style.pt",
+     ("is a .pt file (its pickle would call posix.system)",)),
+    ("a-pickle-of-10-million-opcodes", lambda p: (p / "style.pt").write_bytes(b"\x80\x04" + b")0" * 5_000_000 + b"."),
+     "style.pt", ("is a .pt file",)),
 ]
 
 
@@ -289,6 +294,7 @@ def test_a_lora_path_that_is_not_a_lora_file_is_refused(name: str, make, given: 
     make(tmp_path)
     (tmp_path / "p.yaml").write_text(with_lora(given))
     refused_before_the_run(tmp_path, ("p.yaml:", "steps[0].with.loras"), expect)
+    assert not (tmp_path / "pwned").exists()
 
 
 # --- init images and masks ------------------------------------------------------------------

@@ -84,7 +84,7 @@ def checked(lora: Lora, path: Path) -> Lora:
         raise ValueError(f"{where} is {size / 2**30:.1f} GB; a LoRA file is megabytes (at most "
                          f"{MAX_LORA_BYTES // 2**30} GB here): is it a model's weights?")
     if path.suffix.lower() != ".safetensors":
-        code = pickled_code(path) if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt") else None
+        code = _pickled_code(path) if path.suffix.lower() in (".bin", ".pt", ".pth", ".ckpt") else None
         pickled = f" (its pickle would call {code})" if code else ""
         raise ValueError(f"{where} is a {path.suffix or 'suffix-less'} file{pickled}; Studio reads LoRA weights as "
                          ".safetensors only, never a pickle. Convert it where you trust it: "
@@ -100,6 +100,27 @@ def checked(lora: Lora, path: Path) -> Lora:
         raise ValueError(f"{where} has sha256 {digest}, not the {lora.sha256} the pipeline pins; it was replaced "
                          "or is another file")
     return lora.model_copy(update={"path": str(path.resolve()), "sha256": digest})
+
+
+MAX_PICKLE_SCANNED = 2**20  # bytes of pickle read to name the code it would call: the file is refused anyway
+
+
+def _pickled_code(path: Path) -> str | None:
+    """What a pickle given as a LoRA would call, for the message, when its pickle is small
+    enough to read at once (the file is refused either way; millions of opcodes would
+    take validate seconds)."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                sizes = [i.file_size for i in archive.infolist() if i.filename.endswith("data.pkl")]
+            small = bool(sizes) and sizes[0] <= MAX_PICKLE_SCANNED
+        else:
+            small = path.stat().st_size <= MAX_PICKLE_SCANNED
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return pickled_code(path) if small else None
 
 
 def nonfinite_problem(path: Path) -> str | None:
