@@ -16,8 +16,7 @@ from studio.sniff import MAX_IMAGE_PIXELS
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["MAX_CPU_PIXEL_STEPS", "MAX_DATA_DEPTH", "MAX_DATA_FILES", "MAX_SCAN_ENTRIES", "MAX_SCAN_SECONDS",
-           "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "colour", "colour_problem",
+__all__ = ["MAX_CPU_PIXEL_STEPS", "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "colour", "colour_problem",
            "cpu_budget_problem", "data_files", "on_cpu", "output_size_problem", "regular_file_problem"]
 
 # An image a step writes stays one Studio can read back as an input (the same limit).
