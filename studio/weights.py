@@ -32,7 +32,8 @@ from studio.modelpath import HUB_ID
 
 # the public API plugins may import (documented in docs/plugins.md)
 __all__ = ["components", "config", "file_sha256", "input_path", "load_pth", "loading", "local_path", "model_problem",
-           "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_problem", "safetensors_shapes",
+           "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_dtypes", "safetensors_layout",
+           "safetensors_problem", "safetensors_shapes",
            "short", "weights_fingerprint", "weights_problem"]
 
 MAX_CONFIG_BYTES = 4 * 2**20  # a model's JSON config is kilobytes; a larger one is not read

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from studio import Artifact, Generator, Params, UserError, batch_groups, check_finite, media, media_input, model_input
-from studio.errors import NonFiniteOutput
+from studio import (Artifact, Generator, NonFiniteOutput, Params, UserError, batch_groups, check_finite, media,
+                    media_input, model_input)
 from studio.weights import components, config, input_path, loading, local_path, read_config, refuse, weights_problem
 from studio.limits import cpu_budget_problem, on_cpu
 from studio_image.diffusion_inputs import (init_problem, keep_unmasked, output_size, prepared_image, prepared_mask,

@@ -26,7 +26,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.errors import clip
 from studio.weights import (file_sha256, pickled_code, safetensors_dtypes, safetensors_layout, safetensors_problem,
                             safetensors_shapes)
 
@@ -281,7 +280,7 @@ def activate(pipe: Any, loras: list[Lora], lora_scale: float, state: dict, on_lo
                 pipe.load_lora_weights(tensors, adapter_name=name)
             except Exception as exc:
                 from studio import UserError
-                from studio.weights import _out_of_memory, short
+                from studio.weights import short
 
                 if _out_of_memory(exc):
                     raise
@@ -301,7 +300,7 @@ def load_tensors(lora: Lora) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from studio import UserError
-    from studio.weights import _out_of_memory, short
+    from studio.weights import short
 
     try:
         tensors = load_file(lora.path)
@@ -316,6 +315,16 @@ def load_tensors(lora: Lora) -> dict[str, Any]:
                             f"{str(tensor.dtype).removeprefix('torch.')}): the file is damaged, or was saved from a "
                             "training run that diverged; use another LoRA file or train it again")
     return tensors
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Running out of memory is not the file's fault: it propagates (Studio halves the batch)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """A name from a user's file for a message: never thousands of characters."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _lora_layers(pipe: Any) -> dict[str, Any]:
