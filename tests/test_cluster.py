@@ -21,7 +21,8 @@ def artifact_hashes(run_dir: Path) -> dict[str, str]:
     """Every file a run made except its records (which name the run and the executor)."""
     return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.json", "gallery.html", "journal.jsonl", "errors.log")}
+            if p.is_file() and p.name not in ("manifest.json", "gallery.html", "journal.jsonl", "errors.log",
+                                              "ray.log")}
 
 
 def fake_host():
@@ -140,7 +141,14 @@ def test_without_ray_installed_the_error_says_what_to_install(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
-def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, monkeypatch):
+def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, monkeypatch, capfd):
+    """Ray's messages for the driver during the run ("(raylet) Task Worker.keep failed ...
+    killed by `ray.kill`" when a worker retires as a batch is sent) go to RUN/ray.log,
+    never to the terminal, where they were once read as the run folder; the run folder
+    is read from the run_done event, which nothing else can look like."""
+    import ray
+
+    import studio.cluster
     import studio.plugins
     from click.testing import CliRunner
 
@@ -149,11 +157,25 @@ def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, 
     monkeypatch.setattr(studio.plugins, "_default", fake_host())
     monkeypatch.chdir(tmp_path)
     write(tmp_path, SLEEPS)
-    result = CliRunner().invoke(cli, ["run", "p.yaml", "-q", "--executor", "ray"])
+    steps = studio.cluster.RayExecutor._run_steps
+    said = "a message from the cluster, as Ray prints it for the driver"
+
+    def run_steps_while_the_cluster_speaks(self):
+        worker = ray._private.worker.global_worker
+        ray._private.utils.push_error_to_driver(worker, "studio_test", said, job_id=worker.current_job_id)
+        assert wait_until(lambda: any(said in line for line in studio.cluster.OUTPUT.lines), 30)
+        steps(self)
+
+    monkeypatch.setattr(studio.cluster.RayExecutor, "_run_steps", run_steps_while_the_cluster_speaks)
+    result = CliRunner().invoke(cli, ["run", "p.yaml", "--json-events", "--executor", "ray"])
     assert result.exit_code == 0, result.output
-    run_dir = tmp_path / result.output.strip()
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # every line an event, nothing else
+    (done,) = [e for e in events if e["event"] == "run_done"]
+    run_dir = Path(done["run_dir"])
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["executor"]["name"] == "ray"
+    assert said in (run_dir / "ray.log").read_text()
+    assert said not in result.output and said not in "".join(capfd.readouterr())
 
 
 def test_an_address_where_nothing_answers_is_refused_at_once(tmp_path):
