@@ -309,7 +309,8 @@ def check_config(config: TrainConfig) -> None:
 def _links_leaving(out: Path) -> None:
     """A UserError when a link inside OUT (training/, a checkpoint, the samples, the weights,
     the model card: anything training writes, OUT_DEPTH levels down) leads outside OUT, a
-    dangling one included: writing through it would put the file elsewhere. The walk is a
+    dangling one included: writing through it would put the file elsewhere; or when a FIFO,
+    socket or device sits there (writing to it would block or go elsewhere). The walk is a
     loop that follows no link and looks at no more than MAX_OUT_ENTRIES entries."""
     real_out = os.path.realpath(out)
     if not os.path.isdir(real_out):
@@ -335,8 +336,12 @@ def _links_leaving(out: Path) -> None:
                     raise UserError(f"--out {out}: {entry.path} is a link to {target}, outside --out; training writes "
                                     "there (checkpoints, optimizer state, samples, weights) and would write outside "
                                     f"{out}. Remove the link, or give another --out")
-            elif depth < OUT_DEPTH and entry.is_dir(follow_symlinks=False):
-                pending.append((entry.path, depth + 1))
+            elif entry.is_dir(follow_symlinks=False):
+                if depth < OUT_DEPTH:
+                    pending.append((entry.path, depth + 1))
+            elif not entry.is_file(follow_symlinks=False):  # opening a FIFO to write would block
+                raise UserError(f"--out {out}: {entry.path} is not a regular file (a FIFO, socket or device); "
+                                "training writes plain files in --out. Remove it, or give another --out")
 
 
 def _check_out(out: Path, resume: bool) -> None:

@@ -334,6 +334,16 @@ def test_links_inside_out_that_lead_elsewhere_are_refused(where, dangling, resum
         assert (elsewhere / "theirs").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("where", ["training/log.jsonl", "training/clips.npy", "training/tokenizer/tokenizer.json"])
+def test_a_fifo_where_training_writes_is_refused_not_blocked_on(where, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "model"
+    (out / where).parent.mkdir(parents=True)
+    os.mkfifo(out / where)
+    (tmp_path / "corpus.txt").write_text("To be, or not to be: that is the question.\n" * 200, encoding="utf-8")
+    refused(studio(capsys, monkeypatch, "train", "text.gpt", "--data", tmp_path / "corpus.txt", "--out", out,
+                   "--steps", "2", "--device", "cpu", "--quiet"), str(out / where), "not a regular file")
+
+
 # --- flags and --option values -------------------------------------------------------------
 
 HUGE = "9" * 5000
