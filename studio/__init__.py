@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from studio.version import __version__
 
-# Modules whose `__all__` is public too: checkpoint guards, resource limits, content
-# sniffing, media types, training, and test helpers for plugin authors.
-PUBLIC_MODULES = ("limits", "media", "sniff", "testing", "training", "weights")
+# Modules whose `__all__` is public too: errors and the helpers that word them,
+# checkpoint guards, resource limits, content sniffing, media types, training, and test
+# helpers for plugin authors.
+PUBLIC_MODULES = ("errors", "limits", "media", "sniff", "testing", "training", "weights")
 
 # Every name is imported when first used, so `import studio` (which `python -m studio`
 # and every `studio.x` import start with) costs nothing: the command line stays fast and
@@ -38,7 +39,8 @@ _WHERE = {
     # the API pulls in the executor; plugins importing `studio` should not pay for it
     "load": "studio.api", "validate": "studio.api", "plan": "studio.api", "run": "studio.api",
     "Pipeline": "studio.api",
-    "record_evaluation": "studio.evaluations",
+    "record_evaluation": "studio.evaluations", "evaluation_problem": "studio.evaluations",
+    "RunReader": "studio.dataset",
     "Trainer": "studio.training", "TrainerOptions": "studio.training", "TrainConfig": "studio.training",
 }
 
@@ -58,4 +60,4 @@ def __getattr__(name: str):
 __all__ = ["Artifact", "Generator", "NonFiniteOutput", "Params", "PipelineError", "StepContext", "StudioError",
            "UserError", "Writer", "__version__", "batch_groups", "check_finite", "hookimpl", "media", "media_input",
            "model_input", "Trainer", "TrainerOptions", "TrainConfig", "load", "validate", "plan", "run", "Pipeline",
-           "record_evaluation"]
+           "record_evaluation", "evaluation_problem", "RunReader"]

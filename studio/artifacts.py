@@ -191,7 +191,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     """The provenance Studio embedded in a PNG, WAV or MIDI file, or None when it carries
     none. Bounded and regular files only (studio.reopen reads it); a file that is not
     one to read, or is damaged, is a UserError naming it."""
-    from studio.reopen import read_provenance_strict
+    from studio.provenance import read_provenance_strict
 
     return read_provenance_strict(path)
 

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+__all__ = ["NonFiniteOutput", "PipelineError", "StudioError", "UserError", "clip", "did_you_mean", "echo", "printable"]
+
 MAX_ECHO = 80  # characters of a user's value a message repeats
 
 

@@ -31,7 +31,7 @@ from studio.modelpath import HUB_ID
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["components", "config", "file_sha256", "input_path", "load_pth", "loading", "local_path", "model_problem",
+__all__ = ["MAX_CONFIG_BYTES", "components", "config", "file_sha256", "input_path", "load_pth", "loading", "local_path", "model_problem",
            "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_dtypes", "safetensors_layout",
            "safetensors_problem", "safetensors_shapes",
            "short", "weights_fingerprint", "weights_problem"]

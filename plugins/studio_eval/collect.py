@@ -99,7 +99,7 @@ def _source_folder(name: str) -> Path:
 
 
 def _from_run(run: Path, step: str | None, family: str | None) -> MediaSet:
-    from studio.dataset import RunReader
+    from studio import RunReader
 
     reader = RunReader(run)  # the manifest, read bounded; every field it gives is checked for its type
     steps = reader.steps()

@@ -43,7 +43,7 @@ def eval_command(source: Path, reference: Path | None, step: str | None, referen
     models = {"features": _model(features, "--features"), "lm": _model(lm, "--lm"), "vae": _model(vae, "--vae")}
     generated = collect(source, step=step)
     if generated.step:  # a run: its folder must take eval-STEP.json, known before the work
-        from studio.evaluations import evaluation_problem
+        from studio import evaluation_problem
 
         problem = evaluation_problem(source, generated.step)
         if problem:
@@ -105,13 +105,11 @@ def _write_json(path: Path, result: dict) -> None:
             f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        from studio.artifacts import os_error_text
-
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise UserError(f"--json {_shown(path)}: {os_error_text(exc, path)}") from None
+        raise UserError(f"--json {_shown(path)}: cannot be written ({exc.strerror or exc})") from None
 
 
 def _model(value: str, option: str) -> str:
