@@ -295,8 +295,12 @@ def check_config(config: TrainConfig) -> None:
     whole(config.checkpoint_every, "--checkpoint-every", 1, MAX_STEPS)
     whole(config.log_every, "log_every", 1, MAX_STEPS)
     lr = config.lr
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
-                           or not 0 < lr <= 1):
+    try:
+        lr_ok = lr is None or (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                               and math.isfinite(float(lr)) and 0 < lr <= 1)
+    except OverflowError:  # an int past a float's range
+        lr_ok = False
+    if not lr_ok:
         raise UserError(f"--lr {_shown(lr)}: give a number above 0 and at most 1 (e.g. 3e-4)")
     if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", config.device):
         raise UserError(f"--device {echo(config.device, 60)}: give auto, cpu, cuda or cuda:N (N a device number)")

@@ -374,7 +374,7 @@ def test_bad_flags_name_the_option(flags, where, tmp_path, capsys, monkeypatch):
 CONFIG_CASES = [
     ("steps", 0, "--steps"), ("steps", True, "--steps"), ("steps", 10**5000, "--steps"),
     ("batch_size", -1, "--batch-size"), ("lr", float("nan"), "--lr"), ("lr", float("inf"), "--lr"),
-    ("lr", 0.0, "--lr"), ("seed", 2**64, "--seed"), ("checkpoint_every", 0, "--checkpoint-every"),
+    ("lr", 0.0, "--lr"), ("lr", 10**5000, "--lr"), ("lr", "1e-3", "--lr"), ("seed", 2**64, "--seed"), ("checkpoint_every", 0, "--checkpoint-every"),
     ("data", "", "--data"), ("data", "a\x00b", "--data"), ("device", "cuda:", "--device"),
     ("options", {5: "x"}, "--option"),
 ]
