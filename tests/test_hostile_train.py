@@ -523,3 +523,45 @@ def test_plugins_new_refuses_names_that_cannot_be_a_module(name, tmp_path, capsy
                      "plugin name", "lower-case letters, digits and _ or - between words", within=3)
     assert "\x1b" not in output
     assert list(tmp_path.iterdir()) == []
+
+
+# --- what an earlier run left in OUT/training is read back as untrusted input -----------
+
+
+def test_damaged_saved_clips_are_made_again_not_trusted(tmp_path):
+    import numpy as np
+    from studio_audio.vae_train import _cached_clips
+
+    cache = tmp_path / "clips.npy"
+    assert _cached_clips(cache, 4, 100) is None  # none saved
+    np.save(cache, np.zeros((4, 100), np.float32))
+    assert _cached_clips(cache, 4, 100).shape == (4, 100)
+    for damaged in (b"not numpy", np.lib.format.MAGIC_PREFIX + b"\x01\x00garbage"):
+        cache.write_bytes(damaged)
+        assert _cached_clips(cache, 4, 100) is None
+    np.save(cache, np.array([{"a": 1}], dtype=object))  # a pickle: never loaded
+    assert _cached_clips(cache, 4, 100) is None
+    np.save(cache, np.zeros((4, 100), np.float64))  # another dtype, or too large for the options
+    assert _cached_clips(cache, 4, 100) is None
+    np.save(cache, np.zeros((8, 100), np.float32))
+    assert _cached_clips(cache, 4, 100) is None
+    cache.unlink()
+    os.mkfifo(cache)
+    assert _cached_clips(cache, 4, 100) is None  # not opened: it would block
+
+
+def test_a_damaged_saved_tokenizer_is_refused_in_words(tmp_path):
+    from studio import UserError
+    from studio_text.gpt_train import _saved_tokenizer
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot be loaded.*remove the training folder"):
+        _saved_tokenizer(folder, AutoTokenizer)
+    (folder / "tokenizer.json").unlink()
+    with open(folder / "tokenizer.json", "wb") as f:
+        f.truncate(65 * 2**20)  # sparse: refused by its size, never read
+    with pytest.raises(UserError, match="at most 64 MB"):
+        _saved_tokenizer(folder, AutoTokenizer)

@@ -96,9 +96,8 @@ class VAETrainer(Trainer):
         self.linear_magnitude = opts.linear_magnitude
         clip_s = opts.clip_s
         cache = self.config.out / "training" / "clips.npy"
-        if cache.is_file():  # synthesizing the data takes a while; a resumed run reuses it
-            clips = np.load(cache)
-        else:
+        clips = _cached_clips(cache, opts.clips, int(clip_s * self.sample_rate))
+        if clips is None:
             clips = np.stack(load_clips(self.config.data, sample_rate=self.sample_rate, clip_s=clip_s,
                                         count=opts.clips, seed=self.config.seed))
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -203,3 +202,28 @@ def reconstruction_metrics(vae, clips, sample_rate: int, mean_log_mel=None, batc
         out.pop("log_mel_l1_mean_spectrum")
     out["held_out_clips"] = n
     return out
+
+
+def _cached_clips(cache, count: int, samples: int):
+    """The clips an earlier run of this folder saved (synthesizing them takes a while; a
+    resumed run reuses them), or None to make them again: the file is untrusted like any
+    in OUT, so one that is not a plain file of the size these options give, or not a
+    float32 array of that shape, is ignored (the clips come from the seed: remade alike)."""
+    import os
+    import stat
+
+    import numpy as np
+
+    try:
+        st = os.lstat(cache)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > count * samples * 4 + 4096:
+        return None
+    try:
+        clips = np.load(cache, allow_pickle=False)
+    except (OSError, ValueError, EOFError, MemoryError):
+        return None
+    if clips.dtype != np.float32 or clips.ndim != 2 or clips.shape[1] > samples or not 0 < len(clips) <= count:
+        return None
+    return clips

@@ -69,7 +69,7 @@ class GPTTrainer(Trainer):
         train_docs = [d for d in docs if d not in held_out] or docs
         tok_dir = self.config.out / "training" / "tokenizer"
         if (tok_dir / "tokenizer.json").is_file():  # a resumed run keeps its vocabulary
-            self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+            self.tokenizer = _saved_tokenizer(tok_dir, AutoTokenizer)
         else:
             self.tokenizer = train_tokenizer([t for _, t in train_docs], opts.vocab_size)
             self.tokenizer.save_pretrained(tok_dir)
@@ -131,3 +131,25 @@ class GPTTrainer(Trainer):
         self.model.save_pretrained(out)  # config.json, generation_config.json, model.safetensors
         self.tokenizer.save_pretrained(out)  # tokenizer.json + tokenizer_config.json
         (out / "studio.json").write_text(json.dumps({"data": self.config.data, **self.docs}, indent=1))
+
+
+MAX_TOKENIZER_BYTES = 64 * 2**20  # a learnt BPE of up to 65,536 tokens is a few MB
+
+
+def _saved_tokenizer(folder, loader):
+    """The tokenizer an earlier run of this folder learnt (a resumed run must keep its
+    vocabulary), read as untrusted input: plain files of a bounded size, and whatever
+    fails to load is the user's damaged folder (exit 2), not a crash."""
+    import os
+    import stat
+
+    for name in os.listdir(folder):
+        st = os.lstat(folder / name)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_TOKENIZER_BYTES:
+            raise UserError(f"{folder / name}: not a plain file of at most {MAX_TOKENIZER_BYTES >> 20} MB, as the "
+                            "tokenizer an earlier run saved would be; remove the training folder to start over")
+    try:
+        return loader.from_pretrained(folder)
+    except Exception as exc:  # transformers raises many kinds on a damaged file
+        raise UserError(f"{folder}: the tokenizer an earlier run saved cannot be loaded ({str(exc)[:200]}); "
+                        "remove the training folder to start over") from None
