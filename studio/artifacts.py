@@ -38,13 +38,12 @@ def sha256_stream(f: BinaryIO) -> str:
 
 
 def temp_path_for(final: Path) -> Path:
-    """A fresh, empty regular file beside `final` to write into. Its name is predictable,
-    so whatever already has it (a crashed run's leftover, or a link planted to send the
-    write elsewhere) is removed first and the file is created exclusively, never opened
-    through a link."""
+    """The name beside `final` to write into, free. The name is predictable, so whatever
+    already has it (a crashed run's leftover, or a link planted there to send the write
+    elsewhere) is removed first: a writer then creates a new file, never one through a
+    link. (It is not created here: the step cache hard-links its file into this name.)"""
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
     return tmp
 
 

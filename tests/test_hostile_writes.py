@@ -40,13 +40,13 @@ def test_a_dangling_link_at_the_temporary_name_creates_nothing_elsewhere(tmp_pat
     assert final.read_bytes() == b"png"
 
 
-def test_the_temporary_file_is_new_and_regular(tmp_path):
+def test_the_temporary_name_is_free_whatever_held_it(tmp_path):
     final = tmp_path / "x.wav"
     stale = final.with_name(f".{final.name}.partial-{os.getpid()}")
     stale.write_bytes(b"a crashed run's half file")
-    tmp = temp_path_for(final)
-    assert tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_size == 0
-    tmp.unlink()
+    assert not os.path.lexists(temp_path_for(final))
+    stale.symlink_to(tmp_path / "elsewhere")
+    assert not os.path.lexists(temp_path_for(final))
 
 
 def test_a_failed_write_leaves_neither_file(tmp_path):
