@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -109,7 +110,9 @@ def _write_json(path: Path, result: dict) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise UserError(f"--json {_shown(path)}: cannot be written ({exc.strerror or exc})") from None
+        why = ("disk full: free space or give --json a path on another disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+               else f"cannot be written ({exc.strerror or exc})")
+        raise UserError(f"--json {_shown(path)}: {why}") from None
 
 
 def _model(value: str, option: str) -> str:
