@@ -65,7 +65,8 @@ def test_out_of_memory_anywhere_in_a_command_is_exit_2(monkeypatch, capsys):
     def hungry(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr(cli, "cli", hungry)
+    # where the command starts (the shared plugin host is left as it was)
+    monkeypatch.setattr(cli, "_host", hungry)
     with pytest.raises(SystemExit) as stopped:
         cli.main()
     assert stopped.value.code == 2
