@@ -75,3 +75,23 @@ def ray_cluster():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray.cluster_resources()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def example_run(tmp_path_factory):
+    """`example_run(path)`: the example pipeline at `path` run once on this machine for
+    the whole session. Several tests read the same run (that it finishes, what it made,
+    that Ray makes the same bytes): a run is a few seconds to a quarter of a minute, so
+    each is made once. Tests only read it."""
+    from studio import api
+    from studio.testing import make_host
+
+    made = {}
+
+    def run(path):
+        path = Path(path)
+        if path not in made:
+            made[path] = api.run(path, out=tmp_path_factory.mktemp(f"example-{path.stem}"), host=make_host())
+        return made[path]
+
+    return run

@@ -30,10 +30,9 @@ def fake_host():
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
-def test_an_example_pipeline_makes_the_same_bytes_on_ray_as_locally(path, tmp_path, ray_cluster):
-    host = make_host()
-    local = api.run(path, out=tmp_path / "local", host=host)
-    remote = api.run(path, out=tmp_path / "ray", host=host, executor="ray")
+def test_an_example_pipeline_makes_the_same_bytes_on_ray_as_locally(path, tmp_path, ray_cluster, example_run):
+    local = example_run(path)  # the run test_pipelines checks, made once
+    remote = api.run(path, out=tmp_path / "ray", host=make_host(), executor="ray")
     assert local.status == remote.status == "done", [r.error for r in remote.failed]
     assert artifact_hashes(remote.run_dir) == artifact_hashes(local.run_dir)
     manifest = json.loads(remote.manifest_path.read_text())

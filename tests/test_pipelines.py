@@ -12,14 +12,14 @@ PIPELINES = sorted((Path(__file__).resolve().parent.parent / "pipelines").glob("
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
-def test_example_pipeline_runs(path, tmp_path):
-    result = api.run(path, out=tmp_path, host=make_host())
+def test_example_pipeline_runs(path, example_run):
+    result = example_run(path)
     assert result.status == "done", [r.error for r in result.failed]
     assert result.artifacts()
 
 
-def test_showcase_turns_the_gpts_lines_into_images_and_a_prompt_x_seed_sheet(tmp_path):
-    result = api.run(PIPELINES[0].parent / "showcase.yaml", out=tmp_path, host=make_host())
+def test_showcase_turns_the_gpts_lines_into_images_and_a_prompt_x_seed_sheet(example_run):
+    result = example_run(PIPELINES[0].parent / "showcase.yaml")
     lines = [a.path.read_text() for a in result.artifacts("line")]
     drawn = result.step("drawn")
     assert len(drawn) == 6  # 3 lines x 2 seeds
@@ -29,10 +29,10 @@ def test_showcase_turns_the_gpts_lines_into_images_and_a_prompt_x_seed_sheet(tmp
     assert image.width > 2 * 96 and image.height > 6 * 96  # 2 seeds across, 6 prompts down
 
 
-def test_the_inpainting_example_repaints_only_the_top_half(tmp_path):
+def test_the_inpainting_example_repaints_only_the_top_half(example_run):
     import numpy as np
 
-    result = api.run(PIPELINES[0].parent / "inpaint.yaml", out=tmp_path, host=make_host())
+    result = example_run(PIPELINES[0].parent / "inpaint.yaml")
     assert result.status == "done", [r.error for r in result.failed]
     (apple,) = result.artifacts("apple")
     kept = np.asarray(Image.open(apple.path).convert("RGB"), dtype=np.int16)
@@ -45,10 +45,10 @@ def test_the_inpainting_example_repaints_only_the_top_half(tmp_path):
         assert np.abs(image[:14] - kept[:14]).mean() > 5
 
 
-def test_the_lora_example_starts_from_the_base_model_and_moves_away_with_the_scale(tmp_path):
+def test_the_lora_example_starts_from_the_base_model_and_moves_away_with_the_scale(tmp_path, example_run):
     import numpy as np
 
-    result = api.run(PIPELINES[0].parent / "lora-sweep.yaml", out=tmp_path, host=make_host())
+    result = example_run(PIPELINES[0].parent / "lora-sweep.yaml")
     assert result.status == "done", [r.error for r in result.failed]
     items = {(i.labels["lora_scale"], i.labels["prompt"]): i for i in result.step("outline")}
     plain = api.run(_single_step(tmp_path), out=tmp_path / "plain", host=make_host())
