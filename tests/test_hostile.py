@@ -306,6 +306,23 @@ def run_cli(argv: list[str], cwd: Path, *, timeout: float, as_limit: int) -> Res
     return Result(proc.returncode, output, seconds, rss_kb / 1024, timed_out)
 
 
+def cli_main(argv: list[Any], monkeypatch, capsys) -> tuple[int, str, float]:
+    """`studio ARGV` through studio.cli.main in this process, as the console script runs
+    it (errors become messages and exit codes): (exit code, stdout + stderr, seconds)."""
+    from studio.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["studio", *map(str, argv)])
+    start = time.monotonic()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    seconds = time.monotonic() - start
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err, seconds
+
+
 def make_files(root: Path, files: dict[str, Any]) -> None:
     for rel, content in files.items():
         path = root / rel

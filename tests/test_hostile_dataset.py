@@ -11,34 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from test_hostile import png, snapshot
+from test_hostile import cli_main, png, snapshot
 
 BUDGET_S = 5.0  # a refusal reads one small manifest; slack for a shared CI machine
 
 
 def main(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, float]:
     """`studio ARGV` through studio.cli.main in this process: (exit code, stdout + stderr, seconds)."""
-    from studio.cli import main as studio_main
-
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["studio", *argv])
     capsys.readouterr()
-    start = time.monotonic()
-    try:
-        studio_main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    seconds = time.monotonic() - start
-    out = capsys.readouterr()
-    return code, out.out + out.err, seconds
+    return cli_main(argv, monkeypatch, capsys)
 
 
 def item(name: str = "pics@seed=1", path: Any = "pics/0/image.png", **changes: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings  # the `test` extra
 from hypothesis import strategies as st
 
-from test_hostile import Case, check_case, midi, png, snapshot
+from test_hostile import cli_main, Case, check_case, midi, png, snapshot
 
 BUDGET_S = 5.0
 FEATURES = Path(__file__).resolve().parents[1] / "plugins/studio_eval/weights/features"
@@ -32,20 +31,9 @@ FEATURES = Path(__file__).resolve().parents[1] / "plugins/studio_eval/weights/fe
 
 def main(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, float]:
     """`studio ARGV` through studio.cli.main in this process: (exit code, output, seconds)."""
-    from studio.cli import main as studio_main
-
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["studio", *argv])
     capsys.readouterr()
-    start = time.monotonic()
-    try:
-        studio_main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    seconds = time.monotonic() - start
-    out = capsys.readouterr()
-    return code, out.out + out.err, seconds
+    return cli_main(argv, monkeypatch, capsys)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import studio.plugins
 from studio.cluster import PROBE_S, check_address
 from studio.errors import UserError
 from studio.testing import FakePlugin, make_host
+from test_hostile import cli_main
 
 REFUSED_S = 3.0  # a refusal of the address's form: no Ray, no network
 PROBED_S = PROBE_S + 3.0  # a probe of an address where nothing answers (bounded by PROBE_S)
@@ -139,18 +140,7 @@ def no_ray(monkeypatch):
 
 
 def studio_main(argv: list[str], monkeypatch, capsys) -> tuple[int, str, float]:
-    from studio.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["studio", *argv])
-    start = time.monotonic()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    seconds = time.monotonic() - start
-    out = capsys.readouterr()
-    return code, out.out + out.err, seconds
+    return cli_main(argv, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

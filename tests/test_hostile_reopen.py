@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from studio.cli import cli
 from studio.reopen import KEY
-from test_hostile import Case, check_case, midi, no_terminal_controls, png, wav
+from test_hostile import Case, make_files, check_case, midi, no_terminal_controls, png, wav
 
 BUDGET_S = 3.0  # in process, on a busy 2-core machine; each case takes well under a second
 OK_PIPELINE = {"name": "t", "steps": [{"id": "a", "uses": "image.title", "with": {"text": "hi", "width": 32,
@@ -304,18 +304,6 @@ def snapshot(root: Path) -> dict[str, int]:
     return out
 
 
-def make(root: Path, files: dict[str, Any]) -> None:
-    for rel, content in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, str):
-            path.write_bytes(content.encode("utf-8"))
-        elif isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            content(path, root)
-
-
 def invoke(argv: list[str]) -> tuple[int, str, float]:
     start = time.monotonic()
     result = CliRunner().invoke(cli, argv)
@@ -326,7 +314,7 @@ def invoke(argv: list[str]) -> tuple[int, str, float]:
 
 
 def check_refused(case: Reopen, command: str, root: Path) -> str:
-    make(root, case.files)
+    make_files(root, case.files)
     before = snapshot(root)
     target = str(root / case.target)
     out = root / "out.yaml"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from studio.errors import UserError
-from test_hostile import Case, check_case, midi, png, sparse, wav
+from test_hostile import cli_main, Case, check_case, midi, png, sparse, wav
 
 GB = 2**30
 
@@ -28,18 +28,7 @@ GB = 2**30
 def studio(capsys, monkeypatch, *args) -> tuple[int, str, float]:
     """(exit code, stdout + stderr, seconds) of `studio ARGS`, run as the console script
     runs it (studio.cli.main: errors become messages and exit codes)."""
-    from studio.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["studio", *map(str, args)])
-    start = time.monotonic()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    seconds = time.monotonic() - start
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err, seconds
+    return cli_main(args, monkeypatch, capsys)
 
 
 def refused(result: tuple[int, str, float], *where: str, within: float = 30.0) -> str:
