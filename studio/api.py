@@ -1,4 +1,5 @@
-"""The Python API the CLI is built on: load, validate, plan, run."""
+"""The Python API the CLI is built on: load, validate, plan, run. Its keyword arguments
+become the two option objects of studio.options, as the command line's flags do."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ from typing import Iterable
 from studio.errors import PipelineError
 from studio.events import Sink
 from studio.executor import Executor, RunResult
+from studio.options import PipelineOptions, RunOptions
 from studio.plan import Plan, build_plan
 from studio.plugins import Host, default_host
 from studio.runtime import Runtime
 from studio.spec import PipelineSpec
-from studio.validate import load_spec
+from studio.validate import check_pipeline
+
 
 @dataclass
 class Pipeline:
+    """A checked pipeline, ready to run: its spec, the plugins it runs with, and the plan
+    validation built (None: built when first asked for)."""
+
     spec: PipelineSpec
     host: Host
+    checked_plan: Plan | None = None
 
     def plan(self) -> Plan:
-        return build_plan(self.spec, self.host.registry)
+        if self.checked_plan is None:
+            self.checked_plan = build_plan(self.spec, self.host.registry)
+        return self.checked_plan
 
     def run(self, *, out: str | Path = "runs", use_cache: bool = True, events: Sink | None = None,
             runtime: Runtime | None = None, executor: str | None = None, ray_address: str | None = None,
@@ -30,15 +39,29 @@ class Pipeline:
         `executor:`; `ray_address` names the cluster (else RAY_ADDRESS, else a local one);
         `keep_workers`: seconds the cluster's workers wait, idle, for the next run (0: stop
         them when this run ends; default 300)."""
-        options = dict(out=Path(out), use_cache=use_cache, events=events, runtime=runtime)
-        if (executor or self.spec.executor) == "ray":
+        return self.run_with(RunOptions(out=Path(out), use_cache=use_cache, events=events, runtime=runtime,
+                                        executor=executor, ray_address=ray_address, keep_workers=keep_workers))
+
+    def run_with(self, options: RunOptions) -> RunResult:
+        """Run the plan with `options` (studio.options.RunOptions)."""
+        executor_options = dict(out=options.out, use_cache=options.use_cache, events=options.events,
+                                runtime=options.runtime_for(self.spec))
+        if options.executor_for(self.spec) == "ray":
             from studio.cluster import RayExecutor
 
-            if keep_workers is not None:
-                options["keep_workers"] = keep_workers
+            if options.keep_workers is not None:
+                executor_options["keep_workers"] = options.keep_workers
             return RayExecutor(self.host.registry, self.host.hooks, self.plan(), recipe=self.host.recipe,
-                               address=ray_address, **options).run()
-        return Executor(self.host.registry, self.host.hooks, self.plan(), **options).run()
+                               address=options.ray_address, **executor_options).run()
+        return Executor(self.host.registry, self.host.hooks, self.plan(), **executor_options).run()
+
+
+def load_with(path: str | Path, options: PipelineOptions, host: Host | None = None) -> Pipeline:
+    """Read and validate a pipeline with `options` (studio.options.PipelineOptions) over
+    it. Raises PipelineError listing every problem."""
+    host = host or default_host()
+    checked = check_pipeline(path, host.registry, options)
+    return Pipeline(checked.spec, host, checked.plan)
 
 
 def load(
@@ -55,10 +78,9 @@ def load(
     """Read and validate a pipeline. Raises PipelineError listing every problem.
     `overrides` are "STEP.PARAM=VALUE" strings, as `--set` takes them; `base_dir` is
     where relative input files are (default: the pipeline file's folder)."""
-    host = host or default_host()
-    spec = load_spec(path, host.registry, overrides=list(overrides), seed=seed, device=device, precision=precision,
-                     compile=compile, base_dir=None if base_dir is None else Path(base_dir))
-    return Pipeline(spec, host)
+    options = PipelineOptions(overrides=tuple(overrides), seed=seed, device=device, precision=precision,
+                              compile=compile, base_dir=None if base_dir is None else Path(base_dir))
+    return load_with(path, options, host)
 
 
 def validate(path: str | Path, *, host: Host | None = None) -> list:

@@ -24,11 +24,12 @@ from pydantic import ValidationError
 from studio import params as P
 from studio.errors import Issue
 from studio.generator import Artifact
-from studio.plan import Binding, FileInput, build_plan
+from studio.plan import Binding, FileInput
 from studio.refs import whole_ref
 from studio.sniff import sniff
 
 if TYPE_CHECKING:
+    from studio.plan import Plan
     from studio.registry import Registry
     from studio.spec import PipelineSpec, StepSpec
 
@@ -38,8 +39,10 @@ MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other
 TIME_BUDGET_S = 1.0
 
 
-def check_items(spec: PipelineSpec, registry: Registry) -> list[Issue]:
-    plan = build_plan(spec, registry)
+def check_items(plan: Plan, registry: Registry) -> list[Issue]:
+    """Every item of `plan` through its generator's validators (the first item of each
+    step always, the others while the time budget lasts); an issue per distinct problem."""
+    spec = plan.spec
     context = {"device": likely_device(spec.device), "base_dir": spec.base_dir}
     deadline = time.monotonic() + TIME_BUDGET_S
     outputs = {s.id: registry.generators[s.uses].outputs for s in spec.steps}

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from studio import params as P
 from studio.errors import Issue, UserError, clip, did_you_mean, echo
 from studio.generator import MAX_SEED, model_spec
+from studio.options import PipelineOptions
 from studio.refs import RefSyntaxError, find_refs, has_refs, whole_ref
 from studio.yamlfile import Locations, load_yaml
 
@@ -126,43 +127,48 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def read_spec(
-    path: str | Path,
-    registry: Registry,
-    *,
-    overrides: list[str] = (),
-    seed: int | None = None,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool | None = None,
-    base_dir: Path | None = None,
+    path: str | Path, registry: Registry, options: PipelineOptions | None = None
 ) -> tuple[PipelineSpec | None, list[Issue]]:
-    """Read a pipeline file with its command-line overrides and check it step by step
+    """Read a pipeline file with the caller's options over it and check it step by step
     (keys, generators, parameters, input files): the spec, or None when it cannot be
     built, and every issue found. The graph between steps is studio.plan's to check.
-    Relative input files resolve against `base_dir`, by default the file's folder (a
-    pipeline re-opened from an output names the folder it first ran from)."""
+    Relative input files resolve against `options.base_dir`, by default the file's
+    folder (a pipeline re-opened from an output names the folder it first ran from)."""
+    options = options or PipelineOptions()
     path = Path(path)
     text = read_pipeline_text(path)
     data, locs, issues = load_yaml(text, str(path))
     if issues and data is None:
         return None, issues
-    for name, value in (("seed", seed), ("device", device), ("precision", precision), ("compile", compile)):
-        if value is not None and isinstance(data, dict):
-            data[name] = value
-            locs.origins[(name,)] = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
-    if isinstance(data, dict) and isinstance(data.get("steps"), list):
-        issues += _apply_overrides(data, locs, overrides)
+    data = _with_options(data, locs, options, issues)
     from studio.sniff import check_budget
 
     with check_budget(INPUT_CHECK_BUDGET_S):  # input files: see _check_input_file
-        spec, more = build_spec(data, locs, registry, base_dir=base_dir or path.resolve().parent)
+        spec, more = build_spec(data, locs, registry, base_dir=options.base_dir or path.resolve().parent)
     issues += more
     if spec is not None:
         spec.source = path
     return spec, issues
 
 
-def _apply_overrides(data: dict, locs: Locations, overrides: list[str]) -> list[Issue]:
+def _with_options(data: Any, locs: Locations, options: PipelineOptions, issues: list[Issue]) -> Any:
+    """The pipeline as the options make it: a new mapping, the file's own left as parsed
+    (a YAML alias shares one mapping between places; only the place named changes).
+    Each value set here is located at the option that set it."""
+    if not isinstance(data, dict):
+        return data
+    resolved = {**data, **options.top_level()}
+    for name, value in options.top_level().items():
+        locs.origins[(name,)] = f"--{name}" if isinstance(value, bool) else f"--{name} {value}"
+    if isinstance(data.get("steps"), list):
+        resolved["steps"] = list(data["steps"])
+        issues += _apply_overrides(resolved["steps"], locs, options.overrides)
+    return resolved
+
+
+def _apply_overrides(steps: list, locs: Locations, overrides: tuple[str, ...]) -> list[Issue]:
+    """Set each `--set STEP.PARAM=VALUE` in `steps` (a copy of the file's list), copying
+    the step and its `with:` it changes."""
     issues = []
     for text in overrides:
         try:
@@ -170,15 +176,14 @@ def _apply_overrides(data: dict, locs: Locations, overrides: list[str]) -> list[
         except UserError as exc:
             issues.append(Issue(str(exc)))
             continue
-        for i, step in enumerate(data["steps"]):
+        for i, step in enumerate(steps):
             if isinstance(step, dict) and step.get("id") == step_id:
-                if not isinstance(step.get("with"), dict):
-                    step["with"] = {}
-                step["with"][param] = value
+                given = step.get("with")
+                steps[i] = {**step, "with": {**(given if isinstance(given, dict) else {}), param: value}}
                 locs.origins[("steps", i, "with", param)] = f"--set {clip(text)}"
                 break
         else:
-            ids = [str(s.get("id")) for s in data["steps"] if isinstance(s, dict)]
+            ids = [str(s.get("id")) for s in steps if isinstance(s, dict)]
             issues.append(Issue(
                 f"no step {echo(step_id)}.{did_you_mean(step_id, ids)} "
                 f"Steps: {clip(', '.join(ids), 400)}", f"--set {clip(text)}"))
@@ -188,16 +193,26 @@ def _apply_overrides(data: dict, locs: Locations, overrides: list[str]) -> list[
 def build_spec(
     data: Any, locs: Locations, registry: Registry, base_dir: Path
 ) -> tuple[PipelineSpec | None, list[Issue]]:
-    issues: list[Issue] = []
+    """A mapping read from YAML -> PipelineSpec, checked key by key: the spec (None when
+    it is not a mapping at all) and every issue found."""
     if data is None:
         return None, [Issue("the pipeline is empty; it needs at least `name:` and `steps:`", locs.file)]
     if not isinstance(data, dict):
         return None, [locs.issue((), f"a pipeline is a mapping with `name:` and `steps:`, "
                                      f"got a {type(data).__name__}")]
+    issues: list[Issue] = []
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             issues.append(locs.issue((key,), f"unknown key {key!r}.{did_you_mean(key, list(TOP_LEVEL_KEYS))} "
                                               f"Allowed: {', '.join(TOP_LEVEL_KEYS)}"))
+    settings = _top_level_settings(data, locs, issues)
+    steps = _build_steps(data.get("steps"), locs, registry, base_dir, issues)
+    spec = PipelineSpec(steps=steps, base_dir=base_dir, locations=locs, data=data, **settings)
+    return spec, issues
+
+
+def _top_level_settings(data: dict, locs: Locations, issues: list[Issue]) -> dict[str, Any]:
+    """name, seed, device, precision, compile, executor and description, each checked."""
     name = data.get("name")
     if name is None:
         issues.append(locs.issue(("name",), "missing `name:` (it names the run directory, e.g. name: cover-art)"))
@@ -231,8 +246,12 @@ def build_spec(
         issues.append(locs.issue(("description",), f"got {_kind(description)}; a description is text "
                                                    "(quote it, or use `|` for several lines)"))
         description = None
-    steps_data = data.get("steps")
-    steps: list[StepSpec] = []
+    return dict(name=name, seed=seed, device=device, precision=precision, compile=compile_all is True,
+                executor=executor, description=description)
+
+
+def _build_steps(steps_data: Any, locs: Locations, registry: Registry, base_dir: Path,
+                 issues: list[Issue]) -> list[StepSpec]:
     if steps_data is None:
         issues.append(locs.issue(("steps",), "missing `steps:`, a list of steps (each with `id:` and `uses:`)"))
     elif not isinstance(steps_data, list) or not steps_data:
@@ -242,16 +261,9 @@ def build_spec(
                                              "`sweep:` or `zip:` to make many items of one step"))
     else:
         first_line: dict[str, tuple[int, int | None]] = {}
-        for i, raw in enumerate(steps_data):
-            step = _build_step(i, raw, locs, registry, base_dir, first_line, issues)
-            if step is not None:
-                steps.append(step)
-    spec = PipelineSpec(
-        name=name, steps=steps, seed=seed, device=device, precision=precision,
-        compile=compile_all is True, executor=executor, description=description, base_dir=base_dir, locations=locs,
-        data=data,
-    )
-    return spec, issues
+        built = (_build_step(i, raw, locs, registry, base_dir, first_line, issues) for i, raw in enumerate(steps_data))
+        return [step for step in built if step is not None]
+    return []
 
 
 def _kind(value: Any) -> str:
@@ -263,6 +275,8 @@ def _kind(value: Any) -> str:
 
 
 def _build_step(i, raw, locs, registry, base_dir, first_line, issues) -> StepSpec | None:
+    """One entry of `steps:` -> StepSpec, or None when it has no usable id (every
+    problem is reported either way)."""
     at = ("steps", i)
     if not isinstance(raw, dict):
         issues.append(locs.issue(at, f"a step is a mapping with `id:` and `uses:`, got {_kind(raw)}"))
@@ -273,44 +287,10 @@ def _build_step(i, raw, locs, registry, base_dir, first_line, issues) -> StepSpe
         if key not in STEP_KEYS:
             issues.append(locs.issue(at + (key,), f"unknown key {key!r}.{did_you_mean(key, list(STEP_KEYS))} "
                                                   f"Allowed in a step: {', '.join(STEP_KEYS)}", label))
-    if step_id is None:
-        issues.append(locs.issue(at + ("id",), "missing `id:` (lower-case letters, digits, '_' and '-')"))
-    elif not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id):
-        issues.append(locs.issue(at + ("id",), f"step id {echo(step_id)} is not allowed: use 1-64 lower-case "
-                                               "letters, digits, '_' and '-' (it names a directory)"))
-    elif step_id in first_line:
-        first_index, first_at = first_line[step_id]
-        where = at + ("id",)
-        if locs.lines.get(where) == first_at:  # the same mapping again, through a YAML alias
-            where = at
-        issues.append(locs.issue(where, f"duplicate step id {step_id!r} (first defined at line {first_at}, "
-                                        f"steps[{first_index}]); ids must be unique", label))
-    else:
-        first_line[step_id] = (i, locs.lines.get(at + ("id",)))
+    _check_step_id(at, step_id, locs, first_line, issues)
     uses = raw.get("uses")
-    gen_cls = None
-    if uses is None:
-        issues.append(locs.issue(at + ("uses",), "missing `uses:`, the generator to run (see `studio plugins list`)", label))
-    elif not isinstance(uses, str) or len(uses) > 200:
-        issues.append(locs.issue(at + ("uses",), f"got {_kind(uses)}; `uses:` is the name of a registered "
-                                                 "generator, e.g. image.diffusion (see `studio plugins list`)", label))
-    else:
-        try:
-            gen_cls = registry.generator(str(uses))
-        except UserError as exc:
-            issues.append(locs.issue(at + ("uses",), str(exc), label))
-    sections = {}
-    sections_ok = True
-    for section in ("with", "sweep", "zip"):
-        value = raw.get(section)
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            sections_ok = False
-            issues.append(locs.issue(at + (section,), f"`{section}:` must be a mapping of parameter: value, "
-                                                      f"got {_kind(value)}", label))
-            value = {}
-        sections[section] = dict(value)  # a copy: resolved model paths do not rewrite the YAML as loaded
+    gen_cls = _generator_of(at, label, uses, locs, registry, issues)
+    sections, sections_ok = _sections(at, label, raw, locs, issues)
     if gen_cls is not None:
         _check_params(at, label, gen_cls, sections, locs, base_dir, issues, check_required=sections_ok)
     compile_step = raw.get("compile")
@@ -331,6 +311,58 @@ def _build_step(i, raw, locs, registry, base_dir, first_line, issues) -> StepSpe
         zipped = {}
     uses = uses if isinstance(uses, str) else ""  # reported above; "" names no generator
     return StepSpec(step_id, uses, sections["with"], sweep, zipped, description, i, compile_step)
+
+
+def _check_step_id(at, step_id, locs, first_line, issues) -> None:
+    """A step's `id:`: present, well formed and not taken; `first_line` records where
+    each id is first defined."""
+    if step_id is None:
+        issues.append(locs.issue(at + ("id",), "missing `id:` (lower-case letters, digits, '_' and '-')"))
+    elif not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id):
+        issues.append(locs.issue(at + ("id",), f"step id {echo(step_id)} is not allowed: use 1-64 lower-case "
+                                               "letters, digits, '_' and '-' (it names a directory)"))
+    elif step_id in first_line:
+        first_index, first_at = first_line[step_id]
+        where = at + ("id",)
+        if locs.lines.get(where) == first_at:  # the same mapping again, through a YAML alias
+            where = at
+        issues.append(locs.issue(where, f"duplicate step id {step_id!r} (first defined at line {first_at}, "
+                                        f"steps[{first_index}]); ids must be unique", step_id))
+    else:
+        first_line[step_id] = (at[1], locs.lines.get(at + ("id",)))
+
+
+def _generator_of(at, label, uses, locs, registry, issues):
+    """The generator class a step's `uses:` names, or None (reported)."""
+    if uses is None:
+        issues.append(locs.issue(at + ("uses",), "missing `uses:`, the generator to run (see `studio plugins list`)", label))
+    elif not isinstance(uses, str) or len(uses) > 200:
+        issues.append(locs.issue(at + ("uses",), f"got {_kind(uses)}; `uses:` is the name of a registered "
+                                                 "generator, e.g. image.diffusion (see `studio plugins list`)", label))
+    else:
+        try:
+            return registry.generator(str(uses))
+        except UserError as exc:
+            issues.append(locs.issue(at + ("uses",), str(exc), label))
+    return None
+
+
+def _sections(at, label, raw, locs, issues) -> tuple[dict[str, dict], bool]:
+    """A step's `with:`, `sweep:` and `zip:` as mappings (a missing or malformed one is
+    empty), and whether all three were mappings."""
+    sections = {}
+    sections_ok = True
+    for section in ("with", "sweep", "zip"):
+        value = raw.get(section)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            sections_ok = False
+            issues.append(locs.issue(at + (section,), f"`{section}:` must be a mapping of parameter: value, "
+                                                      f"got {_kind(value)}", label))
+            value = {}
+        sections[section] = dict(value)  # a copy: resolved model paths do not rewrite the YAML as loaded
+    return sections, sections_ok
 
 
 def _check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_required=True) -> None:
