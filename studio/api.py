@@ -3,9 +3,9 @@ become the two option objects of studio.options, as the command line's flags do.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from studio.errors import PipelineError
 from studio.events import Sink
@@ -44,8 +44,8 @@ class Pipeline:
 
     def run_with(self, options: RunOptions) -> RunResult:
         """Run the plan with `options` (studio.options.RunOptions)."""
-        executor_options = dict(out=options.out, use_cache=options.use_cache, events=options.events,
-                                runtime=options.runtime_for(self.spec))
+        executor_options = {"out": options.out, "use_cache": options.use_cache, "events": options.events,
+                            "runtime": options.runtime_for(self.spec)}
         if options.executor_for(self.spec) == "ray":
             from studio.cluster import RayExecutor
 

@@ -31,7 +31,7 @@ from studio.sniff import sniff
 if TYPE_CHECKING:
     from studio.plan import Plan
     from studio.registry import Registry
-    from studio.spec import PipelineSpec, StepSpec
+    from studio.spec import StepSpec
 
 MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other items
 # Validation answers in well under two seconds whatever a pipeline declares: items past
