@@ -44,9 +44,12 @@ class Pipeline:
 
     def run_with(self, options: RunOptions) -> RunResult:
         """Run the plan with `options` (studio.options.RunOptions)."""
+        runtime = options.runtime
+        if runtime is None and options.memory is not None:
+            runtime = Runtime(self.spec.device, self.spec.precision, options.memory)
         executor_options = {"out": options.out, "use_cache": options.use_cache, "events": options.events,
-                            "runtime": options.runtime_for(self.spec)}
-        if options.executor_for(self.spec) == "ray":
+                            "runtime": runtime}
+        if (options.executor or self.spec.executor) == "ray":
             from studio.cluster import RayExecutor
 
             if options.keep_workers is not None:

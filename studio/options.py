@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from studio.events import Sink
     from studio.runtime import ModelBudget, Runtime
-    from studio.spec import PipelineSpec
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class PipelineOptions:
             object.__setattr__(self, "base_dir", Path(self.base_dir))
 
     def top_level(self) -> dict[str, object]:
-        """The pipeline's top-level keys these options set, in the file's key order."""
+        """The top-level keys these options set (a key the file lacks goes after its own)."""
         values = {"seed": self.seed, "device": self.device, "precision": self.precision, "compile": self.compile}
         return {key: value for key, value in values.items() if value is not None}
 
@@ -62,15 +61,3 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-
-    def runtime_for(self, spec: PipelineSpec) -> Runtime | None:
-        """The runtime to run `spec` with: the one given, else one with the memory budget
-        given, else None (the executor makes the default one)."""
-        if self.runtime is not None or self.memory is None:
-            return self.runtime
-        from studio.runtime import Runtime
-
-        return Runtime(spec.device, spec.precision, self.memory)
-
-    def executor_for(self, spec: PipelineSpec) -> str:
-        return self.executor or spec.executor
