@@ -109,7 +109,7 @@ def test_a_node_with_other_versions_is_refused(tmp_path, ray_cluster, monkeypatc
         found = real(registry)
         return {**found, "plugins": {**found["plugins"], "fake": "9.9"}}
 
-    monkeypatch.setattr(studio.cluster, "versions", newer_driver)
+    monkeypatch.setattr(studio.cluster.scheduler, "versions", newer_driver)
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray")
     assert result.status == "failed"
     assert "runs other versions than the driver" in result.error
@@ -156,16 +156,16 @@ def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, 
     monkeypatch.setattr(studio.plugins, "_default", fake_host())
     monkeypatch.chdir(tmp_path)
     write(tmp_path, SLEEPS)
-    steps = studio.cluster.RayExecutor._run_steps
+    steps = studio.cluster.RayScheduler.run_steps
     said = "a message from the cluster, as Ray prints it for the driver"
 
-    def run_steps_while_the_cluster_speaks(self):
+    def run_steps_while_the_cluster_speaks(self, driver):
         worker = ray._private.worker.global_worker
         ray._private.utils.push_error_to_driver(worker, "studio_test", said, job_id=worker.current_job_id)
         assert wait_until(lambda: any(said in line for line in studio.cluster.OUTPUT.lines), 30)
-        steps(self)
+        steps(self, driver)
 
-    monkeypatch.setattr(studio.cluster.RayExecutor, "_run_steps", run_steps_while_the_cluster_speaks)
+    monkeypatch.setattr(studio.cluster.RayScheduler, "run_steps", run_steps_while_the_cluster_speaks)
     result = CliRunner().invoke(cli, ["run", "p.yaml", "--json-events", "--executor", "ray"])
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.splitlines()]  # every line an event, nothing else
@@ -257,16 +257,16 @@ def test_a_batch_sent_to_a_worker_that_just_retired_goes_to_a_new_one(tmp_path, 
 
     host = fake_host()
     assert api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray").status == "done"
-    adopt = studio.cluster.RayExecutor._adopt_workers
+    adopt = studio.cluster.pools.WorkerPools.adopt
     adopted = []
 
     def adopt_then_retire(self, ray_module):
         adopt(self, ray_module)
-        for slot in self.pools.all():  # as if each timer had fired just now
+        for slot in self.all():  # as if each timer had fired just now
             adopted.append(slot.actor)
             ray.kill(slot.actor, no_restart=True)
 
-    monkeypatch.setattr(studio.cluster.RayExecutor, "_adopt_workers", adopt_then_retire)
+    monkeypatch.setattr(studio.cluster.pools.WorkerPools, "adopt", adopt_then_retire)
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray", use_cache=False)
     assert adopted and result.status == "done", [r.error for r in result.failed]
     assert sorted(int(r.artifacts["text"].read_text()) for r in result.step("a")) == sorted(
@@ -276,12 +276,12 @@ def test_a_batch_sent_to_a_worker_that_just_retired_goes_to_a_new_one(tmp_path, 
 def test_idle_workers_of_another_setup_are_stopped_to_make_room(tmp_path, ray_cluster, monkeypatch):
     import studio.cluster
 
-    real = studio.cluster._setup_id
-    monkeypatch.setattr(studio.cluster, "_setup_id", lambda *a: "othersetup000000")
+    real = studio.cluster.pools.setup_id
+    monkeypatch.setattr(studio.cluster.pools, "setup_id", lambda *a: "othersetup000000")
     assert api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
                    use_cache=False).status == "done"
     assert any(n.startswith("worker/othersetup000000/") for n in named_workers())
-    monkeypatch.setattr(studio.cluster, "_setup_id", real)
+    monkeypatch.setattr(studio.cluster.pools, "setup_id", real)
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
                      use_cache=False)
     assert result.status == "done"

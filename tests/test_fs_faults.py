@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 import studio.plugins
 import studio.cache
-import studio.executor
+import studio.item_outputs
 import studio.manifest
 from studio.artifacts import sha256_file
 from studio.cache import ENTRY, DamagedEntry, StepCache
@@ -90,7 +90,7 @@ def invoke(tmp_path, monkeypatch):
 
 
 def test_a_full_disk_while_writing_an_artifact_stops_the_run_and_keeps_what_finished(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.executor, "atomic_write", fail_on_call(3, studio.executor.atomic_write))
+    monkeypatch.setattr(studio.item_outputs, "atomic_write", fail_on_call(3, studio.item_outputs.atomic_write))
     result = run_yaml(SWEEP, tmp_path)
     assert result.status == "failed"
     third = result.run_dir / "a@seed=3" / "image.png"
@@ -104,7 +104,7 @@ def test_a_full_disk_while_writing_an_artifact_stops_the_run_and_keeps_what_fini
 
 
 def test_a_full_disk_exits_2_with_the_path(invoke, monkeypatch, tmp_path):
-    monkeypatch.setattr(studio.executor, "atomic_write", fail_on_call(2, studio.executor.atomic_write))
+    monkeypatch.setattr(studio.item_outputs, "atomic_write", fail_on_call(2, studio.item_outputs.atomic_write))
     result = invoke("run", "p.yaml", "-q")
     assert result.exit_code == 2
     assert "Traceback" not in result.output
