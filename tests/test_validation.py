@@ -208,3 +208,30 @@ def test_overrides_are_validated_with_their_origin(host, write_yaml):
     ]
     spec = load_spec(path, host.registry, overrides=["a.size=12"])
     assert spec.step("a").with_ == {"size": 12}
+
+
+def test_overrides_change_the_step_named_not_the_yaml_it_shares(host, write_yaml):
+    """`--set` applies to a copy of the parsed pipeline: a `with:` mapping two steps share
+    through a YAML alias changes only in the step named, and the file's own values stay."""
+    path = write_yaml("name: x\nsteps:\n  - {id: a, uses: fake.image, with: &w {size: 4}}\n"
+                      "  - {id: b, uses: fake.image, with: *w}\n")
+    spec = load_spec(path, host.registry, overrides=["a.size=8"], seed=3)
+    assert spec.step("a").with_ == {"size": 8} and spec.step("b").with_ == {"size": 4}
+    assert spec.seed == 3 and spec.data["seed"] == 3  # the manifest records the pipeline as run
+    assert spec.data["steps"][0]["with"] == {"size": 8} and spec.data["steps"][1]["with"] == {"size": 4}
+
+
+def test_the_run_walks_the_plan_validation_built(host, write_yaml, tmp_path, monkeypatch):
+    from studio import api
+
+    path = write_yaml("name: x\nsteps:\n  - {id: a, uses: fake.image, sweep: {size: [4, 5]}}\n")
+    pipeline = api.load(path, host=host)
+    checked = pipeline.plan()
+    assert [i.name for i in checked.items] == ["a@size=4", "a@size=5"]
+
+    def built_again(*args, **kwargs):
+        raise AssertionError("the plan is built once, by validation")
+
+    monkeypatch.setattr("studio.api.build_plan", built_again)
+    assert pipeline.plan() is checked
+    assert pipeline.run(out=tmp_path / "runs").status == "done"

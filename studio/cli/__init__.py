@@ -63,6 +63,8 @@ def cli() -> None:
 
 
 def _add_commands() -> None:
+    """Studio's own commands onto the group (plugins add theirs in main()). The modules
+    import only click at their top: what a command needs loads when it runs."""
     from studio.cli import cache, pipeline, plugins, run, runs, train
 
     for command in (run.run, pipeline.validate, pipeline.plan, pipeline.export, runs.runs, runs.dataset,
