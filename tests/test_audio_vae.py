@@ -16,7 +16,7 @@ from studio.testing import run_yaml
 def tiny_oobleck(channels=1, rate=8000):
     from diffusers import AutoencoderOobleck
 
-    from studio_audio.vae import quiet_weight_norm
+    from studio_diffusers.oobleck import quiet_weight_norm
 
     torch.manual_seed(0)
     with quiet_weight_norm():
@@ -139,7 +139,7 @@ def test_inputs_are_resampled_and_remixed_to_the_model(tiny_vae, tmp_path):
 
 
 def test_conform_keeps_the_pitch_when_resampling():
-    from studio_audio.audio_io import conform
+    from studio_audio_io.reading import conform
 
     rate = 44100
     t = np.arange(rate) / rate

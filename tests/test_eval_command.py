@@ -51,7 +51,7 @@ def collapsed_folder(root: Path, source: Path, n: int = 100) -> Path:
 
 def test_two_samples_of_the_real_digits_are_close_and_a_collapsed_set_is_caught(real_digits, tmp_path):
     from studio_eval.collect import collect
-    from studio_eval.evaluate import evaluate
+    from studio_eval.measure import evaluate
 
     reference = collect(real_digits / "reference")
     assert reference.family() == "image" and sorted(set(reference.labels())) == [str(d) for d in range(10)]
@@ -142,7 +142,7 @@ def test_the_metrics_step_measures_a_sweep_and_the_manifest_and_gallery_show_it(
 
 def test_text_metrics_against_a_reference_folder(tmp_path):
     from studio_eval.collect import collect
-    from studio_eval.evaluate import evaluate
+    from studio_eval.measure import evaluate
 
     (tmp_path / "real").mkdir()
     (tmp_path / "made").mkdir()
@@ -171,7 +171,7 @@ def png_header(path, width, height):
 def test_inputs_too_large_to_measure_are_refused_by_name_before_they_are_decoded(real_digits, tmp_path):
     from studio.errors import UserError
     from studio_eval.collect import collect
-    from studio_eval.evaluate import evaluate
+    from studio_eval.measure import evaluate
 
     (tmp_path / "big").mkdir()
     for i in range(4):

@@ -39,12 +39,12 @@ def main(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, flo
 @pytest.fixture
 def no_evaluation(monkeypatch):
     """Measuring anything fails the test: each refusal here must come before the work."""
-    import studio_eval.evaluate
+    import studio_eval.measure
 
     def evaluate(*args, **kwargs):
         raise AssertionError("the evaluation ran before the input was refused")
 
-    monkeypatch.setattr(studio_eval.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(studio_eval.measure, "evaluate", evaluate)
 
 
 def refused(code: int, output: str, seconds: float, *where: str) -> None:
@@ -130,9 +130,9 @@ def test_json_is_checked_before_anything_is_measured(case, tmp_path, monkeypatch
 
 def test_a_failed_json_write_leaves_no_file(tmp_path, monkeypatch, capsys):
     """The evaluation ran; writing --json then fails (the folder went away): exit 2, no partial file."""
-    import studio_eval.evaluate
+    import studio_eval.measure
 
-    monkeypatch.setattr(studio_eval.evaluate, "evaluate", lambda *a, **k: {
+    monkeypatch.setattr(studio_eval.measure, "evaluate", lambda *a, **k: {
         "family": "image", "generated": "g", "reference": "r", "metrics": {"fid_studio_features": 1.0}, "note": ""})
     images(tmp_path / "set")
     (tmp_path / "out").mkdir()
@@ -234,7 +234,7 @@ def test_images_are_read_only_in_the_formats_their_names_say(tmp_path):
 
     from studio.errors import UserError
     from studio_eval.collect import Member
-    from studio_eval.evaluate import _small_images
+    from studio_eval.measure import _small_images
 
     Image.new("RGB", (8, 8)).save(tmp_path / "gif.png", format="GIF")
     Image.new("F", (8, 8)).save(tmp_path / "tiff.png", format="TIFF")
@@ -402,12 +402,12 @@ def test_a_midi_of_many_ticks_is_measured_at_a_coarser_resolution(tmp_path, monk
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:117] . "
                                                                  "DefaultCPUAllocator: can't allocate memory")])
 def test_running_out_of_memory_is_exit_2_with_what_to_lower(error, tmp_path, monkeypatch, capsys):
-    import studio_eval.evaluate
+    import studio_eval.measure
 
     def evaluate(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(studio_eval.evaluate, "evaluate", evaluate)
+    monkeypatch.setattr(studio_eval.measure, "evaluate", evaluate)
     images(tmp_path / "set")
     refused(*main(["eval", "set", "--against", "set", "--json", "out.json"], tmp_path, monkeypatch, capsys),
             "out of memory while measuring folder", "fewer or smaller files")

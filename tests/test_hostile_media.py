@@ -239,7 +239,7 @@ def heavy_instruments() -> bytes:
 def test_the_synthesizers_caps_are_checked_by_validate_as_the_run_counts_them(tmp_path, data, synthesizer, message):
     from studio_audio.render import fluidsynth_available, instrument_seconds_problem, render_cost_problem, \
         voice_seconds_problem
-    from studio_music.midi import load_midi
+    from studio_midi.reading import load_midi
 
     if synthesizer == "fluidsynth" and not fluidsynth_available():
         pytest.skip("no FluidSynth here")
@@ -350,7 +350,7 @@ def test_sniff_reads_midi_as_the_renderers_do():
     ending no later than sniff's length, and studio.sniff.midi_notes lists those notes."""
     import mido
     import pretty_midi
-    from studio_music.midi import MAX_TICKS
+    from studio_midi.reading import MAX_TICKS
 
     r = random.Random(20261124)
     accepted = 0

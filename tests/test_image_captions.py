@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from studio.errors import UserError
-from studio_image import data as image_data
-from studio_image.data import load_images
+from studio_imagedata import emoji as image_emoji
+from studio_imagedata import folders as image_folders
+from studio_imagedata.sources import load_images
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
 
@@ -97,7 +98,7 @@ def test_bad_caption_files_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="not a regular file"):
         load_images(str(tmp_path), 8, 3)
     (tmp_path / "a.txt").unlink()
-    (tmp_path / "a.txt").write_text("x" * (image_data.MAX_CAPTION_BYTES + 1), encoding="utf-8")
+    (tmp_path / "a.txt").write_text("x" * (image_folders.MAX_CAPTION_BYTES + 1), encoding="utf-8")
     with pytest.raises(UserError, match="caption file .*a.txt is over 64 KiB"):
         load_images(str(tmp_path), 8, 3)
 
@@ -179,10 +180,10 @@ def test_metadata_jsonl_is_read_within_bounds(tmp_path, monkeypatch):
     square(tmp_path / "a.png", "red")
     row = json.dumps({"file_name": "a.png", "text": "red"})
     metadata(tmp_path, raw=f"{row}\n" * 3)
-    monkeypatch.setattr(image_data, "MAX_METADATA_LINES", 2)
+    monkeypatch.setattr(image_folders, "MAX_METADATA_LINES", 2)
     with pytest.raises(UserError, match="metadata.jsonl has over 2 lines"):
         load_images(str(tmp_path), 8, 3)
-    monkeypatch.setattr(image_data, "MAX_METADATA_BYTES", 20)
+    monkeypatch.setattr(image_folders, "MAX_METADATA_BYTES", 20)
     with pytest.raises(UserError, match="metadata.jsonl is over .* MiB; split the data set"):
         load_images(str(tmp_path), 8, 3)
     monkeypatch.undo()
@@ -298,7 +299,7 @@ def test_emoji_noto_is_deterministic_at_any_size(emoji32):
 
 
 def test_emoji_noto_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(image_data, "NOTO_EMOJI", tmp_path / "NotoColorEmoji.ttf")
+    monkeypatch.setattr(image_emoji, "NOTO_EMOJI", tmp_path / "NotoColorEmoji.ttf")
     with pytest.raises(UserError, match="apt-get install fonts-noto-color-emoji unicode-data"):
         load_images("emoji:noto", 32, 3)
     monkeypatch.setitem(__import__("sys").modules, "emoji", None)

@@ -46,7 +46,7 @@ class AudioAugment(Generator):
         import torch
         import torchaudio.functional as AF
 
-        from studio_audio.audio_io import read_audio
+        from studio_audio_io.reading import read_audio
 
         samples, rate = read_audio(params.audio.path, params.max_input_s)
         audio = torch.as_tensor(samples[: int(params.max_input_s * rate)]).T.contiguous()  # (channels, frames)

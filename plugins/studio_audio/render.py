@@ -89,7 +89,7 @@ class AudioRender(Generator):
         @field_validator("midi")
         @classmethod
         def midi_is_playable(cls, value: Artifact) -> Artifact:
-            from studio_music.midi import check_midi_input
+            from studio_midi.reading import check_midi_input
 
             check_midi_input(value, MAX_SECONDS, "audio.render")
             return value
@@ -127,7 +127,7 @@ class AudioRender(Generator):
     def generate(self, params: Params, ctx) -> dict:
         import numpy as np
 
-        from studio_music.midi import load_midi
+        from studio_midi.reading import load_midi
 
         # measured before pretty_midi reads it: length, notes and last tick
         midi = load_midi(params.midi.path, max_seconds=MAX_SECONDS, what="audio.render")

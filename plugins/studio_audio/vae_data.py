@@ -36,9 +36,9 @@ def load_clips(data: str, *, sample_rate: int, clip_s: float, count: int, seed: 
 def folder_clips(folder: Path, *, sample_rate: int, clip_s: float) -> list[Any]:
     """Every audio file under `folder`, mixed to mono, resampled and cut into clips.
     Bounded before any file is decoded: at most MAX_AUDIO_FILES files, each within
-    audio_io's decoding limit, and MAX_AUDIO_SECONDS of audio in all, from the files'
+    studio_audio_io's decoding limit, and MAX_AUDIO_SECONDS of audio in all, from the files'
     headers (a few kilobytes of FLAC can declare hours)."""
-    from studio_audio.audio_io import conform, read_audio
+    from studio_audio_io.reading import conform, read_audio
 
     from studio.limits import data_files
 
@@ -67,7 +67,7 @@ def _check_lengths(files: list[Path]) -> None:
     than MAX_AUDIO_SECONDS."""
     import soundfile
 
-    from studio_audio.audio_io import READABLE, decode_problem
+    from studio_audio_io.reading import READABLE, decode_problem
 
     total = 0.0
     for path in files:

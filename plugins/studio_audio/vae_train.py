@@ -86,7 +86,7 @@ class VAETrainer(Trainer):
         import torch
         from diffusers import AutoencoderOobleck
 
-        from studio_audio.vae import quiet_weight_norm
+        from studio_diffusers.oobleck import quiet_weight_norm
         from studio_audio.vae_data import load_clips
 
         opts = self.options

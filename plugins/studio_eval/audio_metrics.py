@@ -21,7 +21,7 @@ def log_mel_frames(paths: list[Path]) -> Any:
     import torch
     import torchaudio
 
-    from studio_audio.audio_io import conform, read_audio
+    from studio_audio_io.reading import conform, read_audio
 
     mel = torchaudio.transforms.MelSpectrogram(sample_rate=MEL_RATE, n_fft=1024, hop_length=256, n_mels=64)
     frames = []
@@ -38,8 +38,8 @@ def vae_latent_frames(paths: list[Path], vae: Any) -> Any:
     """(frames, latent channels) latent means of every clip under `vae`."""
     import torch
 
-    from studio_audio.audio_io import conform, read_audio
-    from studio_audio.vae import encode
+    from studio_audio_io.reading import conform, read_audio
+    from studio_diffusers.oobleck import encode
 
     rate, channels = int(vae.config.sampling_rate), int(vae.config.audio_channels)
     frames = []

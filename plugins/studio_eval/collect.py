@@ -53,7 +53,7 @@ class MediaSet:
         return None if any(label is None for label in labels) else labels  # type: ignore[return-value]
 
 
-# image sets Studio can make without a folder (studio_image.data's sources), drawn at 16 x 16
+# image sets Studio can make without a folder (studio_imagedata's sources), drawn at 16 x 16
 SOURCES = ("sklearn:digits", "emoji:noto")
 
 
@@ -85,7 +85,7 @@ def _source_folder(name: str) -> Path:
 
     from PIL import Image
 
-    from studio_image.data import load_images
+    from studio_imagedata.sources import load_images
 
     data = load_images(name, 16, 1 if name == "sklearn:digits" else 3)
     folder = Path(tempfile.mkdtemp(prefix=f"studio-{name.replace(':', '-')}-"))

@@ -37,7 +37,7 @@ def eval_command(source: Path, reference: Path | None, step: str | None, referen
     metrics. Text: perplexity, distinct-n, repetition. Audio: log-mel and audio-VAE
     Fréchet distances."""
     from studio_eval.collect import collect
-    from studio_eval.evaluate import evaluate, out_of_memory
+    from studio_eval.measure import evaluate, out_of_memory
 
     if json_out is not None:
         json_out = _json_target(json_out)  # checked before anything is measured

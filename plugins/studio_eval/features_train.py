@@ -36,7 +36,7 @@ class FeatureTrainer(Trainer):
         from torchvision.transforms import v2
 
         from studio_eval.features import SIZE, build
-        from studio_image.data import load_images
+        from studio_imagedata.sources import load_images
 
         sources = [s for s in self.config.data.split("+") if s]
         if not sources:

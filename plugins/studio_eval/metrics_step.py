@@ -82,7 +82,7 @@ class Metrics(Generator):
 
     def generate(self, params: Params, ctx) -> dict:
         from studio_eval.collect import MEDIA_FAMILY, MediaSet, Member, collect
-        from studio_eval.evaluate import evaluate
+        from studio_eval.measure import evaluate
 
         families = {MEDIA_FAMILY.get(a.media_type) for a in params.items}
         if None in families or len(families) != 1:

@@ -130,9 +130,9 @@ class ImageGAN(Generator):
             images = torch.cat([model(part.to(param.device, param.dtype)).float()
                                 for part in stacked.split(chunk)])
         check_finite(images, f"image.gan output ({params[0].model}, {param.dtype})")
-        from studio_image.diffusion import _to_pil
+        from studio_imagedata.images import to_pil
 
-        pil = _to_pil(images)
+        pil = to_pil(images)
         out, at = [], 0
         for n in counts:
             out.append({"image": _strip(pil[at:at + n])})

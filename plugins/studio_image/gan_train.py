@@ -45,7 +45,7 @@ class GANTrainer(Trainer):
     def setup(self) -> None:
         import torch
 
-        from studio_image.data import load_images
+        from studio_imagedata.sources import load_images
         from studio_image.gan_network import DCDiscriminator, DCGenerator, GANConfig
 
         self.gan_config = GANConfig(image_size=self.options.size, channels=self.options.channels,

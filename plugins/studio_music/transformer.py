@@ -66,7 +66,7 @@ class MusicTransformer(Generator):
         @field_validator("primer")
         @classmethod
         def primer_is_readable(cls, value: Artifact | None) -> Artifact | None:
-            from studio_music.midi import check_midi_input
+            from studio_midi.reading import check_midi_input
 
             check_midi_input(value)  # notes, and a last tick pretty_midi can hold
             return value
@@ -89,7 +89,7 @@ class MusicTransformer(Generator):
                                                         use_safetensors=True, local_files_only=True)
 
     def generate(self, params: Params, ctx) -> dict:
-        from studio_music.midi import load_midi
+        from studio_midi.reading import load_midi
         from studio_music.events import BOS, decode, duration_of, encode_notes, notes_of, tail_notes
         from studio_music.transformer_network import sample
 

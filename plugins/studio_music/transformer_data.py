@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from studio import UserError
-from studio_music.midi import MIDI_SUFFIXES, load_midi
+from studio_midi.reading import MIDI_SUFFIXES, load_midi
 
 SOURCES = {"music21:bach": "the Bach works in music21's corpus (433 files, 371 chorales)"}
 # a folder's MIDI files are all encoded into token lists in memory (about a token a byte,

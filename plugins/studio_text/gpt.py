@@ -8,30 +8,18 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from studio import Generator, Params, UserError, batch_groups, media, model_input
-from studio.weights import config, loading, local_path, refuse, weights_problem
+from studio.weights import config, local_path, weights_problem
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "gpt"
 CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length")
-LOAD_FIX = ("Give 'default', a directory with config.json, .safetensors weights and tokenizer files (as "
-            "save_pretrained writes them), or a hub id in your Hugging Face cache")
 
 
 def load_model(model: str) -> dict[str, Any]:
-    """{"model": causal LM, "tokenizer": its tokenizer} from 'default', a directory
-    (config.json + weights + tokenizer files, as save_pretrained writes) or a hub id in
-    the local cache. Never downloads, never reads a pickle, never runs a model's own code."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """{"model": causal LM, "tokenizer": its tokenizer} from 'default' (the embedded
+    model), a directory or a hub id in the local cache (studio_lm.loading's rules)."""
+    from studio_lm.loading import load_causal_lm
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    root = local_path(model, DEFAULT_WEIGHTS)
-    refuse(model, root)
-    path = str(root) if root is not None else model
-    with loading(model, "a causal language model", LOAD_FIX):
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True)
-    return {"model": lm, "tokenizer": tokenizer}
+    return load_causal_lm(model, DEFAULT_WEIGHTS)
 
 
 def context_of(data: dict[str, Any]) -> int | None:

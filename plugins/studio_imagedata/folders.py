@@ -1,5 +1,5 @@
-"""Image training data: a folder of images (sub-folders are classes, captions beside the
-images or in a metadata.jsonl), or a named source that installs from a package registry.
+"""Image training data from a folder: sub-folders are classes, captions beside the images
+or in a metadata.jsonl.
 
 Captioned folders, the two conventions people use, are found without being asked for:
 - a caption file beside each image, `cat.png` + `cat.txt` (kohya/sd-scripts, EveryDream);
@@ -12,24 +12,12 @@ trainer given the same folder keeps training on labels, not on words it never as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from studio import UserError
 from studio.limits import data_files
+from studio_imagedata.images import IMAGE_SUFFIXES, ImageData, square, to_tensor
 
-if TYPE_CHECKING:
-    import torch
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
-SOURCES = {
-    "sklearn:digits": "scikit-learn's 1,797 handwritten digits (8x8, 10 classes), upscaled",
-    "emoji:noto": "the ~3,800 Noto Color Emoji glyphs on white, captioned with their CLDR names, "
-                  "classes the CLDR groups (apt-get install fonts-noto-color-emoji unicode-data)",
-    "emoji:noto-outline": "the same glyphs and captions drawn as black outlines on white: a style to train "
-                          "a LoRA on (studio train image.diffusion --option lora_rank=8)",
-}
 CAPTION_SUFFIX = ".txt"
 METADATA = "metadata.jsonl"
 # a caption is a sentence or a tag list; a bigger .txt beside an image is something else
@@ -44,84 +32,13 @@ MAX_METADATA_LINES = 1_000_000
 # before any image is opened
 MAX_IMAGE_FILES = 100_000
 MAX_IMAGE_TENSOR_BYTES = 8 * 2**30
-# Debian's fonts-noto-color-emoji and unicode-data (the CLDR groups in emoji-test.txt)
-NOTO_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
-INSTALL_EMOJI = "apt-get install fonts-noto-color-emoji unicode-data (as root: scripts/install-system-packages)"
 
 
-@dataclass
-class ImageData:
-    images: torch.Tensor  # (N, C, H, W) in [-1, 1]
-    labels: torch.Tensor  # (N,) class indices (all 0 when there are no classes)
-    classes: list[str]  # empty: unconditional
-    source: str
-    captions: list[str] | None = None  # one per image; None: the data has no captions
-    # other captions that also fit image i (emoji:noto: its aliases, "heart" for "red heart"),
-    # for a trainer that varies the caption; None where the data has none
-    alt_captions: list[list[str]] | None = None
-
-    def split(self, held_out: float = 0.1, seed: int = 0) -> tuple[ImageData, ImageData]:
-        """A fixed train / held-out split."""
-        import torch
-
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
-        n = max(1, int(len(order) * held_out))
-        return self._take(order[n:]), self._take(order[:n])
-
-    def _take(self, index: torch.Tensor) -> ImageData:
-        rows = index.tolist()
-        return ImageData(self.images[index], self.labels[index], self.classes, self.source,
-                         None if self.captions is None else [self.captions[i] for i in rows],
-                         None if self.alt_captions is None else [self.alt_captions[i] for i in rows])
-
-
-def load_images(source: str, size: int, channels: int) -> ImageData:
-    if source == "sklearn:digits":
-        return _sklearn_digits(size, channels)
-    if source in ("emoji:noto", "emoji:noto-outline"):
-        return _emoji_noto(size, channels, outline=source.endswith("-outline"))
-    if "\x00" in source:
-        raise UserError(f"--data {source[:300]!r}: a path cannot hold a NUL character. Give a folder of images, or "
-                        "one of: " + ", ".join(SOURCES))
-    if ":" in source and not Path(source).exists():
-        raise UserError(f"--data {source[:300]!r}: unknown source. Give a folder of images, or one of: "
-                        + ", ".join(f"{k} ({v})" for k, v in SOURCES.items()))
-    return _folder(Path(source), size, channels)
-
-
-def _to_tensor(pil_images, size: int, channels: int):
-    """(N, C, size, size) in [-1, 1]; each image squared to `size` (a no-op for those
-    _open_images already squared)."""
-    import numpy as np
+def image_folder(root: Path, size: int, channels: int) -> ImageData:
+    """The images of the folder `root` (which exists): a metadata.jsonl's rows, or its
+    class sub-folders (none: one class), with the captions beside the images if any."""
     import torch
 
-    arrays = []
-    for im in pil_images:
-        arrays.append(np.asarray(_square(im, size, channels), dtype=np.float32))
-    x = torch.from_numpy(np.stack(arrays))
-    x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)
-    return x / 127.5 - 1.0
-
-
-def _square(im, size: int, channels: int):
-    """Composite transparency on white, centre-crop to a square, resize."""
-    from PIL import Image, ImageOps
-
-    if im.mode in ("RGBA", "LA", "P"):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, "white")
-        im = Image.alpha_composite(background, im)
-    im = im.convert("L" if channels == 1 else "RGB")
-    return ImageOps.fit(im, (size, size), Image.Resampling.LANCZOS)
-
-
-def _folder(root: Path, size: int, channels: int) -> ImageData:
-    import torch
-
-    if not root.is_dir():
-        raise UserError(f"--data {str(root)!r}: no such folder. Give a folder of images "
-                        "(sub-folders become classes) or one of: " + ", ".join(SOURCES))
     if (root / METADATA).exists() or (root / METADATA).is_symlink():
         return _metadata_folder(root, size, channels)
     nested = sorted(root.glob(f"*/{METADATA}"))
@@ -141,10 +58,10 @@ def _folder(root: Path, size: int, channels: int) -> ImageData:
     if found is not None:
         entries = [(p, label) for p, label in entries if p in found]
     _check_count(root, len(entries), size, channels)
-    images = _open_images([p for p, _ in entries], size, channels)
+    images = open_images([p for p, _ in entries], size, channels)
     labels = torch.tensor([label for _, label in entries])
     captions = None if found is None else [found[p] for p, _ in entries]
-    return ImageData(_to_tensor(images, size, channels), labels, classes, str(root), captions)
+    return ImageData(to_tensor(images, size, channels), labels, classes, str(root), captions)
 
 
 def _class_folders(root: Path) -> list[str]:
@@ -193,7 +110,7 @@ def _check_count(root: Path, count: int, size: int, channels: int) -> None:
                         "or a smaller image size")
 
 
-def _open_images(paths: list[Path], size: int | None = None, channels: int = 3) -> list:
+def open_images(paths: list[Path], size: int | None = None, channels: int = 3) -> list:
     """The images at `paths`, each decoded then (with `size`) squared at once, so only one
     full-size image is in memory at a time."""
     import warnings
@@ -209,7 +126,7 @@ def _open_images(paths: list[Path], size: int | None = None, channels: int = 3) 
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as im:
                     im.load()
-                    images.append(im.copy() if size is None else _square(im, size, channels))
+                    images.append(im.copy() if size is None else square(im, size, channels))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise UserError(f"--data: {path} is too large to train on ({short(exc, 200)}); remove it or shrink it")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -292,8 +209,8 @@ def _metadata_folder(root: Path, size: int, channels: int) -> ImageData:
         shown = ", ".join(str(p.relative_to(root)) for p in unlisted[:5]) + (", ..." if len(unlisted) > 5 else "")
         warnings.warn(f"--data {str(root)!r}: left out {len(unlisted)} images that {METADATA} does not list ({shown}); "
                       f"add a line for each to train on them")
-    images = _open_images([image for image, _ in rows], size, channels)
-    return ImageData(_to_tensor(images, size, channels), torch.zeros(len(rows), dtype=torch.long), [], str(root),
+    images = open_images([image for image, _ in rows], size, channels)
+    return ImageData(to_tensor(images, size, channels), torch.zeros(len(rows), dtype=torch.long), [], str(root),
                      [caption for _, caption in rows])
 
 
@@ -375,167 +292,3 @@ def _listed_image(root: Path, name: str, where: str) -> Path:
     if problem:
         raise UserError(f"{where}: {problem}")
     return image
-
-
-def _sklearn_digits(size: int, channels: int) -> ImageData:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise UserError("--data sklearn:digits needs scikit-learn: pip install 'studio-media[train]'")
-    digits = load_digits()
-    # 0..16 ink on white paper: dark digits on a light ground, like ink
-    pil = [Image.fromarray((255 - img * 255 / 16).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
-           for img in digits.images]
-    return ImageData(_to_tensor(pil, size, channels), torch.from_numpy(digits.target).long(),
-                     [str(i) for i in range(10)], "sklearn:digits")
-
-
-# Emoji skin-tone modifiers U+1F3FB..U+1F3FF
-SKIN_TONES = "".join(chr(c) for c in range(0x1F3FB, 0x1F400))
-
-
-def _emoji_noto(size: int, channels: int, outline: bool = False) -> ImageData:
-    """Every emoji that Debian's Noto Color Emoji draws as one glyph, on white, in code-point
-    order, captioned with its CLDR short name from the `emoji` package ("red heart"); its
-    other names (the package's aliases, "heart") go to alt_captions rather than making
-    more copies of the image: a copy per alias would weigh the ~1,000 emoji that have one
-    twice or three times. Classes: the CLDR groups ("Smileys & Emotion", "Flags", ...).
-
-    Not cached: rendering the ~3,800 glyphs takes about 2 s, less than loading a cache of
-    them would save, and nothing can go stale."""
-    import torch
-    from PIL import Image, ImageDraw, ImageFont
-
-    try:
-        import emoji
-    except ImportError:
-        raise UserError("--data emoji:noto needs the emoji package (its CLDR names are the captions): "
-                        "pip install 'studio-media[train]'")
-    if not NOTO_EMOJI.is_file():
-        raise UserError(f"--data emoji:noto needs Debian's Noto Color Emoji font ({NOTO_EMOJI} is missing): "
-                        + INSTALL_EMOJI)
-    groups = _emoji_groups()
-    # a bitmap (CBDT) font: FreeType loads it only at the size of its one strike, 109
-    font = ImageFont.truetype(str(NOTO_EMOJI), 109)
-    left, top, right, bottom = font.getbbox("\U0001F600")
-    cell = (right - left, bottom - top)  # 136 x 128: the glyphs lie in the middle 128 x 128
-    crop = ((cell[0] - cell[1]) // 2, 0, (cell[0] + cell[1]) // 2, cell[1])
-
-    def render(text: str):
-        im = Image.new("RGBA", cell, (0, 0, 0, 0))
-        ImageDraw.Draw(im).text((-left, -top), text, font=font, embedded_color=True)
-        return im
-
-    fully_qualified = emoji.STATUS["fully_qualified"]
-    images, captions, alt_captions, labels, classes = [], [], [], [], []
-    untoned: dict[str, bytes] = {}
-    for text in sorted(k for k, v in emoji.EMOJI_DATA.items() if v.get("status") == fully_qualified):
-        # a sequence the font has no glyph for is drawn as its parts side by side
-        if font.getlength(text) > 1.5 * cell[0]:
-            continue
-        im = render(text)
-        if im.getbbox() is None:  # a code point newer than the font: nothing drawn
-            continue
-        if any(c in SKIN_TONES for c in text):
-            # the font draws some toned sequences exactly like the untoned emoji (a
-            # snowboarder's face is hidden): the caption would name a tone the image lacks
-            base = "".join(c for c in text if c not in SKIN_TONES)
-            if base not in untoned:
-                untoned[base] = render(base).tobytes()
-            if untoned[base] == im.tobytes():
-                continue
-        group, subgroup = _emoji_group(text, groups)
-        if group is None:
-            continue
-        name, aliases = _emoji_names(emoji.EMOJI_DATA[text], subgroup)
-        if group not in classes:
-            classes.append(group)
-        glyph = im.crop(crop)
-        images.append(_square(_outline(glyph) if outline else glyph, size, channels))
-        captions.append(name)
-        alt_captions.append(aliases)
-        labels.append(classes.index(group))
-    # classes in CLDR order, whatever order the glyphs came in
-    order = [g for g in groups["order"] if g in classes]
-    labels = [order.index(classes[i]) for i in labels]
-    return ImageData(_to_tensor(images, size, channels), torch.tensor(labels), order,
-                     "emoji:noto-outline" if outline else "emoji:noto", captions, alt_captions)
-
-
-def _outline(glyph):
-    """A glyph as black lines on a clear ground: the edges of its shape and of its
-    colours, thickened so they survive the downscale to a few dozen pixels."""
-    from PIL import Image, ImageChops, ImageFilter
-
-    flat = Image.new("RGBA", glyph.size, (255, 255, 255, 255))
-    flat.alpha_composite(glyph)
-    edges = ImageChops.lighter(flat.convert("L").filter(ImageFilter.FIND_EDGES),
-                               glyph.getchannel("A").filter(ImageFilter.FIND_EDGES))
-    lines = edges.point(lambda v: 255 if v > 40 else 0).filter(ImageFilter.MaxFilter(5))
-    drawn = Image.new("RGBA", glyph.size, (0, 0, 0, 0))
-    drawn.putalpha(lines)
-    return drawn
-
-
-def _emoji_groups() -> dict:
-    """{sequence without U+FE0F: (CLDR group, subgroup)} from Unicode's emoji-test.txt, and
-    "order": the groups in CLDR order. The `emoji` package has the names but not the groups."""
-    if not EMOJI_TEST.is_file():
-        raise UserError(f"--data emoji:noto needs Unicode's emoji-test.txt for the emoji groups ({EMOJI_TEST} is "
-                        "missing): " + INSTALL_EMOJI)
-    found: dict = {"order": []}
-    group = subgroup = ""
-    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# group:"):
-            group = line.split(":", 1)[1].strip()
-            if group != "Component":  # skin-tone and hair swatches, not emoji people type
-                found["order"].append(group)
-        elif line.startswith("# subgroup:"):
-            subgroup = line.split(":", 1)[1].strip()
-        elif ";" in line and not line.startswith("#") and group != "Component":
-            try:
-                text = "".join(chr(int(h, 16)) for h in line.split(";")[0].split())
-            except ValueError:
-                continue
-            found.setdefault(text.replace("\ufe0f", ""), (group, subgroup))
-    return found
-
-
-def _emoji_group(text: str, groups: dict) -> tuple[str | None, str]:
-    """The CLDR group of an emoji; one newer than the installed emoji-test.txt takes its
-    first part's (phoenix = bird + ZWJ + fire: Animals & Nature), as CLDR itself places them."""
-    plain = text.replace("\ufe0f", "")
-    for key in (plain, "".join(c for c in plain if c not in SKIN_TONES), plain.split("\u200d")[0], plain[:1]):
-        if key in groups:
-            return groups[key]
-    return None, ""
-
-
-def _emoji_names(data: dict, subgroup: str) -> tuple[str, list[str]]:
-    """(caption, other captions) from the emoji package's entry: ':red_heart:' -> "red heart";
-    its aliases that say something else (GitHub's ':heart:' -> "heart"; not codes like
-    ':clock330:' or ':+1:', nor the name again in other case or punctuation)."""
-    import re
-
-    def words(code: str) -> str:
-        return " ".join(code.strip(":").replace("_", " ").split())
-
-    name = words(data["en"])
-    if subgroup in ("country-flag", "subdivision-flag"):  # the package drops CLDR's "flag:": ':Japan:'
-        name = f"flag of {name}"
-
-    def key(text: str) -> str:
-        return re.sub(r"[^a-z]+", "", text.lower().replace("flag of", "").replace("flag for", ""))
-
-    seen = {key(name)}
-    aliases = []
-    for alias in data.get("alias", []):
-        text = words(alias)
-        if re.fullmatch(r"[A-Za-z][A-Za-z' -]+", text) and key(text) not in seen:
-            seen.add(key(text))
-            aliases.append(text)
-    return name, aliases

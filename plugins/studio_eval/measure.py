@@ -1,4 +1,5 @@
-"""One entry point for every media family: measure a generated set, against a
+"""Measuring a set of media, whatever its family: `evaluate` picks the metrics by the
+set's media type (images, text, MIDI, audio) and measures the generated set, against a
 reference set where the metric needs one. Used by `studio eval` and eval.metrics."""
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ def _small_images(members) -> Any:
 
 
 def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any) -> dict[str, Any]:
+    from studio_eval.embedded import TEXT_LM, default_weights
     from studio_eval.text_metrics import describe_texts, perplexity
-    from studio_text.gpt import load_model
+    from studio_lm.loading import load_causal_lm
 
     def read(members):
         texts = []
@@ -109,7 +111,7 @@ def _texts(generated: MediaSet, reference: MediaSet | None, *, lm: str, **_: Any
                 texts.append(f.read(MAX_TEXT_CHARS))  # a text is measured over its first million characters
         return texts
 
-    model = load_model(lm)
+    model = load_causal_lm(lm, default_weights(lm, TEXT_LM))
     texts = read(generated.members)
     out: dict[str, Any] = {**describe_texts(texts), **perplexity(texts, model)}
     if reference is not None:
@@ -137,8 +139,9 @@ def _music(generated: MediaSet, reference: MediaSet | None, **_: Any) -> dict[st
 
 
 def _audio(generated: MediaSet, reference: MediaSet, *, vae: str, **_: Any) -> dict[str, Any]:
-    from studio_audio.vae import load_vae
+    from studio_diffusers.oobleck import load_vae
     from studio_eval.audio_metrics import measure_audio
+    from studio_eval.embedded import AUDIO_VAE, default_weights
 
     return measure_audio([m.path for m in generated.members], [m.path for m in reference.members],
-                         load_vae(vae).eval() if vae != "none" else None)
+                         load_vae(vae, default_weights(vae, AUDIO_VAE)).eval() if vae != "none" else None)
