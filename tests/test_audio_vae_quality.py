@@ -43,13 +43,13 @@ def clip_and_outputs(tmp_path_factory):
 
 def mono(path):
     import torch
-    from studio_audio.audio_io import load_audio
+    from studio_audio_io.reading import load_audio
 
     return load_audio(path, sample_rate=16000, channels=1)[0].to(torch.float32)
 
 
 def test_the_default_vae_reconstructs_a_played_tune(clip_and_outputs):
-    from studio_audio.evaluate import level_db, spectral_convergence
+    from model_cards.audio_vae import level_db, spectral_convergence
 
     clip, (reconstruction, _) = clip_and_outputs
     x, y = mono(clip), mono(reconstruction)
@@ -58,7 +58,7 @@ def test_the_default_vae_reconstructs_a_played_tune(clip_and_outputs):
 
 
 def test_a_variation_at_half_strength_stays_close_to_the_input(clip_and_outputs):
-    from studio_audio.evaluate import spectral_convergence
+    from model_cards.audio_vae import spectral_convergence
 
     clip, (_, variation) = clip_and_outputs
     assert spectral_convergence(mono(clip), mono(variation)) <= VARIATION_SC

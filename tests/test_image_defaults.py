@@ -58,7 +58,7 @@ def test_the_default_draws_what_the_prompt_says(tmp_path):
     colour of what is drawn."""
     import torch
 
-    from studio_image.diffusion_evaluate import hue_of_ink, nearest_colour
+    from model_cards.image_diffusion import hue_of_ink, nearest_colour
 
     words = ["red", "blue", "green"]
     text = json.dumps({"name": "t", "device": "cpu", "steps": [

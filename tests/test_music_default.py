@@ -6,7 +6,7 @@ from pathlib import Path
 import pretty_midi
 
 from studio.testing import run_yaml
-from studio_music.evaluate import key_fit
+from model_cards.music_transformer import key_fit
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "plugins" / "studio_music" / "weights" / "transformer"
 

@@ -1,4 +1,4 @@
-"""The measures of studio_image.diffusion_evaluate (the text-to-image model card's figures),
+"""The measures of model_cards.image_diffusion (the text-to-image model card's figures),
 each on a case with a known answer."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studio_image.data import ImageData
-from studio_image.diffusion_evaluate import (Judge, candidates_for, distribution_scores, hue_of_ink, judge_scores,
+from studio_imagedata.images import ImageData
+from model_cards.image_diffusion import (Judge, candidates_for, distribution_scores, hue_of_ink, judge_scores,
                                              nearest_colour, nearest_training_images)
 
 

@@ -6,7 +6,7 @@
   percentile pitch), against held-out pieces of the training data,
 for N generated pieces, and for an untrained model of the same size as a baseline.
 
-    python -m studio_music.evaluate [--model DIR] [--pieces 20] [--duration 20] [--json OUT]
+    python -m model_cards.music_transformer [--model DIR] [--pieces 20] [--duration 20] [--json OUT]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Measure an audio.vae model on audio it never saw, for its model card.
 
-    python -m studio_audio.evaluate [--model default] [--clips 100] [--seed 1234] [--wav A.wav ...]
+    python -m model_cards.audio_vae [--model default] [--clips 100] [--seed 1234] [--wav A.wav ...]
                                     [--spectrograms FOLDER]
 
 Clips: FluidSynth General MIDI notes made with a seed the training data did not use, and
@@ -53,7 +53,7 @@ def measure(vae, clips: list, rate: int, strength: float = 0.5, seed: int = 0) -
     """The figures above, averaged over mono `clips` (1-D tensors at `rate`, any lengths)."""
     import torch
 
-    from studio_audio.vae import decode, encode
+    from studio_diffusers.oobleck import decode, encode
     from studio_audio.vae_train import log_mel
 
     mels = [log_mel(c[None], rate)[0] for c in clips]
@@ -81,7 +81,7 @@ def interpolation_path(vae, a, b, rate: int, points: int = 5) -> dict:
     one and towards the other at every step."""
     import torch
 
-    from studio_audio.vae import decode, encode
+    from studio_diffusers.oobleck import decode, encode
     from studio_audio.vae_train import log_mel
 
     length = min(len(a), len(b))
@@ -117,9 +117,10 @@ def main() -> None:
     import torch
     from diffusers import AutoencoderOobleck
 
-    from studio_audio.audio_io import load_audio
-    from studio_audio.vae import decode, encode, load_vae, quiet_weight_norm
+    from studio_audio.vae import load_vae
     from studio_audio.vae_data import gm_notes
+    from studio_audio_io.reading import load_audio
+    from studio_diffusers.oobleck import decode, encode, quiet_weight_norm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")

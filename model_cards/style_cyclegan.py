@@ -1,6 +1,6 @@
 """Measure a style.cyclegan model for its model card.
 
-    python -m studio_style.evaluate [--model default] [--data photo2clipart] [--crops 200]
+    python -m model_cards.style_cyclegan [--model default] [--data photo2clipart] [--crops 200]
 
 - cycle consistency on held-out photos: mean |G_B(G_A(x)) - x| (pixel units of [-1, 1]);
 - a domain classifier (logistic regression on colour histograms, whiteness and edge

@@ -1,6 +1,6 @@
 """Measure a text.gpt model for its model card.
 
-    python -m studio_text.evaluate [--model default] [--data shakespeare] [--samples 8]
+    python -m model_cards.text_gpt [--model default] [--data shakespeare] [--samples 8]
 
 Writes `--samples` texts of 200 tokens (seeds 0..n-1, temperature 0.8, top_p 0.95, the
 generator's defaults) and reports the fraction of their words found in the training

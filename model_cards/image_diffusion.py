@@ -1,6 +1,6 @@
 """Measures a text-to-image model on captions it was not trained on, for its model card.
 
-    python -m studio_image.diffusion_evaluate --model DIR [--data emoji:noto] [--json OUT] [--grid OUT.png]
+    python -m model_cards.image_diffusion --model DIR [--data emoji:noto] [--json OUT] [--grid OUT.png]
 
 The held-out captions are the ones `studio train image.diffusion` kept back (the same
 fixed split). A judge, a small CNN trained here on every image of the data set (the
@@ -23,7 +23,7 @@ captions at each `--scales` value (0 is the model alone) against the style's hel
 images and the model's own data, by colour saturation and the share of dark (line)
 pixels, which separate line art from colour glyphs:
 
-    python -m studio_image.diffusion_evaluate --model DIR --lora FILE --data emoji:noto-outline
+    python -m model_cards.image_diffusion --model DIR --lora FILE --data emoji:noto-outline
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def style_stats(images: torch.Tensor) -> dict[str, float]:
 
 def lora_report(pipeline, args) -> dict:
     """Style statistics of the model with the LoRA at each scale, and of the targets."""
-    from studio_image.data import load_images
+    from studio_imagedata.sources import load_images
 
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     style = load_images(args.data, size, 3).split()[1]  # the held-out split the LoRA's trainer kept back
@@ -307,11 +307,7 @@ def _lora_grid(sheets: list[torch.Tensor], path: Path, scale: int = 3) -> None:
     Image.fromarray(grid).resize((scales * w * scale, prompts * h * scale), Image.NEAREST).save(path)
 
 
-def main() -> None:
-    from diffusers import StableDiffusionPipeline
-
-    from studio_image.data import load_images
-
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a text-to-image pipeline folder")
     parser.add_argument("--data", default="emoji:noto")
@@ -326,19 +322,14 @@ def main() -> None:
     parser.add_argument("--scales", type=lambda v: [float(x) for x in v.split(",")], default=[0, 0.5, 1, 1.5])
     parser.add_argument("--own-data", default="emoji:noto", help="with --lora: the data the model was trained on")
     parser.add_argument("--lora-captions", type=int, default=128, help="with --lora: held-out captions to draw")
-    args = parser.parse_args()
-    began = time.time()
+    return parser.parse_args()
 
-    pipeline = StableDiffusionPipeline.from_pretrained(args.model, local_files_only=True, use_safetensors=True,
-                                                       dtype=torch.float32, safety_checker=None,
-                                                       requires_safety_checker=False)
-    pipeline.set_progress_bar_config(disable=True)
-    if args.lora:
-        report = lora_report(pipeline, args) | {"seconds": round(time.time() - began, 1)}
-        print(json.dumps(report, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-        return
+
+def text_to_image_report(pipeline, args) -> dict:
+    """The judge's scores of the model, the untrained model and two references (the
+    held-out images, the nearest training images) on the held-out captions."""
+    from studio_imagedata.sources import load_images
+
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     data = load_images(args.data, size, 3)
     train, held_out = data.split()  # the split the trainer used
@@ -371,6 +362,25 @@ def main() -> None:
     report["untrained_model"] |= {k: v for k, v in colour_scores(untrained).items() if k != "nearest_colour"}
     if args.grid:
         grid_image(sample, GRID_PROMPTS, 6, args.grid)
+    return report
+
+
+def main() -> None:
+    from diffusers import StableDiffusionPipeline
+
+    args = parse_args()
+    began = time.time()
+    pipeline = StableDiffusionPipeline.from_pretrained(args.model, local_files_only=True, use_safetensors=True,
+                                                       dtype=torch.float32, safety_checker=None,
+                                                       requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    if args.lora:
+        report = lora_report(pipeline, args) | {"seconds": round(time.time() - began, 1)}
+        print(json.dumps(report, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        return
+    report = text_to_image_report(pipeline, args)
     report["seconds"] = round(time.time() - began, 1)
     text = json.dumps(report, indent=2)
     print(text)

@@ -7,7 +7,7 @@ it scores samples from a generator:
 - label agreement (class-conditional models): the classifier agrees with the class asked for.
 The same numbers for an untrained generator of the same architecture are the baseline.
 
-    python -m studio_image.evaluate [--diffusion DIR] [--gan DIR] [--samples 500] [--json OUT]
+    python -m model_cards.image_digits [--diffusion DIR] [--gan DIR] [--samples 500] [--json OUT]
 
 (--diffusion: a class-conditional UNet2DModel directory; the digit model by default.)
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from studio_image.data import load_images
+from studio_imagedata.sources import load_images
 from studio_image.diffusion import DIGITS_WEIGHTS as DIGITS
 
 
