@@ -183,3 +183,35 @@ def test_no_plugin_reaches_into_another_plugins_private_names(path):
             if top.startswith("studio_") and top != own:
                 assert not any(a.name.startswith("_") for a in node.names), (
                     f"{path}:{node.lineno} imports a private name from {node.module}")
+
+
+def generator_plugins() -> set[str]:
+    """The packages pyproject.toml registers under [project.entry-points.studio]: the
+    plugins. Packages under plugins/ without an entry point are support packages."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        entry_points = tomllib.load(f)["project"]["entry-points"]["studio"]
+    return {target.split(":")[0].split(".")[0] for target in entry_points.values()}
+
+
+def test_no_generator_plugin_imports_another():
+    """Plugins share code the way a third-party plugin would: through support packages
+    (studio_lm, studio_midi, studio_imagedata, ...) or Studio's public API, never by
+    importing another plugin (function-level imports included)."""
+    plugins = generator_plugins()
+    assert {"studio_image", "studio_audio", "studio_eval"} <= plugins
+    assert all((PLUGINS / name).is_dir() for name in plugins)
+    crossing = []
+    for own in sorted(plugins):
+        for path in sorted((PLUGINS / own).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                crossing += [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}" for name in names
+                             if name.split(".")[0] in plugins - {own}]
+    assert not crossing, "a plugin imports another plugin:\n" + "\n".join(crossing)
