@@ -1,4 +1,6 @@
-"""Size limits and value checks image generators share (public API: `studio.limits`).
+"""Size limits and value checks generators share (public API: `studio.limits`), and
+the bounded ways to read a user's files: a folder of training data (data_files) and one
+file read only when it is a regular file within a size (read_regular).
 
 Every limit is checked twice with the same function: by a Params validator when
 `studio validate` can know the sizes, and before anything is allocated at run time,
@@ -9,15 +11,21 @@ the validation context (on_cpu).
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from studio.errors import UserError, printable
 from studio.sniff import MAX_IMAGE_PIXELS
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["MAX_CPU_PIXEL_STEPS", "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "colour", "colour_problem",
-           "cpu_budget_problem", "data_files", "on_cpu", "output_size_problem", "regular_file_problem"]
+__all__ = ["MAX_CPU_PIXEL_STEPS", "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "FileRefused", "colour", "colour_problem",
+           "cpu_budget_problem", "data_files", "on_cpu", "output_size_problem", "read_regular",
+           "regular_file_problem"]
 
 # An image a step writes stays one Studio can read back as an input (the same limit).
 MAX_OUTPUT_PIXELS = MAX_IMAGE_PIXELS
@@ -56,122 +64,143 @@ def data_files(root: Any, suffixes: Any, *, inside: Any = None, max_files: int =
     refused before any file is read. `max_file_bytes` (one file) and `max_total_bytes` (all
     of them together) are the reader's size caps, checked from the sizes on disk before it
     reads anything; `what` names the files in the messages ("text files")."""
-    import os
-    import stat
-    import sys
-    import time
+    scan = _DataScan(Path(root), {s.lower() for s in suffixes}, inside, what)
+    scan.max_files, scan.max_file_bytes, scan.max_total_bytes = max_files, max_file_bytes, max_total_bytes
+    scan.walk()
+    scan.warn()
+    return sorted(path for path, _ in scan.files)
 
-    from studio.errors import UserError
 
-    suffixes = {s.lower() for s in suffixes}
-    top = Path(root)
-    try:
-        fence = os.path.realpath(inside if inside is not None else top)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--data: {_shown(top)} cannot be read ({exc})") from None
-    try:
-        real_top = os.path.realpath(top)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--data: {_shown(top)} cannot be read ({exc})") from None
-    if not _within(real_top, fence):
-        raise UserError(f"--data: {_shown(top)} is a link to {_shown(real_top)}, outside {_shown(fence)}; "
-                        "Studio reads training data only inside the folder given. Copy the files into it")
-    began = time.monotonic()
-    looked = 0
-    files: list[tuple[Path, int]] = []
-    total = 0
-    outside: list[str] = []
-    skipped: list[str] = []
-    seen: set[str] = set()
-    pending: list[tuple[Path, int]] = [(top, 0)]
-    while pending:
-        folder, depth = pending.pop()
+class _DataScan:
+    """One walk of data_files: the folders still to look in, what was found, and what
+    was left out (reported in one warning each at the end)."""
+
+    # the reader's caps (data_files' keyword arguments)
+    max_files: int = MAX_DATA_FILES
+    max_file_bytes: int | None = None
+    max_total_bytes: int | None = None
+
+    def __init__(self, top: Path, suffixes: set[str], inside: Any, what: str) -> None:
+        self.top, self.suffixes, self.what = top, suffixes, what
+        try:
+            self.fence = os.path.realpath(inside if inside is not None else top)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--data: {_shown(top)} cannot be read ({exc})") from None
+        try:
+            real_top = os.path.realpath(top)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--data: {_shown(top)} cannot be read ({exc})") from None
+        if not _within(real_top, self.fence):
+            raise UserError(f"--data: {_shown(top)} is a link to {_shown(real_top)}, outside {_shown(self.fence)}; "
+                            "Studio reads training data only inside the folder given. Copy the files into it")
+        self.began, self.looked, self.total = time.monotonic(), 0, 0
+        self.files: list[tuple[Path, int]] = []
+        self.outside: list[str] = []  # linked folders that lead outside the fence
+        self.skipped: list[str] = []  # files and folders that cannot be read
+        self.seen: set[str] = set()  # real folders walked
+
+    def walk(self) -> None:
+        pending: list[tuple[Path, int]] = [(self.top, 0)]
+        while pending:
+            folder, depth = pending.pop()
+            entries = self._list(folder)
+            for entry in entries or ():
+                path = Path(entry.path)
+                try:
+                    is_link = entry.is_symlink()
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                except OSError:
+                    is_link, is_dir = True, False
+                if is_dir:
+                    if self._walks_into(path, is_link, depth + 1):
+                        pending.append((path, depth + 1))
+                elif os.path.splitext(entry.name)[1].lower() in self.suffixes:
+                    self._take(path)
+
+    def _list(self, folder: Path) -> list[os.DirEntry] | None:
+        """The entries of `folder`, counted against the scan's bounds; None when it was
+        walked already (a link back to it) or cannot be read."""
         try:
             real = os.path.realpath(folder)
         except (OSError, ValueError):
-            continue
-        if real in seen:  # a link back to a folder already walked
-            continue
-        seen.add(real)
+            return None
+        if real in self.seen:  # a link back to a folder already walked
+            return None
+        self.seen.add(real)
         try:
             with os.scandir(folder) as listing:
                 entries = []
                 for entry in listing:
-                    looked += 1
-                    if looked > MAX_SCAN_ENTRIES or time.monotonic() - began > MAX_SCAN_SECONDS:
+                    self.looked += 1
+                    if self.looked > MAX_SCAN_ENTRIES or time.monotonic() - self.began > MAX_SCAN_SECONDS:
                         raise UserError(
-                            f"--data {_shown(top)}: the folder holds more than Studio looks through (over "
-                            f"{min(looked, MAX_SCAN_ENTRIES):,} entries or {MAX_SCAN_SECONDS:.0f} s of scanning); "
-                            "give a folder that holds only the training data")
+                            f"--data {_shown(self.top)}: the folder holds more than Studio looks through (over "
+                            f"{min(self.looked, MAX_SCAN_ENTRIES):,} entries or {MAX_SCAN_SECONDS:.0f} s of "
+                            "scanning); give a folder that holds only the training data")
                     entries.append(entry)
-        except UserError:
-            raise
         except OSError as exc:
-            if folder == top:
-                raise UserError(f"--data {_shown(top)}: the folder cannot be read ({exc.strerror or exc})") from None
-            skipped.append(f"{_shown(folder)} (cannot be read: {exc.strerror or exc})")
-            continue
-        for entry in entries:
-            path = Path(entry.path)
+            if folder == self.top:
+                raise UserError(f"--data {_shown(self.top)}: the folder cannot be read ({exc.strerror or exc})") from None
+            self.skipped.append(f"{_shown(folder)} (cannot be read: {exc.strerror or exc})")
+            return None
+        return entries
+
+    def _walks_into(self, path: Path, is_link: bool, depth: int) -> bool:
+        """Whether the walk goes into the folder at `path`: a linked one only when it leads
+        inside the fence; one deeper than MAX_DATA_DEPTH is a UserError."""
+        if is_link:
             try:
-                is_link = entry.is_symlink()
-                is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
-                is_link, is_dir = True, False
-            if is_dir:
-                if is_link:
-                    try:
-                        target = os.path.realpath(path)
-                    except (OSError, ValueError):
-                        continue
-                    if not _within(target, fence):
-                        outside.append(f"{_shown(path)} -> {_shown(target)}")
-                        continue
-                if depth + 1 > MAX_DATA_DEPTH:
-                    raise UserError(f"--data {_shown(top)}: {_shown(path)} is more than {MAX_DATA_DEPTH} folders "
-                                    f"deep; data sets are limited to {MAX_DATA_DEPTH} levels of folders")
-                pending.append((path, depth + 1))
-                continue
-            if os.path.splitext(entry.name)[1].lower() not in suffixes:
-                continue
-            try:
-                info = os.stat(path)  # follows a link to a file: its target's kind and size
-            except (OSError, ValueError) as exc:
-                skipped.append(f"{_shown(path)} (cannot be read: {getattr(exc, 'strerror', None) or exc})")
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                print(f"warning: --data: skipped {_shown(path)}: not a regular file", file=sys.stderr)
-                continue
-            if max_file_bytes is not None and info.st_size > max_file_bytes:
-                raise UserError(f"--data: {_shown(path)} is {_size(info.st_size)}; {what} are limited to "
-                                f"{_size(max_file_bytes)} each. Remove it, or make it smaller")
-            files.append((path, info.st_size))
-            total += info.st_size
-            if len(files) > max_files:
-                raise UserError(f"--data {_shown(top)}: more than {max_files:,} {what}; training reads at most "
-                                f"{max_files:,}. Give a smaller folder (or a sample of it)")
-            if max_total_bytes is not None and total > max_total_bytes:
-                raise UserError(f"--data {_shown(top)}: the {what} add up to more than {_size(max_total_bytes)}, "
-                                f"the limit for training on them. Give a smaller folder (or a sample of it)")
-    if outside:
-        more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
-        print(f"warning: --data: left out linked folders that lead outside {_shown(fence)}: {outside[0]}{more}",
-              file=sys.stderr)
-    if skipped:
-        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        print(f"warning: --data: skipped {skipped[0]}{more}", file=sys.stderr)
-    return sorted(path for path, _ in files)
+                target = os.path.realpath(path)
+            except (OSError, ValueError):
+                return False
+            if not _within(target, self.fence):
+                self.outside.append(f"{_shown(path)} -> {_shown(target)}")
+                return False
+        if depth > MAX_DATA_DEPTH:
+            raise UserError(f"--data {_shown(self.top)}: {_shown(path)} is more than {MAX_DATA_DEPTH} folders "
+                            f"deep; data sets are limited to {MAX_DATA_DEPTH} levels of folders")
+        return True
+
+    def _take(self, path: Path) -> None:
+        """Adds the file at `path` (a matching name) when it is a regular file within the
+        reader's size caps."""
+        what = self.what
+        try:
+            info = os.stat(path)  # follows a link to a file: its target's kind and size
+        except (OSError, ValueError) as exc:
+            self.skipped.append(f"{_shown(path)} (cannot be read: {getattr(exc, 'strerror', None) or exc})")
+            return
+        if not stat.S_ISREG(info.st_mode):
+            print(f"warning: --data: skipped {_shown(path)}: not a regular file", file=sys.stderr)
+            return
+        if self.max_file_bytes is not None and info.st_size > self.max_file_bytes:
+            raise UserError(f"--data: {_shown(path)} is {_size(info.st_size)}; {what} are limited to "
+                            f"{_size(self.max_file_bytes)} each. Remove it, or make it smaller")
+        self.files.append((path, info.st_size))
+        self.total += info.st_size
+        if len(self.files) > self.max_files:
+            raise UserError(f"--data {_shown(self.top)}: more than {self.max_files:,} {what}; training reads at most "
+                            f"{self.max_files:,}. Give a smaller folder (or a sample of it)")
+        if self.max_total_bytes is not None and self.total > self.max_total_bytes:
+            raise UserError(f"--data {_shown(self.top)}: the {what} add up to more than {_size(self.max_total_bytes)}, "
+                            f"the limit for training on them. Give a smaller folder (or a sample of it)")
+
+    def warn(self) -> None:
+        """One warning on stderr for the linked folders left out, one for what was skipped."""
+        if self.outside:
+            more = f" and {len(self.outside) - 1} more" if len(self.outside) > 1 else ""
+            print(f"warning: --data: left out linked folders that lead outside {_shown(self.fence)}: "
+                  f"{self.outside[0]}{more}", file=sys.stderr)
+        if self.skipped:
+            more = f" and {len(self.skipped) - 1} more" if len(self.skipped) > 1 else ""
+            print(f"warning: --data: skipped {self.skipped[0]}{more}", file=sys.stderr)
 
 
 def _within(path: str, folder: str) -> bool:
-    import os
-
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _shown(path: Any) -> str:
-    from studio.errors import printable
-
     return printable(str(path)[-300:])
 
 
@@ -187,9 +216,6 @@ def _size(n: int) -> str:
 
 def regular_file_problem(path: Any) -> str | None:
     """Why `path` is not a regular file to open (a FIFO would block the reader), or None."""
-    import os
-    import stat
-
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -197,6 +223,57 @@ def regular_file_problem(path: Any) -> str | None:
     if not stat.S_ISREG(mode):
         return f"{str(path)[-300:]} is not a regular file (a FIFO, device or folder); Studio reads only plain files"
     return None
+
+
+class FileRefused(Exception):
+    """Why open_regular or read_regular did not read a file, for the caller to say in
+    its own words: `kind` is NOT_REGULAR (a FIFO, device or folder: `is_dir` tells a
+    folder), TOO_LARGE (`size` bytes on disk, over the limit) or GREW (it grew past the
+    limit while read)."""
+
+    NOT_REGULAR, TOO_LARGE, GREW = "not a regular file", "too large", "grew while read"
+
+    def __init__(self, kind: str, size: int = 0, is_dir: bool = False) -> None:
+        super().__init__(kind)
+        self.kind, self.size, self.is_dir = kind, size, is_dir
+
+
+def open_regular(path: Any, limit: int) -> tuple[Any, int]:
+    """(the file at `path` opened for binary reading, its size), when it is a regular
+    file of at most `limit` bytes, else FileRefused. It is opened without blocking, so a
+    FIFO or a device never hangs the open, and judged by the open file's own status (no
+    race with a file swapped in between). OSError (FileNotFoundError among them) as the
+    system gives it. The caller closes the file (`with`)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(FileRefused.NOT_REGULAR, st.st_size, stat.S_ISDIR(st.st_mode))
+        if st.st_size > limit:
+            raise FileRefused(FileRefused.TOO_LARGE, st.st_size)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Any, limit: int) -> bytes:
+    """The bytes of `path`, read only if it is a regular file of at most `limit` bytes
+    (open_regular), and never more than that: FileRefused GREW when the file grows past
+    `limit` while it is read. OSError as the system gives it."""
+    f, _ = open_regular(path, limit)
+    chunks, total = [], 0
+    with f:
+        while total <= limit:  # a piece at a time: a large limit is never allocated at once
+            block = f.read(min(1 << 20, limit + 1 - total))
+            if not block:
+                break
+            chunks.append(block)
+            total += len(block)
+    if total > limit:
+        raise FileRefused(FileRefused.GREW, total)
+    return b"".join(chunks)
 
 
 def on_cpu(info: Any) -> bool:
@@ -244,6 +321,8 @@ def colour_problem(value: str, *, also: tuple[str, ...] = ()) -> str | None:
         return (f"{value!r} is not a colour; give a name ('navy'), '#rrggbb' ('#203040') or 'rgb(r, g, b)'"
                 + (f", or {words}" if words else ""))
     return None
+
+
 def colour(value: str, *, also: tuple[str, ...] = ()) -> str:
     """`value` when colour_problem finds nothing, else a ValueError saying why: the body
     of a Params field validator for a colour parameter."""

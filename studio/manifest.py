@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import socket
-import stat
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from studio.artifacts import fsync_dir, write_json_atomic
 from studio.errors import UserError
+from studio.limits import FileRefused, read_regular
 from studio.version import __version__
 
 if TYPE_CHECKING:
@@ -214,32 +214,18 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes | None:
     (opened without blocking, so a FIFO or a device never hangs or floods the reader).
     None when there is no such file; UserError, naming it, when it is not one to read."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        return read_regular(path, limit)
     except FileNotFoundError:
         return None
+    except FileRefused as exc:
+        if exc.kind == FileRefused.NOT_REGULAR:
+            raise UserError(f"{_shown(path)}: the {what} is not a regular file (a pipe, device or folder)") from None
+        if exc.kind == FileRefused.TOO_LARGE:
+            raise UserError(f"{_shown(path)}: the {what} is {exc.size / 2**20:,.0f} MB; a run's {what} "
+                            f"is at most {limit >> 20} MB, so this one is not read") from None
+        raise UserError(f"{_shown(path)}: the {what} grows beyond {limit >> 20} MB; it is not read") from None
     except OSError as exc:
         raise UserError(f"{_shown(path)}: cannot read the {what} ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{_shown(path)}: the {what} is not a regular file (a pipe, device or folder)")
-        if st.st_size > limit:
-            raise UserError(f"{_shown(path)}: the {what} is {st.st_size / 2**20:,.0f} MB; a run's {what} "
-                            f"is at most {limit >> 20} MB, so this one is not read")
-        chunks, total = [], 0
-        while True:
-            block = os.read(fd, min(1 << 20, limit + 1 - total))
-            if not block:
-                break
-            chunks.append(block)
-            total += len(block)
-            if total > limit:
-                raise UserError(f"{_shown(path)}: the {what} grows beyond {limit >> 20} MB; it is not read")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise UserError(f"{_shown(path)}: cannot read the {what} ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
 
 
 def _shown(path: Path) -> str:

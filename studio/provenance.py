@@ -8,16 +8,16 @@ a UserError naming the file."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from studio.errors import UserError, clip
-from studio.sniff import MAX_INPUT_BYTES, MAX_MIDI_BYTES, MAX_PNG_CHUNKS
+from studio.limits import FileRefused, open_regular
+from studio.png_scan import MAX_PNG_CHUNKS
+from studio.sniff import MAX_INPUT_BYTES, MAX_MIDI_BYTES
 from studio.yamlfile import MAX_BYTES
 
 # the embedded pipeline (base64 of at most a pipeline file's size, compressed), plus the
@@ -76,26 +76,18 @@ class _open_regular:
     def __enter__(self) -> tuple[BinaryIO, int]:
         where = self.where
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            self.file, size = open_regular(self.path, self.limit)
         except FileNotFoundError:
             raise UserError(f"{where}: no such file") from None
+        except FileRefused as exc:
+            if exc.kind == FileRefused.NOT_REGULAR:
+                raise UserError(f"{where}: not a regular file (a folder, pipe or device); give a PNG, WAV or MIDI "
+                                "file Studio made") from None
+            raise UserError(f"{where}: is {exc.size / 2**20:,.1f} MB; a {Path(self.path).suffix.lower()[1:].upper()} "
+                            f"file is re-opened up to {self.limit / 2**20:,.0f} MB, so this one is not read") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"{where}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise UserError(f"{where}: not a regular file (a folder, pipe or device); give a PNG, WAV or MIDI "
-                                "file Studio made")
-            if st.st_size > self.limit:
-                raise UserError(f"{where}: is {st.st_size / 2**20:,.1f} MB; a {Path(self.path).suffix.lower()[1:].upper()} "
-                                f"file is re-opened up to {self.limit / 2**20:,.0f} MB, so this one is not read")
-            os.set_blocking(fd, True)
-            self.file = os.fdopen(fd, "rb")
-        except BaseException:
-            if self.file is None:
-                os.close(fd)
-            raise
-        return self.file, st.st_size
+        return self.file, size
 
     def __exit__(self, kind, exc, tb) -> None:
         if self.file is not None:
