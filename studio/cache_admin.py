@@ -19,7 +19,8 @@ from pathlib import Path
 
 from studio.cache import KEY
 from studio.errors import UserError
-from studio.history import disk_usage, printable_text, remove_tree
+from studio.history_fields import printable_text
+from studio.run_folders import disk_usage, remove_tree
 
 # what --older-than and --max-gb accept: a century, a petabyte
 MAX_DAYS = 36_500.0

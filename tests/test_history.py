@@ -163,7 +163,7 @@ def test_a_hard_linked_output_edited_in_place_is_not_served_from_the_cache(tmp_p
 
 @pytest.mark.parametrize("count", [300])
 def test_listing_many_runs_reads_only_new_manifests(tmp_path, count, monkeypatch):
-    import studio.history as history
+    import studio.history_index as history_index
 
     base = run(tmp_path)
     out = tmp_path / "runs"
@@ -173,7 +173,7 @@ def test_listing_many_runs_reads_only_new_manifests(tmp_path, count, monkeypatch
         (copy / "manifest.json").write_bytes((base.run_dir / "manifest.json").read_bytes())
     assert len(runs(out, limit=10_000)) == count + 1
     reads = []
-    original = history._store
-    monkeypatch.setattr(history, "_store", lambda db, d, s: reads.append(d) or original(db, d, s))
+    original = history_index._store
+    monkeypatch.setattr(history_index, "_store", lambda db, d, s: reads.append(d) or original(db, d, s))
     assert len(runs(out, limit=10_000)) == count + 1
     assert reads == []  # nothing changed: no manifest read again
