@@ -37,6 +37,14 @@ def echo(value: Any, limit: int = MAX_ECHO) -> str:
     return clip(repr(value), limit)
 
 
+def short(exc: BaseException, limit: int = 300) -> str:
+    """An exception in one line: its type and the first line of its message (public
+    as studio.weights.short)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def did_you_mean(word: Any, choices: Iterable[str]) -> str:
     """" Did you mean 'x'?" naming the closest of `choices` to a misspelled `word`, or ""
     when none is close. Every unknown-name message in Studio ends with it."""
