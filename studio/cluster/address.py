@@ -61,7 +61,7 @@ def connect(address: str | None, option: str = "--ray-address") -> dict[str, flo
 
 def resources(ray: Any) -> dict[str, float]:
     """The cluster's CPUs, GPUs and memory (not its per-node markers)."""
-    return {k: v for k, v in ray.clusterresources().items() if not k.startswith("node:")}
+    return {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
 
 
 def _found_address(ray: Any, address: str | None) -> str | None:

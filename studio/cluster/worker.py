@@ -136,7 +136,7 @@ class Worker:
             import ray
 
             # a batch sent in the meantime fails as "killed by ray.kill" and the driver
-            # sends it to a new worker (RayExecutor._receive)
+            # sends it to a new worker (RayScheduler.receive)
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def _retire_when_idle(self) -> None:
