@@ -406,11 +406,11 @@ def test_weighted_prompts_through_compel_equal_plain_ones_at_weight_one_and_stee
 
 
 def test_clip_skip_equals_diffusers(tmp_path):
-    from studio_image.diffusion import _expose_final_layer_norm
+    from studio_image.diffusion_pipeline import expose_final_layer_norm
 
     run = step(tmp_path, {"prompt": "blue heart", "steps": 6, "seed": 2, "clip_skip": 1})
     pipe = diffusers_pipeline("text2img")
-    _expose_final_layer_norm(pipe)  # diffusers reads the norm where transformers 4 kept it
+    expose_final_layer_norm(pipe)  # diffusers reads the norm where transformers 4 kept it
     theirs = pipe("blue heart", num_inference_steps=6, clip_skip=1,
                   generator=torch.Generator("cpu").manual_seed(2)).images[0]
     plain = pipe("blue heart", num_inference_steps=6, generator=torch.Generator("cpu").manual_seed(2)).images[0]

@@ -428,13 +428,14 @@ def test_nan_from_loras_at_fp32_blames_the_loras_not_the_precision() -> None:
     import torch
 
     from studio import UserError
-    from studio_image.diffusion import ImageDiffusion, _blame_loras
+    from studio_image.diffusion import ImageDiffusion
     from studio_image.diffusion_lora import Lora
+    from studio_image.diffusion_pipeline import blame_loras
 
     params = ImageDiffusion.Params.model_construct(
         loras=[Lora(path="/x/style.safetensors", scale=2.0)], lora_scale=3.0)
     with pytest.raises(UserError, match=r"in fp32 with loras '/x/style.safetensors' at scale 6: their weights"):
-        _blame_loras(params, SimpleNamespace(unet=SimpleNamespace(dtype=torch.float32)))
-    _blame_loras(params, SimpleNamespace(unet=SimpleNamespace(dtype=torch.float16)))  # fp16: the fp32 advice stands
-    _blame_loras(ImageDiffusion.Params.model_construct(loras=[], lora_scale=1.0),
-                 SimpleNamespace(unet=SimpleNamespace(dtype=torch.float32)))
+        blame_loras(params, SimpleNamespace(unet=SimpleNamespace(dtype=torch.float32)))
+    blame_loras(params, SimpleNamespace(unet=SimpleNamespace(dtype=torch.float16)))  # fp16: the fp32 advice stands
+    blame_loras(ImageDiffusion.Params.model_construct(loras=[], lora_scale=1.0),
+                SimpleNamespace(unet=SimpleNamespace(dtype=torch.float32)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,23 @@ def checked(lora: Lora, path: Path) -> Lora:
                          "or is another file")
     return lora.model_copy(update={"path": str(path.resolve()), "sha256": digest})
 
+
+
+def checked_all(loras: list[Lora], resolve: Callable[[str], Path], model_root: Path | None) -> list[Lora]:
+    """An item's LoRA entries, each checked (see `checked`) at its path as `resolve`
+    finds it, none listed twice, each fitting the pipeline in `model_root`; a ValueError
+    says which does not."""
+    found = [checked(lora, resolve(lora.path)) for lora in loras]
+    seen: dict[str, str] = {}
+    for lora in found:
+        if lora.sha256 in seen:
+            raise ValueError(f"lora {lora.path!r} is listed twice (also as {seen[lora.sha256]!r}); give it "
+                             "once, with the scales added")
+        seen[lora.sha256] = lora.path
+        problem = fit_problem(Path(lora.path), model_root) if model_root is not None and model_root.is_dir() else None
+        if problem:
+            raise ValueError(f"lora {lora.path!r} {problem}")
+    return found
 
 MAX_PICKLE_SCANNED = 2**20  # bytes of pickle read to name the code it would call: the file is refused anyway
 

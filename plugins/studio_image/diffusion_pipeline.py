@@ -1,0 +1,228 @@
+"""image.diffusion's engine for diffusers pipelines (Stable Diffusion 1.x, 2.x, XL, ...;
+the embedded default is a small Stable Diffusion): its rules, its loading, and the call
+into diffusers.
+
+Any text-to-image pipeline `AutoPipelineForText2Image` knows loads, and inpainting
+checkpoints (a 9-channel UNet) through `AutoPipelineForInpainting`. Image-to-image and
+inpainting on an ordinary checkpoint run diffusers' own pipelines built from the loaded
+components (`from_pipe`: no second load). LoRA files (diffusion_lora), weighted prompts
+through compel (diffusion_prompts) and `clip_skip` apply here. A new mode (ControlNet,
+say) is a new entry in `Mode`, its pipeline in `mode_pipeline` and its inputs in `_call`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from studio import NonFiniteOutput, UserError, check_finite
+from studio.weights import config
+from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
+from studio_image.diffusion_inputs import prepared_image, prepared_mask
+from studio_image.diffusion_lora import activate
+from studio_image.diffusion_models import PipelineFacts
+
+TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
+MAX_CPU_PIPELINE_PIXEL_STEPS = 512 * 512 * 50
+# a text-to-image pipeline's budget on a CPU: lower than a UNet2DModel's (a text encoder, a VAE)
+CPU_BUDGET = {"limit": MAX_CPU_PIPELINE_PIXEL_STEPS,
+              "example": "512 x 512 at 50 steps, about a native Stable Diffusion 1.5 image"}
+Mode = Literal["text2img", "img2img", "inpaint"]
+
+
+@dataclass(frozen=True)
+class PipelineModel:
+    """A loaded diffusers pipeline, and what the run keeps beside it between batches."""
+
+    pipeline: Any
+    scheduler_config: dict[str, Any]
+    modes: dict[str, Any] = field(default_factory=dict)  # mode -> the pipeline from_pipe made for it
+    lora_state: dict[str, Any] = field(default_factory=dict)  # diffusion_lora.activate's: what is fused
+
+
+@dataclass(frozen=True)
+class PipelineEngine(Engine):
+    facts: PipelineFacts
+    model: PipelineModel | None = None  # the loaded pipeline, at run time
+
+    cpu_budget = CPU_BUDGET
+
+    @property
+    def factor(self) -> int:
+        return self.facts.factor
+
+    @property
+    def default_size(self) -> tuple[int, int] | None:
+        return self.facts.size
+
+    def class_label_problem(self, model: str, label: int | str | None) -> str | None:
+        if label is not None:
+            return f"model {model!r} is a text-to-image pipeline: use prompt, not class_label"
+        return None
+
+    def options_problem(self, params: Any) -> str | None:
+        model = params.model
+        if self.facts.inpainting and (params.image is None or params.mask is None):
+            return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and "
+                    "masked image); give image and mask, or use an ordinary checkpoint for text-to-image")
+        problem = lora_scale_problem(params)
+        if problem:
+            return problem
+        if (params.clip_skip is not None or params.prompt_weighting != "off") and not self.facts.one_text_encoder:
+            return (f"model {model!r} does not have one CLIP text encoder (Stable Diffusion 1.x/2.x); clip_skip and "
+                    "prompt_weighting apply to those")
+        layers = self.facts.text_layers
+        if params.clip_skip is not None and layers is not None and params.clip_skip >= layers:
+            return (f"clip_skip {params.clip_skip} leaves none of the text encoder's {layers} layers; "
+                    f"give at most {layers - 1}")
+        if params.prompt_weighting != "off" and params.clip_skip is not None and params.clip_skip > 1:
+            return ("with prompt_weighting, clip_skip can be 1 at most (compel reads the last or the one-before-last "
+                    "layer)")
+        return None
+
+    # -- loading ----------------------------------------------------------------------
+
+    def load(self, root: Path | None, model: str, options: dict[str, Any]) -> PipelineEngine:
+        import diffusers
+
+        folder = root is not None and root.is_dir()
+        index = config(root, "model_index.json") if folder else {}
+        name = index.get("_class_name")
+        if isinstance(name, str) and not hasattr(diffusers, name):
+            raise UserError(f"model {model!r} names the pipeline class {name!r}, which diffusers "
+                            f"{diffusers.__version__} does not have; Studio runs diffusers' own pipelines only")
+        from diffusers import AutoPipelineForInpainting, AutoPipelineForText2Image
+
+        # a 9-channel UNet only inpaints: its own pipeline class, not a text-to-image one
+        unet = config(root / "unet") if folder else {}
+        auto = AutoPipelineForInpainting if unet.get("in_channels") == 9 else AutoPipelineForText2Image
+        pipe = auto.from_pretrained(str(root) if root is not None else model, **options)
+        pipe.set_progress_bar_config(disable=True)
+        expose_final_layer_norm(pipe)
+        return replace(self, model=PipelineModel(pipe, dict(pipe.scheduler.config)))
+
+    def prepared(self, ctx) -> PipelineEngine:
+        """Each of the pipeline's models on the device (its VAE guarded in fp16)."""
+        from studio_diffusers.prepare import prepare_pipeline
+
+        return replace(self, model=replace(self.loaded, pipeline=prepare_pipeline(self.loaded.pipeline, ctx)))
+
+    @property
+    def loaded(self) -> PipelineModel:
+        if self.model is None:
+            raise RuntimeError("PipelineEngine.run needs a loaded model (PipelineEngine.load)")
+        return self.model
+
+    # -- the run ----------------------------------------------------------------------
+
+    def run(self, batch: list, ctxs: list) -> list:
+        """The images of a batch of items that differ only in seed, prompt, init image or mask."""
+        first = batch[0]
+        for p in batch:
+            problem = self.run_problem(p, ctxs[0].device)
+            if problem:
+                raise UserError(problem)
+        size = self.size(first)
+        mode: Mode = "inpaint" if first.mask is not None else "img2img" if first.image is not None else "text2img"
+        pipe = self.mode_pipeline(mode)
+        pipe.scheduler = scheduler(self.loaded.scheduler_config, first)
+        activate(self.loaded.pipeline, first.loras, first.lora_scale, self.loaded.lora_state,
+                 on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
+        call, images, masks = _call(pipe, mode, batch, ctxs, size)
+        try:
+            result = pipe(**call)
+            check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
+        except NonFiniteOutput:
+            blame_loras(first, pipe)
+            raise
+        return kept_where_asked(pipe.numpy_to_pil(result.images), batch, images, masks)
+
+    def mode_pipeline(self, mode: Mode):
+        """The loaded pipeline, or diffusers' image-to-image / inpainting pipeline over
+        the same components (from_pipe shares the modules: nothing loads twice)."""
+        base, modes = self.loaded.pipeline, self.loaded.modes
+        if mode == "text2img" or (mode == "inpaint" and base.unet.config.in_channels == 9):
+            return base
+        if mode not in modes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
+            derived = auto.from_pipe(base)
+            derived.set_progress_bar_config(disable=True)
+            modes[mode] = derived
+        return modes[mode]
+
+
+def _call(pipe: Any, mode: Mode, batch: list, ctxs: list, size: tuple[int, int]):
+    """The keyword arguments of the diffusers call for a batch, and the prepared init
+    images and masks (None in the modes without them)."""
+    first = batch[0]
+
+    def on_step(pipeline, step, timestep, kwargs):
+        total = getattr(pipeline, "_num_timesteps", None) or first.steps
+        for c in ctxs:
+            c.progress(step + 1, total)
+        if step + 1 == total and "latents" in kwargs:  # the NaN guard, before the VAE clamps NaN away
+            check_finite(kwargs["latents"], f"image.diffusion latents ({first.model}, {pipe.dtype})")
+        return kwargs
+
+    call: dict[str, Any] = {
+        "num_inference_steps": first.steps,
+        "guidance_scale": TEXT_GUIDANCE if first.guidance_scale is None else first.guidance_scale,
+        "generator": [c.torch_generator() for c in ctxs], "callback_on_step_end": on_step, "output_type": "np"}
+    call.update(_prompts(pipe, batch))
+    images = masks = None
+    if mode == "text2img":
+        call.update(width=first.width, height=first.height)
+    else:
+        images = [prepared_image(p.image, size) for p in batch]
+        call.update(image=images, strength=strength_of(first))
+    if mode == "inpaint":
+        masks = [prepared_mask(p.mask, size, p.mask_blur) for p in batch]
+        call.update(mask_image=masks, width=size[0], height=size[1])
+    return call, images, masks
+
+
+def _prompts(pipe: Any, batch: list) -> dict[str, Any]:
+    """The prompts as diffusers takes them: text, or compel's weighted embeddings."""
+    first = batch[0]
+    if first.prompt_weighting != "off":
+        from studio_image.diffusion_prompts import embeddings
+
+        prompt_embeds, negative_embeds = embeddings(
+            pipe, [p.prompt or "" for p in batch], first.negative_prompt, first.prompt_weighting, first.clip_skip)
+        return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+    call: dict[str, Any] = {
+        "prompt": [p.prompt or "" for p in batch],  # absent: the empty prompt, as diffusers samples
+        "negative_prompt": [first.negative_prompt] * len(batch) if first.negative_prompt else None}
+    if first.clip_skip is not None:
+        call["clip_skip"] = first.clip_skip
+    return call
+
+
+def expose_final_layer_norm(pipe: Any) -> None:
+    """diffusers' clip_skip and compel's penultimate-layer embeddings reach the CLIP text
+    encoder's last norm as `text_encoder.text_model.final_layer_norm`; transformers 5
+    flattened CLIPTextModel, so that norm is `text_encoder.final_layer_norm` there. A
+    plain attribute (not a submodule: nothing is registered twice) gives both the path
+    they read."""
+    from types import SimpleNamespace
+
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None and not hasattr(encoder, "text_model") and hasattr(encoder, "final_layer_norm"):
+        object.__setattr__(encoder, "text_model", SimpleNamespace(final_layer_norm=encoder.final_layer_norm))
+
+
+def blame_loras(params: Any, pipe: Any) -> None:
+    """NaN or Inf out of a full-precision run with LoRAs is the LoRAs' doing (their
+    values are finite, checked when loaded, but too large for this model at these
+    scales): a UserError naming them, instead of the advice to run in fp32."""
+    import torch
+
+    if not params.loras or pipe.unet.dtype != torch.float32:
+        return
+    files = ", ".join(f"{lora.path!r} at scale {lora.scale * params.lora_scale:g}" for lora in params.loras)
+    raise UserError(f"image.diffusion made NaN or Inf values in fp32 with loras {files}: their weights are too large "
+                    "for this model at these scales. Lower scale or lora_scale, or use LoRA files trained on this "
+                    "model") from None
