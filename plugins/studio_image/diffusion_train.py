@@ -76,7 +76,7 @@ class DiffusionTrainer(Trainer):
         import torch
         from diffusers import DDPMScheduler, UNet2DModel
 
-        from studio_image.data import load_images
+        from studio_imagedata.sources import load_images
 
         self.size = self.options.size
         self.channels = self.options.channels
@@ -379,19 +379,19 @@ class DiffusionTrainer(Trainer):
         from diffusers import StableDiffusionPipeline
 
         from studio.weights import loading, local_path, refuse
-        from studio_image.diffusion import DEFAULT_WEIGHTS, component_folders, model_facts
+        from studio_image.diffusion_models import DEFAULT_WEIGHTS, PipelineFacts, component_folders, model_facts
 
         base = self.options.base
         root = local_path(base, DEFAULT_WEIGHTS)
         facts = model_facts(base) if root is not None else None
-        if facts is None or facts["kind"] != "pipeline" or facts["inpainting"] or not facts["one_text_encoder"]:
+        if not isinstance(facts, PipelineFacts) or facts.inpainting or not facts.one_text_encoder:
             raise UserError(f"--option base={base!r} is not a Stable Diffusion pipeline folder (model_index.json, a "
                             "UNet2DConditionModel and one CLIP text encoder); give 'default' or such a folder")
         refuse(base, root, component_folders(root))
         with loading(base, "the LoRA's base pipeline", "give 'default' or a diffusers pipeline folder"):
             pipe = StableDiffusionPipeline.from_pretrained(root, dtype=torch.float32, use_safetensors=True,
                                                            local_files_only=True)
-        return {"pipeline": pipe, "size": (facts["size"] or (512, 512))[0], "root": str(root)}
+        return {"pipeline": pipe, "size": (facts.size or (512, 512))[0], "root": str(root)}
 
     def _setup_lora(self) -> None:
         import torch
