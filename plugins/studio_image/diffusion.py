@@ -31,11 +31,10 @@ from studio_image.diffusion_lora import MAX_LORAS, Lora, checked_all
 from studio_image.diffusion_models import (DEFAULT_WEIGHTS, DIGITS_WEIGHTS, UNKNOWN_PIPELINE, PipelineFacts,
                                            UnetFacts, component_folders, folder_facts, model_facts)
 from studio_image.diffusion_pipeline import PipelineEngine
-from studio_image.diffusion_unet import UnetEngine, to_pil
+from studio_image.diffusion_unet import UnetEngine
 
 # names other modules import from here
 __all__ = ["DEFAULT_WEIGHTS", "DIGITS_WEIGHTS", "ImageDiffusion", "component_folders", "engine_for", "model_facts"]
-_to_pil = to_pil  # studio_image.gan turns its samples into images the same way
 
 LOAD_FIX = ("Give 'default', a diffusers directory (model_index.json, or unet/ and scheduler/, with "
             ".safetensors weights), or a hub id in your Hugging Face cache")

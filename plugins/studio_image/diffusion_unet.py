@@ -20,6 +20,7 @@ from studio.weights import config, read_config
 from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
 from studio_image.diffusion_inputs import prepared_image, prepared_mask, strength_timesteps
 from studio_image.diffusion_models import UnetFacts, class_index, classes_text
+from studio_imagedata.images import to_pil
 
 CLASS_GUIDANCE = 2.0  # what the digit model was measured with
 FALLBACK_SIZE = (64, 64)  # a UNet2DModel whose config has no sample_size
@@ -240,12 +241,3 @@ def _from_pil(images: list, device):
               for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device) / 127.5 - 1
 
-
-def to_pil(sample) -> list:
-    """As diffusers' pipelines do: [-1, 1] -> [0, 1] -> uint8 (rounded)."""
-    import numpy as np
-    from PIL import Image
-
-    images = (sample / 2 + 0.5).clamp(0, 1).float().cpu().permute(0, 2, 3, 1).numpy()
-    images = (images * 255).round().astype(np.uint8)
-    return [Image.fromarray(im[..., 0], mode="L") if im.shape[-1] == 1 else Image.fromarray(im) for im in images]
