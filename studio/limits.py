@@ -139,9 +139,10 @@ class _DataScan:
                             "scanning); give a folder that holds only the training data")
                     entries.append(entry)
         except OSError as exc:
+            why = exc.strerror or exc
             if folder == self.top:
-                raise UserError(f"--data {_shown(self.top)}: the folder cannot be read ({exc.strerror or exc})") from None
-            self.skipped.append(f"{_shown(folder)} (cannot be read: {exc.strerror or exc})")
+                raise UserError(f"--data {_shown(self.top)}: the folder cannot be read ({why})") from None
+            self.skipped.append(f"{_shown(folder)} (cannot be read: {why})")
             return None
         return entries
 
