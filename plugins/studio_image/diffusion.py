@@ -196,16 +196,14 @@ class ImageDiffusion(Generator):
         refuse(params.model, root, component_folders(root))
         folder = root is not None and root.is_dir()
         try:
-            facts = folder_facts(root) if folder else UNKNOWN_PIPELINE
+            engine = engine_of(folder_facts(root) if folder else UNKNOWN_PIPELINE)
         except ValueError as exc:
             raise UserError(f"model {params.model!r}: {exc}") from None
         options = {"use_safetensors": True, "local_files_only": True}
         with loading(params.model, "a diffusers model", LOAD_FIX):
-            if isinstance(facts, UnetFacts):
-                return UnetEngine(facts).load(root, options)
-            return PipelineEngine(facts).load(root, params.model, options)
+            return engine.load(root, params.model, options)
 
-    def prepare(self, model: UnetEngine | PipelineEngine, ctx) -> UnetEngine | PipelineEngine:
+    def prepare(self, model: Engine, ctx) -> Engine:
         """The loaded model on the step's device, in its precision."""
         return model.prepared(ctx)
 

@@ -13,6 +13,7 @@ on this machine, where only the rules that need no facts apply.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from studio.limits import cpu_budget_problem
@@ -45,8 +46,10 @@ SchedulerName = Literal["default", "ddim", "ddpm", "euler", "euler-a", "dpm++", 
 
 @dataclass(frozen=True)
 class Engine:
-    """The rules of every model. Subclasses add their kind's rules by overriding the
-    hooks (prompt_problem ... scale_problem); the whole-item checks below combine them."""
+    """The rules of every model. An engine for a kind of model adds its rules by
+    overriding the hooks (prompt_problem ... scale_problem), which the whole-item checks
+    below combine, and runs its model: `load` returns the engine holding the loaded
+    model, `prepared` that model on the step's device, `run` a batch's images."""
 
     # the CPU budget's arguments (studio.limits.cpu_budget_problem): the default one
     cpu_budget: ClassVar[dict[str, Any]] = {}
@@ -81,6 +84,17 @@ class Engine:
     def scale_problem(self, width: int, height: int) -> str | None:
         """Why width x height is too far from what the model was trained at."""
         return None
+
+    # -- running: what an engine for a kind of model implements ---------------------
+
+    def load(self, root: Path | None, model: str, options: dict[str, Any]) -> Engine:
+        raise NotImplementedError(f"{type(self).__name__} cannot load a model whose configs it has not read")
+
+    def prepared(self, ctx: Any) -> Engine:
+        raise NotImplementedError
+
+    def run(self, batch: list, ctxs: list) -> list:
+        raise NotImplementedError
 
     # -- the checks of a whole item, for validate and for the run --------------------
 

@@ -97,7 +97,7 @@ class UnetEngine(Engine):
 
     # -- loading ----------------------------------------------------------------------
 
-    def load(self, root: Path, options: dict[str, Any]) -> UnetEngine:
+    def load(self, root: Path | None, model: str, options: dict[str, Any]) -> UnetEngine:
         from diffusers import UNet2DModel
 
         unet = UNet2DModel.from_pretrained(root, subfolder="unet", **options)
