@@ -128,3 +128,26 @@ def test_text_to_image_without_a_prompt_samples_the_empty_prompt_as_diffusers_do
     theirs = pipe(prompt="", num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(3),
                   output_type="np").images[0]
     assert np.abs(ours.astype(int) - (theirs * 255).round().astype(int)).max() <= 1
+
+
+def test_validate_and_the_run_ask_the_same_engine():
+    """The folder picks the engine, and a rule lives in it once: a prompt on a UNet2DModel
+    is refused with the same words by validation and by a run given unvalidated params."""
+    from pydantic import ValidationError
+
+    from studio import UserError
+    from studio.testing import make_context
+    from studio_image.diffusion import DIGITS_WEIGHTS, ImageDiffusion, engine_for
+    from studio_image.diffusion_pipeline import PipelineEngine
+    from studio_image.diffusion_unet import UnetEngine
+
+    digits = str(DIGITS_WEIGHTS)
+    assert isinstance(engine_for(digits), UnetEngine) and isinstance(engine_for("default"), PipelineEngine)
+    problem = engine_for(digits).prompt_problem(digits, "a cat")
+    assert problem.startswith(f"model {digits!r} is a class-conditional (class_label: 0, 1, 2")
+    with pytest.raises(ValidationError, match="it takes no prompt"):
+        ImageDiffusion.Params(model=digits, prompt="a cat")
+    params = ImageDiffusion.Params(model=digits, steps=1).model_copy(update={"prompt": "a cat"})
+    with pytest.raises(UserError) as info:
+        ImageDiffusion().generate(params, make_context())
+    assert str(info.value) == problem
