@@ -98,7 +98,8 @@ class Executor:
         self.outputs = ItemOutputs(registry, self.cache, self._warn)
 
     def run(self) -> RunResult:
-        # the scheduler joins what runs the batches before anything is written
+        """Run the plan into a new run folder. The scheduler joins what runs the batches
+        before anything is written, and lets go of it however the run ends."""
         self.runtime = self.scheduler.start(self.runtime, self.spec)
         result = None
         try:
