@@ -93,7 +93,7 @@ def sample_diffusion(model_dir: str | None, n: int, steps: int, guidance: float,
 
         torch.manual_seed(1)
         loaded = gen.load(ImageDiffusion.Params(model=str(DIGITS)), make_context())
-        loaded = {**loaded, "unet": UNet2DModel(**unet_config(16, 1, classes)).eval()}
+        loaded = loaded.with_unet(UNet2DModel(**unet_config(16, 1, classes)).eval())
         gen.load = lambda params, ctx: loaded
         model_dir = str(DIGITS)
     params = [ImageDiffusion.Params(model=model_dir, steps=steps, guidance_scale=guidance,
