@@ -139,7 +139,7 @@ class RssSampler:
 
 # --- the cluster ----------------------------------------------------------------------
 
-NAMESPACE = "studio"  # where the executor names its kept workers (studio.cluster.NAMESPACE)
+NAMESPACE = "studio"  # where the executor names its kept workers (studio.execute.cluster.NAMESPACE)
 
 
 def named_workers() -> list[str]:
@@ -261,7 +261,7 @@ def memory_of(pids: list[int]) -> dict[str, Any]:
 
 class Bench:
     def __init__(self, args, tmp: Path):
-        from studio.runtime import Runtime
+        from studio.execute.runtime import Runtime
         from studio.testing import ClusterFakes, make_host
 
         self.args, self.tmp = args, tmp
@@ -375,7 +375,7 @@ class Bench:
         way before a group whose first run is timed (with --only, it may be the first)."""
         import importlib
 
-        for module in ("torch", "studio.cluster"):
+        for module in ("torch", "studio.execute.cluster"):
             importlib.import_module(module)
 
     def _fresh_then_stock(self, path: Path) -> dict[str, Any]:

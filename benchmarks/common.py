@@ -57,7 +57,7 @@ class StudioRunner:
     the file with its provenance, the manifest), not loading."""
 
     def __init__(self, tmp: Path, device: str = "cpu", precision: str = "fp32"):
-        from studio.runtime import Runtime
+        from studio.execute.runtime import Runtime
 
         self.tmp, self.device, self.precision = tmp, device, precision
         self.runtimes, self.count = {precision: Runtime(device, precision)}, 0
@@ -71,7 +71,7 @@ class StudioRunner:
         path.write_text(json.dumps({"name": "bench", "device": self.device, "precision": precision,
                                     "steps": steps}))
         if precision not in self.runtimes:
-            from studio.runtime import Runtime
+            from studio.execute.runtime import Runtime
 
             self.runtimes[precision] = Runtime(self.device, precision)
         runtime = self.runtimes[precision]

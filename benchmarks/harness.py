@@ -638,7 +638,7 @@ class Harness:
         import gc
 
         from studio import api
-        from studio.runtime import Runtime
+        from studio.execute.runtime import Runtime
 
         def used() -> int:
             if self.device.startswith("cuda"):

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from studio.history import disk_usage
+from studio.runs.history import disk_usage
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = """

@@ -28,19 +28,19 @@ PUBLIC_MODULES = ("errors", "limits", "media", "sniff", "testing", "training", "
 # Ctrl-C while it starts is still handled by `studio.launch`.
 _WHERE = {
     "media": "studio.media",
-    "Writer": "studio.artifacts",
+    "Writer": "studio.execute.artifacts",
     "NonFiniteOutput": "studio.errors", "PipelineError": "studio.errors", "StudioError": "studio.errors",
     "UserError": "studio.errors",
     "Artifact": "studio.generator", "Generator": "studio.generator", "Params": "studio.generator",
     "StepContext": "studio.generator", "batch_groups": "studio.generator", "media_input": "studio.generator",
     "model_input": "studio.generator",
     "hookimpl": "studio.hookspecs",
-    "check_finite": "studio.runtime",
+    "check_finite": "studio.execute.runtime",
     # the API pulls in the executor; plugins importing `studio` should not pay for it
     "load": "studio.api", "validate": "studio.api", "plan": "studio.api", "run": "studio.api",
     "Pipeline": "studio.api",
-    "record_evaluation": "studio.evaluations", "evaluation_problem": "studio.evaluations",
-    "RunReader": "studio.dataset",
+    "record_evaluation": "studio.runs.evaluations", "evaluation_problem": "studio.runs.evaluations",
+    "RunReader": "studio.runs.dataset",
     "Trainer": "studio.training", "TrainerOptions": "studio.training", "TrainConfig": "studio.training",
 }
 

@@ -1,5 +1,5 @@
 """The Python API the CLI is built on: load, validate, plan, run. Its keyword arguments
-become the two option objects of studio.options, as the command line's flags do."""
+become the two option objects of studio.pipeline.options, as the command line's flags do."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.errors import PipelineError
-from studio.events import Sink
-from studio.executor import Executor, RunResult
-from studio.options import PipelineOptions, RunOptions
-from studio.plan import Plan, build_plan
-from studio.plugins import Host, default_host
-from studio.runtime import Runtime
-from studio.spec import PipelineSpec
-from studio.validate import check_pipeline
+from studio.execute.events import Sink
+from studio.execute.executor import Executor, RunResult
+from studio.pipeline.options import PipelineOptions, RunOptions
+from studio.pipeline.plan import Plan, build_plan
+from studio.host.plugins import Host, default_host
+from studio.execute.runtime import Runtime
+from studio.pipeline.spec import PipelineSpec
+from studio.pipeline.validate import check_pipeline
 
 
 @dataclass
@@ -43,14 +43,14 @@ class Pipeline:
                                         executor=executor, ray_address=ray_address, keep_workers=keep_workers))
 
     def run_with(self, options: RunOptions) -> RunResult:
-        """Run the plan with `options` (studio.options.RunOptions)."""
+        """Run the plan with `options` (studio.pipeline.options.RunOptions)."""
         runtime = options.runtime
         if runtime is None and options.memory is not None:
             runtime = Runtime(self.spec.device, self.spec.precision, options.memory)
         executor_options = {"out": options.out, "use_cache": options.use_cache, "events": options.events,
                             "runtime": runtime}
         if (options.executor or self.spec.executor) == "ray":
-            from studio.cluster import RayExecutor
+            from studio.execute.cluster import RayExecutor
 
             if options.keep_workers is not None:
                 executor_options["keep_workers"] = options.keep_workers
@@ -60,7 +60,7 @@ class Pipeline:
 
 
 def load_with(path: str | Path, options: PipelineOptions, host: Host | None = None) -> Pipeline:
-    """Read and validate a pipeline with `options` (studio.options.PipelineOptions) over
+    """Read and validate a pipeline with `options` (studio.pipeline.options.PipelineOptions) over
     it. Raises PipelineError listing every problem."""
     host = host or default_host()
     checked = check_pipeline(path, host.registry, options)

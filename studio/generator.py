@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 if TYPE_CHECKING:  # heavy imports stay out of import time
     import torch
 
-    from studio.runtime import Runtime
+    from studio.execute.runtime import Runtime
 
 GENERATOR_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.-]*$")
 MEDIA_KEY = "studio_media"

@@ -10,8 +10,8 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from studio.artifacts import Writer
-    from studio.records import StepRun
+    from studio.execute.artifacts import Writer
+    from studio.execute.records import StepRun
     from studio.generator import Artifact, Generator
     from studio.training import Trainer
 

@@ -8,7 +8,7 @@ import sys
 
 
 def main() -> None:
-    from studio import interrupts
+    from studio.execute import interrupts
 
     interrupts.install()
     try:

@@ -201,7 +201,7 @@ class FakePlugin:
 def make_host(plugins: Iterable[tuple[str, Any]] = (), *, entry_points: bool = True, env: dict | None = None):
     """A plugin host with the installed plugins (unless entry_points=False) plus these
     (name, plugin) pairs, registered as if they came from entry points."""
-    from studio.plugins import Host
+    from studio.host.plugins import Host
 
     return Host.load(entry_points_group="studio" if entry_points else None, extra=plugins,
                      env=env if env is not None else {})
@@ -209,7 +209,7 @@ def make_host(plugins: Iterable[tuple[str, Any]] = (), *, entry_points: bool = T
 
 def make_context(seed: int = 0, *, device: str = "cpu", precision: str = "fp32", step_id: str = "test") -> StepContext:
     """A StepContext on a CPU runtime, to call `generate()` directly."""
-    from studio.runtime import Runtime
+    from studio.execute.runtime import Runtime
 
     return StepContext(step_id=step_id, item_name=step_id, seed=seed,
                        runtime=Runtime(device, precision), precision=precision)
@@ -222,7 +222,7 @@ def make_artifact(path: str | Path) -> Artifact:
         image = make_artifact(tmp_path / "in.png")
         out = MyFilter().generate(MyFilter.Params(image=image), make_context(seed=1))
     """
-    from studio.artifacts import sha256_file
+    from studio.execute.artifacts import sha256_file
     from studio.sniff import sniff
 
     path = Path(path).absolute()
@@ -267,7 +267,7 @@ def assert_generator_contract(gen_cls: type[Generator]) -> None:
     """What every generator owes its users: a name, a description, ports, and
     parameters that each have a description, a default or are required, and bounds."""
     from studio import params as P
-    from studio.registry import check_generator_class
+    from studio.host.registry import check_generator_class
 
     check_generator_class(gen_cls)
     assert gen_cls.description, f"{gen_cls.name}: no description"

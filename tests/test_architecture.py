@@ -1,11 +1,13 @@
-"""The shape of the code, as docs/architecture.md draws it: the host's modules import
-one way (no cycle, type-only and function-level imports included), and plugins use only
-the public API that `studio` exports and docs/plugins.md documents."""
+"""The shape of the code, as docs/architecture.md draws it: the host's folders and modules
+are the ones the map lists, they import in the order it lists them (no cycle; type-only
+and function-level imports included), the host imports no model library, and plugins use
+only the public API that `studio` exports and docs/plugins.md documents."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,29 +19,62 @@ import studio
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "studio"
 PLUGINS = ROOT / "plugins"
+MAP = ROOT / "docs" / "architecture.md"
+
+
+def module_name(path: Path) -> str:
+    """studio/pipeline/spec.py -> "pipeline.spec"; a package is its folder ("sniff")."""
+    parts = list(path.relative_to(HOST).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def host_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(HOST.rglob("*.py"))}
 
 
 def host_imports() -> dict[str, set[str]]:
-    """module -> the studio modules it imports anywhere in its text (top level,
-    functions, `if TYPE_CHECKING:`), read from the source: nothing is imported."""
-    modules = {p.stem for p in HOST.glob("*.py")}
-    graph: dict[str, set[str]] = {m: set() for m in modules}
-    for module in modules:
-        tree = ast.parse((HOST / f"{module}.py").read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            targets: list[str] = []
+    """module -> the host modules it imports anywhere in its text (top level, functions,
+    `if TYPE_CHECKING:`), read from the source: nothing is imported. A name is the
+    longest module path it starts with: `from studio.pipeline.spec import X` is
+    "pipeline.spec", `from studio.runs import history` is "runs.history"."""
+    modules = host_modules()
+
+    def resolve(dotted: str) -> str | None:
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in modules:
+                return ".".join(parts[:end])
+        return None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        found: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
-                if node.level == 1:  # from . import x / from .x import y
-                    targets = [node.module] if node.module else [a.name for a in node.names]
-                elif node.module == "studio":  # from studio import x: a submodule, or the package
-                    targets = [a.name if a.name in modules else "__init__" for a in node.names]
+                assert node.level == 0, f"{path}:{node.lineno}: the host imports absolutely (studio.x), for grep"
+                if node.module == "studio":
+                    found |= {resolve(a.name) or "__init__" for a in node.names}
                 elif node.module and node.module.startswith("studio."):
-                    targets = [node.module.split(".")[1]]
+                    base = node.module.removeprefix("studio.")
+                    found |= {resolve(f"{base}.{a.name}") or resolve(base) for a in node.names}
             elif isinstance(node, ast.Import):
-                targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("studio.")]
-            graph[module].update(t.split(".")[0] for t in targets if t and t.split(".")[0] in modules)
-        graph[module].discard(module)
+                found |= {resolve(a.name.removeprefix("studio.")) for a in node.names if a.name.startswith("studio.")}
+        graph[module] = {m for m in found if m and m != module}
     return graph
+
+
+def mapped_order() -> list[str]:
+    """The host's modules as docs/architecture.md lists them, bottom up: the first
+    backticked `.py` path (or `folder/`) of each row of its module tables."""
+    text = MAP.read_text(encoding="utf-8")
+    section = text.split("## The host's modules", 1)[1].split("\n## ", 1)[0]
+    order = []
+    for row in re.findall(r"^\| `([^`]+)` \|", section, re.M):
+        path = row.removesuffix("/").removesuffix(".py")
+        order.append(module_name(HOST / (path + ("/__init__.py" if (HOST / path).is_dir() else ".py"))))
+    return order
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -50,7 +85,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     def visit(node: str) -> list[str] | None:
         state[node] = 1
         path.append(node)
-        for nxt in sorted(graph[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
                 return path[path.index(nxt):] + [nxt]
             if nxt not in state:
@@ -79,30 +114,69 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_the_import_reader_sees_type_only_and_function_level_imports():
+def test_the_import_reader_sees_type_only_function_level_and_package_imports():
     graph = host_imports()
-    assert "records" in graph["hookspecs"]  # `if TYPE_CHECKING:` only
+    assert "execute.records" in graph["hookspecs"]  # `if TYPE_CHECKING:` only
     assert "sniff" in graph["generator"]  # inside a method
+    assert "version" in graph["__init__"]
 
 
-def test_leaf_modules_import_nothing_above_them():
-    """The bottom of the graph: a newcomer can read these without the rest."""
+def test_the_map_lists_every_host_module_once():
+    listed, actual = mapped_order(), set(host_modules())
+    assert len(listed) == len(set(listed)), "listed twice: " + ", ".join(
+        sorted({m for m in listed if listed.count(m) > 1}))
+    assert not actual - set(listed), "docs/architecture.md does not list " + ", ".join(sorted(actual - set(listed)))
+    assert not set(listed) - actual, "docs/architecture.md lists what is gone: " + ", ".join(
+        sorted(set(listed) - actual))
+
+
+def test_each_module_imports_only_modules_the_map_lists_before_it():
+    """The map's "bottom up" promise, checked edge by edge: a newcomer reading the table
+    from the top meets every module before anything that uses it."""
+    order = mapped_order()
+    position = {m: i for i, m in enumerate(order)}
+    late = [f"{m} imports {d} (listed after it)" for m, deps in host_imports().items() for d in sorted(deps)
+            if d in position and m in position and position[d] > position[m]]
+    assert not late, "\n".join(late)
+
+
+def test_the_map_draws_the_folders_there_are():
+    """The layout block names each sub-package of studio/ with its job, and nothing else."""
+    text = MAP.read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("```", 2)[1]
+    drawn = set(re.findall(r"^\s{2}(\w+)/", layout, re.M))
+    folders = {p.parent.relative_to(HOST).parts[0] for p in HOST.rglob("__init__.py") if p.parent != HOST}
+    assert drawn == folders, f"drawn {sorted(drawn)}, on disk {sorted(folders)}"
+
+
+def test_the_bottom_of_the_map_imports_nothing_above_it():
+    """The first rows a newcomer reads stand alone."""
     graph = host_imports()
-    for leaf, allowed in {"errors": set(), "media": set(), "refs": set(), "version": set(), "events": set(),
-                          "interrupts": set(), "yamlfile": {"errors"}}.items():
+    for leaf, allowed in {"errors": set(), "media": set(), "pipeline.refs": set(), "version": set(),
+                          "execute.events": set(), "execute.interrupts": set(),
+                          "pipeline.yamlfile": {"errors"}}.items():
         assert graph[leaf] <= allowed, f"{leaf} imports {sorted(graph[leaf] - allowed)}"
 
 
-def test_the_host_names_no_model_family():
+def test_the_host_imports_no_model_library():
     """diffusers and transformers live in the plugins (studio_diffusers, studio_lm), never
-    in the host: not imported, not named."""
-    for path in HOST.glob("*.py"):
+    in the host: no module of studio/ imports them, at any level."""
+    for path in HOST.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             for name in names:
                 assert name.split(".")[0] not in ("diffusers", "transformers"), f"{path.name} imports {name}"
+
+
+def test_the_public_module_paths_keep_working():
+    """What docs/plugins.md tells plugin authors to import stays where it says."""
+    for name in studio.PUBLIC_MODULES:
+        module = importlib.import_module(f"studio.{name}")
+        assert module.__all__, name
+    for name in studio.__all__:
+        assert getattr(studio, name) is not None, name
 
 
 # --- the public plugin API --------------------------------------------------------------
@@ -173,8 +247,9 @@ def test_importing_studio_and_the_plugins_keeps_heavy_libraries_out():
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in PLUGINS.rglob("*.py")))
 def test_no_plugin_reaches_into_another_plugins_private_names(path):
-    """Plugins share code only through the support packages (studio_lm, studio_diffusers)
-    and their own modules, never through another plugin's underscored names."""
+    """No file under plugins/ imports an underscored name from another package there
+    (plugin or support package): what packages share is their public names. Which
+    packages may import which is test_no_generator_plugin_imports_another's question."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
     own = Path(path).parts[1]
     for node in ast.walk(tree):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import studio.plugins
+import studio.host.plugins
 from studio.cli import cli
 from studio.testing import FakePlugin, make_host
 
@@ -13,7 +13,7 @@ GOOD = "name: good\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 2]}}
 
 @pytest.fixture(autouse=True)
 def fake_host(monkeypatch):
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("fake", FakePlugin())]))
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_plan_prints_items_in_order(invoke, write_yaml):
                "  - {id: a, uses: fake.image, with: {prompt: '${steps.w.outputs.text}'}, sweep: {seed: [1, 2]}}\n")
     result = invoke("plan", "pipeline.yaml")
     assert result.exit_code == 0
-    from studio.plan import derive_seed
+    from studio.pipeline.plan import derive_seed
 
     assert result.output == (
         "pipeline p: 2 steps, 3 items, run seed 4\n"
@@ -174,7 +174,7 @@ def test_a_ctrl_c_inside_an_import_lock_callback_is_put_off_not_lost():
     import time
     import types
 
-    from studio import interrupts
+    from studio.execute import interrupts
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGALRM)
     interrupts.install()

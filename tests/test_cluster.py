@@ -101,15 +101,15 @@ steps:
 
 
 def test_a_node_with_other_versions_is_refused(tmp_path, ray_cluster, monkeypatch):
-    import studio.cluster
+    import studio.execute.cluster
 
-    real = studio.cluster.versions
+    real = studio.execute.cluster.versions
 
     def newer_driver(registry):
         found = real(registry)
         return {**found, "plugins": {**found["plugins"], "fake": "9.9"}}
 
-    monkeypatch.setattr(studio.cluster.scheduler, "versions", newer_driver)
+    monkeypatch.setattr(studio.execute.cluster.scheduler, "versions", newer_driver)
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray")
     assert result.status == "failed"
     assert "runs other versions than the driver" in result.error
@@ -147,25 +147,25 @@ def test_the_cli_runs_on_the_cluster_this_process_joined(tmp_path, ray_cluster, 
     is read from the run_done event, which nothing else can look like."""
     import ray
 
-    import studio.cluster
-    import studio.plugins
+    import studio.execute.cluster
+    import studio.host.plugins
     from click.testing import CliRunner
 
     from studio.cli import cli
 
-    monkeypatch.setattr(studio.plugins, "_default", fake_host())
+    monkeypatch.setattr(studio.host.plugins, "_default", fake_host())
     monkeypatch.chdir(tmp_path)
     write(tmp_path, SLEEPS)
-    steps = studio.cluster.RayScheduler.run_steps
+    steps = studio.execute.cluster.RayScheduler.run_steps
     said = "a message from the cluster, as Ray prints it for the driver"
 
     def run_steps_while_the_cluster_speaks(self, driver):
         worker = ray._private.worker.global_worker
         ray._private.utils.push_error_to_driver(worker, "studio_test", said, job_id=worker.current_job_id)
-        assert wait_until(lambda: any(said in line for line in studio.cluster.OUTPUT.lines), 30)
+        assert wait_until(lambda: any(said in line for line in studio.execute.cluster.OUTPUT.lines), 30)
         steps(self, driver)
 
-    monkeypatch.setattr(studio.cluster.RayScheduler, "run_steps", run_steps_while_the_cluster_speaks)
+    monkeypatch.setattr(studio.execute.cluster.RayScheduler, "run_steps", run_steps_while_the_cluster_speaks)
     result = CliRunner().invoke(cli, ["run", "p.yaml", "--json-events", "--executor", "ray"])
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in result.stdout.splitlines()]  # every line an event, nothing else
@@ -253,11 +253,11 @@ def wait_until(condition, seconds: float = 30.0) -> bool:
 def test_a_batch_sent_to_a_worker_that_just_retired_goes_to_a_new_one(tmp_path, ray_cluster, monkeypatch):
     import ray
 
-    import studio.cluster
+    import studio.execute.cluster
 
     host = fake_host()
     assert api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray").status == "done"
-    adopt = studio.cluster.pools.WorkerPools.adopt
+    adopt = studio.execute.cluster.pools.WorkerPools.adopt
     adopted = []
 
     def adopt_then_retire(self, ray_module):
@@ -266,7 +266,7 @@ def test_a_batch_sent_to_a_worker_that_just_retired_goes_to_a_new_one(tmp_path, 
             adopted.append(slot.actor)
             ray.kill(slot.actor, no_restart=True)
 
-    monkeypatch.setattr(studio.cluster.pools.WorkerPools, "adopt", adopt_then_retire)
+    monkeypatch.setattr(studio.execute.cluster.pools.WorkerPools, "adopt", adopt_then_retire)
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=host, executor="ray", use_cache=False)
     assert adopted and result.status == "done", [r.error for r in result.failed]
     assert sorted(int(r.artifacts["text"].read_text()) for r in result.step("a")) == sorted(
@@ -274,14 +274,14 @@ def test_a_batch_sent_to_a_worker_that_just_retired_goes_to_a_new_one(tmp_path, 
 
 
 def test_idle_workers_of_another_setup_are_stopped_to_make_room(tmp_path, ray_cluster, monkeypatch):
-    import studio.cluster
+    import studio.execute.cluster
 
-    real = studio.cluster.pools.setup_id
-    monkeypatch.setattr(studio.cluster.pools, "setup_id", lambda *a: "othersetup000000")
+    real = studio.execute.cluster.pools.setup_id
+    monkeypatch.setattr(studio.execute.cluster.pools, "setup_id", lambda *a: "othersetup000000")
     assert api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
                    use_cache=False).status == "done"
     assert any(n.startswith("worker/othersetup000000/") for n in named_workers())
-    monkeypatch.setattr(studio.cluster.pools, "setup_id", real)
+    monkeypatch.setattr(studio.execute.cluster.pools, "setup_id", real)
     result = api.run(write(tmp_path, SLEEPS), out=tmp_path / "runs", host=fake_host(), executor="ray",
                      use_cache=False)
     assert result.status == "done"

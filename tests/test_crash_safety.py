@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import studio.plugins
-from studio import manifest as M
-from studio.artifacts import sha256_file
+import studio.host.plugins
+from studio.execute import manifest as M
+from studio.execute.artifacts import sha256_file
 from studio.cli import cli
 from studio.errors import UserError
 from studio.generator import Generator
@@ -138,8 +138,8 @@ def test_kill_when_the_journal_has_n_lines(tmp_path, lines):
 DRIVER = """
 import json, os, signal, sys
 
-import studio.cache
-import studio.manifest
+import studio.execute.cache
+import studio.execute.manifest
 
 point, n = sys.argv[1], int(sys.argv[2])
 calls = []
@@ -155,9 +155,9 @@ def die_on_call_n(original):
 
 
 if point == "before-cache-store":  # the artifact is written, the cache not yet
-    studio.cache.StepCache.store = die_on_call_n(studio.cache.StepCache.store)
+    studio.execute.cache.StepCache.store = die_on_call_n(studio.execute.cache.StepCache.store)
 elif point == "torn-journal-line":  # half an item's line reaches the disk
-    append = studio.manifest.Journal.append
+    append = studio.execute.manifest.Journal.append
 
     def half_then_die(self, record):
         if record.get("record") == "item":
@@ -168,16 +168,16 @@ elif point == "torn-journal-line":  # half an item's line reaches the disk
                 os.kill(os.getpid(), signal.SIGKILL)
         return append(self, record)
 
-    studio.manifest.Journal.append = half_then_die
+    studio.execute.manifest.Journal.append = half_then_die
 elif point == "final-manifest":  # every item made; killed as the manifest says so
-    write = studio.manifest.Manifest.write
+    write = studio.execute.manifest.Manifest.write
 
     def die_at_the_end(self, status, **kwargs):
         if status != "running":
             os.kill(os.getpid(), signal.SIGKILL)
         return write(self, status, **kwargs)
 
-    studio.manifest.Manifest.write = die_at_the_end
+    studio.execute.manifest.Manifest.write = die_at_the_end
 
 from studio.cli import main
 
@@ -302,7 +302,7 @@ class MorePlugin:
 
 @pytest.fixture
 def invoke(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin()), ("more", MorePlugin())]))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("fake", FakePlugin()), ("more", MorePlugin())]))
     monkeypatch.chdir(tmp_path)
 
     def run(text: str, *args):

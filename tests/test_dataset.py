@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from studio.dataset import export
+from studio.runs.dataset import export
 from studio.errors import UserError
 from studio.testing import run_yaml
 

@@ -22,18 +22,18 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-import studio.plugins
-import studio.cache
-import studio.item_outputs
-import studio.manifest
-from studio.artifacts import sha256_file
-from studio.cache import ENTRY, DamagedEntry, StepCache
+import studio.host.plugins
+import studio.execute.cache
+import studio.execute.item_outputs
+import studio.execute.manifest
+from studio.execute.artifacts import sha256_file
+from studio.execute.cache import ENTRY, DamagedEntry, StepCache
 from studio.cli import cli
 from studio.errors import UserError
-from studio.executor import Executor, RunWarning
+from studio.execute.executor import Executor, RunWarning
 from studio.generator import Artifact
 from studio.hookspecs import hookimpl
-from studio.manifest import JOURNAL, read_manifest
+from studio.execute.manifest import JOURNAL, read_manifest
 from studio.testing import FakePlugin, make_host, run_yaml
 
 SWEEP = "name: s\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 2, 3, 4, 5]}}\n"
@@ -76,7 +76,7 @@ def statuses(manifest: dict) -> list[str]:
 
 @pytest.fixture
 def invoke(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("fake", FakePlugin())]))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.yaml").write_text(SWEEP)
 
@@ -90,7 +90,7 @@ def invoke(tmp_path, monkeypatch):
 
 
 def test_a_full_disk_while_writing_an_artifact_stops_the_run_and_keeps_what_finished(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.item_outputs, "atomic_write", fail_on_call(3, studio.item_outputs.atomic_write))
+    monkeypatch.setattr(studio.execute.item_outputs, "atomic_write", fail_on_call(3, studio.execute.item_outputs.atomic_write))
     result = run_yaml(SWEEP, tmp_path)
     assert result.status == "failed"
     third = result.run_dir / "a@seed=3" / "image.png"
@@ -104,7 +104,7 @@ def test_a_full_disk_while_writing_an_artifact_stops_the_run_and_keeps_what_fini
 
 
 def test_a_full_disk_exits_2_with_the_path(invoke, monkeypatch, tmp_path):
-    monkeypatch.setattr(studio.item_outputs, "atomic_write", fail_on_call(2, studio.item_outputs.atomic_write))
+    monkeypatch.setattr(studio.execute.item_outputs, "atomic_write", fail_on_call(2, studio.execute.item_outputs.atomic_write))
     result = invoke("run", "p.yaml", "-q")
     assert result.exit_code == 2
     assert "Traceback" not in result.output
@@ -120,8 +120,8 @@ def cache_on_another_disk(*args, **kwargs):
 
 
 def test_a_full_cache_warns_and_every_item_is_done(tmp_path, monkeypatch):
-    monkeypatch.setattr(studio.cache.os, "link", cache_on_another_disk)
-    monkeypatch.setattr(studio.cache.shutil, "copyfile", fail_on_call(2, shutil.copyfile))
+    monkeypatch.setattr(studio.execute.cache.os, "link", cache_on_another_disk)
+    monkeypatch.setattr(studio.execute.cache.shutil, "copyfile", fail_on_call(2, shutil.copyfile))
     with pytest.warns(RunWarning, match=r"the step cache is not written \(disk full at .*\.cache/steps: free"):
         result = run_yaml(SWEEP, tmp_path)
     assert result.status == "done" and result.error is None
@@ -135,22 +135,22 @@ def test_a_full_cache_warns_and_every_item_is_done(tmp_path, monkeypatch):
 
 
 def test_a_full_cache_is_a_warning_on_the_command_line(invoke, monkeypatch):
-    monkeypatch.setattr(studio.cache.os, "link", cache_on_another_disk)
-    monkeypatch.setattr(studio.cache.shutil, "copyfile", fail_on_call(1, shutil.copyfile))
+    monkeypatch.setattr(studio.execute.cache.os, "link", cache_on_another_disk)
+    monkeypatch.setattr(studio.execute.cache.shutil, "copyfile", fail_on_call(1, shutil.copyfile))
     result = invoke("run", "p.yaml", "-q")
     assert result.exit_code == 0, result.output
     assert result.output.count("warning: the step cache is not written (disk full at ") == 1
 
 
 def test_a_manifest_that_cannot_be_written_at_the_end_leaves_the_journal(tmp_path, monkeypatch):
-    write = studio.manifest.write_json_atomic
+    write = studio.execute.manifest.write_json_atomic
 
     def full_at_the_end(path, data):
         if data["status"] != "running":
             raise enospc(path)
         write(path, data)
 
-    monkeypatch.setattr(studio.manifest, "write_json_atomic", full_at_the_end)
+    monkeypatch.setattr(studio.execute.manifest, "write_json_atomic", full_at_the_end)
     result = run_yaml(SWEEP, tmp_path)
     assert result.error.startswith(f"disk full at {result.manifest_path}: free space")
     assert (result.run_dir / JOURNAL).is_file()
@@ -161,7 +161,7 @@ def test_a_manifest_that_cannot_be_written_at_the_end_leaves_the_journal(tmp_pat
 
 
 def test_a_journal_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch):
-    journal = studio.manifest.Journal
+    journal = studio.execute.manifest.Journal
     monkeypatch.setattr(journal, "append", fail_on_call(4, journal.append))  # header, 2 items, then full
     result = run_yaml(SWEEP, tmp_path)
     assert result.status == "failed"
@@ -176,7 +176,7 @@ class HookFails:
 
 
 def test_any_other_file_error_is_named_not_a_traceback(tmp_path, invoke, monkeypatch):
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin()), ("hook", HookFails())]))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("fake", FakePlugin()), ("hook", HookFails())]))
     result = invoke("run", "p.yaml", "-q")
     assert result.exit_code == 2
     assert "Traceback" not in result.output

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the run-index reader (studio.history's _refresh/_store, and
+"""Property-based fuzzing of the run-index reader (studio.runs.history's _refresh/_store, and
 the manifest and journal readers under them).
 
 Beside one good run, a run folder gets an arbitrary JSON manifest (any JSON value; or
@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # the `test` extra
 from hypothesis import strategies as st
 
 from studio.cli import cli
-from studio.history import find, recorded_cache_keys, runs
+from studio.runs.history import find, recorded_cache_keys, runs
 
 EXAMPLES = 120
 PER_EXAMPLE_S = 10.0
@@ -132,7 +132,7 @@ def out(tmp_path_factory) -> Path:
 @FUZZ_SETTINGS
 @given(manifest=manifests, lines=journal_lines, running=st.booleans())
 def test_any_manifest_or_journal_is_indexed_or_noted_never_an_exception(out, manifest, lines, running):
-    from studio.manifest import this_process
+    from studio.execute.manifest import this_process
 
     bad = out / "p" / "20260102-100000-bad"
     if running and manifest.startswith("{") and manifest != "{}":  # a running run of this process: its journal is read

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the embedded-provenance reader (studio.reopen): whatever a
+"""Property-based fuzzing of the embedded-provenance reader (studio.runs.reopen): whatever a
 PNG, WAV or MIDI file carries where Studio puts its provenance (arbitrary bytes, text,
 JSON, pipelines, base64 and zlib of anything), and whatever damage a file Studio wrote
 suffers (bytes cut, flipped, inserted), re-opening it gives either a Reopened whose
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
 from studio.errors import UserError
-from studio.reopen import KEY, Reopened, as_yaml, encode, reopen
-from studio.yamlfile import load_yaml
+from studio.runs.reopen import KEY, Reopened, as_yaml, encode, reopen
+from studio.pipeline.yamlfile import load_yaml
 
 TIME_S = 2.0  # one file re-opened, on a busy shared machine (each takes milliseconds)
 FUZZ = settings(
@@ -199,7 +199,7 @@ def _studio_files(folder: Path) -> dict[str, bytes]:
     from PIL import Image
 
     from studio import media
-    from studio.artifacts import write_midi, write_png, write_wav
+    from studio.execute.artifacts import write_midi, write_png, write_wav
 
     provenance = {"step": "a", "item": "a@x=1", "params": {"text": "hi"}, KEY: encode(PIPELINE)}
     write_png(Image.new("RGB", (8, 8), (10, 20, 30)), folder / "s.png", provenance)

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from studio.cli import cli
-from studio.history import INDEX, find, resolve, runs
+from studio.runs.history import INDEX, find, resolve, runs
 from studio.testing import run_yaml
 
 PIPELINE = """
@@ -163,7 +163,7 @@ def test_a_hard_linked_output_edited_in_place_is_not_served_from_the_cache(tmp_p
 
 @pytest.mark.parametrize("count", [300])
 def test_listing_many_runs_reads_only_new_manifests(tmp_path, count, monkeypatch):
-    import studio.history_index as history_index
+    import studio.runs.history_index as history_index
 
     base = run(tmp_path)
     out = tmp_path / "runs"

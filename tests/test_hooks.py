@@ -3,7 +3,7 @@
 import click
 from click.testing import CliRunner
 
-from studio.artifacts import Writer
+from studio.execute.artifacts import Writer
 from studio.hookspecs import hookimpl
 from studio.testing import FakePlugin, FakeText, make_host, run_yaml
 

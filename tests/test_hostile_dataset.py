@@ -167,7 +167,7 @@ def test_labels_and_names_that_look_like_paths_stay_inside_o(tmp_path, monkeypat
 
 
 def test_a_failed_export_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
-    import studio.dataset
+    import studio.runs.dataset
 
     run = make_run(tmp_path)
     calls = []
@@ -179,7 +179,7 @@ def test_a_failed_export_leaves_nothing_half_written(tmp_path, monkeypatch, caps
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
 
-    monkeypatch.setattr(studio.dataset, "_place", place)
+    monkeypatch.setattr(studio.runs.dataset, "_place", place)
     before = snapshot(tmp_path)
     code, output, _ = main(["dataset", str(run), "-o", "new/deeper/ds"], tmp_path, monkeypatch, capsys)
     assert code == 2 and "disk full" in output and "Traceback" not in output, output

@@ -222,7 +222,7 @@ def test_a_run_that_cannot_take_its_eval_file_is_refused_before_measuring(tmp_pa
     run2 = run_folder(tmp_path / "b", steps={"../x": {"items": [artifact_item(f"draw/{i}/image.png")
                                                                  for i in range(4)]}})
     refused(*main(["eval", str(run2), "--against", "real"], tmp_path, monkeypatch, capsys), "evaluation name '../x'")
-    from studio.manifest import this_process
+    from studio.execute.manifest import this_process
 
     run3 = run_folder(tmp_path / "c", status="running", process=this_process())
     refused(*main(["eval", str(run3), "--against", "real"], tmp_path, monkeypatch, capsys), "still running")
@@ -246,7 +246,7 @@ def test_images_are_read_only_in_the_formats_their_names_say(tmp_path):
 
 def test_recording_survives_a_damaged_evaluations_field_and_refuses_a_fifo_gallery(tmp_path):
     from studio.errors import UserError
-    from studio.evaluations import record_evaluation
+    from studio.runs.evaluations import record_evaluation
 
     run = run_folder(tmp_path, evaluations=["not", "a", "mapping"])
     written = record_evaluation(run, "draw", {"metrics": {"x": 1}}, {"x": 1})
@@ -486,7 +486,7 @@ def test_fuzzed_metadata_is_read_or_refused_by_line(tmp_path_factory, lines):
 @given(step=JSON_VALUES, item=st.dictionaries(
     st.sampled_from(["name", "status", "params", "labels", "artifacts", "seed"]), JSON_VALUES, max_size=6))
 def test_fuzzed_run_manifests_are_read_or_refused_by_field(tmp_path_factory, step, item):
-    from studio.dataset import RunReader
+    from studio.runs.dataset import RunReader
     from studio.errors import UserError
 
     run = tmp_path_factory.mktemp("run")

@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 
 from studio.cli import cli
-from studio.history import INDEX, remove_tree
+from studio.runs.history import INDEX, remove_tree
 
 TIME_S = 10.0  # what one command may take here (a shared 2-core CI machine)
 KEY = "ab" + "0" * 62
@@ -253,7 +253,7 @@ RUNNING = {
 def test_a_running_manifest_with_an_absurd_process_is_read_without_a_crash(tmp_path, name):
     import socket
 
-    from studio.manifest import process_is_gone, this_process
+    from studio.execute.manifest import process_is_gone, this_process
 
     process = {**this_process(), "host": socket.gethostname(), **RUNNING[name]}
     assert process_is_gone(process) in (True, False)
@@ -278,7 +278,7 @@ JOURNALS: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("name", list(JOURNALS))
 def test_a_journal_with_wrong_types_or_of_the_wrong_kind_never_stops_the_index(tmp_path, name):
-    from studio.manifest import this_process
+    from studio.execute.manifest import this_process
 
     out = good_out(tmp_path)
     run_dir = write_run(out, "20260102-100000-bad", manifest(
@@ -331,7 +331,7 @@ def other_tables(path: Path) -> None:
 
 
 def ours_plus_a_trigger(path: Path) -> None:
-    from studio.history import SCHEMA, TABLES
+    from studio.runs.history import SCHEMA, TABLES
 
     with sqlite3.connect(path) as db:
         db.executescript(TABLES)
@@ -343,7 +343,7 @@ def ours_plus_a_trigger(path: Path) -> None:
 def rows_of_wrong_types(path: Path) -> None:
     """Studio's tables, with a row for the good run whose stamp matches and whose values
     are not numbers: it must be read again, not trusted."""
-    from studio.history import SCHEMA, TABLES, _stamp
+    from studio.runs.history import SCHEMA, TABLES, _stamp
 
     run_dir = path.parent / "p" / "20260101-100000-good"
     with sqlite3.connect(path) as db:
@@ -420,12 +420,12 @@ def test_the_index_is_never_written_through_a_link(tmp_path, kind):
 def test_a_read_only_output_folder_is_listed_from_memory_and_nothing_is_written(tmp_path, monkeypatch):
     """Root may write anywhere, so the folder's being read-only is what os.access says
     (the question the index asks before it writes), not its mode bits."""
-    import studio.history
+    import studio.runs.history
 
     out = good_out(tmp_path)
     before = snapshot(out)
     real_access = os.access
-    monkeypatch.setattr(studio.history.os, "access",
+    monkeypatch.setattr(studio.runs.history.os, "access",
                         lambda path, mode, **kw: False if mode & os.W_OK else real_access(path, mode, **kw))
     assert listed(out)[0]["run_id"] == "20260101-100000-good"
     assert not (out / INDEX).exists()
@@ -496,9 +496,9 @@ def test_escape_sequences_from_a_manifest_never_reach_the_terminal(tmp_path):
 
 
 def test_the_library_refuses_out_of_range_values_too(tmp_path):
-    from studio.cache_admin import collect
+    from studio.runs.cache_admin import collect
     from studio.errors import UserError
-    from studio.history import find, runs
+    from studio.runs.history import find, runs
 
     out = good_out(tmp_path)
     for call, named in ((lambda: find(out, seed=10**30), "--seed"), (lambda: find(out, limit=10**30), "--limit"),

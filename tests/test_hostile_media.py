@@ -33,9 +33,9 @@ import pytest
 from mido.midifiles.meta import encode_variable_int
 from click.testing import CliRunner
 
-import studio.artifacts
-import studio.plugins
-import studio.spec
+import studio.execute.artifacts
+import studio.host.plugins
+import studio.pipeline.spec
 from studio.sniff import check_budget, checks_deferred, midi_clock, midi_facts, midi_notes, sniff
 from studio.testing import make_host
 
@@ -438,12 +438,12 @@ def test_a_file_validate_had_no_time_for_is_refused_by_the_run_in_the_same_words
     (tmp_path / "early.mid").write_bytes(ZERO_LENGTH)
     (tmp_path / "late.mid").write_bytes(ZERO_LENGTH)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(studio.plugins, "_default", make_host())
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host())
     problem = "has no notes to play: a note is a note-on ended by a note-off on a later tick, and here 1 note ends " \
               "on the tick it starts; give each note a length of at least one tick"
     full = CliRunner().invoke(_cli(), ["validate", "early.yaml"])
     assert full.exit_code == 2 and f"input file 'early.mid' (audio/midi) {problem}" in full.output
-    monkeypatch.setattr(studio.spec, "INPUT_CHECK_BUDGET_S", 0.0)  # no time for full checks at all
+    monkeypatch.setattr(studio.pipeline.spec, "INPUT_CHECK_BUDGET_S", 0.0)  # no time for full checks at all
     with check_budget(0.0):
         time.sleep(0.001)
         cheap = sniff(tmp_path / "late.mid")
@@ -487,7 +487,7 @@ def full_disk(tmp_path, monkeypatch):
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     link.symlink_to("/dev/full")
-    original = studio.artifacts.temp_path_for
+    original = studio.execute.artifacts.temp_path_for
 
     def arm(suffix: str):
         def temp_path_for(final: Path) -> Path:
@@ -497,7 +497,7 @@ def full_disk(tmp_path, monkeypatch):
                 return link
             return original(final)
 
-        monkeypatch.setattr(studio.artifacts, "temp_path_for", temp_path_for)
+        monkeypatch.setattr(studio.execute.artifacts, "temp_path_for", temp_path_for)
 
     return arm
 
@@ -510,7 +510,7 @@ def test_a_full_disk_while_writing_media_says_disk_full(tmp_path, monkeypatch, f
     (tmp_path / "p.yaml").write_text(yaml)
     shutil.copy(ODE, tmp_path / "ode.mid")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(studio.plugins, "_default", make_host())
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host())
     full_disk(suffix)
     result = CliRunner().invoke(_cli(), ["run", "p.yaml", "--out", "runs", "-q"])
     assert "Traceback" not in result.output
@@ -526,7 +526,7 @@ def test_a_full_disk_while_writing_media_says_disk_full(tmp_path, monkeypatch, f
 def test_a_full_disk_while_writing_a_midi_is_an_os_error_the_run_puts_in_words(tmp_path):
     import pretty_midi
 
-    from studio.artifacts import is_storage_problem, write_midi
+    from studio.execute.artifacts import is_storage_problem, write_midi
 
     midi = pretty_midi.PrettyMIDI()
     midi.instruments.append(pretty_midi.Instrument(0))

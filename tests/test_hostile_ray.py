@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-import studio.cluster
-import studio.plugins
-from studio.cluster import PROBE_S, check_address
+import studio.execute.cluster
+import studio.host.plugins
+from studio.execute.cluster import PROBE_S, check_address
 from studio.errors import UserError
 from studio.testing import FakePlugin, make_host
 from test_hostile import cli_main
@@ -134,7 +134,7 @@ def no_ray(monkeypatch):
     """Ray stood in for (nothing may start or join a cluster), plugins faked."""
     stand_in = NoRay()
     monkeypatch.setitem(sys.modules, "ray", stand_in)
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("fake", FakePlugin())]))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return stand_in
 
@@ -210,20 +210,20 @@ def test_rays_messages_for_the_driver_are_held_for_the_run_folder(monkeypatch, c
     worker = types.ModuleType("ray._private.worker")
     worker.print_to_stdstream = lambda data, ignore_prefix: printed.append(data)
     monkeypatch.setitem(sys.modules, "ray._private.worker", worker)
-    monkeypatch.setattr(studio.cluster.output, "_held", None)
-    monkeypatch.setattr(studio.cluster.output, "_held_for_good", False)
+    monkeypatch.setattr(studio.execute.cluster.output, "_held", None)
+    monkeypatch.setattr(studio.execute.cluster.output, "_held_for_good", False)
     ray_logger = logging.getLogger("ray")
     monkeypatch.setattr(ray_logger, "handlers", list(ray_logger.handlers))
     before = list(ray_logger.handlers)
-    studio.cluster.OUTPUT.take()
+    studio.execute.cluster.OUTPUT.take()
 
-    studio.cluster.hold_ray_output(None)
+    studio.execute.cluster.hold_ray_output(None)
     sys.modules["ray._private.worker"].print_to_stdstream(
         {"lines": ["Task Worker.keep failed ... killed by `ray.kill`.", "\x1b[2Jsecond"], "pid": "raylet",
          "is_err": False}, ignore_prefix=False)
     logging.getLogger("ray._private.worker").error("Unhandled error: x")
-    lines = studio.cluster.OUTPUT.take()
-    studio.cluster.release_ray_output()
+    lines = studio.execute.cluster.OUTPUT.take()
+    studio.execute.cluster.release_ray_output()
     assert not printed
     out = capfd.readouterr()
     assert "raylet" not in out.out + out.err and "Unhandled" not in out.out + out.err
@@ -233,7 +233,7 @@ def test_rays_messages_for_the_driver_are_held_for_the_run_folder(monkeypatch, c
     assert worker.print_to_stdstream({"lines": []}, ignore_prefix=False) is None and printed  # put back
     assert ray_logger.handlers == before
 
-    studio.cluster.write_ray_log(tmp_path, lines)
+    studio.execute.cluster.write_ray_log(tmp_path, lines)
     assert (tmp_path / "ray.log").read_text().count("\n") == len(lines)
     assert [p.name for p in tmp_path.iterdir()] == ["ray.log"]  # no partial file left
 

@@ -27,7 +27,7 @@ import yaml
 from click.testing import CliRunner
 
 from studio.cli import cli
-from studio.reopen import KEY
+from studio.runs.reopen import KEY
 from test_hostile import Case, make_files, check_case, midi, no_terminal_controls, png, wav
 
 BUDGET_S = 3.0  # in process, on a busy 2-core machine; each case takes well under a second
@@ -389,7 +389,7 @@ def test_strings_that_are_not_text_survive_export(tmp_path):
     out = tmp_path / "p.yaml"
     code, output, _ = invoke(["export", str(tmp_path / "x.png"), "-o", str(out)])
     assert code == 0, output
-    from studio.yamlfile import load_yaml
+    from studio.pipeline.yamlfile import load_yaml
 
     text = out.read_bytes().decode("utf-8")
     for data in (yaml.safe_load(text), load_yaml(text, "p.yaml")[0]):  # YAML 1.1, and as Studio reads it

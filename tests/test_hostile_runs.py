@@ -36,7 +36,7 @@ def assert_clean(proc: subprocess.CompletedProcess, code: int) -> None:
 
 def running_manifest(run_dir: Path, **fields) -> None:
     """A manifest of a run still going (this test's own process), so its journal is read."""
-    from studio.manifest import this_process
+    from studio.execute.manifest import this_process
 
     run_dir.mkdir(parents=True, exist_ok=True)
     data = {"pipeline": "p", "status": "running", "process": this_process(),
@@ -78,7 +78,7 @@ def test_a1_runs_show_refuses_fifo_devices_and_huge_journals_and_manifests(tmp_p
 
 
 def test_a2_manifest_size_is_checked_before_parsing(tmp_path):
-    from studio.manifest import MAX_MANIFEST_BYTES
+    from studio.execute.manifest import MAX_MANIFEST_BYTES
 
     assert MAX_MANIFEST_BYTES <= 64 << 20
     run = tmp_path / "r"
@@ -219,7 +219,7 @@ def test_d1_huge_cache_file_is_refused_before_copying(tmp_path):
 
 
 def test_d1_hash_is_checked_before_copying(tmp_path, monkeypatch):
-    from studio.cache import StepCache
+    from studio.execute.cache import StepCache
 
     assert run_yaml(IMAGE, tmp_path).status == "done"
     entry = entry_dir(tmp_path)

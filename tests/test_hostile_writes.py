@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studio import cli
-from studio.artifacts import atomic_write, temp_path_for, write_json_atomic
+from studio.execute.artifacts import atomic_write, temp_path_for, write_json_atomic
 
 
 def test_a_link_planted_at_the_temporary_name_is_not_written_through(tmp_path):
@@ -66,7 +66,7 @@ def test_out_of_memory_anywhere_in_a_command_is_exit_2(monkeypatch, capsys):
         raise MemoryError()
 
     # where the command starts (the shared plugin host is left as it was)
-    monkeypatch.setattr(cli, "_host", hungry)
+    monkeypatch.setattr(cli.common, "load_host", hungry)
     with pytest.raises(SystemExit) as stopped:
         cli.main()
     assert stopped.value.code == 2

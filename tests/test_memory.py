@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from studio.runtime import Runtime
+from studio.execute.runtime import Runtime
 from studio.testing import run_yaml
 
 DIGITS = Path(__file__).resolve().parents[1] / "plugins/studio_image/weights/digits"

@@ -1,5 +1,5 @@
-from studio.plan import Binding, build_plan, derive_seed
-from studio.validate import load_spec
+from studio.pipeline.plan import Binding, build_plan, derive_seed
+from studio.pipeline.validate import load_spec
 
 
 def plan_of(host, write_yaml, text):

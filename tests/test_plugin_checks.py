@@ -21,7 +21,7 @@ from studio import Generator, Params, UserError, hookimpl, media
 from studio.cli import cli
 from studio.errors import PipelineError
 from studio.generator import Artifact
-from studio.validate import load_spec
+from studio.pipeline.validate import load_spec
 from studio.testing import make_context, make_host, run_yaml
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from studio.hookspecs import hookimpl
-from studio.plugins import PluginWarning
+from studio.host.plugins import PluginWarning
 from studio.testing import FakePlugin, FakeText, make_host
 
 
@@ -217,7 +217,7 @@ def test_cli_validation_and_torch_free_runs_never_import_heavy_libraries(tmp_pat
 
 
 def test_a_writer_cannot_name_files_outside_the_run_directory():
-    from studio.artifacts import Writer
+    from studio.execute.artifacts import Writer
 
     @hookimpl
     def register_artifact_writers(register):

@@ -4,7 +4,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from studio.events import RichProgress
+from studio.execute.events import RichProgress
 
 
 def test_a_batch_is_named_as_one_with_its_step_bar_advancing_per_item():

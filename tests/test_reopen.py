@@ -12,10 +12,10 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from studio.artifacts import read_provenance, write_midi, write_wav
+from studio.execute.artifacts import read_provenance, write_midi, write_wav
 from studio.cli import cli
 from studio.errors import UserError
-from studio.reopen import KEY, decode, encode, reopen
+from studio.runs.reopen import KEY, decode, encode, reopen
 
 PIPELINE = """
 name: again
@@ -34,7 +34,7 @@ def made(tmp_path, monkeypatch):
     from studio.testing import FakePlugin, make_host
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("studio.cli._host", lambda: make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr("studio.cli.common.load_host", lambda: make_host([("fake", FakePlugin())]))
     (tmp_path / "p.yaml").write_text(PIPELINE)
     result = CliRunner().invoke(cli, ["run", "p.yaml", "-q"])
     assert result.exit_code == 0, result.output

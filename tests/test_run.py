@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.artifacts import Writer, read_png_provenance, sha256_file
-from studio.events import Collect
+from studio.execute.artifacts import Writer, read_png_provenance, sha256_file
+from studio.execute.events import Collect
 from studio.generator import Generator
 from studio.hookspecs import hookimpl
 from studio.testing import FakeImage, run_yaml
@@ -152,7 +152,7 @@ def test_interrupted_run_keeps_finished_work_and_no_partial_files(tmp_path):
 
 
 def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
-    from studio.artifacts import atomic_write
+    from studio.execute.artifacts import atomic_write
 
     def explode(tmp):
         tmp.write_bytes(b"half")
@@ -303,7 +303,7 @@ def test_gallery_shows_every_item_escaped(tmp_path):
 
 
 def test_the_gallery_shows_a_lora_scale_only_beside_loras():
-    from studio.report import _params_html
+    from studio.runs.report import _params_html
 
     assert "lora_scale" not in _params_html({"steps": 10, "lora_scale": 1.0})
     shown = _params_html({"steps": 10, "lora_scale": 0.5, "loras": [{"path": "/x/outline.safetensors", "scale": 1}]})
@@ -339,7 +339,7 @@ def test_wav_and_midi_carry_provenance(tmp_path):
     import pretty_midi
     import soundfile
 
-    from studio.artifacts import read_provenance
+    from studio.execute.artifacts import read_provenance
 
     result = run_yaml("name: a\nsteps:\n  - {id: t, uses: test.tone}\n", tmp_path, plugins=[("tone", TonePlugin())])
     wav, mid = result.items["t"].artifacts["audio"].path, result.items["t"].artifacts["midi"].path
@@ -378,7 +378,7 @@ class SwallowingPlugin:
 def test_ctrl_c_that_a_library_turned_into_another_error_still_interrupts_the_run(tmp_path):
     import signal
 
-    from studio import interrupts
+    from studio.execute import interrupts
 
     previous = signal.getsignal(signal.SIGINT)
     interrupts.install()  # as the `studio` command does

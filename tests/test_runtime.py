@@ -5,7 +5,7 @@ import torch
 from studio.errors import NonFiniteOutput, UserError
 from studio.generator import Generator, Params
 from studio.hookspecs import hookimpl
-from studio.runtime import ModelCache, Runtime, check_finite, choose_precision, module_nbytes
+from studio.execute.runtime import ModelCache, Runtime, check_finite, choose_precision, module_nbytes
 from studio.testing import make_context, run_yaml
 from studio_diffusers.prepare import prepare_autoencoder
 
@@ -113,11 +113,11 @@ def test_cli_memory_budgets_reach_the_model_cache(tmp_path, monkeypatch):
 
     from click.testing import CliRunner
 
-    import studio.plugins
+    import studio.host.plugins
     from studio.cli import cli
     from studio.testing import FakePlugin, make_host
 
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("fake", FakePlugin())]))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("fake", FakePlugin())]))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.yaml").write_text("name: p\ndevice: cpu\nsteps:\n  - {id: a, uses: fake.image}\n")
     result = CliRunner().invoke(cli, ["run", "p.yaml", "-q", "--max-ram-gb", "0.5"])
@@ -151,7 +151,7 @@ def test_compile_must_be_a_boolean(write_yaml):
     import pytest
 
     from studio.errors import PipelineError
-    from studio.validate import load_spec
+    from studio.pipeline.validate import load_spec
     from studio.testing import make_host
 
     path = write_yaml("name: c\ncompile: yes please\nsteps:\n  - {id: a, uses: image.gan, compile: 3}\n")

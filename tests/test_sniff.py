@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from studio.modelpath import check_model
+from studio.pipeline.modelpath import check_model
 from studio.sniff import sniff
 
 

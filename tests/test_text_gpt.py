@@ -131,7 +131,7 @@ def test_a_prompt_longer_than_the_context_keeps_its_end(tiny_lm, tmp_path):
 ])
 def test_bad_parameters_are_caught_before_running(with_, message, write_yaml):
     from studio.errors import PipelineError
-    from studio.validate import load_spec
+    from studio.pipeline.validate import load_spec
     from studio.testing import make_host
 
     path = write_yaml(json.dumps({"name": "t", "steps": [{"id": "t", "uses": "text.gpt", "with": with_}]}))

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 from studio.cli import cli
 from studio.errors import UserError
 from studio.testing import make_host
-from studio.trainer_options import describe_options, parse_options
+from studio.training.options import describe_options, parse_options
 from studio.training import Trainer, TrainerOptions
 
 # every built-in trainer's options and their defaults, as the trainers read them before
@@ -217,7 +217,7 @@ def test_help_without_a_generator_names_the_trainable_ones():
 
 
 def test_help_of_a_trainer_without_options(monkeypatch):
-    import studio.plugins
+    import studio.host.plugins
     from studio import hookimpl
 
     class Plain(Trainer):
@@ -229,7 +229,7 @@ def test_help_of_a_trainer_without_options(monkeypatch):
         def register_trainers(self, register):
             register(Plain)
 
-    monkeypatch.setattr(studio.plugins, "_default", make_host([("plain", Plugin())], entry_points=False))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("plain", Plugin())], entry_points=False))
     result = studio_train("fake.text", "--help")
     assert result.exit_code == 0, result.output
     assert "Nothing to set. Its defaults: --steps 1000, --batch-size 32, --lr 0.001." in " ".join(result.output.split())

@@ -19,7 +19,7 @@ def test_every_installed_generator_keeps_the_contract():
 
 
 def artifact(path, labels=None):
-    from studio.artifacts import sha256_file
+    from studio.execute.artifacts import sha256_file
 
     return Artifact(path=path, media_type="image/png", sha256=sha256_file(path), size=path.stat().st_size,
                     labels=labels or {})

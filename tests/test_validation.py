@@ -3,7 +3,7 @@
 import pytest
 
 from studio.errors import PipelineError
-from studio.validate import load_spec
+from studio.pipeline.validate import load_spec
 
 FAKES = "fake.caption, fake.fail, fake.image, fake.text, image.grid, image.resize, image.title, text.template"
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from typing import Any
 
 import click
 
+from studio.cli import common
 from studio.cli.common import echo
 from studio.errors import StudioError, printable
 from studio.version import __version__
@@ -36,18 +36,6 @@ class StudioGroup(click.Group):
         except KeyboardInterrupt:
             echo("interrupted", err=True)
             sys.exit(130)
-
-
-def _host():
-    # from studio.plugins, not studio.api: listing commands must not import the executor
-    from studio.plugins import default_host
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        host = default_host()
-    for w in caught:
-        echo(f"warning: {w.message} (see `studio plugins list`)", err=True)
-    return host
 
 
 @click.group(cls=StudioGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,7 +67,7 @@ def main() -> None:
     """The console entry point: whatever happens, the user gets a message and an exit
     code, never a Python traceback (that goes to a crash log the message names)."""
     try:
-        host = _host()
+        host = common.host()
         host.call_each("register_commands", cli=cli)
         stdout_was = _stdout_identity()
         try:
@@ -101,7 +89,7 @@ def main() -> None:
     except BrokenPipeError:  # `studio plan x | head`: the reader left; say nothing more
         _quiet_broken_pipe()
     except OSError as exc:
-        from studio.artifacts import os_error_text
+        from studio.execute.artifacts import os_error_text
 
         echo(f"Error: {os_error_text(exc, writing=False)}", err=True)
         sys.exit(2)

@@ -22,7 +22,7 @@ def cache_info(out, as_json) -> None:
     """How many entries the cache holds, its size, and what only it holds."""
     import time
 
-    from studio.cache_admin import cache_root, entries, keys_in_runs
+    from studio.runs.cache_admin import cache_root, entries, keys_in_runs
 
     notes: list[str] = []
     found = entries(out)
@@ -55,7 +55,7 @@ def cache_info(out, as_json) -> None:
 def cache_gc(out, days, max_gb, include_listed, dry_run) -> None:
     """Remove cache entries, least recently used first; never one a run in OUT recorded
     unless --include-listed."""
-    from studio.cache_admin import check_limits, collect
+    from studio.runs.cache_admin import check_limits, collect
 
     if days is None and max_gb is None:
         raise UserError("give --older-than DAYS, --max-gb N or both (studio cache info shows the cache's size)")

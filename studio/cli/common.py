@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,21 @@ OUT_OPTION = click.option("--out", default="runs", show_default=True, metavar="D
 
 
 def host():
-    """The plugin host, its loading warnings shown: studio.cli._host, looked up at each
-    call, so that one replacement there (a test's fake plugins) serves every command."""
-    import studio.cli
+    """The plugin host, its loading warnings shown: `load_host`, looked up at each call,
+    so that one replacement there (a test's fake plugins) serves every command."""
+    return load_host()
 
-    return studio.cli._host()
+
+def load_host():
+    # from studio.host.plugins, not studio.api: listing commands must not import the executor
+    from studio.host.plugins import default_host
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = default_host()
+    for w in caught:
+        echo(f"warning: {w.message} (see `studio plugins list`)", err=True)
+    return found
 
 
 def echo(message: Any = "", err: bool = False) -> None:

@@ -19,7 +19,7 @@ from studio.errors import UserError
 def validate(pipelines) -> None:
     """Check pipelines without running them. Lists every problem found."""
     from studio.errors import PipelineError, UserError
-    from studio.validate import check_pipeline
+    from studio.pipeline.validate import check_pipeline
 
     registry = host().registry
     failed = False
@@ -45,7 +45,7 @@ def validate(pipelines) -> None:
 def plan(pipeline, overrides, seed, as_json) -> None:
     """Show the steps and items PIPELINE expands to, in run order (a dry run)."""
     from studio import api
-    from studio.options import PipelineOptions
+    from studio.pipeline.options import PipelineOptions
 
     the_plan = api.load_with(pipeline, PipelineOptions(overrides=overrides, seed=seed), host()).plan()
     if as_json:
@@ -72,8 +72,8 @@ def plan(pipeline, overrides, seed, as_json) -> None:
 def export(source, output) -> None:
     """Write out the pipeline that made SOURCE: a PNG, WAV or MIDI file Studio made, a
     manifest.json or a run directory."""
-    from studio.artifacts import atomic_write, os_error_text
-    from studio.reopen import as_yaml, reopen, shown
+    from studio.execute.artifacts import atomic_write, os_error_text
+    from studio.runs.reopen import as_yaml, reopen, shown
 
     def refuse_existing() -> None:
         if os.path.lexists(output):

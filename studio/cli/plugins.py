@@ -49,7 +49,7 @@ def plugins_new(name, where) -> None:
     """Write a ready plugin package: pyproject with the entry point, a generator
     (image.NAME), tests using studio.testing, a README. NAME: lower-case words joined
     by - or _ (acme-grain: the package studio-acme-grain, the generator image.acme_grain)."""
-    from studio.scaffold import new_plugin, plugin_names
+    from studio.host.scaffold import new_plugin, plugin_names
 
     root = new_plugin(name, where)
     echo(f"wrote {root}: its generator is {plugin_names(name)['generator']}")

@@ -57,12 +57,12 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     PNG, WAV or MIDI file Studio made, a manifest.json or a run directory: the pipeline
     that made it runs again (fully cached when nothing changed; --set applies)."""
     from studio.errors import StorageError
-    from studio.events import GuardedSink, sink_for
-    from studio.options import PipelineOptions, RunOptions
-    from studio.runtime import ModelBudget
+    from studio.execute.events import GuardedSink, sink_for
+    from studio.pipeline.options import PipelineOptions, RunOptions
+    from studio.execute.runtime import ModelBudget
 
     if ray_address is not None or executor == "ray":  # checked before anything is read or started
-        from studio.cluster import resolve_address
+        from studio.execute.cluster import resolve_address
 
         resolve_address(ray_address)  # --ray-address, or RAY_ADDRESS when Ray would read it
     if not out.strip():
@@ -83,7 +83,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
 
 def _run(loaded, options, json_events: bool):
     """The run itself; Ctrl-C and file problems it did not put in words become messages."""
-    from studio.artifacts import os_error_text
+    from studio.execute.artifacts import os_error_text
     from studio.errors import StorageError
 
     events = options.events
@@ -105,7 +105,7 @@ def _run(loaded, options, json_events: bool):
 @contextlib.contextmanager
 def _run_warnings_as_lines():
     """The run's warnings (a read-only step cache ...) as plain lines, when they happen."""
-    from studio.executor import RunWarning
+    from studio.execute.executor import RunWarning
 
     with warnings.catch_warnings():
         show_others = warnings.showwarning
@@ -182,7 +182,7 @@ def load_or_reopen(pipeline: Path, options, plugin_host):
 
     from studio import api
     from studio.errors import Issue, PipelineError
-    from studio.reopen import MEDIA, as_yaml, reopen, shown
+    from studio.runs.reopen import MEDIA, as_yaml, reopen, shown
 
     if not (pipeline.is_dir() or pipeline.name == "manifest.json" or pipeline.suffix.lower() in MEDIA):
         return api.load_with(pipeline, options, plugin_host)

@@ -38,7 +38,7 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_list(out, pipeline, status, since, until, limit, as_json) -> None:
     """Runs, newest first: name, run id, status, items, time, pipeline file, size."""
-    from studio.history import runs as find_runs
+    from studio.runs.history import runs as find_runs
 
     notes: list[str] = []
     found = find_runs(out, pipeline=pipeline, status=status, since=since, until=until, limit=limit, notes=notes)
@@ -56,7 +56,7 @@ def runs_list(out, pipeline, status, since, until, limit, as_json) -> None:
     table = Table()
     for col in ("pipeline", "run", "status", "done/failed/cached", "time", "pipeline file", "size"):
         table.add_column(col, overflow="fold", no_wrap=col == "run")
-    from studio.manifest import shown
+    from studio.execute.manifest import shown
 
     def text(value, limit: int = 300) -> str:  # from the manifests: escape sequences made visible
         return escape(shown(value, limit))
@@ -85,7 +85,7 @@ def runs_find(out, step, uses, seed, params, limit, as_json) -> None:
     import yaml
 
     from studio.errors import clip
-    from studio.history import (
+    from studio.runs.history import (
         MAX_PARAMS_DEPTH,
         _too_deep_or_large,
         find,
@@ -138,7 +138,7 @@ def runs_find(out, step, uses, seed, params, limit, as_json) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def runs_rm(out, targets, yes) -> None:
     """Delete runs: run directories, `latest`, or a pipeline name (its newest run)."""
-    from studio.history import remove, resolve
+    from studio.runs.history import remove, resolve
 
     chosen, seen = [], set()
     for target in targets:  # every target is found before anything is removed
@@ -168,8 +168,8 @@ def runs_show(run_dir, out, as_json) -> None:
     directory, a pipeline's folder or name (its newest run), or `latest`."""
     from rich.markup import escape
 
-    from studio.history import resolve
-    from studio.manifest import read_manifest, shown
+    from studio.runs.history import resolve
+    from studio.execute.manifest import read_manifest, shown
 
     given = Path(run_dir)
     # a name, `latest` or a pipeline's folder of runs: which run; any other path is read as
@@ -200,7 +200,7 @@ def runs_show(run_dir, out, as_json) -> None:
 
 
 def _holds_runs(folder: Path) -> bool:
-    from studio.history import newest_in
+    from studio.runs.history import newest_in
 
     return newest_in(folder) is not None
 
@@ -265,8 +265,8 @@ def dataset(run_dir, output, step, port, layout, label, caption, split, runs_roo
     """Write a run's outputs as a training set: RUN is a run directory, a pipeline's
     folder or name (its newest run), or `latest`. Labels and captions come from the
     items' parameters (a sweep's class_label, an upstream text's prompt)."""
-    from studio.dataset import export as export_dataset
-    from studio.history import resolve
+    from studio.runs.dataset import export as export_dataset
+    from studio.runs.history import resolve
 
     given = Path(run_dir)
     # a run folder's manifest is read (and checked) by the export, whatever kind of file it is

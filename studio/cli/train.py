@@ -28,7 +28,7 @@ class _TrainCommand(click.Command):
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         from studio.errors import UserError
-        from studio.trainer_options import describe_options
+        from studio.training.options import describe_options
 
         super().format_epilog(ctx, formatter)
         registry = host().registry
