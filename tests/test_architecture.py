@@ -290,3 +290,26 @@ def test_no_generator_plugin_imports_another():
                 crossing += [f"{path.relative_to(ROOT)}:{node.lineno} imports {name}" for name in names
                              if name.split(".")[0] in plugins - {own}]
     assert not crossing, "a plugin imports another plugin:\n" + "\n".join(crossing)
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+WHOLE = "# kept whole:"  # a comment on the line before a def (or atop a module) that says why
+
+
+@pytest.mark.parametrize("top", ["studio", "plugins"])
+def test_modules_and_functions_stay_small(top):
+    """No module over 500 lines and no function over 60 in studio/ and plugins/, unless
+    a `# kept whole: why` comment says why that one reads better in one piece."""
+    too_big = []
+    for path in sorted((ROOT / top).rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) > MAX_MODULE_LINES and not any(line.startswith(WHOLE) for line in lines[:30]):
+            too_big.append(f"{path.relative_to(ROOT)}: {len(lines)} lines")
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if length > MAX_FUNCTION_LINES and WHOLE not in lines[first - 2]:
+                    too_big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines")
+    assert not too_big, "over the size rule (split it, or say why with a '# kept whole:' comment):\n" + \
+        "\n".join(too_big)
