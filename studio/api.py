@@ -10,10 +10,10 @@ from pathlib import Path
 from studio.errors import PipelineError
 from studio.execute.events import Sink
 from studio.execute.executor import Executor, RunResult
+from studio.execute.runtime import Runtime
+from studio.host.plugins import Host, default_host
 from studio.pipeline.options import PipelineOptions, RunOptions
 from studio.pipeline.plan import Plan, build_plan
-from studio.host.plugins import Host, default_host
-from studio.execute.runtime import Runtime
 from studio.pipeline.spec import PipelineSpec
 from studio.pipeline.validate import check_pipeline
 

@@ -22,10 +22,10 @@ import pytest
 from click.testing import CliRunner
 
 import studio.host.plugins
-from studio.execute import manifest as M
-from studio.execute.artifacts import sha256_file
 from studio.cli import cli
 from studio.errors import UserError
+from studio.execute import manifest as M
+from studio.execute.artifacts import sha256_file
 from studio.generator import Generator
 from studio.hookspecs import hookimpl
 from studio.testing import FakeImage, FakePlugin, make_host, run_yaml

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from studio.runs.dataset import export
 from studio.errors import UserError
+from studio.runs.dataset import export
 from studio.testing import run_yaml
 
 @pytest.fixture

@@ -26,14 +26,14 @@ import studio.host.plugins
 import studio.execute.cache
 import studio.execute.item_outputs
 import studio.execute.manifest
-from studio.execute.artifacts import sha256_file
-from studio.execute.cache import ENTRY, DamagedEntry, StepCache
 from studio.cli import cli
 from studio.errors import UserError
+from studio.execute.artifacts import sha256_file
+from studio.execute.cache import ENTRY, DamagedEntry, StepCache
 from studio.execute.executor import Executor, RunWarning
+from studio.execute.manifest import JOURNAL, read_manifest
 from studio.generator import Artifact
 from studio.hookspecs import hookimpl
-from studio.execute.manifest import JOURNAL, read_manifest
 from studio.testing import FakePlugin, make_host, run_yaml
 
 SWEEP = "name: s\nsteps:\n  - {id: a, uses: fake.image, sweep: {seed: [1, 2, 3, 4, 5]}}\n"

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
 from studio.errors import UserError
-from studio.runs.reopen import KEY, Reopened, as_yaml, encode, reopen
 from studio.pipeline.yamlfile import load_yaml
+from studio.runs.reopen import KEY, Reopened, as_yaml, encode, reopen
 
 TIME_S = 2.0  # one file re-opened, on a busy shared machine (each takes milliseconds)
 FUZZ = settings(

@@ -486,8 +486,8 @@ def test_fuzzed_metadata_is_read_or_refused_by_line(tmp_path_factory, lines):
 @given(step=JSON_VALUES, item=st.dictionaries(
     st.sampled_from(["name", "status", "params", "labels", "artifacts", "seed"]), JSON_VALUES, max_size=6))
 def test_fuzzed_run_manifests_are_read_or_refused_by_field(tmp_path_factory, step, item):
-    from studio.runs.dataset import RunReader
     from studio.errors import UserError
+    from studio.runs.dataset import RunReader
 
     run = tmp_path_factory.mktemp("run")
     for steps in ({"s": step}, {"s": {"items": [item]}}, {"s": {"items": [{**artifact_item(), **item}]}}):

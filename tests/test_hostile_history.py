@@ -496,8 +496,8 @@ def test_escape_sequences_from_a_manifest_never_reach_the_terminal(tmp_path):
 
 
 def test_the_library_refuses_out_of_range_values_too(tmp_path):
-    from studio.runs.cache_admin import collect
     from studio.errors import UserError
+    from studio.runs.cache_admin import collect
     from studio.runs.history import find, runs
 
     out = good_out(tmp_path)

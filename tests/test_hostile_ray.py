@@ -25,8 +25,8 @@ import pytest
 
 import studio.execute.cluster
 import studio.host.plugins
-from studio.execute.cluster import PROBE_S, check_address
 from studio.errors import UserError
+from studio.execute.cluster import PROBE_S, check_address
 from studio.testing import FakePlugin, make_host
 from test_hostile import cli_main
 

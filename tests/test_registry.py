@@ -9,9 +9,9 @@ import pytest
 
 from studio import Generator, Params, UserError, Writer, batch_groups, media
 from studio.execute.batch import BatchOutOfMemory, run_batch
+from studio.execute.records import ItemRun, StepRun
 from studio.hookspecs import hookimpl
 from studio.host.plugins import PluginWarning
-from studio.execute.records import ItemRun, StepRun
 from studio.testing import FakePlugin, FakeText, make_context, make_host
 from studio.training import Trainer
 

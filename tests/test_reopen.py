@@ -12,9 +12,9 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from studio.execute.artifacts import read_provenance, write_midi, write_wav
 from studio.cli import cli
 from studio.errors import UserError
+from studio.execute.artifacts import read_provenance, write_midi, write_wav
 from studio.runs.reopen import KEY, decode, encode, reopen
 
 PIPELINE = """

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from studio.errors import NonFiniteOutput, UserError
+from studio.execute.runtime import ModelCache, Runtime, check_finite, choose_precision, module_nbytes
 from studio.generator import Generator, Params
 from studio.hookspecs import hookimpl
-from studio.execute.runtime import ModelCache, Runtime, check_finite, choose_precision, module_nbytes
 from studio.testing import make_context, run_yaml
 from studio_diffusers.prepare import prepare_autoencoder
 

@@ -16,8 +16,8 @@ from pydantic import ConfigDict, Field
 from studio.cli import cli
 from studio.errors import UserError
 from studio.testing import make_host
-from studio.training.options import describe_options, parse_options
 from studio.training import Trainer, TrainerOptions
+from studio.training.options import describe_options, parse_options
 
 # every built-in trainer's options and their defaults, as the trainers read them before
 # the options were typed (`self.config.options.get(key, default)`): the same command

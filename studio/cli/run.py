@@ -58,8 +58,8 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     that made it runs again (fully cached when nothing changed; --set applies)."""
     from studio.errors import StorageError
     from studio.execute.events import GuardedSink, sink_for
-    from studio.pipeline.options import PipelineOptions, RunOptions
     from studio.execute.runtime import ModelBudget
+    from studio.pipeline.options import PipelineOptions, RunOptions
 
     if ray_address is not None or executor == "ray":  # checked before anything is read or started
         from studio.execute.cluster import resolve_address
@@ -83,8 +83,8 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
 
 def _run(loaded, options, json_events: bool):
     """The run itself; Ctrl-C and file problems it did not put in words become messages."""
-    from studio.execute.artifacts import os_error_text
     from studio.errors import StorageError
+    from studio.execute.artifacts import os_error_text
 
     events = options.events
     try:

@@ -168,8 +168,8 @@ def runs_show(run_dir, out, as_json) -> None:
     directory, a pipeline's folder or name (its newest run), or `latest`."""
     from rich.markup import escape
 
-    from studio.runs.history import resolve
     from studio.execute.manifest import read_manifest, shown
+    from studio.runs.history import resolve
 
     given = Path(run_dir)
     # a name, `latest` or a pipeline's folder of runs: which run; any other path is read as

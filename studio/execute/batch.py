@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from studio.execute import interrupts
 from studio.errors import UserError
+from studio.execute import interrupts
 from studio.execute.records import ItemRun, StepRun
 from studio.execute.runtime import is_out_of_memory
 

@@ -23,26 +23,26 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from studio.errors import MachineError, StorageError, UserError
 from studio.execute.artifacts import fsync_dir, is_storage_problem, os_error_text, write_json_atomic
 from studio.execute.batch import BatchResult
 from studio.execute.cache import StepCache, cache_key
 from studio.execute.codehash import code_fingerprint
-from studio.errors import MachineError, StorageError, UserError
 from studio.execute.events import GuardedSink, Sink
 from studio.execute.failures import generator_failure, output_failure, parameter_failure
-from studio.generator import Generator, StepContext
-from studio.runs.history import link_latest
 from studio.execute.item_inputs import ItemInputs, jsonable
 from studio.execute.item_outputs import ItemOutputs
 from studio.execute.manifest import MANIFEST, Manifest
-from studio.pipeline.plan import Plan, PlanItem, PlanStep
 from studio.execute.records import ItemResult, ItemRun, RunResult, RunStats, StepRun
+from studio.execute.runtime import Runtime
+from studio.execute.scheduling import LocalScheduler, Scheduler, StepWork
+from studio.generator import Generator, StepContext
 from studio.host.registry import Registry
+from studio.pipeline.plan import Plan, PlanItem, PlanStep
+from studio.runs.history import link_latest
 from studio.runs.reopen import KEY as PIPELINE_KEY
 from studio.runs.reopen import encode as encode_pipeline
 from studio.runs.report import write_gallery, write_pipeline
-from studio.execute.runtime import Runtime
-from studio.execute.scheduling import LocalScheduler, Scheduler, StepWork
 from studio.version import __version__
 
 __all__ = ["Executor", "RunResult", "RunWarning", "StepWork", "new_run_id"]

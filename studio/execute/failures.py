@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from studio.execute.artifacts import is_storage_problem, os_error_text
 from studio.errors import MachineError, StudioError, UserError, echo
+from studio.execute.artifacts import is_storage_problem, os_error_text
 from studio.execute.records import StepRun
 from studio.execute.runtime import is_out_of_memory
 

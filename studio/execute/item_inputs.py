@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from studio import params as P
+from studio.errors import UserError, clip, echo
 from studio.execute.artifacts import sha256_file
 from studio.execute.cache import canonical
-from studio.errors import UserError, clip, echo
+from studio.execute.records import ItemResult
 from studio.generator import Artifact, Generator, Params
 from studio.pipeline.plan import Binding, FileInput, PlanItem
-from studio.execute.records import ItemResult
 from studio.pipeline.refs import interpolate, whole_ref
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from studio.errors import StorageError
 from studio.execute.artifacts import atomic_write, is_storage_problem, os_error_text, sha256_file
 from studio.execute.cache import DamagedEntry, StepCache
-from studio.errors import StorageError
-from studio.generator import Artifact, Generator
 from studio.execute.records import ItemResult, ItemRun, StepRun
-from studio.host.registry import Registry
 from studio.execute.runtime import check_finite
+from studio.generator import Artifact, Generator
+from studio.host.registry import Registry
 
 
 class ItemOutputs:

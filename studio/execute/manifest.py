@@ -27,16 +27,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studio.execute.artifacts import fsync_dir, write_json_atomic
 from studio.errors import UserError
+from studio.execute.artifacts import fsync_dir, write_json_atomic
 from studio.limits import FileRefused, read_regular
 from studio.version import __version__
 
 if TYPE_CHECKING:
-    from studio.pipeline.plan import Plan
     from studio.execute.records import ItemResult, RunStats
-    from studio.host.registry import Registry
     from studio.execute.runtime import Runtime
+    from studio.host.registry import Registry
+    from studio.pipeline.plan import Plan
 
 MANIFEST = "manifest.json"
 JOURNAL = "journal.jsonl"

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.execute.runtime import Runtime
 from studio.generator import Artifact, Generator, Params, StepContext
 from studio.pipeline.plan import PlanItem
-from studio.execute.runtime import Runtime
 
 
 @dataclass

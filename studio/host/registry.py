@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from studio.execute.artifacts import Writer
 from studio.errors import PluginError, UserError, did_you_mean, echo
+from studio.execute.artifacts import Writer
 from studio.generator import GENERATOR_NAME, Generator, Params
 
 HOST_PLUGIN = "studio"  # the host's own plugin (studio.host.builtin): the default writers

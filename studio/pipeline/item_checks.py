@@ -29,8 +29,8 @@ from studio.pipeline.refs import whole_ref
 from studio.sniff import sniff
 
 if TYPE_CHECKING:
-    from studio.pipeline.plan import Plan
     from studio.host.registry import Registry
+    from studio.pipeline.plan import Plan
     from studio.pipeline.spec import StepSpec
 
 MAX_ISSUES_PER_STEP = 5  # the first few; the rest are the same mistake on other items

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.pipeline.item_checks import check_items
 from studio.errors import PipelineError
+from studio.host.registry import Registry
+from studio.pipeline.item_checks import check_items
 from studio.pipeline.options import PipelineOptions
 from studio.pipeline.plan import Plan, build_plan, check_graph
-from studio.host.registry import Registry
-from studio.sniff import check_budget
 from studio.pipeline.spec import PipelineSpec, read_spec
+from studio.sniff import check_budget
 
 INPUT_FILES_BUDGET_S = 1.0
 

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.execute.cache import KEY
 from studio.errors import UserError
+from studio.execute.cache import KEY
 from studio.runs.history_fields import printable_text
 from studio.runs.run_folders import disk_usage, remove_tree
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studio.execute.artifacts import atomic_write, os_error_text, write_json_atomic
 from studio.errors import UserError, clip, echo, printable
+from studio.execute.artifacts import atomic_write, os_error_text, write_json_atomic
 from studio.execute.manifest import MANIFEST, read_bounded, read_manifest
 from studio.runs.report import EVALUATIONS as MARKER  # where gallery.html takes evaluation sections
 

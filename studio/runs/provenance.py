@@ -16,9 +16,9 @@ from typing import Any, BinaryIO
 
 from studio.errors import UserError, clip
 from studio.limits import FileRefused, open_regular
-from studio.sniff.png import MAX_PNG_CHUNKS
-from studio.sniff import MAX_INPUT_BYTES, MAX_MIDI_BYTES
 from studio.pipeline.yamlfile import MAX_BYTES
+from studio.sniff import MAX_INPUT_BYTES, MAX_MIDI_BYTES
+from studio.sniff.png import MAX_PNG_CHUNKS
 
 # the embedded pipeline (base64 of at most a pipeline file's size, compressed), plus the
 # item's parameters; zlib at worst adds a few bytes per 16 KB block, base64 4 characters per 3 bytes

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import UserError, clip
-from studio.runs.provenance import MAX_ENCODED, json_or_refuse, kind_of, read_provenance_strict, shown
 from studio.pipeline.yamlfile import MAX_BYTES, MAX_DEPTH, MAX_WRITTEN_VALUES
+from studio.runs.provenance import MAX_ENCODED, json_or_refuse, kind_of, read_provenance_strict, shown
 
 KEY = "pipeline_source"  # in a file's provenance: base64 of the zlib-compressed JSON pipeline
 MAX_DECODED = MAX_BYTES  # a pipeline file's own limit (2 MB), applied while inflating

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from studio.errors import UserError, echo
-from studio.training.options import CommaSeparated, OneOf, TrainerOptions, parse_options
 from studio.training.config import (MAX_STEPS, TrainConfig, check_config, check_out, checkpoint_paths, echo_value,
                                     links_leaving)
+from studio.training.options import CommaSeparated, OneOf, TrainerOptions, parse_options
 
 if TYPE_CHECKING:
     import torch

@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Any
 
-from studio.execute.cluster.output import hold_ray_output
 from studio.errors import ClusterError, UserError, clip, echo, printable
+from studio.execute.cluster.output import hold_ray_output
 
 RAY_MISSING = ("running on a Ray cluster (--executor ray, or executor: ray in the pipeline) needs Ray, which is "
                "not installed here. Install it with `pip install 'studio-media[ray]'` (or `pip install ray`), or run "

@@ -13,8 +13,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from studio.execute.artifacts import atomic_write
 from studio.errors import clip, printable
+from studio.execute.artifacts import atomic_write
 
 RAY_LOG = "ray.log"  # in the run folder: what Ray had to say to the driver during the run
 MAX_RAY_LINES = 2000  # the latest ones kept, each clipped

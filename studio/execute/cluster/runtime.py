@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from studio.execute.cluster.address import import_ray, resources_text
 from studio.errors import ClusterError
+from studio.execute.cluster.address import import_ray, resources_text
 from studio.execute.runtime import ModelBudget, Runtime, choose_precision
 
 

@@ -17,19 +17,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from studio.errors import ClusterError, clip
 from studio.execute.batch import BatchResult
 from studio.execute.cluster.address import connect, import_ray, resources_text
 from studio.execute.cluster.output import OUTPUT, hold_ray_output, release_ray_output, session_logs, write_ray_log
 from studio.execute.cluster.pools import KEEP_WORKERS_S, RETRIES, Slot, WorkerPools, WorkerSetup
 from studio.execute.cluster.runtime import ClusterRuntime
 from studio.execute.cluster.worker import Done, Job, versions
-from studio.errors import ClusterError, clip
 from studio.execute.executor import Executor
-from studio.generator import Artifact
-from studio.pipeline.plan import PlanStep
 from studio.execute.records import ItemRun
 from studio.execute.runtime import ModelBudget, Runtime
 from studio.execute.scheduling import Driver, StepWork
+from studio.generator import Artifact
+from studio.pipeline.plan import PlanStep
 
 
 @dataclass

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.execute.batch import BatchOutOfMemory, run_batch
 from studio.errors import UserError
-from studio.generator import Artifact, StepContext
-from studio.pipeline.plan import PlanItem
+from studio.execute.batch import BatchOutOfMemory, run_batch
 from studio.execute.records import ItemRun, StepRun
 from studio.execute.runtime import ModelBudget, Runtime
+from studio.generator import Artifact, StepContext
+from studio.pipeline.plan import PlanItem
 from studio.version import __version__
 
 
