@@ -26,11 +26,13 @@ from studio import Artifact, Generator, Params, UserError, batch_groups, media, 
 from studio.limits import on_cpu
 from studio.weights import input_path, loading, local_path, refuse, weights_problem
 from studio_image.diffusion_engine import Engine, SchedulerName, quiet_libraries, strength_of
+from studio_image.diffusion_infotext import parameters_text
 from studio_image.diffusion_inputs import output_size
 from studio_image.diffusion_lora import MAX_LORAS, Lora, checked_all
 from studio_image.diffusion_models import (DEFAULT_WEIGHTS, DIGITS_WEIGHTS, UNKNOWN_PIPELINE, PipelineFacts,
                                            UnetFacts, component_folders, folder_facts, model_facts)
 from studio_image.diffusion_pipeline import PipelineEngine
+from studio_image.diffusion_single_file import SINGLE_FILE_SUFFIXES, single_file_problem, vae_problem
 from studio_image.diffusion_unet import UnetEngine
 
 # names other modules import from here
@@ -40,11 +42,12 @@ LOAD_FIX = ("Give 'default', a diffusers directory (model_index.json, or unet/ a
             ".safetensors weights), or a hub id in your Hugging Face cache")
 
 
-def engine_for(model: str) -> Engine:
-    """The engine of the model `model` names, built from its folder's configs: the base
-    engine (the rules that need no facts) when there is no folder to read. A ValueError
-    says which config value is out of range."""
-    return engine_of(model_facts(model))
+def engine_for(model: str, config: str | None = None) -> Engine:
+    """The engine of the model `model` names, built from its folder's configs (a single
+    file: its `config` folder's, or its recognised family's): the base engine (the rules
+    that need no facts) when there is nothing to read. A ValueError says which config
+    value is out of range."""
+    return engine_of(model_facts(model, config))
 
 
 def engine_of(facts: UnetFacts | PipelineFacts | None) -> Engine:
@@ -61,7 +64,7 @@ def _engine(info: ValidationInfo) -> Engine | None:
     model = info.data.get("model")
     if not isinstance(model, str):
         return None
-    facts = model_facts(model)
+    facts = model_facts(model, info.data.get("config"))
     return None if facts is None else engine_of(facts)
 
 
@@ -76,11 +79,25 @@ class ImageDiffusion(Generator):
     max_batch_size = 16
 
     class Params(Params):
+        # config and prediction come before model: model's validator judges a single file with them
+        config: str | None = model_input(None, files=("model_index.json",), description=(
+            "With a single-file model: a diffusers folder of its configs (model_index.json, unet/, vae/, "
+            "text_encoder/, scheduler/; no weights needed), for a file Studio does not recognise or to override "
+            "the configs Studio ships for its family."))
+        prediction: Literal["default", "epsilon", "v_prediction"] = Field("default", description=(
+            "What the model predicts, for a single file whose weights cannot tell: 'default' follows the family "
+            "(SD 2.x text-to-image: v_prediction at 768, as 2.0-v, 2.1 and most fine-tunes; others: epsilon); "
+            "'epsilon' for an SD 2.x 512-base model."))
         model: str = model_input(
-            "default", files=("model_index.json", "unet/config.json"), hub=True,
+            "default", files=("model_index.json", "unet/config.json"), suffixes=SINGLE_FILE_SUFFIXES, hub=True,
             description="'default' (embedded: a small text-to-image Stable Diffusion that draws 32x32 emoji "
-                        "from their names), a local diffusers directory (safetensors weights), or a hub id in the "
-                        "local Hugging Face cache.")
+                        "from their names), a local diffusers directory (safetensors weights), a single-file "
+                        "checkpoint as model sites ship them (.safetensors: SD 1.x, SD 2.x, SDXL base and their "
+                        "inpainting variants, recognised from the file; a .ckpt/.pt only when it holds plain "
+                        "tensors), or a hub id in the local Hugging Face cache.")
+        vae: str | None = model_input(None, files=("config.json",), suffixes=(".safetensors",), description=(
+            "A VAE in place of the model's own: a .safetensors file (single-file or diffusers layout) or a "
+            "diffusers VAE folder. Needed by a single file without a baked-in VAE."))
         prompt: str | None = Field(None, max_length=2000, description=(
             "Text prompt (text-to-image models); absent: the empty prompt, as diffusers, A1111 and ComfyUI sample "
             "(an unconditioned image; the embedded model was trained with caption dropout for it)."))
@@ -135,9 +152,19 @@ class ImageDiffusion(Generator):
 
         @field_validator("model")
         @classmethod
-        def weights_are_plain(cls, value: str) -> str:
+        def weights_are_plain(cls, value: str, info: ValidationInfo) -> str:
             root = local_path(value, DEFAULT_WEIGHTS)
-            problem = weights_problem(value, root, component_folders(root))
+            problem = single_file_problem(value, root, info.data.get("config"), info.data.get("prediction", "default"))
+            if problem is None and not (root is not None and root.is_file()):
+                problem = weights_problem(value, root, component_folders(root))
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @field_validator("vae")
+        @classmethod
+        def vae_fits_the_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+            problem = vae_problem(info.data.get("model"), value, info.data.get("config"))
             if problem:
                 raise ValueError(problem)
             return value
@@ -183,23 +210,47 @@ class ImageDiffusion(Generator):
 
         @model_validator(mode="after")
         def fits(self, info: ValidationInfo):
-            problem = engine_for(self.model).item_problem(self, on_cpu(info))
+            problem = (self.vae is None and vae_problem(self.model, None, self.config)
+                       or engine_for(self.model, self.config).item_problem(self, on_cpu(info)))
             if problem:
                 raise ValueError(problem)
             return self
+
+    def model_key(self, params: Params) -> str:
+        """The weights path, and the config folder, VAE and prediction when given: each
+        changes what loads."""
+        extra = [f"{name}={value}" for name, value in (("config", params.config), ("vae", params.vae),
+                                                        ("prediction", params.prediction)) if value not in (None, "default")]
+        return "|".join([super().model_key(params), *extra])
+
+    def weights_id(self, params: Params) -> str:
+        from studio.weights import weights_fingerprint
+
+        extra = [weights_fingerprint(value, DEFAULT_WEIGHTS) for value in (params.config, params.vae) if value]
+        if params.prediction != "default":
+            extra.append(params.prediction)
+        return "|".join([super().weights_id(params), *extra])
 
     def load(self, params: Params, ctx) -> Engine:
         """The model's engine holding the loaded model: local files only, safetensors only
         (nothing is downloaded and no pickle is read)."""
         quiet_libraries()
         root = local_path(params.model, DEFAULT_WEIGHTS)
-        refuse(params.model, root, component_folders(root))
+        single = root is not None and root.is_file()
+        problem = (single_file_problem(params.model, root, params.config, params.prediction)
+                   or vae_problem(params.model, params.vae, params.config))
+        if problem:
+            raise UserError(problem)
+        if not single:
+            refuse(params.model, root, component_folders(root))
         folder = root is not None and root.is_dir()
         try:
-            engine = engine_of(folder_facts(root) if folder else UNKNOWN_PIPELINE)
+            facts = model_facts(params.model, params.config) if single else folder_facts(root) if folder else None
+            engine = engine_of(facts or UNKNOWN_PIPELINE)
         except ValueError as exc:
             raise UserError(f"model {params.model!r}: {exc}") from None
-        options = {"use_safetensors": True, "local_files_only": True}
+        options = {"use_safetensors": True, "local_files_only": True, "config": params.config, "vae": params.vae,
+                   "prediction": params.prediction}
         with loading(params.model, "a diffusers model", LOAD_FIX):
             return engine.load(root, params.model, options)
 
@@ -210,7 +261,8 @@ class ImageDiffusion(Generator):
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         out: list[dict | None] = [None] * len(params)
         # items differing only in seed, prompt, class, init image or mask share a batch
-        keys = [(p.model, p.steps, p.guidance_scale, output_size(p.width, p.height, p.image, None) if p.image
+        keys = [(p.model, p.config, p.vae, p.prediction, p.steps, p.guidance_scale,
+                 output_size(p.width, p.height, p.image, None) if p.image
                  else (p.width, p.height), p.scheduler, p.timestep_spacing, p.negative_prompt, strength_of(p),
                  p.mask is None, tuple((lora.sha256, lora.scale) for lora in p.loras), p.lora_scale, p.clip_skip,
                  p.prompt_weighting) for p in params]
@@ -218,5 +270,7 @@ class ImageDiffusion(Generator):
             batch = [params[i] for i in indexes]
             engine = ctxs[indexes[0]].model(self, batch[0])
             for i, image in zip(indexes, engine.run(batch, [ctxs[i] for i in indexes])):
+                # A1111's infotext on the image; the PNG writer embeds it (docs/plugins.md)
+                image.info["parameters"] = parameters_text(params[i], ctxs[i].seed, image.size, engine)
                 out[i] = {"image": image}
         return out

@@ -49,6 +49,7 @@ class PipelineFacts:
     inpainting: bool = False  # a dedicated inpainting checkpoint: latents, mask and masked image in
     one_text_encoder: bool = False  # one CLIP text encoder (SD 1.x/2.x): what compel and clip_skip serve here
     text_layers: int | None = None  # how many layers that text encoder has
+    refiner: bool = False  # an SDXL refiner: it only finishes an image (image-to-image)
 
 
 # a pipeline whose folder is not on this machine: nothing is known about it
@@ -72,13 +73,40 @@ def component_folders(root: Path | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["", "unet", *(name for name, _ in components(index))]))
 
 
-def model_facts(model: str) -> ModelFacts | None:
-    """What the configs of `model` say (None when there is nothing local to read).
-    A ValueError says which config value is out of range."""
+def model_facts(model: str, config: str | None = None) -> ModelFacts | None:
+    """What the configs of `model` say (None when there is nothing local to read): a
+    folder's own, or for a single-file checkpoint its `config` folder's, else its
+    recognised family's. A ValueError says which config value is out of range."""
     root = local_path(model, DEFAULT_WEIGHTS)
-    if root is None or not root.is_dir():
+    if root is None:
+        return None
+    if root.is_file():
+        return single_file_facts(root, config)
+    if not root.is_dir():
         return None
     return folder_facts(root)
+
+
+def single_file_facts(path: Path, config: str | None) -> PipelineFacts | None:
+    """A single-file checkpoint's facts: its `config` folder's, else those of the family
+    its header shows (None when neither is known: validation says why)."""
+    from studio_image.diffusion_single_file import recognise
+
+    found = None
+    if path.suffix.lower() == ".safetensors":
+        try:
+            found = recognise(path)
+        except ValueError:
+            return None
+    if config is not None and Path(config).is_dir():
+        facts = folder_facts(Path(config))
+        return facts if isinstance(facts, PipelineFacts) else None
+    family = found and found.family
+    if family is None:
+        return None
+    return PipelineFacts(size=(family.size, family.size), factor=8, inpainting=family.inpainting,
+                         one_text_encoder=family.text_layers is not None, text_layers=family.text_layers,
+                         refiner=family.refiner)
 
 
 def folder_facts(root: Path) -> ModelFacts:

@@ -63,6 +63,10 @@ class PipelineEngine(Engine):
 
     def options_problem(self, params: Any) -> str | None:
         model = params.model
+        if self.facts.refiner and params.image is None:
+            return (f"model {model!r} is a Stable Diffusion XL refiner: it finishes an image another model began and "
+                    "cannot start one from noise; use an SDXL base checkpoint as model, or give image "
+                    "(image-to-image) to refine one")
         if self.facts.inpainting and (params.image is None or params.mask is None):
             return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and "
                     "masked image); give image and mask, or use an ordinary checkpoint for text-to-image")
@@ -84,8 +88,21 @@ class PipelineEngine(Engine):
     # -- loading ----------------------------------------------------------------------
 
     def load(self, root: Path | None, model: str, options: dict[str, Any]) -> PipelineEngine:
+        """The pipeline of a folder, a hub id or a single-file checkpoint. `options`: the
+        from_pretrained keywords, and image.diffusion's config, vae and prediction."""
         import diffusers
 
+        config, vae, prediction = (options.pop(name, None) for name in ("config", "vae", "prediction"))
+        if root is not None and root.is_file():
+            from studio_image.diffusion_single_file import load_single_file
+
+            pipe = load_single_file(root, config and Path(config), vae and Path(vae), prediction or "default",
+                                    self.facts.inpainting)
+            return self.loaded_from(pipe)
+        if vae is not None:
+            from studio_image.diffusion_single_file import load_vae
+
+            options["vae"] = load_vae(Path(vae), Path(config or root or ".") / "vae")
         folder = root is not None and root.is_dir()
         index = config(root, "model_index.json") if folder else {}
         name = index.get("_class_name")
@@ -97,7 +114,9 @@ class PipelineEngine(Engine):
         # a 9-channel UNet only inpaints: its own pipeline class, not a text-to-image one
         unet = config(root / "unet") if folder else {}
         auto = AutoPipelineForInpainting if unet.get("in_channels") == 9 else AutoPipelineForText2Image
-        pipe = auto.from_pretrained(str(root) if root is not None else model, **options)
+        return self.loaded_from(auto.from_pretrained(str(root) if root is not None else model, **options))
+
+    def loaded_from(self, pipe: Any) -> PipelineEngine:
         pipe.set_progress_bar_config(disable=True)
         expose_final_layer_norm(pipe)
         return replace(self, model=PipelineModel(pipe, dict(pipe.scheduler.config)))
