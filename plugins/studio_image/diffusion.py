@@ -26,6 +26,7 @@ from studio import Artifact, Generator, Params, UserError, batch_groups, media, 
 from studio.limits import on_cpu
 from studio.weights import input_path, loading, local_path, refuse, weights_problem
 from studio_image.diffusion_engine import Engine, SchedulerName, quiet_libraries, strength_of
+from studio_image.diffusion_infotext import parameters_text
 from studio_image.diffusion_inputs import output_size
 from studio_image.diffusion_lora import MAX_LORAS, Lora, checked_all
 from studio_image.diffusion_models import (DEFAULT_WEIGHTS, DIGITS_WEIGHTS, UNKNOWN_PIPELINE, PipelineFacts,
@@ -269,5 +270,7 @@ class ImageDiffusion(Generator):
             batch = [params[i] for i in indexes]
             engine = ctxs[indexes[0]].model(self, batch[0])
             for i, image in zip(indexes, engine.run(batch, [ctxs[i] for i in indexes])):
+                # A1111's infotext on the image; the PNG writer embeds it (docs/plugins.md)
+                image.info["parameters"] = parameters_text(params[i], ctxs[i].seed, image.size, engine)
                 out[i] = {"image": image}
         return out

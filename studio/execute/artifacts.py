@@ -122,6 +122,11 @@ def write_png(value: Any, path: Path, provenance: dict[str, Any]) -> None:
         raise TypeError(f"an image port needs a PIL.Image, got {type(value).__name__}")
     info = PngInfo()
     info.add_text("studio", json.dumps(provenance, sort_keys=True, default=str))
+    parameters = value.info.get("parameters")
+    if isinstance(parameters, str) and parameters:
+        # a generator's A1111 infotext (docs/plugins.md, "Text metadata on images"): a
+        # `parameters` chunk, where A1111, ComfyUI and model sites look (iTXt when not Latin-1)
+        info.add_text("parameters", parameters)
     value.save(path, format="PNG", pnginfo=info)
 
 

@@ -1,0 +1,154 @@
+"""`studio import`: A1111's parameters, from a PNG, a JPEG's or WebP's EXIF or a text file,
+into a pipeline that validates and runs; hostile files refused, located, in bounded time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from studio.errors import UserError
+from studio.interop.a1111 import pairs, parse
+from studio.interop.imagetext import MAX_TEXT_BYTES, read_texts
+from studio.interop.importing import from_infotext
+
+A1111 = ("masterpiece, a (cat:1.2) on a mat <lora:outline_v2:0.8>, <hypernet:sketch:1>\n"
+         "Negative prompt: blurry, lowres\n"
+         "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 123456, Face restoration: "
+         "CodeFormer, Size: 512x768, Model hash: 6ce0161689, Model: dreamshaper_8, Clip skip: 2, ENSD: 31337, "
+         'Lora hashes: "outline_v2: 3c5b6b3f5a1e", Version: v1.10.1')
+# the embedded default, tiny and one step: what the test runs
+SMALL = ("red heart\nNegative prompt: blurry\n"
+         "Steps: 1, Sampler: Euler a, CFG scale: 6.5, Seed: 9, Size: 32x32, Model: default, Token merging ratio: 0.5")
+
+
+def _import(text: str, **kwargs):
+    return from_infotext(parse(text, "t.txt"), "t.txt", "t", **kwargs)
+
+
+def test_an_a1111_infotext_maps_onto_image_diffusion():
+    done = _import(A1111)
+    assert done.pipeline["steps"][0]["uses"] == "image.diffusion"
+    assert done.pipeline["steps"][0]["with"] == {
+        "prompt": "masterpiece, a (cat:1.2) on a mat", "negative_prompt": "blurry, lowres",
+        "loras": [{"name": "outline_v2", "scale": 0.8}], "prompt_weighting": "a1111",
+        "steps": 30, "guidance_scale": 7.0, "seed": 123456, "width": 512, "height": 768, "clip_skip": 1,
+        "scheduler": "dpm++-karras", "model": "dreamshaper_8"}
+    assert done.dropped == ["prompt tag <hypernet:sketch:1>", "Face restoration: CodeFormer", "ENSD: 31337"]
+    assert "Model hash: 6ce0161689" in done.notes and any("model folders" in n for n in done.notes)
+    # A1111 before 1.9 named the schedule in the sampler; samplers Studio lacks are listed
+    old = _import(SMALL.replace("Euler a", "DPM++ 2M Karras"))
+    assert old.pipeline["steps"][0]["with"]["scheduler"] == "dpm++-karras"
+    lms = _import(SMALL.replace("Euler a", "LMS"))
+    assert "scheduler" not in lms.pipeline["steps"][0]["with"] and lms.dropped[0].startswith("Sampler: LMS")
+
+
+def test_image_to_image_needs_the_image_the_infotext_does_not_name(tmp_path):
+    text = SMALL + ", Denoising strength: 0.6"
+    with pytest.raises(UserError, match="--image FILE"):
+        _import(text)
+    done = _import(text, image=tmp_path / "start.png")
+    assert done.pipeline["steps"][0]["with"]["strength"] == 0.6
+    # with A1111's hires fix the strength is the second pass's: listed, not a refusal
+    hires = _import(text + ", Hires upscale: 2, Hires steps: 10")
+    assert "Denoising strength: 0.6 (of A1111's hires fix)" in hires.dropped
+
+
+def test_the_parameters_are_read_from_a_png_a_jpeg_a_webp_and_a_text_file(tmp_path):
+    png = tmp_path / "a.png"
+    info = PngInfo()
+    info.add_text("parameters", SMALL + ", Note: ünï", zip=True)  # compressed iTXt: not Latin-1
+    Image.new("RGB", (8, 8)).save(png, pnginfo=info)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + SMALL.encode("utf-16-be")  # as A1111 (piexif) writes it
+    for name in ("a.jpg", "a.webp"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, exif=exif.tobytes())
+    (tmp_path / "a.txt").write_text(SMALL, encoding="utf-8")
+    assert read_texts(png, ("parameters",)) == ("png", {"parameters": SMALL + ", Note: ünï"})
+    for name, kind in (("a.jpg", "jpeg"), ("a.webp", "webp"), ("a.txt", "text")):
+        assert read_texts(tmp_path / name, ("parameters",)) == (kind, {"parameters": SMALL})
+
+
+def test_import_validate_run_on_the_embedded_default(tmp_path):
+    from click.testing import CliRunner
+
+    from studio import api
+    from studio.cli import cli
+    from studio.testing import make_host
+
+    (tmp_path / "a1111.txt").write_text(SMALL, encoding="utf-8")
+    out = CliRunner().invoke(cli, ["import", str(tmp_path / "a1111.txt"), "-o", str(tmp_path / "pipeline.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "not imported (no Studio equivalent): Token merging ratio: 0.5" in out.output
+    text = (tmp_path / "pipeline.yaml").read_text()
+    assert "# not imported (no Studio equivalent): Token merging ratio: 0.5" in text and "on the GPU" in text
+    run = api.run(tmp_path / "pipeline.yaml", out=tmp_path / "runs", host=make_host([]))
+    (item,) = run.step("image")
+    assert item.status == "done", item.error
+    made = Image.open(item.artifacts["image"].path)
+    assert made.size == (32, 32) and item.seed == 9
+    back = parse(made.info["parameters"], "made.png").pairs
+    assert (back["Steps"], back["Sampler"], back["CFG scale"], back["Seed"], back["Size"]) == (
+        "1", "Euler a", "6.5", "9", "32x32")
+
+
+def test_hostile_infotexts_are_refused_located_and_quickly(tmp_path):
+    cases = {
+        "huge.txt": b"a" * (MAX_TEXT_BYTES + 1),
+        "binary.txt": bytes(range(256)) * 4,
+        "lines.txt": b"a\n" * 100_000,
+        "empty.txt": b"\n \n",
+        "steps.txt": b"cat\nSteps: many, Sampler: Euler, Seed: 1",
+        "size.txt": b"cat\nSteps: 2, Sampler: Euler, Size: 99999x2",
+        "seed.txt": b"cat\nSteps: 2, Sampler: Euler, Seed: -1",
+    }
+    expected = {"huge.txt": "at most 256 KB", "binary.txt": "not UTF-8", "lines.txt": "not an A1111 infotext",
+                "empty.txt": "empty", "steps.txt": "infotext key 'Steps' is 'many'",
+                "size.txt": "infotext key 'Size'", "seed.txt": "infotext key 'Seed' is '-1'"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        started = time.perf_counter()
+        with pytest.raises(UserError, match=expected[name]) as caught:
+            _, texts = read_texts(tmp_path / name, ("parameters",))
+            _import(texts["parameters"])
+        assert time.perf_counter() - started < 1.0, name
+        assert name in str(caught.value) or "t.txt" in str(caught.value)
+    # a last line built to make a backtracking reader take quadratic time: one pass
+    for line in ("a" * 200_000, "ab:\"" * 50_000, " " * 200_000 + "x", "kk: \"\\" * 40_000):
+        started = time.perf_counter()
+        pairs(line)
+        assert time.perf_counter() - started < 1.0
+
+
+def test_hostile_pngs_and_files_are_refused(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    info = PngInfo()
+    Image.new("RGB", (8, 8)).save(bomb)
+    data = bomb.read_bytes()
+    body = b"parameters\0\0" + zlib.compress(b"a" * (64 * 2**20), 9)
+    chunk = len(body).to_bytes(4, "big") + b"zTXt" + body + zlib.crc32(b"zTXt" + body).to_bytes(4, "big")
+    bomb.write_bytes(data[:33] + chunk + data[33:])  # after IHDR
+    with pytest.raises(UserError, match="once decompressed"):
+        read_texts(bomb, ("parameters",))
+    comfy = tmp_path / "comfy.png"
+    info.add_text("prompt", '{"3": {"class_type": "KSampler", "inputs": {}}}')
+    Image.new("RGB", (8, 8)).save(comfy, pnginfo=info)
+    out = _studio("import", comfy)
+    assert out.returncode == 2 and "ComfyUI" in out.stdout and "Traceback" not in out.stdout
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        read_texts(fifo, ("parameters",))
+
+
+def _studio(*args) -> subprocess.CompletedProcess:
+    """The command as a user runs it: its exit code and everything it printed."""
+    return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          check=False)
