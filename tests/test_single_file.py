@@ -123,6 +123,7 @@ def tiny(tmp_path_factory):
     save_file(state, root / "tiny.safetensors")
     save_file({k: v.half() for k, v in state.items()}, root / "tiny-fp16.safetensors")
     save_file(single_file_state(pipe, vae=False), root / "tiny-novae.safetensors")
+    torch.save({"state_dict": state}, root / "tiny.ckpt")  # plain tensors: torch.load(weights_only=True) reads it
     return root
 
 
@@ -144,7 +145,7 @@ def diffusers_image(file, configs, seed, steps, prompt):
     return (image * 255).round().astype(np.int16)
 
 
-@pytest.mark.parametrize("name", ["tiny.safetensors", "tiny-fp16.safetensors"])
+@pytest.mark.parametrize("name", ["tiny.safetensors", "tiny-fp16.safetensors", "tiny.ckpt"])
 def test_a_single_file_gives_diffusers_own_image(tiny, tmp_path, name):
     with_ = {"model": str(tiny / name), "config": str(tiny / "configs"), "prompt": "a red heart", "steps": 3,
              "seed": 7}
@@ -210,7 +211,6 @@ def family_shapes(family: str) -> dict[str, tuple]:
     """The tensors of a real-size checkpoint of `family`: its UNet, VAE and text encoders
     built on the meta device from Studio's shipped configs, under single-file names."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from studio_image.diffusion_single_file import CONFIGS
 
@@ -228,18 +228,40 @@ def family_shapes(family: str) -> dict[str, tuple]:
             name = ldm_unet_key(k, layers, up_attention)
         shapes["model.diffusion_model." + name] = tuple(v.shape)
     shapes.update({"first_stage_model." + ldm_vae_key(k, 4): tuple(v.shape) for k, v in vae.state_dict().items()})
+    if family == "sdxl-refiner":
+        return {**shapes, **open_clip_shapes("conditioner.embedders.0.model.", 1280, 32)}
     if family.startswith("sdxl"):
-        shapes["conditioner.embedders.0.model.ln_final.weight"] = (1280,)  # the refiner's one encoder
-        if not family.endswith("refiner"):
-            shapes["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"] = (768,)
-            shapes["conditioner.embedders.1.model.ln_final.weight"] = (1280,)
-            del shapes["conditioner.embedders.0.model.ln_final.weight"]
-        return shapes
-    text = json.loads((folder / "text_encoder" / "config.json").read_text())
+        shapes.update(open_clip_shapes("conditioner.embedders.1.model.", 1280, 32))
+        return {**shapes, **clip_shapes("conditioner.embedders.0.transformer.text_model.", folder / "text_encoder")}
+    if family.startswith("sd2"):
+        return {**shapes, **open_clip_shapes("cond_stage_model.model.", 1024, 24)}
+    return {**shapes, **clip_shapes("cond_stage_model.transformer.text_model.", folder / "text_encoder")}
+
+
+def clip_shapes(prefix: str, config) -> dict[str, tuple]:
+    """OpenAI CLIP's text encoder under transformers' names (SD 1.x, SDXL's first)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = json.loads((config / "config.json").read_text())
     with torch.device("meta"):
         encoder = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in text.items() if k != "architectures"}))
-    prefix = "cond_stage_model.model." if family.startswith("sd2") else "cond_stage_model.transformer.text_model."
-    shapes.update({prefix + k: tuple(v.shape) for k, v in encoder.state_dict().items()})
+    return {prefix + k: tuple(v.shape) for k, v in encoder.state_dict().items()}
+
+
+def open_clip_shapes(prefix: str, width: int, layers: int) -> dict[str, tuple]:
+    """OpenCLIP's text encoder as SD 2.x and SDXL files hold it (ViT-H: 1024 wide, 24
+    layers; ViT-bigG: 1280, 32)."""
+    shapes = {prefix + "token_embedding.weight": (49408, width), prefix + "positional_embedding": (77, width),
+              prefix + "ln_final.weight": (width,), prefix + "ln_final.bias": (width,),
+              prefix + "text_projection": (width, width)}
+    for n in range(layers):
+        block = f"{prefix}transformer.resblocks.{n}."
+        shapes.update({block + "ln_1.weight": (width,), block + "ln_1.bias": (width,), block + "ln_2.weight": (width,),
+                       block + "ln_2.bias": (width,), block + "attn.in_proj_weight": (3 * width, width),
+                       block + "attn.in_proj_bias": (3 * width,), block + "attn.out_proj.weight": (width, width),
+                       block + "attn.out_proj.bias": (width,), block + "mlp.c_fc.weight": (4 * width, width),
+                       block + "mlp.c_fc.bias": (4 * width,), block + "mlp.c_proj.weight": (width, 4 * width),
+                       block + "mlp.c_proj.bias": (width,)})
     return shapes
 
 

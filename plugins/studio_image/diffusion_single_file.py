@@ -169,6 +169,9 @@ def single_file_problem(model: str, root: Path | None, config: str | None, predi
     """Why the single file `model` (at `root`) cannot load, or None (None too for a
     folder, judged elsewhere): damaged, not a family Studio recognises (unless `config:`
     describes it), no text encoder, or a pickle that would call code."""
+    if root is not None and root.is_dir() and config is not None:
+        return (f"config {config!r} applies to a single-file model; model {model!r} is a folder with configs of "
+                "its own: drop config")
     if root is None or not root.is_file():
         return None
     if root.suffix.lower() in PICKLE_SUFFIXES:
@@ -239,7 +242,9 @@ def load_single_file(path: Path, config: Path | None, vae: Path | None, predicti
     import diffusers
     import torch
 
-    checkpoint = recognise(path) if path.suffix.lower() == ".safetensors" else _recognise_pickle(path)
+    # a .ckpt is read in full to be recognised: only when there is no config to go by
+    safetensors = path.suffix.lower() == ".safetensors"
+    checkpoint = recognise(path) if safetensors else _recognise_pickle(path) if config is None else None
     if config is None:
         if checkpoint is None or checkpoint.family is None:
             raise ValueError(f"{path.name} is not a checkpoint Studio recognises; {CONFIG_FIX}")
