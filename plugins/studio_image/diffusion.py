@@ -42,12 +42,12 @@ LOAD_FIX = ("Give 'default', a diffusers directory (model_index.json, or unet/ a
             ".safetensors weights), or a hub id in your Hugging Face cache")
 
 
-def engine_for(model: str, config: str | None = None) -> Engine:
+def engine_for(model: str, config: str | None = None, prediction: str = "default") -> Engine:
     """The engine of the model `model` names, built from its folder's configs (a single
     file: its `config` folder's, or its recognised family's): the base engine (the rules
     that need no facts) when there is nothing to read. A ValueError says which config
     value is out of range."""
-    return engine_of(model_facts(model, config))
+    return engine_of(model_facts(model, config, prediction))
 
 
 def engine_of(facts: UnetFacts | PipelineFacts | None) -> Engine:
@@ -64,7 +64,7 @@ def _engine(info: ValidationInfo) -> Engine | None:
     model = info.data.get("model")
     if not isinstance(model, str):
         return None
-    facts = model_facts(model, info.data.get("config"))
+    facts = model_facts(model, info.data.get("config"), info.data.get("prediction", "default"))
     return None if facts is None else engine_of(facts)
 
 
@@ -211,7 +211,7 @@ class ImageDiffusion(Generator):
         @model_validator(mode="after")
         def fits(self, info: ValidationInfo):
             problem = (self.vae is None and vae_problem(self.model, None, self.config)
-                       or engine_for(self.model, self.config).item_problem(self, on_cpu(info)))
+                       or engine_for(self.model, self.config, self.prediction).item_problem(self, on_cpu(info)))
             if problem:
                 raise ValueError(problem)
             return self
@@ -245,7 +245,7 @@ class ImageDiffusion(Generator):
             refuse(params.model, root, component_folders(root))
         folder = root is not None and root.is_dir()
         try:
-            facts = model_facts(params.model, params.config) if single else folder_facts(root) if folder else None
+            facts = model_facts(params.model, params.config, params.prediction) if single else folder_facts(root) if folder else None
             engine = engine_of(facts or UNKNOWN_PIPELINE)
         except ValueError as exc:
             raise UserError(f"model {params.model!r}: {exc}") from None

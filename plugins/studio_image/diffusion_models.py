@@ -73,21 +73,22 @@ def component_folders(root: Path | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["", "unet", *(name for name, _ in components(index))]))
 
 
-def model_facts(model: str, config: str | None = None) -> ModelFacts | None:
+def model_facts(model: str, config: str | None = None, prediction: str = "default") -> ModelFacts | None:
     """What the configs of `model` say (None when there is nothing local to read): a
     folder's own, or for a single-file checkpoint its `config` folder's, else its
-    recognised family's. A ValueError says which config value is out of range."""
+    recognised family's (`prediction`: epsilon makes SD 2.x a 512 model). A ValueError
+    says which config value is out of range."""
     root = local_path(model, DEFAULT_WEIGHTS)
     if root is None:
         return None
     if root.is_file():
-        return single_file_facts(root, config)
+        return single_file_facts(root, config, prediction)
     if not root.is_dir():
         return None
     return folder_facts(root)
 
 
-def single_file_facts(path: Path, config: str | None) -> PipelineFacts | None:
+def single_file_facts(path: Path, config: str | None, prediction: str = "default") -> PipelineFacts | None:
     """A single-file checkpoint's facts: its `config` folder's, else those of the family
     its header shows (None when neither is known: validation says why)."""
     from studio_image.diffusion_single_file import recognise
@@ -104,7 +105,8 @@ def single_file_facts(path: Path, config: str | None) -> PipelineFacts | None:
     family = found and found.family
     if family is None:
         return None
-    return PipelineFacts(size=(family.size, family.size), factor=8, inpainting=family.inpainting,
+    side = 512 if family.name == "sd2" and prediction == "epsilon" else family.size  # the 512-base models
+    return PipelineFacts(size=(side, side), factor=8, inpainting=family.inpainting,
                          one_text_encoder=family.text_layers is not None, text_layers=family.text_layers,
                          refiner=family.refiner)
 
