@@ -92,17 +92,17 @@ class PipelineEngine(Engine):
         from_pretrained keywords, and image.diffusion's config, vae and prediction."""
         import diffusers
 
-        config, vae, prediction = (options.pop(name, None) for name in ("config", "vae", "prediction"))
+        config_dir, vae, prediction = (options.pop(name, None) for name in ("config", "vae", "prediction"))
         if root is not None and root.is_file():
             from studio_image.diffusion_single_file import load_single_file
 
-            pipe = load_single_file(root, config and Path(config), vae and Path(vae), prediction or "default",
+            pipe = load_single_file(root, config_dir and Path(config_dir), vae and Path(vae), prediction or "default",
                                     self.facts.inpainting)
             return self.loaded_from(pipe)
         if vae is not None:
             from studio_image.diffusion_single_file import load_vae
 
-            options["vae"] = load_vae(Path(vae), Path(config or root or ".") / "vae")
+            options["vae"] = load_vae(Path(vae), Path(config_dir or root or ".") / "vae")
         folder = root is not None and root.is_dir()
         index = config(root, "model_index.json") if folder else {}
         name = index.get("_class_name")
