@@ -3,11 +3,14 @@ into a pipeline that validates and runs; hostile files refused, located, in boun
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -152,3 +155,92 @@ def _studio(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "studio", *map(str, args)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=120, stdin=subprocess.DEVNULL,
                           check=False)
+
+
+# ComfyUI's default graph, as "Save (API Format)" writes it, with a LoRA, clip skip and an
+# upscale node Studio does not have
+COMFY = {
+    "3": {"class_type": "KSampler", "inputs": {
+        "seed": 42, "steps": 20, "cfg": 8, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1,
+        "model": ["10", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15/dreamshaper_8.safetensors"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 768, "batch_size": 1}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "beautiful scenery", "clip": ["11", 0]}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "text, watermark", "clip": ["11", 0]}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+    "10": {"class_type": "LoraLoader", "inputs": {"lora_name": "outline.safetensors", "strength_model": 0.7,
+                                                  "strength_clip": 0.7, "model": ["4", 0], "clip": ["4", 1]}},
+    "11": {"class_type": "CLIPSetLastLayer", "inputs": {"stop_at_clip_layer": -2, "clip": ["10", 1]}},
+    "12": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "4x-UltraSharp.pth"}},
+}
+
+
+def _graph(graph: dict, tmp_path: Path, **kwargs):
+    from studio.interop.comfyui import from_graph
+
+    return from_graph(json.dumps(graph), "g.json", "g", tmp_path, **kwargs)
+
+
+def test_a_comfyui_graph_maps_onto_image_diffusion(tmp_path):
+    done = _graph(COMFY, tmp_path)
+    assert done.pipeline["steps"][0]["with"] == {
+        "steps": 20, "guidance_scale": 8.0, "seed": 42, "scheduler": "dpm++-karras", "model": "dreamshaper_8",
+        "loras": [{"name": "outline", "scale": 0.7}], "prompt": "beautiful scenery",
+        "negative_prompt": "text, watermark", "clip_skip": 1, "width": 512, "height": 768}
+    assert done.dropped == ["node 12 (UpscaleModelLoader)"] and done.source == "ComfyUI graph"
+    euler = json.loads(json.dumps(COMFY))
+    euler["3"]["inputs"].update(sampler_name="euler_ancestral", scheduler="sgm_uniform")
+    assert _graph(euler, tmp_path).pipeline["steps"][0]["with"]["scheduler"] == "euler-a"
+    assert "scheduler: sgm_uniform" in _graph(euler, tmp_path).dropped[0]
+
+
+def test_a_comfyui_image_to_image_graph_imports_validates_and_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from studio import api
+    from studio.cli import cli
+    from studio.testing import make_host
+
+    graph = {k: v for k, v in json.loads(json.dumps(COMFY)).items() if k not in ("10", "11", "12")}
+    graph["3"]["inputs"].update(steps=2, cfg=5, sampler_name="euler", scheduler="normal", denoise=0.5,
+                                model=["4", 0], latent_image=["13", 0])
+    graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["4", 1]
+    graph.update({"13": {"class_type": "VAEEncode", "inputs": {"pixels": ["14", 0], "vae": ["4", 2]}},
+                  "14": {"class_type": "ImageScale", "inputs": {"image": ["15", 0], "upscale_method": "lanczos",
+                                                                "width": 32, "height": 32, "crop": "disabled"}},
+                  "15": {"class_type": "LoadImage", "inputs": {"image": "start.png"}}})
+    info = PngInfo()
+    info.add_text("prompt", json.dumps(graph))
+    Image.new("RGB", (8, 8)).save(tmp_path / "comfy.png", pnginfo=info)
+    refused = _studio("import", tmp_path / "comfy.png")
+    assert refused.returncode == 2 and "LoadImage" in refused.stdout and "--image" in refused.stdout
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "start.png")  # beside the file, as ComfyUI's input
+    out = CliRunner().invoke(cli, ["import", str(tmp_path / "comfy.png"), "--model", "default",
+                                   "-o", str(tmp_path / "pipeline.yaml")])
+    assert out.exit_code == 0, out.output
+    run = api.run(tmp_path / "pipeline.yaml", out=tmp_path / "runs", host=make_host([]))
+    (item,) = run.step("image")
+    assert item.status == "done", item.error
+    back = parse(Image.open(item.artifacts["image"].path).info["parameters"], "made.png").pairs
+    assert (back["Size"], back["Denoising strength"], back["Seed"], back["Sampler"]) == ("32x32", "0.5", "42", "Euler")
+
+
+def test_hostile_comfyui_graphs_are_refused(tmp_path):
+    cyclic = json.loads(json.dumps(COMFY))
+    cyclic["10"]["inputs"]["model"] = ["16", 0]
+    cyclic["16"] = {"class_type": "LoraLoader", "inputs": {**COMFY["10"]["inputs"], "model": ["10", 0]}}
+    huge = {str(i): {"class_type": "Note", "inputs": {}} for i in range(3000)}
+    broken = json.loads(json.dumps(COMFY))
+    broken["3"]["inputs"]["model"] = ["99", 0]
+    cases = [(cyclic, "cycle"), (huge, "3,000 nodes"), ([1, 2], "mapping of node id"),
+             ({"1": {"inputs": {}}}, "not {class_type, inputs}"), (broken, "not a link to a node"),
+             ({**COMFY, "3": {**COMFY["3"], "inputs": {**COMFY["3"]["inputs"], "steps": ["5", 0]}}}, "not a literal")]
+    for graph, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            _graph(graph, tmp_path)
+    from studio.interop.comfyui import from_graph
+
+    for text in ("{" * 100_000, '{"a": '):
+        with pytest.raises(UserError, match="not JSON"):
+            from_graph(text, "g.json", "g", tmp_path)

@@ -14,7 +14,8 @@ from studio.errors import UserError
 from studio.interop.a1111 import pairs, parse, quote, unquote
 from studio.testing import run_yaml
 
-LORA = Path(__file__).parents[1] / "plugins" / "studio_image" / "weights" / "lora-outline" / "pytorch_lora_weights.safetensors"
+WEIGHTS = Path(__file__).parents[1] / "plugins" / "studio_image" / "weights"
+LORA = WEIGHTS / "lora-outline" / "pytorch_lora_weights.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,11 @@ from studio.errors import UserError
 @click.option("--image", type=click.Path(path_type=Path),
               help="Image-to-image: the picture the original started from (an infotext does not name it).")
 def import_(source, output, model, image) -> None:
-    """Turn AUTOMATIC1111's generation parameters into a pipeline: from a PNG's
-    `parameters` text, a JPEG's or WebP's EXIF comment, or a text file of them. What
-    Studio has no equivalent for is listed, by name, here and in the file."""
+    """Turn another tool's generation parameters into a pipeline: AUTOMATIC1111's, from
+    a PNG's `parameters` text, a JPEG's or WebP's EXIF comment, or a text file of them;
+    ComfyUI's graph, from its PNG's `prompt` text or an API-format .json. What Studio has
+    no equivalent for is listed, by name, here and in the file."""
     from studio.execute.artifacts import atomic_write, os_error_text
-    from studio.interop.a1111 import parse
-    from studio.interop.imagetext import read_texts
-    from studio.interop.importing import from_infotext
     from studio.runs.provenance import shown
 
     def refuse_existing() -> None:
@@ -34,15 +32,7 @@ def import_(source, output, model, image) -> None:
     if output is not None:
         refuse_existing()  # before any reading: nothing is read for an answer that cannot be written
     where = shown(source)
-    kind, texts = read_texts(source, ("parameters", "prompt"))
-    if "parameters" not in texts:
-        what = {"png": "no `parameters` text chunk", "jpeg": "no EXIF UserComment",
-                "webp": "no EXIF UserComment"}.get(kind, "no text")
-        comfy = " (it has ComfyUI's `prompt` graph, which Studio does not import yet)" if "prompt" in texts else ""
-        raise UserError(f"{where}: {what}{comfy}; give an image AUTOMATIC1111 (or Forge, or Studio) saved with its "
-                        "generation parameters, or a text file of them")
-    imported = from_infotext(parse(texts["parameters"], where), where, _pipeline_name(source),
-                             model=model, image=image)
+    imported = _imported(source, where, model, image)
     text = as_yaml(imported, where)
     if output is None:
         echo(text.rstrip("\n"))
@@ -57,6 +47,28 @@ def import_(source, output, model, image) -> None:
         echo(f"not imported (no Studio equivalent): {shown(line)}", err=output is None)
     for line in imported.notes:
         echo(f"note: {shown(line)}", err=output is None)
+
+
+def _imported(source: Path, where: str, model: str | None, image: Path | None):
+    """The pipeline of what the file holds: A1111's parameters (a PNG's `parameters`
+    chunk, EXIF, a text file) or ComfyUI's graph (a PNG's `prompt` chunk, a JSON file)."""
+    from studio.interop.a1111 import parse
+    from studio.interop.imagetext import read_texts
+    from studio.interop.importing import from_infotext
+
+    kind, texts = read_texts(source, ("parameters", "prompt"))
+    name = _pipeline_name(source)
+    graph = texts.get("prompt") if kind == "png" else texts.get("parameters", "")
+    if "parameters" in texts and not (kind == "text" and graph.lstrip().startswith("{")):
+        return from_infotext(parse(texts["parameters"], where), where, name, model=model, image=image)
+    if graph and graph.lstrip().startswith("{"):
+        from studio.interop.comfyui import from_graph
+
+        return from_graph(graph, where, name, source.parent, model=model, image=image)
+    what = {"png": "no `parameters` or `prompt` text chunk", "jpeg": "no EXIF UserComment",
+            "webp": "no EXIF UserComment"}.get(kind, "no text")
+    raise UserError(f"{where}: {what}; give an image AUTOMATIC1111 (or Forge, or Studio) or ComfyUI saved with its "
+                    "generation parameters, a text file of A1111's, or a graph ComfyUI saved in API format")
 
 
 def _pipeline_name(source: Path) -> str:
@@ -76,9 +88,14 @@ def as_yaml(imported, where: str) -> str:
     from studio.runs.reopen import _dumpers
 
     studios = any(note.startswith("Version: studio") for note in imported.notes)
-    header = [f"# imported from {where} (AUTOMATIC1111 parameters)",
-              "# made by Studio: the same seed gives the same picture" if studios else
-              "# A1111 draws its noise on the GPU by default, Studio on the CPU: the same seed gives another picture"]
+    if studios:
+        seeds = "# made by Studio: the same seed gives the same picture"
+    elif imported.source.startswith("ComfyUI"):
+        seeds = ("# ComfyUI samples with k-diffusion's samplers, Studio with diffusers': the same seed gives another "
+                 "picture")
+    else:
+        seeds = "# A1111 draws its noise on the GPU by default, Studio on the CPU: the same seed gives another picture"
+    header = [f"# imported from {where} ({imported.source})", seeds]
     header += [f"# not imported (no Studio equivalent): {shown(line)}" for line in imported.dropped]
     header += [f"# note: {shown(line)}" for line in imported.notes]
     body = yaml.dump(imported.pipeline, Dumper=_dumpers()[0], sort_keys=False, allow_unicode=True, width=100)

@@ -43,6 +43,7 @@ class Imported:
     pipeline: dict[str, Any]
     dropped: list[str] = field(default_factory=list)  # "Key: value" with no Studio equivalent
     notes: list[str] = field(default_factory=list)
+    source: str = "AUTOMATIC1111 parameters"  # what it was imported from, for the file's header
 
 
 def from_infotext(info: Infotext, where: str, name: str, *, model: str | None = None,
@@ -170,8 +171,9 @@ def _strength(pairs: dict[str, str], params: dict[str, Any], done: Imported, whe
         done.dropped.append(f"Denoising strength: {pairs['Denoising strength']} (of A1111's hires fix)")
         return
     if image is None:
-        raise UserError(f"{where}: an image-to-image infotext (Denoising strength {clip(pairs['Denoising strength'], 20)})"
-                        ", and an infotext does not say which image it started from; give it with --image FILE")
+        given = clip(pairs["Denoising strength"], 20)
+        raise UserError(f"{where}: an image-to-image infotext (Denoising strength {given}), and an infotext does "
+                        "not say which image it started from; give it with --image FILE")
     if strength <= 0:
         raise _bad(where, "Denoising strength", pairs["Denoising strength"], "a number above 0, at most 1")
     params["image"] = str(image)

@@ -1,0 +1,199 @@
+"""ComfyUI's API-format graph (the `prompt` text chunk of its PNGs, or a workflow saved with
+"Save (API Format)") turned into an image.diffusion pipeline, for its core nodes.
+
+The graph is a mapping of node id -> {class_type, inputs}; an input is a value or a link
+[node id, output index]. The import starts at the image a SaveImage (or PreviewImage)
+node saves and follows the links back: VAEDecode <- KSampler / KSamplerAdvanced, whose
+model comes from CheckpointLoaderSimple through LoraLoader nodes, whose prompts are
+CLIPTextEncode nodes (CLIPSetLastLayer sets the clip skip), and whose latent is an
+EmptyLatentImage (text-to-image) or a VAEEncode of a LoadImage, maybe through ImageScale
+(image-to-image). Every other node is listed by id and type. Refused, located: a graph
+that is not one (malformed), has more than MAX_NODES nodes, links in a cycle, or loads an
+image that cannot be found beside the file it came from (give --image).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from studio.errors import UserError, clip
+from studio.interop.importing import Imported
+from studio.runs.provenance import shown
+
+MAX_NODES = 2_000  # real graphs have tens to a few hundred
+MAX_CHAIN = 200  # links followed from the saved image back to its sources
+# ComfyUI's sampler -> Studio's scheduler; with the "karras" schedule, the -karras one where Studio has it
+SAMPLERS = {"euler": "euler", "euler_ancestral": "euler-a", "heun": "heun", "dpmpp_2m": "dpm++", "ddim": "ddim",
+            "uni_pc": "unipc", "uni_pc_bh2": "unipc", "ddpm": "ddpm"}
+KARRAS = {"dpm++": "dpm++-karras", "euler": "euler-karras", "heun": "heun-karras"}
+PLAIN = ("normal", "ddim_uniform")
+SAVERS = ("SaveImage", "PreviewImage")
+
+
+class Graph:
+    """The checked graph, and the nodes the import used."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict) or not data:
+            raise UserError(f"{where}: ComfyUI's graph is a mapping of node id -> {{class_type, inputs}}; got "
+                            f"{'an empty one' if data == {} else 'a ' + type(data).__name__}")
+        if len(data) > MAX_NODES:
+            raise UserError(f"{where}: ComfyUI's graph has {len(data):,} nodes; at most {MAX_NODES:,} are read")
+        for node_id, node in data.items():
+            if not (isinstance(node, dict) and isinstance(node.get("class_type"), str)
+                    and isinstance(node.get("inputs", {}), dict)):
+                raise UserError(f"{where}: ComfyUI node {shown(clip(str(node_id), 40))!r} is not "
+                                "{class_type, inputs}; the graph is damaged")
+        self.nodes, self.where, self.used = data, where, set()
+
+    def node(self, node_id: str, *types: str) -> dict[str, Any]:
+        node = self.nodes[node_id]
+        if node["class_type"] not in types:
+            raise UserError(f"{self.where}: ComfyUI node {node_id} is a {shown(clip(node['class_type'], 60))}, where "
+                            f"Studio reads {' or '.join(types)}; this graph is not one Studio imports")
+        self.used.add(node_id)
+        return node["inputs"]
+
+    def source(self, inputs: dict[str, Any], name: str, *types: str, seen: tuple[str, ...] = ()) -> tuple[str, dict]:
+        """The node a link input points to, its type among `types`; a cycle is refused."""
+        link = inputs.get(name)
+        if not (isinstance(link, list) and len(link) == 2 and str(link[0]) in self.nodes):
+            raise UserError(f"{self.where}: a ComfyUI node's input {name!r} is not a link to a node of the graph "
+                            f"({shown(clip(json.dumps(link), 60))}); the graph is damaged")
+        node_id = str(link[0])
+        if node_id in seen or len(seen) > MAX_CHAIN:
+            raise UserError(f"{self.where}: ComfyUI node {node_id}'s links go round in a cycle; the graph is damaged")
+        return node_id, self.node(node_id, *types)
+
+    def value(self, inputs: dict[str, Any], name: str, kind: type | tuple[type, ...], node_id: str) -> Any:
+        value = inputs.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind) or (isinstance(value, float)
+                                                                      and not math.isfinite(value)):
+            raise UserError(f"{self.where}: ComfyUI node {node_id}'s {name!r} is {shown(clip(json.dumps(value), 60))}, "
+                            "not a literal value Studio reads (a link to another node is not imported)")
+        return value
+
+
+def from_graph(text: str, where: str, name: str, base: Path, *, model: str | None = None,
+               image: Path | None = None) -> Imported:
+    """The pipeline of a ComfyUI API-format graph; `base` is the folder a LoadImage's file
+    is looked for in when `image` does not say."""
+    try:
+        graph = Graph(json.loads(text), where)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{where}: ComfyUI's graph is not JSON ({clip(str(exc), 100)})") from None
+    params: dict[str, Any] = {}
+    done = Imported({"name": name, "steps": [{"id": "image", "uses": "image.diffusion", "with": params}]},
+                    source="ComfyUI graph")
+    saver = next((i for i, n in graph.nodes.items() if n["class_type"] in SAVERS), None)
+    if saver is None:
+        raise UserError(f"{where}: the ComfyUI graph has no SaveImage node; Studio imports the image one saves")
+    decode_id, decode = graph.source(graph.node(saver, *SAVERS), "images", "VAEDecode", seen=(saver,))
+    sampler_id, sampler = graph.source(decode, "samples", "KSampler", "KSamplerAdvanced", seen=(saver, decode_id))
+    _sampling(graph, sampler_id, sampler, params, done)
+    _model(graph, sampler, params, done, model, (saver, decode_id, sampler_id))
+    _latent(graph, sampler_id, sampler, params, done, base, image)
+    done.dropped.extend(f"node {i} ({shown(clip(n['class_type'], 60))})" for i, n in graph.nodes.items()
+                        if i not in graph.used)
+    return done
+
+
+def _sampling(graph: Graph, node_id: str, inputs: dict, params: dict[str, Any], done: Imported) -> None:
+    advanced = graph.nodes[node_id]["class_type"] == "KSamplerAdvanced"
+    params["steps"] = _bounded(graph.value(inputs, "steps", int, node_id), 1, 1000, "steps", graph, node_id)
+    params["guidance_scale"] = float(_bounded(graph.value(inputs, "cfg", (int, float), node_id), 0, 50, "cfg",
+                                              graph, node_id))
+    params["seed"] = _bounded(graph.value(inputs, "noise_seed" if advanced else "seed", int, node_id), 0,
+                              2**63 - 1, "seed", graph, node_id)
+    sampler, schedule = (graph.value(inputs, key, str, node_id) for key in ("sampler_name", "scheduler"))
+    scheduler = SAMPLERS.get(sampler)
+    if scheduler is None:
+        done.dropped.append(f"sampler_name: {sampler} (Studio has no such sampler: the checkpoint's own is used)")
+    elif schedule == "karras" and scheduler in KARRAS:
+        params["scheduler"] = KARRAS[scheduler]
+    else:
+        params["scheduler"] = scheduler
+        if schedule not in PLAIN:
+            done.dropped.append(f"scheduler: {schedule} (Studio's {scheduler} has the checkpoint's own noise levels)")
+
+
+def _model(graph: Graph, sampler: dict, params: dict[str, Any], done: Imported, model: str | None,
+           seen: tuple[str, ...]) -> None:
+    """The checkpoint through any LoraLoader nodes; the prompts and the clip skip."""
+    loras: list[dict[str, Any]] = []
+    node_id, inputs = graph.source(sampler, "model", "CheckpointLoaderSimple", "LoraLoader", seen=seen)
+    while graph.nodes[node_id]["class_type"] == "LoraLoader":
+        lora = graph.value(inputs, "lora_name", str, node_id)
+        scale = _bounded(graph.value(inputs, "strength_model", (int, float), node_id), -10, 10, "strength_model",
+                         graph, node_id)
+        loras.insert(0, {"name": Path(lora).stem, "scale": float(scale)})
+        if inputs.get("strength_clip") != inputs.get("strength_model"):
+            done.notes.append(f"LoraLoader node {node_id}: strength_clip differs from strength_model; Studio "
+                              "applies one scale to both")
+        seen += (node_id,)
+        node_id, inputs = graph.source(inputs, "model", "CheckpointLoaderSimple", "LoraLoader", seen=seen)
+    checkpoint = Path(graph.value(inputs, "ckpt_name", str, node_id)).stem
+    params["model"] = model if model is not None else checkpoint
+    if model is None:
+        done.notes.append(f"model {checkpoint!r} is ComfyUI's name: it resolves through the model folders (--models)"
+                          ", or give --model PATH")
+    if loras:
+        params["loras"] = loras
+        done.notes.append("loras are named as ComfyUI names them; a name resolves through the model folders")
+    for key, port in (("prompt", "positive"), ("negative_prompt", "negative")):
+        encode_id, encode = graph.source(sampler, port, "CLIPTextEncode", seen=seen)
+        text = graph.value(encode, "text", str, encode_id)
+        if text.strip():
+            params[key] = text
+        _clip_skip(graph, encode, params, encode_id)
+
+
+def _clip_skip(graph: Graph, encode: dict, params: dict[str, Any], encode_id: str) -> None:
+    link = encode.get("clip")
+    if not (isinstance(link, list) and len(link) == 2 and str(link[0]) in graph.nodes):
+        return
+    if graph.nodes[str(link[0])]["class_type"] == "CLIPSetLastLayer":
+        node_id, inputs = graph.source(encode, "clip", "CLIPSetLastLayer", seen=(encode_id,))
+        last = _bounded(graph.value(inputs, "stop_at_clip_layer", int, node_id), -48, -1, "stop_at_clip_layer",
+                        graph, node_id)
+        if last < -1:  # ComfyUI's -1 is the last layer; -2 skips one
+            params["clip_skip"] = -last - 1
+
+
+def _latent(graph: Graph, sampler_id: str, sampler: dict, params: dict[str, Any], done: Imported, base: Path,
+            image: Path | None) -> None:
+    node_id, inputs = graph.source(sampler, "latent_image", "EmptyLatentImage", "VAEEncode", seen=(sampler_id,))
+    if graph.nodes[node_id]["class_type"] == "EmptyLatentImage":
+        for key in ("width", "height"):
+            params[key] = _bounded(graph.value(inputs, key, int, node_id), 8, 4096, key, graph, node_id)
+        return
+    pixels_id, pixels = graph.source(inputs, "pixels", "LoadImage", "ImageScale", seen=(sampler_id, node_id))
+    if graph.nodes[pixels_id]["class_type"] == "ImageScale":
+        for key in ("width", "height"):
+            params[key] = _bounded(graph.value(pixels, key, int, pixels_id), 8, 4096, key, graph, pixels_id)
+        pixels_id, pixels = graph.source(pixels, "image", "LoadImage", seen=(sampler_id, node_id, pixels_id))
+    named = graph.value(pixels, "image", str, pixels_id)
+    if image is None:
+        image = base / Path(named).name
+        if not image.is_file():
+            raise UserError(f"{graph.where}: ComfyUI node {pixels_id} (LoadImage) loads {shown(clip(named, 80))!r} "
+                            f"from ComfyUI's input folder, not found beside it ({shown(image)}); give the picture "
+                            "with --image FILE")
+    params["image"] = str(image)
+    advanced = graph.nodes[sampler_id]["class_type"] == "KSamplerAdvanced"
+    if advanced:
+        start = graph.value(sampler, "start_at_step", int, sampler_id)
+        strength = 1 - min(max(start, 0), params["steps"]) / params["steps"]
+    else:
+        strength = graph.value(sampler, "denoise", (int, float), sampler_id)
+    params["strength"] = float(_bounded(strength, 0.001, 1, "denoise", graph, sampler_id))
+
+
+def _bounded(value: Any, low: float, high: float, name: str, graph: Graph, node_id: str) -> Any:
+    if not low <= value <= high:
+        raise UserError(f"{graph.where}: ComfyUI node {node_id}'s {name} is {clip(str(value), 40)}; Studio takes "
+                        f"{low:g} to {high:g}")
+    return value
