@@ -52,15 +52,17 @@ def accepted_media(params_cls: type[BaseModel], field_name: str) -> str | None:
 
 
 def model_input(default: str = "default", *, files: tuple[str, ...] = (), suffixes: tuple[str, ...] = (),
-                hub: bool = False, **kwargs: Any) -> Any:
+                hub: bool = False, kind: str | None = None, **kwargs: Any) -> Any:
     """A parameter naming weights: "default" (the embedded ones), a local path or, with
     `hub`, a Hugging Face hub id found in the local cache. Studio resolves a path
     relative to the pipeline file, as it does media inputs, and checks before anything
     runs that it looks like a model of the right kind: a directory holding one of `files`
     at its top level (e.g. "model_index.json"), or a file ending in one of `suffixes`.
-    Nothing else is read, and the directory is never walked."""
+    Nothing else is read, and the directory is never walked. Any other value is a name
+    looked up in the user's model folders among the models of `kind` (checkpoint,
+    lora, embedding, vae, controlnet, upscaler; None: checkpoint)."""
     extra = kwargs.pop("json_schema_extra", {}) or {}
-    marker = {"files": list(files), "suffixes": list(suffixes), "hub": hub}
+    marker = {"files": list(files), "suffixes": list(suffixes), "hub": hub, "kind": kind}
     kwargs.setdefault("max_length", 1000)
     return Field(default, json_schema_extra={**extra, MODEL_KEY: marker}, **kwargs)
 

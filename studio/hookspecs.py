@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import click
 
     from studio.execute.artifacts import Writer
@@ -64,3 +66,16 @@ def run_step(step: StepRun) -> list[dict[str, Any]] | None:
 def artifact_saved(artifact: Artifact, step: StepRun) -> None:
     """Called after an artifact is written to the run directory (or restored from the
     step cache). Results are ignored; an exception here fails the step."""
+
+
+@hookspec(firstresult=True)
+def identify_model(path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
+    """Say what family a model file belongs to, for `studio models list` and `show`:
+    return e.g. `{"family": "SDXL"}` (more keys are shown as given), or None when the
+    file is not one this plugin knows. `header` is a safetensors file's table of
+    tensors (name -> {"dtype", "shape"}, plus "__metadata__" when it has one), already
+    checked; empty for other files and for model folders. Read nothing else heavy: this
+    runs for every file listed.
+
+    Fires once per model file listed; stops at the first non-None result. With no
+    answer the family shows as "?"."""

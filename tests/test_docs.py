@@ -11,7 +11,7 @@ HOOKS = sorted(n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), "stud
 
 
 def test_the_hooks_are_the_documented_ones():
-    assert HOOKS == ["artifact_saved", "register_artifact_writers", "register_commands",
+    assert HOOKS == ["artifact_saved", "identify_model", "register_artifact_writers", "register_commands",
                      "register_generators", "register_trainers", "run_step"]
 
 

@@ -121,3 +121,25 @@ def test_hook_register_trainers(tmp_path):
                    show_progress=False)
     assert abs(float((tmp_path / "w" / "mean.txt").read_text()) - 2.0) < 0.01
     assert result.steps == 100 and result.losses["loss"] < 0.7  # the variance of 1, 2, 3 is 0.67
+
+
+def test_hook_identify_model(tmp_path, monkeypatch):
+    import json
+    import struct
+
+    import studio.host.plugins
+    from studio.cli import cli
+
+    class Families:
+        @hookimpl
+        def identify_model(self, path, header):
+            return {"family": "SDXL"} if "conditioner.embedders.1.model.ln_final.weight" in header else None
+
+    header = json.dumps({"conditioner.embedders.1.model.ln_final.weight": {
+        "dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}).encode()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "xl.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(studio.host.plugins, "_default", make_host([("families", Families())], entry_points=False))
+    result = CliRunner().invoke(cli, ["models", "list", "--json", "--models", str(tmp_path / "checkpoints")])
+    assert [row["family"] for row in json.loads(result.stdout)] == ["SDXL"]

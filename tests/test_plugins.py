@@ -61,8 +61,8 @@ def test_misspelled_hook_is_caught():
         host = make_host([("typo", module("typo", register_generator=register_generator))])
     assert host.registry.plugins["typo"].errors == [
         "implements unknown hook 'register_generator'. Did you mean 'register_generators'? Known hooks: "
-        "artifact_saved, register_artifact_writers, register_commands, register_generators, register_trainers, "
-        "run_step"
+        "artifact_saved, identify_model, register_artifact_writers, register_commands, register_generators, "
+        "register_trainers, run_step"
     ]
     host.pm.check_pending()  # the broken plugin is out; nothing pending remains
 

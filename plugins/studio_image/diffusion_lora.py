@@ -25,10 +25,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from studio.weights import (file_sha256, pickled_code, safetensors_dtypes, safetensors_layout, safetensors_problem,
-                            safetensors_shapes)
+from studio.weights import (file_sha256, named_model, pickled_code, safetensors_dtypes, safetensors_layout,
+                            safetensors_problem, safetensors_shapes)
 
 MAX_LORAS = 8  # at once on one item; A1111 users stack two or three
 # adapters kept loaded in one pipeline across batches before the unused ones are dropped
@@ -59,11 +59,29 @@ class Lora(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(min_length=1, max_length=1000, description=(
+    path: str | None = Field(None, min_length=1, max_length=1000, description=(
         "A LoRA .safetensors file (diffusers, peft or kohya layout), relative to the pipeline file."))
+    name: str | None = Field(None, min_length=1, max_length=1000, description=(
+        "Instead of path: a LoRA in your model folders by name (`studio models list --kind lora`)."))
     scale: float = Field(1.0, ge=-10.0, le=10.0, description="How strongly it applies; 0 gives the base model.")
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
         "Filled in by Studio for the manifest and the cache key; when given, the file must have this hash."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def name_becomes_path(cls, data: Any, info: ValidationInfo) -> Any:
+        """A `name:` is looked up in the user's model folders (which the host passes in the
+        validation context) and recorded as the file's path. Without a context (the value
+        checked on its own while the pipeline is read) the name waits for that."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("path") is None and data.get("name") is None:
+            raise ValueError("a LoRA entry needs `path:` (a file) or `name:` (a LoRA in your model folders)")
+        if data.get("name") is not None and data.get("path") is not None:
+            raise ValueError("give a LoRA's `path:` or its `name:`, not both")
+        if isinstance(data.get("name"), str) and info.context is not None:
+            data = {**data, "path": str(named_model(data["name"], "lora", info)), "name": None}
+        return data
 
 
 def checked(lora: Lora, path: Path) -> Lora:

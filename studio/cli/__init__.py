@@ -53,10 +53,10 @@ def cli() -> None:
 def _add_commands() -> None:
     """Studio's own commands onto the group (plugins add theirs in main()). The modules
     import only click at their top: what a command needs loads when it runs."""
-    from studio.cli import cache, imports, pipeline, plugins, run, runs, train
+    from studio.cli import cache, imports, models, pipeline, plugins, run, runs, train
 
     for command in (run.run, pipeline.validate, pipeline.plan, pipeline.export, runs.runs, runs.dataset,
-                    cache.cache, plugins.plugins, train.train, imports.import_):
+                    cache.cache, plugins.plugins, models.models, train.train, imports.import_):
         cli.add_command(command)
 
 

@@ -11,21 +11,24 @@ from pathlib import Path
 import click
 
 from studio.cli.common import IntRange, echo, host
+from studio.cli.models import MODELS_OPTION
 from studio.errors import UserError
 
 
 @click.command()
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(path_type=Path))
-def validate(pipelines) -> None:
+@MODELS_OPTION
+def validate(pipelines, model_dirs) -> None:
     """Check pipelines without running them. Lists every problem found."""
     from studio.errors import PipelineError, UserError
+    from studio.pipeline.options import PipelineOptions
     from studio.pipeline.validate import check_pipeline
 
     registry = host().registry
     failed = False
     for path in pipelines:
         try:
-            check_pipeline(path, registry)
+            check_pipeline(path, registry, PipelineOptions(model_dirs=model_dirs))
             echo(f"{path}: ok")
         except PipelineError as exc:
             failed = True
@@ -42,12 +45,14 @@ def validate(pipelines) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="STEP.PARAM=VALUE")
 @click.option("--seed", type=IntRange(0, 2**63 - 1))
 @click.option("--json", "as_json", is_flag=True)
-def plan(pipeline, overrides, seed, as_json) -> None:
+@MODELS_OPTION
+def plan(pipeline, overrides, seed, as_json, model_dirs) -> None:
     """Show the steps and items PIPELINE expands to, in run order (a dry run)."""
     from studio import api
     from studio.pipeline.options import PipelineOptions
 
-    the_plan = api.load_with(pipeline, PipelineOptions(overrides=overrides, seed=seed), host()).plan()
+    the_plan = api.load_with(pipeline, PipelineOptions(overrides=overrides, seed=seed, model_dirs=model_dirs),
+                             host()).plan()
     if as_json:
         echo(json.dumps([
             {"step": s.id, "uses": s.uses, "after": list(s.depends_on),

@@ -20,6 +20,7 @@ from studio.cli.common import (
     host,
     stdout_to_devnull,
 )
+from studio.cli.models import MODELS_OPTION
 from studio.errors import GeneratorFailed, UserError
 
 
@@ -51,8 +52,9 @@ from studio.errors import GeneratorFailed, UserError
 @click.option("--ray-keep-workers", type=FloatRange(0, 7 * 24 * 3600), metavar="SECONDS",
               help="How long the cluster's workers wait, idle, with their models loaded, for the next "
                    "run (default 300; 0 stops them when this run ends).")
+@MODELS_OPTION
 def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json_events, compile_, max_ram_gb,
-        max_vram_gb, executor, ray_address, ray_keep_workers) -> None:
+        max_vram_gb, executor, ray_address, ray_keep_workers, model_dirs) -> None:
     """Run PIPELINE and write its outputs under OUT. PIPELINE is a pipeline file, or a
     PNG, WAV or MIDI file Studio made, a manifest.json or a run directory: the pipeline
     that made it runs again (fully cached when nothing changed; --set applies)."""
@@ -68,7 +70,7 @@ def run(pipeline, out, overrides, seed, device, precision, no_cache, quiet, json
     if not out.strip():
         raise StorageError("--out is empty: give a folder for the runs, e.g. --out runs")
     pipeline_options = PipelineOptions(overrides=overrides, seed=seed, device=device, precision=precision,
-                                       compile=True if compile_ else None)
+                                       compile=True if compile_ else None, model_dirs=model_dirs)
     loaded = load_or_reopen(pipeline, pipeline_options, host())
     budget = ModelBudget(cpu=None if max_ram_gb is None else int(max_ram_gb * 2**30),
                          gpu=None if max_vram_gb is None else int(max_vram_gb * 2**30))

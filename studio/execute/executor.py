@@ -94,7 +94,7 @@ class Executor:
         self.stats = RunStats()
         self.results: dict[str, ItemResult] = {}
         self._generators: dict[str, Generator] = {}
-        self.inputs = ItemInputs(self.spec.base_dir, self.results)
+        self.inputs = ItemInputs(self.spec.base_dir, self.results, self.spec.models)
         self.outputs = ItemOutputs(registry, self.cache, self._warn)
 
     def run(self) -> RunResult:

@@ -22,8 +22,9 @@ class ItemInputs:
     """Resolves items' parameters for one run. `results` are the run's items so far
     (upstream outputs are read from them); input files are sniffed once per run."""
 
-    def __init__(self, base_dir: Path, results: dict[str, ItemResult]):
+    def __init__(self, base_dir: Path, results: dict[str, ItemResult], models: Any = None):
         self.base_dir = base_dir
+        self.models = models  # the user's model folders (a studio.models.library.ModelLibrary), for names
         self.results = results
         self._files: dict[str, Artifact] = {}
 
@@ -43,7 +44,8 @@ class ItemInputs:
                 values[key] = value
         self._check_models(gen, values)
         values["seed"] = item.seed
-        return gen.Params.model_validate(values, context={"device": device, "base_dir": self.base_dir})
+        context = {"device": device, "base_dir": self.base_dir, "models": self.models}
+        return gen.Params.model_validate(values, context=context)
 
     def _check_models(self, gen: Generator, values: dict[str, Any]) -> None:
         """A model parameter's value as validation checks it (see studio.pipeline.spec), now that
@@ -59,7 +61,7 @@ class ItemInputs:
             if wanted is None:
                 continue
             try:
-                resolved, problem = check_model(value, wanted, self.base_dir)
+                resolved, problem = check_model(value, wanted, self.base_dir, self.models)
             except (RuntimeError, ValueError, OSError) as exc:  # `~nobody/x`: no such home ...
                 resolved, problem = value, f"cannot be used ({clip(str(exc), 200)})"
             if problem:

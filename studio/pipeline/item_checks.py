@@ -43,7 +43,7 @@ def check_items(plan: Plan, registry: Registry) -> list[Issue]:
     """Every item of `plan` through its generator's validators (the first item of each
     step always, the others while the time budget lasts); an issue per distinct problem."""
     spec = plan.spec
-    context = {"device": likely_device(spec.device), "base_dir": spec.base_dir}
+    context = {"device": likely_device(spec.device), "base_dir": spec.base_dir, "models": spec.models}
     deadline = time.monotonic() + TIME_BUDGET_S
     outputs = {s.id: registry.generators[s.uses].outputs for s in spec.steps}
     files: dict[str, Artifact | None] = {}

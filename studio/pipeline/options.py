@@ -3,7 +3,8 @@
 handed down unchanged:
 
 - PipelineOptions shape the pipeline itself: `--set` overrides, seed, device,
-  precision, compile, and the folder relative input files are read from. The spec
+  precision, compile, the folder relative input files are read from, and the model
+  folders names like `model: dreamshaper_8` are looked up in (studio.models). The spec
   reader (studio.pipeline.spec.read_spec) applies them over the file's values; the manifest
   records the pipeline as they made it.
 - RunOptions shape how a checked plan runs: where the outputs go, the step cache, the
@@ -33,10 +34,12 @@ class PipelineOptions:
     precision: str | None = None
     compile: bool | None = None
     base_dir: Path | None = None  # relative input files; None: the pipeline file's folder
+    model_dirs: tuple[Path, ...] = ()  # `--models DIR`s, searched before STUDIO_MODELS' folders
 
     def __post_init__(self) -> None:
         # any iterable of strings (a list, click's tuple) is kept as a tuple: the object stays frozen
         object.__setattr__(self, "overrides", tuple(self.overrides))
+        object.__setattr__(self, "model_dirs", tuple(Path(d) for d in self.model_dirs))
         if self.base_dir is not None:
             object.__setattr__(self, "base_dir", Path(self.base_dir))
 

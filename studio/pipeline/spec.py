@@ -19,6 +19,7 @@ from studio.pipeline.yamlfile import Locations, load_yaml
 
 if TYPE_CHECKING:
     from studio.host.registry import Registry
+    from studio.models.library import ModelLibrary
 
 TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "executor", "steps")
 STEP_KEYS = ("id", "uses", "description", "compile", "with", "sweep", "zip")
@@ -57,6 +58,7 @@ class PipelineSpec:
     base_dir: Path = field(default_factory=Path.cwd)  # relative input files resolve here
     locations: Locations = field(default_factory=Locations)
     data: dict[str, Any] = field(default_factory=dict)  # as loaded, overrides applied
+    models: ModelLibrary | None = None  # the user's model folders (validators get it as context["models"])
 
     def step(self, step_id: str) -> StepSpec:
         return next(s for s in self.steps if s.id == step_id)
@@ -141,10 +143,13 @@ def read_spec(
     if issues and data is None:
         return None, issues
     data = _with_options(data, locs, options, issues)
+    from studio.models.library import ModelLibrary
     from studio.sniff import check_budget
 
+    library = ModelLibrary.from_dirs(options.model_dirs)
     with check_budget(INPUT_CHECK_BUDGET_S):  # input files: see _check_input_file
-        spec, more = build_spec(data, locs, registry, base_dir=options.base_dir or path.resolve().parent)
+        spec, more = build_spec(data, locs, registry, base_dir=options.base_dir or path.resolve().parent,
+                                library=library)
     issues += more
     if spec is not None:
         spec.source = path
@@ -191,10 +196,11 @@ def _apply_overrides(steps: list, locs: Locations, overrides: tuple[str, ...]) -
 
 
 def build_spec(
-    data: Any, locs: Locations, registry: Registry, base_dir: Path
+    data: Any, locs: Locations, registry: Registry, base_dir: Path, library: ModelLibrary | None = None
 ) -> tuple[PipelineSpec | None, list[Issue]]:
     """A mapping read from YAML -> PipelineSpec, checked key by key: the spec (None when
-    it is not a mapping at all) and every issue found."""
+    it is not a mapping at all) and every issue found. Model names are looked up in
+    `library`."""
     if data is None:
         return None, [Issue("the pipeline is empty; it needs at least `name:` and `steps:`", locs.file)]
     if not isinstance(data, dict):
@@ -206,8 +212,8 @@ def build_spec(
             issues.append(locs.issue((key,), f"unknown key {key!r}.{did_you_mean(key, list(TOP_LEVEL_KEYS))} "
                                               f"Allowed: {', '.join(TOP_LEVEL_KEYS)}"))
     settings = _top_level_settings(data, locs, issues)
-    steps = _build_steps(data.get("steps"), locs, registry, base_dir, issues)
-    spec = PipelineSpec(steps=steps, base_dir=base_dir, locations=locs, data=data, **settings)
+    steps = _build_steps(data.get("steps"), locs, registry, (base_dir, library), issues)
+    spec = PipelineSpec(steps=steps, base_dir=base_dir, locations=locs, data=data, models=library, **settings)
     return spec, issues
 
 
@@ -250,8 +256,9 @@ def _top_level_settings(data: dict, locs: Locations, issues: list[Issue]) -> dic
             "executor": executor, "description": description}
 
 
-def _build_steps(steps_data: Any, locs: Locations, registry: Registry, base_dir: Path,
+def _build_steps(steps_data: Any, locs: Locations, registry: Registry, where: tuple,
                  issues: list[Issue]) -> list[StepSpec]:
+    """`where` is (base_dir, library): where relative paths and model names are found."""
     if steps_data is None:
         issues.append(locs.issue(("steps",), "missing `steps:`, a list of steps (each with `id:` and `uses:`)"))
     elif not isinstance(steps_data, list) or not steps_data:
@@ -261,12 +268,12 @@ def _build_steps(steps_data: Any, locs: Locations, registry: Registry, base_dir:
                                              "`sweep:` or `zip:` to make many items of one step"))
     else:
         first_line: dict[str, tuple[int, int | None]] = {}
-        built = (_build_step(i, raw, locs, registry, base_dir, first_line, issues) for i, raw in enumerate(steps_data))
+        built = (_build_step(i, raw, locs, registry, where, first_line, issues) for i, raw in enumerate(steps_data))
         return [step for step in built if step is not None]
     return []
 
 
-def _build_step(i, raw, locs, registry, base_dir, first_line, issues) -> StepSpec | None:
+def _build_step(i, raw, locs, registry, where, first_line, issues) -> StepSpec | None:
     """One entry of `steps:` -> StepSpec, or None when it has no usable id (every
     problem is reported either way)."""
     at = ("steps", i)
@@ -284,7 +291,8 @@ def _build_step(i, raw, locs, registry, base_dir, first_line, issues) -> StepSpe
     gen_cls = _generator_of(at, label, uses, locs, registry, issues)
     sections, sections_ok = _sections(at, label, raw, locs, issues)
     if gen_cls is not None:
-        check_params(at, label, gen_cls, sections, locs, base_dir, issues, check_required=sections_ok)
+        check_params(at, label, gen_cls, sections, locs, where[0], issues, check_required=sections_ok,
+                     library=where[1])
     compile_step = raw.get("compile")
     if compile_step is not None and not isinstance(compile_step, bool):
         issues.append(locs.issue(at + ("compile",), f"got {compile_step!r}; allowed: true | false "

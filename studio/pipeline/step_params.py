@@ -23,10 +23,11 @@ def kind_of(value: Any) -> str:
     return f"{kind} ({echo(value, 60)})"
 
 
-def check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_required=True) -> None:
+def check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_required=True, library=None) -> None:
     """Report what is wrong with a step's `with:`, `sweep:` and `zip:` (`sections`, copies
-    of the YAML mappings); a model path resolved against `base_dir` replaces the value
-    written in them."""
+    of the YAML mappings); a model path resolved against `base_dir`, or a model name
+    found in `library` (studio.models), replaces the value written in them."""
+    check = (base_dir, library)
     params_cls = gen_cls.Params
     fields = list(params_cls.model_fields)
     given: dict[str, str] = {}
@@ -44,7 +45,7 @@ def check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_requ
                 continue
             given[key] = section
             if section == "with":
-                resolved = _check_value(path, step, params_cls, key, value, locs, base_dir, issues)
+                resolved = _check_value(path, step, params_cls, key, value, locs, check, issues)
                 if resolved is not None:
                     values[key] = resolved
                 continue
@@ -56,7 +57,7 @@ def check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_requ
                     issues.append(locs.issue(path + (j,), f"references are not allowed in `{section}:`; "
                                                           "put the reference in `with:`", step))
                 else:
-                    resolved = _check_value(path + (j,), step, params_cls, key, item, locs, base_dir, issues)
+                    resolved = _check_value(path + (j,), step, params_cls, key, item, locs, check, issues)
                     if resolved is not None:
                         value = values[key] = [*value[:j], resolved, *value[j + 1:]]
             if section == "sweep" and len({repr(v) for v in value}) != len(value):
@@ -72,9 +73,11 @@ def check_params(at, step, gen_cls, sections, locs, base_dir, issues, check_requ
                                                      f"{params_cls.model_fields[name].description}", step))
 
 
-def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> Any:
+def _check_value(path, step, params_cls, key, value, locs, check, issues) -> Any:
     """Report what is wrong with one value; return the value to run with when it differs
-    from the one written (a model path resolved against the pipeline's folder)."""
+    from the one written (a model path resolved against the pipeline's folder, a model
+    name found in the library). `check` is (base_dir, library)."""
+    base_dir, library = check
     kind = P.field_kind(params_cls, key)
     if kind in ("media", "media_list"):
         values = value if kind == "media_list" and isinstance(value, list) else [value]
@@ -115,7 +118,7 @@ def _check_value(path, step, params_cls, key, value, locs, base_dir, issues) -> 
     if wanted is not None and isinstance(value, str):
         from studio.pipeline.modelpath import check_model
 
-        resolved, problem = check_model(value, wanted, base_dir)
+        resolved, problem = check_model(value, wanted, base_dir, library)
         if problem:
             issues.append(locs.issue(path, f"{key} {echo(value)} {problem}", step))
         return resolved

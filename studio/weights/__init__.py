@@ -36,7 +36,7 @@ from studio.weights.safetensors_header import safetensors_dtypes, safetensors_la
 
 # the public API plugins may import (documented in docs/plugins.md)
 __all__ = ["MAX_CONFIG_BYTES", "components", "config", "file_sha256", "input_path", "load_pth", "loading", "local_path", "model_problem",
-           "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_dtypes", "safetensors_layout",
+           "named_model", "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_dtypes", "safetensors_layout",
            "safetensors_problem", "safetensors_shapes",
            "short", "weights_fingerprint", "weights_problem"]
 
@@ -278,6 +278,24 @@ def input_path(value: str, info: Any) -> Path:
     base = (getattr(info, "context", None) or {}).get("base_dir")
     path = Path(value).expanduser()
     return Path(os.path.abspath(Path(base) / path if base is not None and not path.is_absolute() else path))
+
+
+def named_model(name: str, kind: str, info: Any) -> Path:
+    """The file of the model called `name` among the user's models of `kind` (checkpoint,
+    lora, embedding, vae, controlnet, upscaler), found in the model folders the host
+    passes validators as `info.context["models"]` (`--models DIR`, STUDIO_MODELS); a
+    ValueError saying what there is (with a did-you-mean) when none is called that.
+    For an entry such as `loras: [{name: ...}]`; a `model_input` parameter's names are
+    resolved by the host."""
+    from studio.models.library import ModelLibrary, ModelNotFound
+
+    library = (getattr(info, "context", None) or {}).get("models")
+    if not isinstance(library, ModelLibrary):
+        library = ModelLibrary.from_dirs()  # Params validated outside a pipeline: STUDIO_MODELS only
+    try:
+        return library.find(name, kind).path.resolve()
+    except ModelNotFound as exc:
+        raise ValueError(str(exc)) from None
 
 
 def damaged_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
