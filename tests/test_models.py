@@ -280,3 +280,26 @@ def test_the_models_option_of_validate_plan_and_run(trees, tmp_path, monkeypatch
     assert ran.exit_code == 0, ran.output
     written = (tmp_path / ran.stdout.strip() / "a" / "text.txt").read_text()
     assert written == str(a1111 / "models/Stable-diffusion/dreamshaper_8.safetensors")
+
+
+def test_invokeai_and_fooocus_layouts(tmp_path):
+    invoke_root, fooocus = tmp_path / "invokeai", tmp_path / "Fooocus"
+    safetensors(invoke_root / "models/sd-1/main/photon.safetensors", {"w": ("F16", [1])})
+    safetensors(invoke_root / "models/sdxl/lora/pixel.safetensors", {"w": ("F16", [1])})
+    safetensors(invoke_root / "models/sdxl/vae/sdxl_vae/diffusion_pytorch_model.safetensors", {"w": ("F16", [1])})
+    (invoke_root / "models/sdxl/vae/sdxl_vae/config.json").write_text("{}")  # a diffusers folder is one model
+    safetensors(fooocus / "models/checkpoints/juggernautXL.safetensors", {"w": ("F16", [1])})
+    library = ModelLibrary.from_dirs([invoke_root, fooocus])
+    assert {(m.kind, m.name) for m in library.all()} == {
+        ("checkpoint", "photon"), ("checkpoint", "juggernautXL"), ("lora", "pixel"), ("vae", "sdxl_vae")}
+
+
+def test_the_second_listing_hashes_nothing(trees, invoke, monkeypatch):
+    computed = []
+    real = hashes._hash_file
+    monkeypatch.setattr(hashes, "_hash_file", lambda path: computed.append(path) or real(path))
+    first = invoke("models", "list", "--json", "--models", trees[0])
+    hashed = len(computed)
+    second = invoke("models", "list", "--json", "--models", trees[0])
+    assert hashed == len(json.loads(first.stdout)) and len(computed) == hashed
+    assert json.loads(second.stdout) == json.loads(first.stdout)
