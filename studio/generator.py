@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # heavy imports stay out of import time
 GENERATOR_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.-]*$")
 MEDIA_KEY = "studio_media"
 MODEL_KEY = "studio_model"
+# the kinds of model a user keeps in model folders (studio.models), which model_input names
+MODEL_KINDS = ("checkpoint", "lora", "embedding", "vae", "controlnet", "upscaler")
 MAX_SEED = 2**63 - 1
 
 
@@ -59,8 +61,11 @@ def model_input(default: str = "default", *, files: tuple[str, ...] = (), suffix
     runs that it looks like a model of the right kind: a directory holding one of `files`
     at its top level (e.g. "model_index.json"), or a file ending in one of `suffixes`.
     Nothing else is read, and the directory is never walked. Any other value is a name
-    looked up in the user's model folders among the models of `kind` (checkpoint,
-    lora, embedding, vae, controlnet, upscaler; None: checkpoint)."""
+    looked up in the user's model folders among the models of `kind` (one of
+    MODEL_KINDS; by default the parameter's name when it is one, such as `vae`, else
+    checkpoint)."""
+    if kind is not None and kind not in MODEL_KINDS:
+        raise ValueError(f"model_input kind {kind!r}: allowed {', '.join(MODEL_KINDS)}")
     extra = kwargs.pop("json_schema_extra", {}) or {}
     marker = {"files": list(files), "suffixes": list(suffixes), "hub": hub, "kind": kind}
     kwargs.setdefault("max_length", 1000)
@@ -70,7 +75,11 @@ def model_input(default: str = "default", *, files: tuple[str, ...] = (), suffix
 def model_spec(params_cls: type[BaseModel], field_name: str) -> dict[str, Any] | None:
     """What a model parameter accepts (see model_input), or None for other parameters."""
     extra = params_cls.model_fields[field_name].json_schema_extra
-    return extra.get(MODEL_KEY) if isinstance(extra, dict) else None
+    marker = extra.get(MODEL_KEY) if isinstance(extra, dict) else None
+    if not isinstance(marker, dict):
+        return None
+    default = field_name if field_name in MODEL_KINDS else "checkpoint"  # `vae:` names a VAE
+    return {**marker, "kind": marker.get("kind") or default}
 
 
 class Artifact(BaseModel):

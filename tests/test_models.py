@@ -198,7 +198,7 @@ class Checkpointed(Generator):
 
     class Params(Params):
         model: str = model_input("default", suffixes=(".safetensors",), kind="checkpoint")
-        vae: str = model_input("default", suffixes=(".safetensors",), kind="vae", description="a VAE")
+        vae: str = model_input("default", suffixes=(".safetensors",), description="a VAE")  # kind: its name
         note: str = Field("", max_length=10)
 
     def generate(self, params, ctx):
@@ -237,6 +237,8 @@ def test_a_missing_name_is_located_with_a_did_you_mean(trees, tmp_path):
     text = str(caught.value)
     assert "p.yaml:6: steps[0].with.model (step 'a')" in text and "Did you mean 'dreamshaper_8'?" in text
     assert "p.yaml:7: steps[0].with.vae (step 'a')" in text and "no vae is called 'dreamshaper_8'" in text
+    with pytest.raises(ValueError, match="allowed checkpoint, lora"):
+        model_input(kind="checkpoints")
 
 
 def test_image_diffusion_takes_a_checkpoint_and_loras_by_name(tmp_path, monkeypatch):

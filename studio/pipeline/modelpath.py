@@ -7,7 +7,7 @@ with one of its suffixes. Only those few names are looked at: a mistaken `model:
 is refused at once instead of being walked. A hub id (`org/name`) must be in the local
 Hugging Face cache, since nothing is downloaded. Any other value is a name looked up in
 the user's model folders (studio.models.library), among the models of the parameter's
-kind (model_input's `kind`, "checkpoint" when it names none).
+kind (model_input's `kind`; see studio.generator.model_spec).
 """
 
 from __future__ import annotations
