@@ -65,15 +65,18 @@ def parameters_text(params: Any, seed: int, size: tuple[int, int], engine: Any) 
         "Model": model_name(params.model), "Denoising strength": strength,
         # A1111 counts the last layer as 1; diffusers' clip_skip counts layers skipped
         "Clip skip": None if params.clip_skip is None else params.clip_skip + 1,
-        "Lora hashes": ", ".join(f"{lora_name(lora.path)}: {lora_hash(lora.path)}" for lora in params.loras) or None,
+        "Lora hashes": ", ".join(f"{lora_name(lora.path)}: {lora_hash(lora.path)}" for lora in params.loras
+                                 if lora.path) or None,
         # Studio's own, when set: A1111 passes over keys it does not know
         "Timestep spacing": None if params.timestep_spacing == "default" else params.timestep_spacing,
         # not a bare version number: A1111 reads "Version" to turn on its old versions' behaviour
         "Version": f"studio {__version__}",
     }
     line = ", ".join(f"{key}: {quote(value)}" for key, value in pairs.items() if value is not None)
+    # a LoRA's name is its file's (a `name:` entry has become its path by the time it runs)
     prompt = (params.prompt or "") + "".join(
-        f"<lora:{lora_name(lora.path)}:{lora.scale * params.lora_scale:g}>" for lora in params.loras)
+        f"<lora:{lora_name(lora.path or getattr(lora, 'name', None) or 'lora')}:{lora.scale * params.lora_scale:g}>"
+        for lora in params.loras)
     negative = f"\nNegative prompt: {params.negative_prompt}" if params.negative_prompt else ""
     return f"{prompt}{negative}\n{line}".strip()
 
