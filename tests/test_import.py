@@ -244,3 +244,22 @@ def test_hostile_comfyui_graphs_are_refused(tmp_path):
     for text in ("{" * 100_000, '{"a": '):
         with pytest.raises(UserError, match="not JSON"):
             from_graph(text, "g.json", "g", tmp_path)
+
+
+def test_an_imported_lora_tag_resolves_through_the_model_folders(tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    lora = Path(__file__).parents[1] / "plugins" / "studio_image" / "weights" / "lora-outline"
+    folder = tmp_path / "webui" / "models" / "Lora"  # A1111's layout
+    folder.mkdir(parents=True)
+    shutil.copy(lora / "pytorch_lora_weights.safetensors", folder / "outline.safetensors")
+    (tmp_path / "a1111.txt").write_text(SMALL.replace("red heart", "red heart <lora:outline:0.5>"), encoding="utf-8")
+    out = CliRunner().invoke(cli, ["import", str(tmp_path / "a1111.txt"), "-o", str(tmp_path / "p.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "loras:\n    - name: outline\n      scale: 0.5" in (tmp_path / "p.yaml").read_text()
+    checked = CliRunner().invoke(cli, ["validate", str(tmp_path / "p.yaml"), "--models", str(tmp_path / "webui")])
+    assert checked.exit_code == 0, checked.output
