@@ -305,3 +305,15 @@ def test_the_second_listing_hashes_nothing(trees, invoke, monkeypatch):
     second = invoke("models", "list", "--json", "--models", trees[0])
     assert hashed == len(json.loads(first.stdout)) and len(computed) == hashed
     assert json.loads(second.stdout) == json.loads(first.stdout)
+
+
+@pytest.mark.parametrize("text", [
+    "a: {base_path: 5, loras: [1, 2]}", "- 1\n- 2", "a: {base_path: \"x\\0y\", loras: models/Lora}",
+    "a: &x {loras: \"\\0\"}\nb: *x", "a: {checkpoints: '" + "../" * 2000 + "'}", "x" * 70_000,
+    "a: {base_path: /, checkpoints: /, loras: usr}", "a: {base_path: '~', loras: .}"])
+def test_a_hostile_extra_model_paths_is_left_out_or_read_safely(tmp_path, text):
+    comfy = tmp_path / "ComfyUI"
+    safetensors(comfy / "models/loras/mine.safetensors", {"w": ("F16", [1])})
+    (comfy / "extra_model_paths.yaml").write_text(text)
+    library = ModelLibrary.from_dirs([comfy])
+    assert [m.name for m in library.all()] == ["mine"]

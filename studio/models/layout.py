@@ -48,8 +48,10 @@ def kind_folders(root: Path, notes: list[str]) -> list[KindFolder]:
         return [KindFolder(kind, root, source)]
     found: list[KindFolder] = []
     for base in (root, root / "models"):
-        found += _named_children(base, source, generic=base.name.lower() == "models")
-        found += _invoke_folders(base, source)
+        inside_models = base.name.lower() == "models"
+        found += _named_children(base, source, generic=inside_models)
+        if inside_models:  # InvokeAI's <base>/<type> only there: a project's `src/main` is no model folder
+            found += _invoke_folders(base, source)
     found += _extra_paths(root / EXTRA_PATHS, notes)
     unique: dict[tuple[str, str], KindFolder] = {}
     for folder in found:
@@ -71,7 +73,7 @@ def _children(folder: Path) -> list[str]:
                     break
                 if entry.is_dir():
                     names.append(entry.name)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a path a yaml file gave
         return []
     return sorted(names)
 
@@ -101,7 +103,10 @@ def _invoke_folders(base: Path, source: str) -> list[KindFolder]:
 def _extra_paths(file: Path, notes: list[str]) -> list[KindFolder]:
     """The folders ComfyUI's extra_model_paths.yaml adds: per section a `base_path` and,
     per kind key, one path or several (one a line), relative to base_path."""
-    if not os.path.lexists(file):
+    try:
+        if not os.path.lexists(file):
+            return []
+    except ValueError:
         return []
     import yaml
 
@@ -129,12 +134,14 @@ def _extra_paths(file: Path, notes: list[str]) -> list[KindFolder]:
 
 def _section_folders(file: Path, section: dict) -> list[KindFolder]:
     base = section.get("base_path")
+    if isinstance(base, str) and "\x00" in base:
+        return []
     base_path = file.parent / os.path.expanduser(base) if isinstance(base, str) else file.parent
     out = []
     for key, value in section.items():
         kind = COMFY_KEYS.get(str(key))
         if kind and isinstance(value, str):
             for line in value.splitlines()[:MAX_EXTRA_FOLDERS]:
-                if line.strip():
+                if line.strip() and "\x00" not in line:
                     out.append(KindFolder(kind, base_path / os.path.expanduser(line.strip()), str(file)))
     return out

@@ -21,6 +21,13 @@ from studio.models.scan import MODEL_SUFFIXES, ModelFile, scan_folder
 ENV = "STUDIO_MODELS"
 
 
+def _too_wide(real: str) -> bool:
+    """A folder no model folder is: the root, a top-level system folder (/usr, /home) or
+    the home folder (an extra_model_paths.yaml saying `checkpoints: /` would walk the disk)."""
+    parts = Path(real).parts
+    return len(parts) <= 2 or real == os.path.realpath(os.path.expanduser("~"))
+
+
 class ModelNotFound(LookupError):
     """A name the library does not have; the message says what it has."""
 
@@ -59,7 +66,10 @@ class ModelLibrary:
                     continue
                 for folder in kind_folders(root, self.notes):
                     real = (folder.kind, os.path.realpath(folder.path))
-                    if real not in seen:  # one folder reached twice (a ComfyUI yaml naming A1111's) counts once
+                    if _too_wide(real[1]):
+                        self.notes.append(f"{folder.source}: names {real[1]} as a {folder.kind} folder; a system or "
+                                          "home folder is never walked, left out")
+                    elif real not in seen:  # one folder reached twice (a ComfyUI yaml naming A1111's) counts once
                         seen.add(real)
                         self._folders.append(folder)
             self.warn()

@@ -79,8 +79,8 @@ class _Walk:
         already or unreadable, None when the scan's bounds are reached."""
         try:
             st = os.stat(path)
-        except OSError as exc:
-            self.notes.append(f"{path} cannot be read ({exc.strerror or exc}); left out")
+        except (OSError, ValueError) as exc:
+            self.notes.append(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}); left out")
             return []
         if (st.st_dev, st.st_ino) in self.seen:
             self.notes.append(f"{path} leads back to a folder already read (a symbolic link loop); left out")
