@@ -183,12 +183,19 @@ def _graph(graph: dict, tmp_path: Path, **kwargs):
 
 
 def test_a_comfyui_graph_maps_onto_image_diffusion(tmp_path):
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
     done = _graph(COMFY, tmp_path)
     assert done.pipeline["steps"][0]["with"] == {
-        "steps": 20, "guidance_scale": 8.0, "seed": 42, "scheduler": "dpm++-karras", "model": "dreamshaper_8",
+        "steps": 20, "guidance_scale": 8.0, "seed": 42, "scheduler": "dpm++-karras", "model": "sd15/dreamshaper_8",
         "loras": [{"name": "outline", "scale": 0.7}], "prompt": "beautiful scenery",
         "negative_prompt": "text, watermark", "clip_skip": 1, "width": 512, "height": 768}
     assert done.dropped == ["node 12 (UpscaleModelLoader)"] and done.source == "ComfyUI graph"
+    (tmp_path / "workflow_api.json").write_text(json.dumps(COMFY), encoding="utf-8")  # "Save (API Format)"
+    out = CliRunner().invoke(cli, ["import", str(tmp_path / "workflow_api.json")])
+    assert out.exit_code == 0 and "(ComfyUI graph)" in out.output and "node 12 (UpscaleModelLoader)" in out.output
     euler = json.loads(json.dumps(COMFY))
     euler["3"]["inputs"].update(sampler_name="euler_ancestral", scheduler="sgm_uniform")
     assert _graph(euler, tmp_path).pipeline["steps"][0]["with"]["scheduler"] == "euler-a"

@@ -31,6 +31,7 @@ SAMPLERS = {"euler": "euler", "euler_ancestral": "euler-a", "heun": "heun", "dpm
 KARRAS = {"dpm++": "dpm++-karras", "euler": "euler-karras", "heun": "heun-karras"}
 PLAIN = ("normal", "ddim_uniform")
 SAVERS = ("SaveImage", "PreviewImage")
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 class Graph:
@@ -129,13 +130,13 @@ def _model(graph: Graph, sampler: dict, params: dict[str, Any], done: Imported, 
         lora = graph.value(inputs, "lora_name", str, node_id)
         scale = _bounded(graph.value(inputs, "strength_model", (int, float), node_id), -10, 10, "strength_model",
                          graph, node_id)
-        loras.insert(0, {"name": Path(lora).stem, "scale": float(scale)})
+        loras.insert(0, {"name": model_name(lora), "scale": float(scale)})
         if inputs.get("strength_clip") != inputs.get("strength_model"):
             done.notes.append(f"LoraLoader node {node_id}: strength_clip differs from strength_model; Studio "
                               "applies one scale to both")
         seen += (node_id,)
         node_id, inputs = graph.source(inputs, "model", "CheckpointLoaderSimple", "LoraLoader", seen=seen)
-    checkpoint = Path(graph.value(inputs, "ckpt_name", str, node_id)).stem
+    checkpoint = model_name(graph.value(inputs, "ckpt_name", str, node_id))
     params["model"] = model if model is not None else checkpoint
     if model is None:
         done.notes.append(f"model {checkpoint!r} is ComfyUI's name: it resolves through the model folders (--models)"
@@ -149,6 +150,15 @@ def _model(graph: Graph, sampler: dict, params: dict[str, Any], done: Imported, 
         if text.strip():
             params[key] = text
         _clip_skip(graph, encode, params, encode_id)
+
+
+def model_name(file_name: str) -> str:
+    """A model file ComfyUI names (below its kind folder, maybe in a subfolder, with
+    Windows' separators) as Studio's model folders name it: the path without its suffix."""
+    name = file_name.replace("\\", "/").strip("/")
+    for suffix in WEIGHT_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
 
 
 def _clip_skip(graph: Graph, encode: dict, params: dict[str, Any], encode_id: str) -> None:
@@ -169,6 +179,9 @@ def _latent(graph: Graph, sampler_id: str, sampler: dict, params: dict[str, Any]
     if graph.nodes[node_id]["class_type"] == "EmptyLatentImage":
         for key in ("width", "height"):
             params[key] = _bounded(graph.value(inputs, key, int, node_id), 8, 4096, key, graph, node_id)
+        denoise = sampler.get("denoise", 1)
+        if denoise != 1:  # partial denoising of an empty latent: no Studio equivalent
+            done.dropped.append(f"node {sampler_id} denoise: {clip(str(denoise), 20)} (on an empty latent)")
         return
     pixels_id, pixels = graph.source(inputs, "pixels", "LoadImage", "ImageScale", seen=(sampler_id, node_id))
     if graph.nodes[pixels_id]["class_type"] == "ImageScale":
