@@ -48,6 +48,9 @@ def test_an_a1111_infotext_maps_onto_image_diffusion():
     # A1111 before 1.9 named the schedule in the sampler; samplers Studio lacks are listed
     old = _import(SMALL.replace("Euler a", "DPM++ 2M Karras"))
     assert old.pipeline["steps"][0]["with"]["scheduler"] == "dpm++-karras"
+    tags = _import(SMALL.replace("red heart", "red heart <lora:x:0.8:0.5> <lora:y> <lora:z:abc>"))
+    assert tags.pipeline["steps"][0]["with"]["loras"] == [{"name": "x", "scale": 0.8}, {"name": "y", "scale": 1.0}]
+    assert tags.dropped[0] == "prompt tag <lora:z:abc> (its weight is not a number from -10 to 10)"
     lms = _import(SMALL.replace("Euler a", "LMS"))
     assert "scheduler" not in lms.pipeline["steps"][0]["with"] and lms.dropped[0].startswith("Sampler: LMS")
 

@@ -31,7 +31,8 @@ READ = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model
         "Timestep spacing"}
 NOTED = {"Model hash", "Lora hashes", "Version"}
 HIRES = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize-1", "Hires resize")
-EXTRA_NETWORK = re.compile(r"<(\w+):([^<>:]{1,200})(?::([^<>:]{0,50}))?>")
+# <kind:name[:weight[:more]]>: A1111's extra networks in a prompt (a LoRA's second weight is its text encoder's)
+EXTRA_NETWORK = re.compile(r"<(\w+):([^<>:]{1,200})(?::([^<>]{0,50}))?>")
 MAX_SEED = 2**63 - 1
 
 
@@ -73,12 +74,12 @@ def _prompts(info: Infotext, params: dict[str, Any], done: Imported) -> None:
     loras: list[dict[str, Any]] = []
 
     def take(tag: re.Match) -> str:
-        kind, what, weight = tag.group(1), tag.group(2).strip(), tag.group(3)
+        kind, what, weight = tag.group(1), tag.group(2).strip(), (tag.group(3) or "").split(":")[0].strip()
         if kind != "lora":
             done.dropped.append(f"prompt tag {tag.group(0)}")
             return ""
         try:
-            scale = float(weight) if weight not in (None, "") else 1.0
+            scale = float(weight) if weight else 1.0
         except ValueError:
             scale = math.nan
         if not math.isfinite(scale) or not -10 <= scale <= 10:
