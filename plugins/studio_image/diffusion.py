@@ -210,8 +210,14 @@ class ImageDiffusion(Generator):
 
         @model_validator(mode="after")
         def fits(self, info: ValidationInfo):
+            engine = engine_for(self.model, self.config, self.prediction)
+            given = [name for name in ("config", "vae") if getattr(self, name) is not None]
+            given += ["prediction"] if self.prediction != "default" else []
             problem = (self.vae is None and vae_problem(self.model, None, self.config)
-                       or engine_for(self.model, self.config, self.prediction).item_problem(self, on_cpu(info)))
+                       or (given and isinstance(engine, UnetEngine)
+                           and f"model {self.model!r} is a UNet2DModel checkpoint: {', '.join(given)} apply to "
+                               "Stable Diffusion pipelines")
+                       or engine.item_problem(self, on_cpu(info)))
             if problem:
                 raise ValueError(problem)
             return self
