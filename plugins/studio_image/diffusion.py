@@ -255,8 +255,14 @@ class ImageDiffusion(Generator):
             engine = engine_of(facts or UNKNOWN_PIPELINE)
         except ValueError as exc:
             raise UserError(f"model {params.model!r}: {exc}") from None
-        options = {"use_safetensors": True, "local_files_only": True, "config": params.config, "vae": params.vae,
-                   "prediction": params.prediction}
+        options = {"use_safetensors": True, "local_files_only": True}
+        # the single-file and VAE options, for the engine of diffusers pipelines (only when given)
+        extra = {name: value for name, value in (("config", params.config), ("vae", params.vae),
+                                                 ("prediction", params.prediction)) if value not in (None, "default")}
+        if extra and not isinstance(engine, PipelineEngine):
+            raise UserError(f"model {params.model!r} is not a Stable Diffusion pipeline: {', '.join(extra)} apply to "
+                            "those (single-file checkpoints, a separate VAE)")
+        options.update(extra)
         with loading(params.model, "a diffusers model", LOAD_FIX):
             return engine.load(root, params.model, options)
 
