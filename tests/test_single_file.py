@@ -183,11 +183,25 @@ def refused(tmp_path, with_) -> str:
 
 
 def test_a_file_without_a_vae_needs_vae(tiny, tmp_path):
-    message = refused(tmp_path, {"model": str(tiny / "tiny-novae.safetensors"), "config": str(tiny / "configs")})
+    """A file without a baked-in VAE is refused until `vae:` gives one: a diffusers VAE
+    folder, or one .safetensors in either layout; each gives the baked-in VAE's image."""
+    from safetensors.torch import load_file, save_file
+
+    novae = str(tiny / "tiny-novae.safetensors")
+    message = refused(tmp_path, {"model": novae, "config": str(tiny / "configs")})
     assert "has no VAE baked in" in message and "give vae" in message
-    result = run(tmp_path, {"model": str(tiny / "tiny-novae.safetensors"), "config": str(tiny / "configs"),
-                            "vae": str(tiny / "folder" / "vae"), "steps": 2, "prompt": "x"})
-    assert result.status == "done", result.failed
+    baked = load_file(tiny / "tiny.safetensors")
+    save_file({k.removeprefix("first_stage_model."): v for k, v in baked.items() if k.startswith("first_stage_model.")},
+              tmp_path / "vae-single.safetensors")
+    with_ = {"config": str(tiny / "configs"), "steps": 2, "prompt": "x", "seed": 3}
+    images = []
+    for model, vae in ((str(tiny / "tiny.safetensors"), None), (novae, tiny / "folder" / "vae"),
+                       (novae, tiny / "folder" / "vae" / "diffusion_pytorch_model.safetensors"),
+                       (novae, tmp_path / "vae-single.safetensors")):
+        result = run(tmp_path / f"run{len(images)}", {**with_, "model": model, **({"vae": str(vae)} if vae else {})})
+        assert result.status == "done", result.failed
+        images.append(np.asarray(Image.open(result.artifacts()[0].path)))
+    assert all(np.array_equal(images[0], image) for image in images[1:])
 
 
 # -- recognition on real-size headers (sparse files) ---------------------------------
@@ -320,6 +334,11 @@ def test_bad_files_are_refused_before_the_run(tmp_path):
     code, out = validate(tmp_path, {"model": str(lora)})
     assert code == 2 and "not a single-file checkpoint Studio recognises" in out and "LoRA weights" in out
     assert "config:" in out
+
+    model = tmp_path / "sd1-whole.safetensors"
+    sparse_file(model, family_shapes("sd1"))
+    code, out = validate(tmp_path, {"model": str(model), "vae": str(lora)})
+    assert code == 2 and "steps[0].with.vae" in out and "is not a VAE file" in out
 
 
 def test_a_refiner_is_not_a_base(tmp_path):
