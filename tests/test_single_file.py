@@ -158,6 +158,21 @@ def test_a_single_file_gives_diffusers_own_image(tiny, tmp_path, name):
     assert np.abs(ours - theirs).max() <= 1
 
 
+def test_image_to_image_and_inpainting_run_on_a_single_file(tiny, tmp_path):
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "init.png")
+    mask = Image.new("L", (16, 16), 0)
+    mask.paste(255, (4, 4, 12, 12))
+    mask.save(tmp_path / "mask.png")
+    base = {"model": str(tiny / "tiny.safetensors"), "config": str(tiny / "configs"), "prompt": "x", "steps": 4,
+            "image": str(tmp_path / "init.png")}
+    for n, extra in enumerate(({"strength": 0.6}, {"mask": str(tmp_path / "mask.png")})):
+        result = run(tmp_path / f"run{n}", {**base, **extra})
+        assert result.status == "done", result.failed
+        made = np.asarray(Image.open(result.artifacts()[0].path))
+        assert made.shape == (16, 16, 3)
+    assert np.array_equal(made[:4], np.asarray(Image.open(tmp_path / "init.png"))[:4])  # kept outside the mask
+
+
 def test_the_single_file_holds_every_weight(tiny):
     """The layout written here is complete: diffusers reads back every weight of the
     folder it came from (so the image comparison above compares real weights)."""
