@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import gzip
 from functools import lru_cache
-from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
 
 VOCAB_SIZE = 49408
 MERGES = VOCAB_SIZE - 256 - 256 - 2  # 48,894 merges: open_clip reads lines 1 .. 49152-256-2
@@ -37,9 +38,13 @@ def bytes_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's vocabulary (token -> id) and its merges (pairs, in rank order)."""
-    source = resources.files("open_clip") / "bpe_simple_vocab_16e6.txt.gz"
-    with source.open("rb") as f:
-        lines = gzip.decompress(f.read()).decode("utf-8").split("\n")
+    # found, not imported: importing open_clip would import torch and timm for a data file
+    spec = find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("open_clip_torch is not installed; Studio reads CLIP's vocabulary from it "
+                           "(pip install open_clip_torch)")
+    source = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    lines = gzip.decompress(source.read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split(" ")) for line in lines[1:MERGES + 1]]
     symbols = list(bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
