@@ -356,6 +356,15 @@ def test_bad_files_are_refused_before_the_run(tmp_path):
     assert code == 2 and "steps[0].with.vae" in out and "is not a VAE file" in out
 
 
+def test_a_config_folder_that_would_run_code_is_refused(tiny, tmp_path):
+    configs = tmp_path / "configs"
+    shutil.copytree(tiny / "configs", configs)
+    index = json.loads((configs / "model_index.json").read_text())
+    (configs / "model_index.json").write_text(json.dumps({**index, "unet": ["my_unet", "MyUNet"]}))
+    code, out = validate(tmp_path, {"model": str(tiny / "tiny.safetensors"), "config": str(configs)})
+    assert code == 2 and "steps[0].with.model" in out and "config " in out and "code shipped with the model" in out
+
+
 def test_a_refiner_is_not_a_base(tmp_path):
     refiner = tmp_path / "refiner.safetensors"
     sparse_file(refiner, family_shapes("sdxl-refiner"))

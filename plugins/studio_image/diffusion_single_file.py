@@ -174,6 +174,10 @@ def single_file_problem(model: str, root: Path | None, config: str | None, predi
                 "its own: drop config")
     if root is None or not root.is_file():
         return None
+    if config is not None:  # the configs' own code is refused as a model folder's is
+        problem = weights_problem(config, Path(config))
+        if problem:
+            return "config" + problem.removeprefix("model")
     if root.suffix.lower() in PICKLE_SUFFIXES:
         code = pickled_code(root)
         if code:
