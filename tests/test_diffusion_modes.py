@@ -297,7 +297,7 @@ def test_lora_equals_diffusers_scale_zero_is_the_base_and_the_sweep_loads_once(t
     recorded = json.loads(Image.open(items[1, 1].artifacts["image"].path).text["studio"])["params"]["loras"]
     import hashlib
 
-    assert recorded == [{"path": str(lora_file.resolve()), "scale": 0.5,
+    assert recorded == [{"path": str(lora_file.resolve()), "name": None, "scale": 0.5,
                          "sha256": hashlib.sha256(lora_file.read_bytes()).hexdigest()}]
 
 
@@ -469,8 +469,8 @@ def test_bad_loras_and_options_are_refused_before_the_run(tmp_path, tiny_sd_dir,
     unet = next((DEFAULT_WEIGHTS / "unet").glob("*.safetensors"))
     assert "holds no LoRA layers" in refused(tmp_path, {"prompt": "x", "loras": [{"path": str(unet)}]})
     assert "not found (looked in" in refused(tmp_path, {"prompt": "x", "loras": [{"path": "none.safetensors"}]})
-    assert ("steps[0].with.loras (step 'img'): got [{'pth': 'x'}]: [0].path: Field required; [0].pth: Extra inputs "
-            "are not permitted. Allowed: list of mapping {path, scale, sha256}") in refused(
+    assert ("steps[0].with.loras (step 'img'): got [{'pth': 'x'}]: [0].pth: Extra inputs are not permitted. "
+            "Allowed: list of mapping {path, name, scale, sha256}") in refused(
         tmp_path, {"prompt": "x", "loras": [{"pth": "x"}]})
     assert "lora_scale 0.5 multiplies the scales of loras, and this item has none" in refused(
         tmp_path, {"prompt": "x", "lora_scale": 0.5})

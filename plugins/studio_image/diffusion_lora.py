@@ -73,8 +73,8 @@ class Lora(BaseModel):
         """A `name:` is looked up in the user's model folders (which the host passes in the
         validation context) and recorded as the file's path. Without a context (the value
         checked on its own while the pipeline is read) the name waits for that."""
-        if not isinstance(data, dict):
-            return data
+        if not isinstance(data, dict) or set(data) - set(cls.model_fields):
+            return data  # pydantic names the unknown key ("pth: Extra inputs are not permitted")
         if data.get("path") is None and data.get("name") is None:
             raise ValueError("a LoRA entry needs `path:` (a file) or `name:` (a LoRA in your model folders)")
         if data.get("name") is not None and data.get("path") is not None:
