@@ -394,3 +394,30 @@ def test_clip_tokenizer_matches_open_clip():
     for text in ["a photo of an astronaut riding a horse on mars", "Naïve café, (masterpiece:1.2) 8k <lora:x>"]:
         assert ours(text).input_ids == [reference.sot_token_id, *reference.encode(text), reference.eot_token_id]
     assert len(ours) == 49408 and clip_tokenizer("!").pad_token_id == 0
+
+
+def test_models_list_shows_the_family_image_diffusion_recognises(tmp_path, monkeypatch):
+    """The image plugin answers identify_model: a checkpoint's family from its UNet, a
+    LoRA's from kohya's metadata, nothing for a file it does not know."""
+    import json
+
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "webui" / "models"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    (root / "Lora").mkdir()
+    sparse_file(root / "Stable-diffusion" / "base_xl.safetensors", family_shapes("sdxl"))
+    sparse_file(root / "Stable-diffusion" / "v15.safetensors", family_shapes("sd1"))
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    save_file({"lora_unet_x.lora_down.weight": np.zeros((4, 8), np.float32)}, str(root / "Lora" / "tweak.safetensors"),
+              metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    save_file({"x": np.zeros(2, np.float32)}, str(root / "Lora" / "odd.safetensors"))
+    listed = CliRunner().invoke(cli, ["models", "list", "--json", "--models", str(tmp_path / "webui")])
+    assert listed.exit_code == 0, listed.output
+    families = {row["name"]: row["family"] for row in json.loads(listed.stdout)}
+    assert families == {"base_xl": "SDXL", "v15": "SD1", "tweak": "SDXL", "odd": None}

@@ -19,3 +19,11 @@ def register_generators(register):
 def register_trainers(register):
     register(DiffusionTrainer)
     register(GANTrainer)
+
+
+@hookimpl
+def identify_model(path, header):
+    """The Stable Diffusion family of a checkpoint or LoRA file, from its header."""
+    from studio_image.diffusion_single_file import identify
+
+    return identify(header) if header else None

@@ -318,3 +318,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     from studio.weights import read_config
 
     return read_config(path) or {}
+
+
+# `studio models list`'s family column, as model sites and A1111 name them
+FAMILY_LABELS = {"sd1": "SD1", "sd1-inpaint": "SD1 inpainting", "sd2": "SD2", "sd2-inpaint": "SD2 inpainting",
+                 "sdxl": "SDXL", "sdxl-inpaint": "SDXL inpainting", "sdxl-refiner": "SDXL refiner"}
+# kohya's training metadata in a LoRA's header: ss_base_model_version's prefix -> family
+LORA_BASES = (("sdxl", "SDXL"), ("sd_v1", "SD1"), ("sd_v2", "SD2"))
+
+
+def identify(header: dict[str, Any]) -> dict[str, Any] | None:
+    """The family a safetensors header shows, for the identify_model hook: a checkpoint's
+    from its UNet (as `recognise` tells it), a LoRA's from kohya's training metadata."""
+    tensors = {name: (str(entry.get("dtype")), tuple(entry.get("shape") or ()))
+               for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)}
+    found = recognise_shapes(tensors)
+    if found.family is not None:
+        return {"family": FAMILY_LABELS[found.family.name]}
+    metadata = header.get("__metadata__")
+    base = metadata.get("ss_base_model_version") if isinstance(metadata, dict) else None
+    if isinstance(base, str):
+        for prefix, family in LORA_BASES:
+            if base.startswith(prefix):
+                return {"family": family}
+    return None
