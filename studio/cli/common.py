@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from studio.errors import printable
+from studio.errors import UserError, printable
 
 PRECISION_CHOICES = click.Choice(["auto", "fp32", "bf16", "fp16"])
 
@@ -110,3 +110,29 @@ def size_text(n: int) -> str:
         n /= 1024
     return f"{n:.1f} GB"
 
+
+
+def refuse_existing(output: Path | None) -> None:
+    """`-o FILE` never replaces a file: asked before anything is read (no answer is
+    worked out that cannot be written) and again just before writing."""
+    from studio.runs.provenance import shown
+
+    if output is not None and os.path.lexists(output):
+        raise UserError(f"{shown(output)} exists; give another -o, or remove it first")
+
+
+def print_or_write(output: Path | None, text: str) -> None:
+    """`studio export` and `studio import`: the YAML on standard output, or written to
+    `-o FILE` whole (a temporary file renamed into place), never over an existing file."""
+    from studio.execute.artifacts import atomic_write, os_error_text
+    from studio.runs.provenance import shown
+
+    if output is None:
+        echo(text.rstrip("\n"))
+        return
+    refuse_existing(output)
+    try:
+        atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:  # nothing is left half written: the temporary file is removed
+        raise UserError(os_error_text(exc, shown(output))) from None
+    echo(f"wrote {shown(output)}")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from studio.cli.common import echo
+from studio.cli.common import echo, print_or_write, refuse_existing
 from studio.errors import UserError
 
 
@@ -22,27 +21,12 @@ def import_(source, output, model, image) -> None:
     a PNG's `parameters` text, a JPEG's or WebP's EXIF comment, or a text file of them;
     ComfyUI's graph, from its PNG's `prompt` text or an API-format .json. What Studio has
     no equivalent for is listed, by name, here and in the file."""
-    from studio.execute.artifacts import atomic_write, os_error_text
     from studio.runs.provenance import shown
 
-    def refuse_existing() -> None:
-        if os.path.lexists(output):
-            raise UserError(f"{shown(output)} exists; give another -o, or remove it first")
-
-    if output is not None:
-        refuse_existing()  # before any reading: nothing is read for an answer that cannot be written
+    refuse_existing(output)  # before any reading: nothing is read for an answer that cannot be written
     where = shown(source)
     imported = _imported(source, where, model, image)
-    text = as_yaml(imported, where)
-    if output is None:
-        echo(text.rstrip("\n"))
-    else:
-        refuse_existing()
-        try:
-            atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        except OSError as exc:  # nothing is left half written: the temporary file is removed
-            raise UserError(os_error_text(exc, shown(output))) from None
-        echo(f"wrote {shown(output)}")
+    print_or_write(output, as_yaml(imported, where))
     for line in imported.dropped:
         echo(f"not imported (no Studio equivalent): {shown(line)}", err=output is None)
     for line in imported.notes:

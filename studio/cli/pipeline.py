@@ -4,13 +4,12 @@ into the items it would make, or written out from a file Studio made."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from studio.cli.common import IntRange, echo, host
+from studio.cli.common import IntRange, echo, host, print_or_write, refuse_existing
 from studio.cli.models import MODELS_OPTION
 from studio.errors import UserError
 
@@ -77,22 +76,7 @@ def plan(pipeline, overrides, seed, as_json, model_dirs) -> None:
 def export(source, output) -> None:
     """Write out the pipeline that made SOURCE: a PNG, WAV or MIDI file Studio made, a
     manifest.json or a run directory."""
-    from studio.execute.artifacts import atomic_write, os_error_text
-    from studio.runs.reopen import as_yaml, reopen, shown
+    from studio.runs.reopen import as_yaml, reopen
 
-    def refuse_existing() -> None:
-        if os.path.lexists(output):
-            raise UserError(f"{shown(output)} exists; give another -o, or remove it first")
-
-    if output is not None:
-        refuse_existing()  # before any reading: nothing is read for an answer that cannot be written
-    text = as_yaml(reopen(source), source)
-    if output is None:
-        echo(text.rstrip("\n"))
-        return
-    refuse_existing()
-    try:
-        atomic_write(output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except OSError as exc:  # nothing is left half written: the temporary file is removed
-        raise UserError(os_error_text(exc, shown(output))) from None
-    echo(f"wrote {shown(output)}")
+    refuse_existing(output)  # before any reading: nothing is read for an answer that cannot be written
+    print_or_write(output, as_yaml(reopen(source), source))
