@@ -25,6 +25,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from studio import Artifact, Generator, Params, UserError, batch_groups, media, media_input, model_input
 from studio.limits import on_cpu
 from studio.weights import input_path, loading, local_path, refuse, weights_problem
+from studio_image.diffusion_embeddings import MAX_EMBEDDINGS, Embedding
+from studio_image.diffusion_embeddings import checked_all as checked_embeddings
 from studio_image.diffusion_engine import Engine, SchedulerName, quiet_libraries, strength_of
 from studio_image.diffusion_infotext import parameters_text
 from studio_image.diffusion_inputs import output_size
@@ -142,6 +144,11 @@ class ImageDiffusion(Generator):
             "text-to-image pipelines). Checked against the model's layers before the run."))
         lora_scale: float = Field(1.0, ge=-10.0, le=10.0, description=(
             "Multiplies every LoRA's scale: the axis to sweep (the model and the files load once)."))
+        embeddings: list[Embedding] = Field(default_factory=list, max_length=MAX_EMBEDDINGS, description=(
+            "Textual-inversion embeddings, each {path or name, token}: the prompt calls one by its token (default: "
+            "the file's name, as A1111: 'easynegative'). A1111 (.pt, .safetensors), kohya SDXL (clip_l + clip_g) "
+            "and diffusers layouts; text-to-image pipelines. Checked against the model's text encoders before the "
+            "run."))
         clip_skip: int | None = Field(None, ge=1, le=48, description=(
             "Condition on the text encoder's layer this many before the last (diffusers' clip_skip; A1111's "
             "'clip skip 2' is 1 here). Text-to-image pipelines with a CLIP text encoder."))
@@ -207,6 +214,18 @@ class ImageDiffusion(Generator):
             if problem:
                 raise ValueError(problem)
             return checked_all(value, lambda path: input_path(path, info), local_path(model, DEFAULT_WEIGHTS))
+
+        @field_validator("embeddings")
+        @classmethod
+        def embeddings_fit_the_model(cls, value: list[Embedding], info: ValidationInfo) -> list[Embedding]:
+            engine = _engine(info)
+            if not value or engine is None:
+                return value
+            if isinstance(engine, UnetEngine):
+                raise ValueError(f"model {info.data['model']!r} is a UNet2DModel checkpoint without a text encoder: "
+                                 "embeddings apply to Stable Diffusion pipelines")
+            return checked_embeddings(value, lambda path: input_path(path, info), info.data["model"],
+                                      info.data.get("config"), DEFAULT_WEIGHTS)
 
         @model_validator(mode="after")
         def fits(self, info: ValidationInfo):
@@ -277,7 +296,7 @@ class ImageDiffusion(Generator):
                  output_size(p.width, p.height, p.image, None) if p.image
                  else (p.width, p.height), p.scheduler, p.timestep_spacing, p.negative_prompt, strength_of(p),
                  p.mask is None, tuple((lora.sha256, lora.scale) for lora in p.loras), p.lora_scale, p.clip_skip,
-                 p.prompt_weighting) for p in params]
+                 p.prompt_weighting, tuple((e.sha256, e.token) for e in p.embeddings)) for p in params]
         for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             engine = ctxs[indexes[0]].model(self, batch[0])

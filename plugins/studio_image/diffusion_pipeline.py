@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from studio import NonFiniteOutput, UserError, check_finite
 from studio.weights import config
+from studio_image.diffusion_embeddings import activate as load_embeddings
+from studio_image.diffusion_embeddings import spelled_as_loaded
 from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
 from studio_image.diffusion_inputs import prepared_image, prepared_mask
 from studio_image.diffusion_lora import activate
@@ -39,6 +41,7 @@ class PipelineModel:
     scheduler_config: dict[str, Any]
     modes: dict[str, Any] = field(default_factory=dict)  # mode -> the pipeline from_pipe made for it
     lora_state: dict[str, Any] = field(default_factory=dict)  # diffusion_lora.activate's: what is fused
+    embedding_state: dict[str, Any] = field(default_factory=dict)  # diffusion_embeddings.activate's: what is loaded
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class PipelineEngine(Engine):
         pipe.scheduler = scheduler(self.loaded.scheduler_config, first)
         activate(self.loaded.pipeline, first.loras, first.lora_scale, self.loaded.lora_state,
                  on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
+        load_embeddings(self.loaded.pipeline, first.embeddings, self.loaded.embedding_state)
         call, images, masks = _call(pipe, mode, batch, ctxs, size)
         try:
             result = pipe(**call)
@@ -206,15 +210,18 @@ def _call(pipe: Any, mode: Mode, batch: list, ctxs: list, size: tuple[int, int])
 def _prompts(pipe: Any, batch: list) -> dict[str, Any]:
     """The prompts as diffusers takes them: text, or compel's weighted embeddings."""
     first = batch[0]
+    # an embedding's token as it was loaded, however the prompt capitalises it
+    prompts = [spelled_as_loaded(p.prompt, p.embeddings) or "" for p in batch]
+    negative = spelled_as_loaded(first.negative_prompt, first.embeddings)
     if first.prompt_weighting != "off":
         from studio_image.diffusion_prompts import embeddings
 
-        prompt_embeds, negative_embeds = embeddings(
-            pipe, [p.prompt or "" for p in batch], first.negative_prompt, first.prompt_weighting, first.clip_skip)
+        prompt_embeds, negative_embeds = embeddings(pipe, prompts, negative, first.prompt_weighting, first.clip_skip,
+                                                    expand_tokens=bool(first.embeddings))
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
     call: dict[str, Any] = {
-        "prompt": [p.prompt or "" for p in batch],  # absent: the empty prompt, as diffusers samples
-        "negative_prompt": [first.negative_prompt] * len(batch) if first.negative_prompt else None}
+        "prompt": prompts,  # absent: the empty prompt, as diffusers samples
+        "negative_prompt": [negative] * len(batch) if negative else None}
     if first.clip_skip is not None:
         call["clip_skip"] = first.clip_skip
     return call

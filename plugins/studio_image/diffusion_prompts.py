@@ -60,15 +60,19 @@ def a1111_fragments(text: str) -> list[tuple[str, float]]:
     return [(piece, weight) for piece, weight in joined if piece.strip()] or [("", 1.0)]
 
 
-def embeddings(pipe: Any, prompts: list[str], negative: str | None, syntax: str, clip_skip: int | None):
-    """(prompt embeddings, negative embeddings) for `prompts`, padded to one length."""
-    from compel import Compel, ReturnedEmbeddingsType
+def embeddings(pipe: Any, prompts: list[str], negative: str | None, syntax: str, clip_skip: int | None,
+               expand_tokens: bool = False):
+    """(prompt embeddings, negative embeddings) for `prompts`, padded to one length.
+    `expand_tokens`: textual inversions are loaded, and compel expands a multi-vector
+    token into its vectors' tokens as diffusers does (its DiffusersTextualInversionManager)."""
+    from compel import Compel, DiffusersTextualInversionManager, ReturnedEmbeddingsType
     from compel.prompt_parser import Conjunction, FlattenedPrompt
 
     layer = (ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NORMALIZED if clip_skip
              else ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)
     compel = Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, truncate_long_prompts=False,
                     returned_embeddings_type=layer, device=pipe._execution_device,
+                    textual_inversion_manager=DiffusersTextualInversionManager(pipe) if expand_tokens else None,
                     dtype_for_device_getter=lambda device: pipe.text_encoder.dtype)
 
     def encode(text: str):

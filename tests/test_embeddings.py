@@ -1,0 +1,255 @@
+"""Textual-inversion embeddings on image.diffusion (`embeddings: [{path|name, token}]`).
+
+Tiny embeddings are built here in each layout the tools write (A1111's .pt and
+.safetensors, kohya's SDXL pair, diffusers' learned_embeds) for the embedded default
+model (its CLIP text encoder is 128 wide); the real families' widths are checked on
+sparse single files (header only). Images are compared with diffusers' own
+load_textual_inversion on the same pipeline, within 1 grey level.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from studio.cli import cli
+from studio.testing import run_yaml
+from studio_image.diffusion import DEFAULT_WEIGHTS
+
+WIDTH = 128  # the embedded model's text encoder
+PROMPT = "a cat face, zqneg"
+
+
+def vectors(count: int, width: int = WIDTH, seed: int = 0) -> torch.Tensor:
+    return torch.randn(count, width, generator=torch.Generator().manual_seed(seed)) * 0.4
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One embedding in each layout, and the pipeline folder they sit beside."""
+    root = tmp_path_factory.mktemp("emb")
+    save_file({"emb_params": vectors(3)}, root / "ZqNeg.safetensors")  # A1111, 3 vectors, a capitalised name
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.nn.Parameter(vectors(2, seed=1))},
+                "name": "zqstyle", "step": 100}, root / "zqstyle.pt")  # A1111's .pt as it saves it
+    save_file({"<zq-toy>": vectors(1, seed=2)[0]}, root / "learned_embeds.safetensors")  # diffusers
+    save_file({"clip_l": vectors(2, 768), "clip_g": vectors(2, 1280)}, root / "xlemb.safetensors")  # kohya SDXL
+    save_file({"emb_params": vectors(1, 768)}, root / "sd15emb.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def theirs(files):
+    """diffusers' own images: the default model in fp32, each file loaded by its path with
+    its load_textual_inversion, each prompt sampled with torch.Generator('cpu').manual_seed(5)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(DEFAULT_WEIGHTS, dtype=torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    for name, token in (("ZqNeg.safetensors", "zqneg"), ("zqstyle.pt", "zqstyle"),
+                        ("learned_embeds.safetensors", "<zq-toy>")):
+        pipe.load_textual_inversion(str(files / name), token=token, local_files_only=True)
+    prompts = {"a1111": "a cat face, zqneg", "pickle": "a cat face, zqstyle", "diffusers": "a cat face, <zq-toy>"}
+    return {key: np.asarray(pipe.numpy_to_pil(pipe(p, num_inference_steps=2, output_type="np",
+                                                   generator=torch.Generator("cpu").manual_seed(5)).images)[0]
+                            ).astype(np.int16) for key, p in prompts.items()}
+
+
+def step(id_: str, prompt: str, embeddings: list | None = None, **more):
+    return {"id": id_, "uses": "image.diffusion",
+            "with": {"prompt": prompt, "steps": 2, "seed": 5, **({"embeddings": embeddings} if embeddings else {}),
+                     **more}}
+
+
+@pytest.fixture(scope="module")
+def ours(files):
+    """One run (one loaded model): no embedding, each layout, no embedding again, and the
+    same with compel's weighted prompts."""
+    weighted = {"prompt_weighting": "a1111"}
+    text = json.dumps({"name": "e", "device": "cpu", "steps": [
+        step("before", PROMPT),
+        step("a1111", "a cat face, ZqNeg", [{"path": "ZqNeg.safetensors"}]),
+        step("pickle", "a cat face, zqstyle", [{"path": "zqstyle.pt"}]),
+        step("diffusers", "a cat face, <zq-toy>", [{"path": "learned_embeds.safetensors"}]),
+        step("after", PROMPT),
+        step("weighted", "a cat face, (ZqNeg:1.0)", [{"path": "ZqNeg.safetensors"}], **weighted),
+        step("unweighted", PROMPT, **weighted),
+    ]})
+    result = run_yaml(text, files)
+    assert result.status == "done", result.failed
+    return {a.path.parent.name: np.asarray(Image.open(a.path)).astype(np.int16) for a in result.artifacts()}, result
+
+
+def test_each_layout_gives_diffusers_own_image_and_nothing_leaks(ours, theirs, files):
+    images, result = ours
+    assert np.array_equal(images["before"], images["after"])  # the tokens were unloaded
+    assert np.abs(images["a1111"] - images["before"]).max() > 8  # the token changes the image
+    for key in ("a1111", "pickle", "diffusers"):
+        assert np.abs(images[key] - theirs[key]).max() <= 1, key
+    text = (result.run_dir / "manifest.json").read_text()
+    assert json.dumps(str((files / "ZqNeg.safetensors").resolve())) in text and '"token": "zqneg"' in text
+    from studio.weights import file_sha256
+
+    parameters = Image.open(result.run_dir / "a1111" / "image.png").info["parameters"]
+    assert f"TI hashes: zqneg: {file_sha256(files / 'ZqNeg.safetensors')[:10]}" in parameters.replace('"', "")
+
+
+def test_prompt_weighting_expands_a_multi_vector_token(ours, theirs):
+    """With compel (prompt_weighting) the token still calls all its vectors: the image is
+    diffusers' own with the embedding, and nothing is left for the next batch."""
+    images, _ = ours
+    assert np.abs(images["weighted"] - theirs["a1111"]).max() <= 1
+    assert np.abs(images["unweighted"] - images["before"]).max() <= 1
+
+
+def validate(root, with_: dict) -> tuple[int, str]:
+    pipeline = root / "p.yaml"
+    pipeline.write_text(json.dumps({"name": "d", "device": "cpu", "steps": [
+        {"id": "img", "uses": "image.diffusion", "with": {"prompt": "x", "steps": 2, **with_}}]}))
+    result = CliRunner().invoke(cli, ["validate", str(pipeline)])
+    assert "Traceback" not in result.output
+    return result.exit_code, " ".join(result.output.split())
+
+
+class _Pwn:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_bad_embeddings_are_refused_before_the_run(files, tmp_path):
+    (tmp_path / "text.safetensors").write_bytes(b"not safetensors at all, just words")
+    save_file({"a": torch.zeros(2, WIDTH), "b": torch.zeros(2, WIDTH)}, tmp_path / "twokeys.safetensors")
+    save_file({"emb_params": torch.zeros(2, WIDTH, dtype=torch.int32)}, tmp_path / "ints.safetensors")
+    save_file({"emb_params": vectors(1)}, tmp_path / "cat.safetensors")  # 'cat' is a word the tokenizer has
+    with open(tmp_path / "big.safetensors", "wb") as f:
+        f.truncate(60 * 2**20)
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"string_to_param": {"*": _Pwn()}}))
+    for name in ("ZqNeg.safetensors", "xlemb.safetensors", "sd15emb.safetensors"):
+        (tmp_path / name).symlink_to(files / name)
+    cases = [
+        ({"path": "missing.safetensors"}, "embeddings[0] 'missing.safetensors' not found"),
+        ({"path": "text.safetensors"}, "embeddings[0] 'text.safetensors': "),
+        ({"path": "twokeys.safetensors"}, "is not a textual-inversion embedding Studio reads (it holds a, b)"),
+        ({"path": "ints.safetensors"}, "holds I32 numbers"),
+        ({"path": "big.safetensors"}, "is 60 MB; an embedding is kilobytes"),
+        ({"path": "evil.pt"}, "is a pickle that would call posix.system"),
+        ({"path": "xlemb.safetensors"}, "is an SDXL embedding (kohya SDXL layout, vectors 768 + 1280 wide); the "
+                                        "model's text encoder is 128 wide"),
+        ({"path": "sd15emb.safetensors"}, "is an SD 1.x embedding (A1111 layout, vectors 768 wide)"),
+        ({"path": "cat.safetensors"}, "has token 'cat', which the model's tokenizer already has as a word"),
+        ({"path": "ZqNeg.safetensors", "token": "two words"}, "token 'two words' cannot be one prompt word"),
+        ({"path": "ZqNeg.safetensors", "token": "  "}, "token '' cannot be one prompt word"),
+    ]
+    for entry, message in cases:
+        code, output = validate(tmp_path, {"embeddings": [{"path": "ZqNeg.safetensors"}, entry]})
+        message = message.replace("embeddings[0]", "embeddings[1]")
+        assert code == 2 and message in output, (entry, output)
+        assert "steps[0].with.embeddings" in output and "p.yaml:" in output
+    code, output = validate(tmp_path, {"embeddings": [{"path": "ZqNeg.safetensors"},
+                                                      {"path": "sd15emb.safetensors", "token": "ZQNEG"}]})
+    assert code == 2 and "token 'zqneg' is also the token of embeddings[0]" in output
+    assert not (tmp_path / "pwned.txt").exists()
+    code, output = validate(tmp_path, {"embeddings": [{"path": "ZqNeg.safetensors"}], "model": str(DEFAULT_WEIGHTS
+                                                                                                   .parent / "digits")})
+    assert code == 2 and "UNet2DModel checkpoint without a text encoder" in output
+
+
+@pytest.fixture(scope="module")
+def family_files(tmp_path_factory):
+    """Sparse SD 1.x and SDXL single files (header only, real sizes)."""
+    from test_single_file import family_shapes, sparse_file
+
+    root = tmp_path_factory.mktemp("families")
+    for family in ("sd1", "sdxl"):
+        sparse_file(root / f"{family}.safetensors", family_shapes(family))
+    return root
+
+
+def test_the_vectors_must_fit_the_familys_text_encoders(files, family_files):
+    from studio_image.diffusion_embeddings import Embedding, checked_all
+
+    def check(model: str, name: str, token: str | None = None):
+        return checked_all([Embedding(path=name, token=token)], lambda p: files / p, str(family_files / model), None,
+                           DEFAULT_WEIGHTS)
+
+    (found,) = check("sdxl.safetensors", "xlemb.safetensors")
+    assert found.token == "xlemb" and found.sha256
+    (found,) = check("sd1.safetensors", "sd15emb.safetensors", "MyStyle")
+    assert found.token == "mystyle"
+    with pytest.raises(ValueError, match=r"is an SDXL embedding .* the model's text encoder is 768 wide \(SD 1.x\)"):
+        check("sd1.safetensors", "xlemb.safetensors")
+    with pytest.raises(ValueError, match=r"is an SD 1.x embedding .* text encoders are 768 \+ 1280 wide \(SDXL\)"):
+        check("sdxl.safetensors", "sd15emb.safetensors")
+    with pytest.raises(ValueError, match="'photo', which the model's tokenizer already has"):  # CLIP's own vocabulary
+        check("sd1.safetensors", "sd15emb.safetensors", "photo")
+
+
+def test_an_sdxl_embedding_loads_into_both_encoders(files):
+    """kohya's clip_l goes to text_encoder/tokenizer, clip_g to text_encoder_2/tokenizer_2,
+    as diffusers documents; unloading restores both."""
+    from types import SimpleNamespace
+
+    from diffusers.loaders import TextualInversionLoaderMixin
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from studio_image.diffusion_embeddings import Embedding, activate
+    from studio.weights import file_sha256
+
+    tokenizer_dir = DEFAULT_WEIGHTS / "tokenizer"
+
+    def encoder(width: int):
+        config = CLIPTextConfig(vocab_size=2000, hidden_size=width, intermediate_size=8, num_hidden_layers=1,
+                                num_attention_heads=1, max_position_embeddings=32)
+        return CLIPTextModel(config)
+
+    class Pipe(SimpleNamespace, TextualInversionLoaderMixin):
+        hf_device_map = None
+        components: dict = {}
+
+    pipe = Pipe(text_encoder=encoder(768), text_encoder_2=encoder(1280),
+                tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir), tokenizer_2=CLIPTokenizer.from_pretrained(
+                    tokenizer_dir))
+    path = files / "xlemb.safetensors"
+    state: dict = {}
+    activate(pipe, [Embedding(path=str(path), token="xlemb", sha256=file_sha256(path))], state)
+    for tokenizer, encoder_, width in ((pipe.tokenizer, pipe.text_encoder, 768),
+                                       (pipe.tokenizer_2, pipe.text_encoder_2, 1280)):
+        ids = tokenizer.convert_tokens_to_ids(["xlemb", "xlemb_1"])
+        assert ids == [2000, 2001] and encoder_.get_input_embeddings().weight.shape == (2002, width)
+    saved = load_file(path)
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[2000:], saved["clip_l"])
+    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[2000:], saved["clip_g"])
+    activate(pipe, [], state)
+    assert len(pipe.tokenizer) == len(pipe.tokenizer_2) == 2000
+    assert pipe.tokenizer.decode(pipe.tokenizer("a cat").input_ids[1:-1]) == "a cat"  # decode as before
+    assert pipe.text_encoder_2.get_input_embeddings().weight.shape == (2000, 1280)
+
+
+def test_a_name_resolves_in_an_a1111_tree(files, tmp_path, monkeypatch):
+    from studio.models.library import ModelLibrary
+    from studio_image.diffusion_embeddings import Embedding
+
+    monkeypatch.delenv("STUDIO_MODELS", raising=False)
+    webui = tmp_path / "stable-diffusion-webui"
+    (webui / "embeddings" / "negative").mkdir(parents=True)
+    (webui / "embeddings" / "negative" / "ZqNeg.safetensors").symlink_to(files / "ZqNeg.safetensors")
+    library = ModelLibrary.from_dirs([webui])
+    entry = Embedding.model_validate({"name": "ZqNeg"}, context={"models": library})
+    assert entry.path == str((files / "ZqNeg.safetensors").resolve())
+    with pytest.raises(ValueError, match="Did you mean 'negative/ZqNeg'|Did you mean 'ZqNeg'"):
+        Embedding.model_validate({"name": "ZqNag"}, context={"models": library})
+    with pytest.raises(ValueError, match="not both"):
+        Embedding.model_validate({"name": "ZqNeg", "path": "x.pt"}, context={"models": library})
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(json.dumps({"name": "d", "device": "cpu", "steps": [{"id": "img", "uses": "image.diffusion",
+                                    "with": {"prompt": "x, zqneg", "steps": 2, "embeddings": [{"name": "ZqNeg"}]}}]}))
+    result = CliRunner().invoke(cli, ["validate", str(pipeline), "--models", str(webui)])
+    assert result.exit_code == 0, result.output
