@@ -133,6 +133,10 @@ def pickle_tensors(path: Path, where: str) -> dict[str, Any]:
     """A .pt/.bin embedding's tensors, flattened to A1111's `string_to_param.*` or the
     file's own keys. A ValueError when the pickle would call code (found from its
     opcodes, nothing unpickled) or torch.load(weights_only=True) cannot read it."""
+    unpacked = _unpacked_size(path)
+    if unpacked > MAX_EMBEDDING_BYTES:
+        raise ValueError(f"{where} unpacks to {unpacked / 2**20:.0f} MB; an embedding is kilobytes (at most "
+                         f"{MAX_EMBEDDING_BYTES // 2**20} MB here): it is not an embedding")
     code = pickled_code(path)
     if code:
         raise ValueError(f"{where} is a pickle that would call {code} when loaded; Studio never runs code from a "
@@ -153,6 +157,21 @@ def pickle_tensors(path: Path, where: str) -> dict[str, Any]:
     if isinstance(data, torch.Tensor):
         return {"emb_params": data}
     raise ValueError(f"{where} holds a {type(data).__name__}, not tensors: it is not an embedding")
+
+
+def _unpacked_size(path: Path) -> int:
+    """What torch.load would unpack: a zip archive's (torch.save's format) entries as they
+    declare their sizes, else the file's own size; a compressed entry cannot make memory
+    go past what was checked."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        pass
+    return path.stat().st_size
 
 
 # -- checks before the run ------------------------------------------------------------
