@@ -96,7 +96,12 @@ def test_each_layout_gives_diffusers_own_image_and_nothing_leaks(ours, theirs, f
     from studio.weights import file_sha256
 
     parameters = Image.open(result.run_dir / "a1111" / "image.png").info["parameters"]
-    assert f"TI hashes: zqneg: {file_sha256(files / 'ZqNeg.safetensors')[:10]}" in parameters.replace('"', "")
+    assert f"TI hashes: ZqNeg: {file_sha256(files / 'ZqNeg.safetensors')[:10]}" in parameters.replace('"', "")
+    from studio.interop.a1111 import parse
+    from studio.interop.importing import from_infotext
+
+    imported = from_infotext(parse(parameters, "a.png"), "a.png", "t").pipeline["steps"][0]["with"]
+    assert imported["embeddings"] == [{"name": "ZqNeg"}] and imported["prompt"] == "a cat face, ZqNeg"
 
 
 def test_prompt_weighting_expands_a_multi_vector_token(ours, theirs):

@@ -67,9 +67,10 @@ def parameters_text(params: Any, seed: int, size: tuple[int, int], engine: Any) 
         "Clip skip": None if params.clip_skip is None else params.clip_skip + 1,
         "Lora hashes": ", ".join(f"{lora_name(lora.path)}: {lora_hash(lora.path)}" for lora in params.loras
                                  if lora.path) or None,
-        # an embedding's hash in A1111: the first 10 hex digits of its file's sha256
-        "TI hashes": ", ".join(f"{e.token}: {e.sha256[:10]}" for e in getattr(params, "embeddings", ())
-                               if e.token and e.sha256) or None,
+        # A1111 names an embedding by its file (what `studio import` resolves), its hash the first 10 hex
+        # digits of the file's sha256
+        "TI hashes": ", ".join(f"{lora_name(e.path)}: {e.sha256[:10]}" for e in getattr(params, "embeddings", ())
+                               if e.path and e.sha256) or None,
         # Studio's own, when set: A1111 passes over keys it does not know
         "Timestep spacing": None if params.timestep_spacing == "default" else params.timestep_spacing,
         # not a bare version number: A1111 reads "Version" to turn on its old versions' behaviour

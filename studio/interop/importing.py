@@ -28,7 +28,7 @@ KARRAS = {"dpm++": "dpm++-karras", "euler": "euler-karras", "heun": "heun-karras
 PLAIN_SCHEDULES = ("", "automatic", "default")
 # keys that are read, or said in the pipeline's header instead of being listed as dropped
 READ = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Clip skip",
-        "Timestep spacing"}
+        "Timestep spacing", "TI hashes"}
 NOTED = {"Model hash", "Lora hashes", "Version"}
 HIRES = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize-1", "Hires resize")
 # <kind:name[:weight[:more]]>: A1111's extra networks in a prompt (a LoRA's second weight is its text encoder's)
@@ -59,6 +59,7 @@ def from_infotext(info: Infotext, where: str, name: str, *, model: str | None = 
     _sampler(pairs, params, done)
     _model(pairs, params, done, model)
     _strength(pairs, params, done, where, image)
+    _embeddings(pairs, params, done)
     if "Timestep spacing" in pairs and pairs["Timestep spacing"] in ("linspace", "leading", "trailing"):
         params["timestep_spacing"] = pairs["Timestep spacing"]
     for key in ("Model hash", "Lora hashes", "Version"):
@@ -102,6 +103,17 @@ def _prompts(info: Infotext, params: dict[str, Any], done: Imported) -> None:
         done.notes.append("A1111 reads (word:1.2) and [word] as weights: prompt_weighting: a1111 does the same "
                           "where the model has one CLIP text encoder")
         params["prompt_weighting"] = "a1111"
+
+
+def _embeddings(pairs: dict[str, str], params: dict[str, Any], done: Imported) -> None:
+    """A1111's `TI hashes: "name: hash, ..."` lists the embeddings the prompt called: each
+    becomes an entry by name (its token the name, as in A1111)."""
+    names = [part.split(":")[0].strip() for part in pairs.get("TI hashes", "").split(",")]
+    names = list(dict.fromkeys(name for name in names if name))[:16]
+    if names:
+        params["embeddings"] = [{"name": name} for name in names]
+        done.notes.append(f"TI hashes: {pairs['TI hashes']}; embeddings are named as A1111 names them, and resolve "
+                          "through the model folders (--models)")
 
 
 def _numbers(pairs: dict[str, str], params: dict[str, Any], where: str) -> None:
