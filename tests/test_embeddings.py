@@ -259,3 +259,8 @@ def test_a_name_resolves_in_an_a1111_tree(files, tmp_path, monkeypatch):
                                     "with": {"prompt": "x, zqneg", "steps": 2, "embeddings": [{"name": "ZqNeg"}]}}]}))
     result = CliRunner().invoke(cli, ["validate", str(pipeline), "--models", str(webui)])
     assert result.exit_code == 0, result.output
+    for name in ("xlemb", "sd15emb"):
+        (webui / "embeddings" / f"{name}.safetensors").symlink_to(files / f"{name}.safetensors")
+    listed = CliRunner().invoke(cli, ["models", "list", "--kind", "embedding", "--json", "--models", str(webui)])
+    assert {row["name"]: row["family"] for row in json.loads(listed.stdout)} == {
+        "negative/ZqNeg": None, "xlemb": "SDXL", "sd15emb": "SD1"}

@@ -23,7 +23,8 @@ def register_trainers(register):
 
 @hookimpl
 def identify_model(path, header):
-    """The Stable Diffusion family of a checkpoint or LoRA file, from its header."""
+    """The Stable Diffusion family of a checkpoint, LoRA or embedding file, from its header."""
+    from studio_image.diffusion_embeddings import embedding_family
     from studio_image.diffusion_single_file import identify
 
-    return identify(header) if header else None
+    return (identify(header) or embedding_family(header)) if header else None

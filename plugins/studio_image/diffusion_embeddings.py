@@ -123,6 +123,19 @@ def _rows(shape: list[int], where: str, key: str) -> tuple[int, int]:
     return rows[0], rows[1]
 
 
+def embedding_family(header: dict[str, Any]) -> dict[str, Any] | None:
+    """An embedding's family from its safetensors header, for `studio models list`: the
+    widths of its vectors say it (768 SD1, 1024 SD2, 768 + 1280 SDXL)."""
+    shapes = {name: list(entry.get("shape") or []) for name, entry in header.items()
+              if name != "__metadata__" and isinstance(entry, dict)}
+    try:
+        vectors = layout_of(shapes, "embedding")
+    except ValueError:
+        return None
+    family = FAMILIES.get(tuple(width for _, width in vectors.shapes.values()))
+    return {"family": family.replace("SD ", "SD").replace(".x", "")} if family else None
+
+
 def pickle_shapes(path: Path, where: str) -> dict[str, list[int]]:
     """A .pt/.bin embedding's tensor names and shapes, read with torch.load(weights_only=True)
     after its pickle was checked for code (refused unread)."""
