@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from studio.cli import cli
 from studio.testing import run_yaml
@@ -147,8 +147,8 @@ def test_bad_embeddings_are_refused_before_the_run(files, tmp_path):
         ({"path": "big.safetensors"}, "is 60 MB; an embedding is kilobytes"),
         ({"path": "evil.pt"}, "is a pickle that would call posix.system"),
         ({"path": "bomb.pt"}, "unpacks to 60 MB; an embedding is kilobytes"),
-        ({"path": "xlemb.safetensors"}, "is an SDXL embedding (kohya SDXL layout, vectors 768 + 1280 wide); the "
-                                        "model's text encoder is 128 wide"),
+        ({"path": "xlemb.safetensors"}, ("is an SDXL embedding (kohya SDXL layout, vectors 768 + 1280 wide); the "
+                                         "model's text encoder is 128 wide")),
         ({"path": "sd15emb.safetensors"}, "is an SD 1.x embedding (A1111 layout, vectors 768 wide)"),
         ({"path": "cat.safetensors"}, "has token 'cat', which the model's tokenizer already has as a word"),
         ({"path": "ZqNeg.safetensors", "token": "two words"}, "token 'two words' cannot be one prompt word"),
@@ -198,47 +198,6 @@ def test_the_vectors_must_fit_the_familys_text_encoders(files, family_files):
         check("sd1.safetensors", "sd15emb.safetensors", "photo")
 
 
-def test_an_sdxl_embedding_loads_into_both_encoders(files):
-    """kohya's clip_l goes to text_encoder/tokenizer, clip_g to text_encoder_2/tokenizer_2,
-    as diffusers documents; unloading restores both."""
-    from types import SimpleNamespace
-
-    from diffusers.loaders import TextualInversionLoaderMixin
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from studio_image.diffusion_embeddings import Embedding, activate
-    from studio.weights import file_sha256
-
-    tokenizer_dir = DEFAULT_WEIGHTS / "tokenizer"
-
-    def encoder(width: int):
-        config = CLIPTextConfig(vocab_size=2000, hidden_size=width, intermediate_size=8, num_hidden_layers=1,
-                                num_attention_heads=1, max_position_embeddings=32)
-        return CLIPTextModel(config)
-
-    class Pipe(SimpleNamespace, TextualInversionLoaderMixin):
-        hf_device_map = None
-        components: dict = {}
-
-    pipe = Pipe(text_encoder=encoder(768), text_encoder_2=encoder(1280),
-                tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir), tokenizer_2=CLIPTokenizer.from_pretrained(
-                    tokenizer_dir))
-    path = files / "xlemb.safetensors"
-    state: dict = {}
-    activate(pipe, [Embedding(path=str(path), token="xlemb", sha256=file_sha256(path))], state)
-    for tokenizer, encoder_, width in ((pipe.tokenizer, pipe.text_encoder, 768),
-                                       (pipe.tokenizer_2, pipe.text_encoder_2, 1280)):
-        ids = tokenizer.convert_tokens_to_ids(["xlemb", "xlemb_1"])
-        assert ids == [2000, 2001] and encoder_.get_input_embeddings().weight.shape == (2002, width)
-    saved = load_file(path)
-    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[2000:], saved["clip_l"])
-    assert torch.equal(pipe.text_encoder_2.get_input_embeddings().weight[2000:], saved["clip_g"])
-    activate(pipe, [], state)
-    assert len(pipe.tokenizer) == len(pipe.tokenizer_2) == 2000
-    assert pipe.tokenizer.decode(pipe.tokenizer("a cat").input_ids[1:-1]) == "a cat"  # decode as before
-    assert pipe.text_encoder_2.get_input_embeddings().weight.shape == (2000, 1280)
-
-
 def test_a_name_resolves_in_an_a1111_tree(files, tmp_path, monkeypatch):
     from studio.models.library import ModelLibrary
     from studio_image.diffusion_embeddings import Embedding
@@ -264,3 +223,68 @@ def test_a_name_resolves_in_an_a1111_tree(files, tmp_path, monkeypatch):
     listed = CliRunner().invoke(cli, ["models", "list", "--kind", "embedding", "--json", "--models", str(webui)])
     assert {row["name"]: row["family"] for row in json.loads(listed.stdout)} == {
         "negative/ZqNeg": None, "xlemb": "SDXL", "sd15emb": "SD1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    """An SDXL pipeline at toy size (text encoders 16 and 32 wide, the embedded model's
+    tokenizer for both), saved as a diffusers folder, and a kohya SDXL embedding for it."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sdxl")
+
+    def config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=2000, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                              num_attention_heads=2, max_position_embeddings=32, projection_dim=width, bos_token_id=0,
+                              eos_token_id=1, pad_token_id=1)
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16 + 32, attention_head_dim=2, norm_num_groups=4, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=32 + 6 * 4)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+                        latent_channels=4, norm_num_groups=4, sample_size=16)
+    tokenizer = DEFAULT_WEIGHTS / "tokenizer"
+    StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(config(16)), text_encoder_2=CLIPTextModelWithProjection(config(32)),
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer), tokenizer_2=CLIPTokenizer.from_pretrained(tokenizer),
+        unet=unet, scheduler=EulerDiscreteScheduler(num_train_timesteps=100)).save_pretrained(root / "model")
+    save_file({"clip_l": vectors(2, 16, seed=3) * 5, "clip_g": vectors(2, 32, seed=4) * 5}, root / "ZqXl.safetensors")
+    return root
+
+
+def test_an_sdxl_embedding_runs_on_an_sdxl_pipeline(tiny_sdxl):
+    """clip_l into text_encoder and tokenizer, clip_g into text_encoder_2 and tokenizer_2,
+    as diffusers documents: Studio's image is diffusers' own, and a later step without the
+    embedding is the image without it."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    with_ = {"model": str(tiny_sdxl / "model"), "steps": 2, "seed": 3}
+    text = json.dumps({"name": "x", "device": "cpu", "steps": [
+        {"id": "plain", "uses": "image.diffusion", "with": {**with_, "prompt": "a cat, ZqXl"}},
+        {"id": "loaded", "uses": "image.diffusion",
+         "with": {**with_, "prompt": "a cat, ZqXl", "embeddings": [{"path": "ZqXl.safetensors"}]}},
+        {"id": "after", "uses": "image.diffusion", "with": {**with_, "prompt": "a cat, ZqXl", "steps": 2}}]})
+    result = run_yaml(text, tiny_sdxl)
+    assert result.status == "done", result.failed
+    images = {a.path.parent.name: np.asarray(Image.open(a.path)).astype(np.int16) for a in result.artifacts()}
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl / "model"), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    state = load_file(tiny_sdxl / "ZqXl.safetensors")
+    pipe.load_textual_inversion(state["clip_l"], token="zqxl", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(state["clip_g"], token="zqxl", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    theirs = pipe("a cat, zqxl", num_inference_steps=2, output_type="np", guidance_scale=7.5,  # Studio's default
+                  generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    theirs = np.asarray(pipe.numpy_to_pil(theirs[None])[0]).astype(np.int16)
+    assert np.abs(images["loaded"] - images["plain"]).max() > 8
+    assert np.array_equal(images["after"], images["plain"])  # unloaded from both encoders
+    assert np.abs(images["loaded"] - theirs).max() <= 1
+    save_file({"emb_params": vectors(1, 16)}, tiny_sdxl / "one.safetensors")
+    code, output = validate(tiny_sdxl, {"model": str(tiny_sdxl / "model"), "embeddings": [{"path": "one.safetensors"}]})
+    assert code == 2 and "the model's text encoders are 16 + 32 wide" in output, output

@@ -24,10 +24,11 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
@@ -460,5 +461,6 @@ def spelled_as_loaded(text: str | None, embeddings: list[Embedding]) -> str | No
         return text
     for embedding in embeddings:
         token = embedding.token or ""
-        text = re.sub(rf"(?<![\w]){re.escape(token)}(?![\w])", lambda m: token, text, flags=re.IGNORECASE)
+        text = re.sub(rf"(?<![\w]){re.escape(token)}(?![\w])", token.replace("\\", "\\\\"), text,
+                      flags=re.IGNORECASE)
     return text
