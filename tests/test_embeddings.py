@@ -131,6 +131,8 @@ def test_bad_embeddings_are_refused_before_the_run(files, tmp_path):
     (tmp_path / "text.safetensors").write_bytes(b"not safetensors at all, just words")
     save_file({"a": torch.zeros(2, WIDTH), "b": torch.zeros(2, WIDTH)}, tmp_path / "twokeys.safetensors")
     save_file({"emb_params": torch.zeros(2, WIDTH, dtype=torch.int32)}, tmp_path / "ints.safetensors")
+    save_file({"emb_params": torch.tensor([[float("nan")] * WIDTH])}, tmp_path / "nan.safetensors")
+    torch.save({"string_to_param": {"*": torch.full((1, WIDTH), float("inf"))}}, tmp_path / "inf.pt")
     save_file({"emb_params": vectors(1)}, tmp_path / "cat.safetensors")  # 'cat' is a word the tokenizer has
     with open(tmp_path / "big.safetensors", "wb") as f:
         f.truncate(60 * 2**20)
@@ -146,6 +148,8 @@ def test_bad_embeddings_are_refused_before_the_run(files, tmp_path):
         ({"path": "ints.safetensors"}, "holds I32 numbers"),
         ({"path": "big.safetensors"}, "is 60 MB; an embedding is kilobytes"),
         ({"path": "evil.pt"}, "is a pickle that would call posix.system"),
+        ({"path": "nan.safetensors"}, "holds NaN or Inf values (tensor 'emb_params', F32)"),
+        ({"path": "inf.pt"}, "holds NaN or Inf values (tensor 'string_to_param.*')"),
         ({"path": "bomb.pt"}, "unpacks to 60 MB; an embedding is kilobytes"),
         ({"path": "xlemb.safetensors"}, ("is an SDXL embedding (kohya SDXL layout, vectors 768 + 1280 wide); the "
                                          "model's text encoder is 128 wide")),

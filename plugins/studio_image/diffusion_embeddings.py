@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 
 from studio.weights import (file_sha256, local_path, named_model, pickled_code, read_config, safetensors_dtypes,
                             safetensors_problem, safetensors_shapes)
+from studio_image.diffusion_lora import nonfinite_problem
 
 MAX_EMBEDDINGS = 16  # on one item; A1111 users give a few negative ones and a style
 # an embedding is kilobytes (a 75-vector SDXL one: about 600 KB in fp32); past this it is a model
@@ -165,12 +166,18 @@ def pickle_tensors(path: Path, where: str) -> dict[str, Any]:
         raise ValueError(f"{where} could not be read as plain tensors (torch.load with weights_only): {short(exc)}; "
                          "use the .safetensors version of the embedding") from None
     if isinstance(data, dict) and isinstance(data.get("string_to_param"), dict) and "*" in data["string_to_param"]:
-        return {"string_to_param.*": data["string_to_param"]["*"]}
-    if isinstance(data, dict):
-        return {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if isinstance(data, torch.Tensor):
-        return {"emb_params": data}
-    raise ValueError(f"{where} holds a {type(data).__name__}, not tensors: it is not an embedding")
+        tensors = {"string_to_param.*": data["string_to_param"]["*"]}
+    elif isinstance(data, dict):
+        tensors = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    elif isinstance(data, torch.Tensor):
+        tensors = {"emb_params": data}
+    else:
+        raise ValueError(f"{where} holds a {type(data).__name__}, not tensors: it is not an embedding")
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{where} holds NaN or Inf values (tensor {_clip(key, 60)!r}): the file is damaged, or "
+                             "was saved from a training run that diverged; use another embedding file")
+    return tensors
 
 
 def _unpacked_size(path: Path) -> int:
@@ -217,6 +224,9 @@ def checked(embedding: Embedding, path: Path, where: str) -> tuple[Embedding, Ve
             raise ValueError(f"{where}: tensor {_clip(key, 60)!r} holds {odd[key]} numbers; an embedding's vectors "
                              f"are floating point ({', '.join(FLOAT_DTYPES)})")
         vectors = layout_of(safetensors_shapes(path), where)
+        problem = nonfinite_problem(path)  # read from the raw bytes, as a LoRA's
+        if problem:
+            raise ValueError(f"{where} {problem.replace('LoRA', 'embedding')}")
     else:
         vectors = layout_of(pickle_shapes(path, where), where)
     digest = file_sha256(path)
