@@ -120,13 +120,6 @@ def validate(root, with_: dict) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
-class _Pwn:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned > pwned.txt",))
-
-
 def test_bad_embeddings_are_refused_before_the_run(files, tmp_path):
     (tmp_path / "text.safetensors").write_bytes(b"not safetensors at all, just words")
     save_file({"a": torch.zeros(2, WIDTH), "b": torch.zeros(2, WIDTH)}, tmp_path / "twokeys.safetensors")
@@ -136,7 +129,13 @@ def test_bad_embeddings_are_refused_before_the_run(files, tmp_path):
     save_file({"emb_params": vectors(1)}, tmp_path / "cat.safetensors")  # 'cat' is a word the tokenizer has
     with open(tmp_path / "big.safetensors", "wb") as f:
         f.truncate(60 * 2**20)
-    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"string_to_param": {"*": _Pwn()}}))
+    class Pwn:  # what a booby-trapped checkpoint holds: unpickling it runs a shell command
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"echo pwned > {tmp_path / 'pwned.txt'}",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"string_to_param": {"*": Pwn()}}))
     with zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as archive:  # kilobytes, 60 MB unpacked
         archive.writestr("bomb/data.pkl", bytes(60 * 2**20))
     for name in ("ZqNeg.safetensors", "xlemb.safetensors", "sd15emb.safetensors"):
