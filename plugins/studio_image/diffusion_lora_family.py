@@ -54,9 +54,9 @@ def family_problem(lora: Path, model: Path) -> str | None:
     if model_group is None or made_for is None or made_for[0] == model_group:
         return None
     family, evidence = made_for
-    return (f"was made for {TITLES[family]} ({evidence}), and model {model.name!r} is {found.family.title}: a LoRA "
-            f"applies only to the family it was trained on. Use an {model_group} LoRA with this model, or this "
-            f"LoRA with an {family} checkpoint")
+    return (f"was made for {TITLES[family]} ({evidence}), and model {model.name!r} is a {found.family.title} "
+            f"checkpoint: a LoRA applies only to the family it was trained on. Use an {model_group} LoRA with this "
+            f"model, or this LoRA with an {family} checkpoint")
 
 
 def lora_family(path: Path) -> tuple[str, str] | None:
