@@ -69,6 +69,12 @@ def sparse_safetensors(tensors: dict[str, tuple], metadata: dict[str, str] | Non
     return make
 
 
+def big_header(path: Path, root: Path) -> None:
+    """A whole file whose header (its metadata) is past Studio's 16 MB bound."""
+    text = json.dumps({"__metadata__": {"notes": "a" * (17 * 2**20)}}).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text)
+
+
 def lying(**entry: Any) -> bytes:
     """A one-tensor header whose entry says what `entry` says, over 16 bytes."""
     text = json.dumps({CONV_IN: {"dtype": "F16", "shape": [320, 4, 3, 3], "data_offsets": [0, 16], **entry}}).encode()
@@ -134,6 +140,8 @@ FILE_CASES: list[tuple[str, dict[str, Any], tuple[str, ...], tuple[str, ...]]] =
      ("lies outside its 16 bytes of data",)),
     ("header-claims-a-terabyte", {"model.safetensors": struct.pack("<Q", 2**40) + b"{}"}, MODEL,
      ("header claims 1,099,511,627,776 bytes",)),
+    ("header-of-17-mb", {"model.safetensors": big_header}, MODEL,
+     ("header claims 17,825,8", "at most 16 MB")),
     ("a-lora-as-the-model", {"model.safetensors": lora({KOHYA_SD1: (768, 320)})}, MODEL,
      ("not a single-file checkpoint Studio recognises", "LoRA weights", "config:")),
     ("refiner-as-base", {"model.safetensors": sparse_safetensors(REFINER)}, ("p.yaml:", "steps[0].with", "model.safetensors"),
