@@ -1,7 +1,8 @@
-"""The provenance Studio embeds in the files it writes (a PNG text chunk `studio`, the
-WAV comment, a MIDI text event `studio:`), read back as untrusted input: a regular file
-(never a pipe or a device) of a size its format allows, walked chunk by chunk (PNG,
-WAV) or read whole (MIDI, at most 2 MB), a bounded number of chunks, never decoding
+"""The provenance Studio embeds in the files it writes (a PNG text chunk `studio`, a
+JPEG's `studio:` comment segments, a WebP's XMP element, the WAV comment, a MIDI text
+event `studio:`), read back as untrusted input: a regular file (never a pipe or a
+device) of a size its format allows, walked chunk by chunk (PNG, JPEG, WebP, WAV; the
+walkers of studio.runs.image_chunks for the images) or read whole (MIDI, at most 2 MB), a bounded number of chunks, never decoding
 pixels or samples; the text at most MAX_PROVENANCE bytes, then JSON. Every refusal is
 a UserError naming the file."""
 
@@ -112,8 +113,8 @@ class _open_regular:
             raise UserError(f"{where}: no such file") from None
         except FileRefused as exc:
             if exc.kind == FileRefused.NOT_REGULAR:
-                raise UserError(f"{where}: not a regular file (a folder, pipe or device); give a PNG, WAV or MIDI "
-                                "file Studio made") from None
+                raise UserError(f"{where}: not a regular file (a folder, pipe or device); give a PNG, JPEG, WebP, WAV "
+                                "or MIDI file Studio made") from None
             raise UserError(f"{where}: is {exc.size / 2**20:,.1f} MB; a {Path(self.path).suffix.lower()[1:].upper()} "
                             f"file is re-opened up to {self.limit / 2**20:,.0f} MB, so this one is not read") from None
         except (OSError, ValueError) as exc:
@@ -156,7 +157,7 @@ def _jpeg_comment(f: BinaryIO, where: str) -> str | None:
     text = b"".join(slices)  # at most MAX_JPEG_SEGMENTS * 64 KB
     if len(text) > MAX_PROVENANCE:
         raise UserError(f"{where}: " + _too_large("studio comment", len(text), False))
-    return _ascii(text, where, "studio comment")
+    return _ascii(text, where, "studio comment", _NOT_ASCII)
 
 
 def _webp_xmp(f: BinaryIO, size: int, where: str) -> str | None:
@@ -170,16 +171,17 @@ def _webp_xmp(f: BinaryIO, size: int, where: str) -> str | None:
     end = xmp.find(XMP_CLOSE, start)
     if end < 0:
         raise UserError(f"{where}: its XMP chunk's studio:provenance element is not closed; the file is damaged")
-    return _ascii(xmp[start:end], where, "XMP studio:provenance element")
+    return _ascii(xmp[start:end], where, "XMP studio:provenance element", _NOT_XML_SAFE_ASCII)
 
 
-_NOT_OURS = re.compile(rb"[^\x00-\x7f]|[<&]")
+_NOT_ASCII = re.compile(rb"[^\x00-\x7f]")
+_NOT_XML_SAFE_ASCII = re.compile(rb"[^\x00-\x7f]|[<&]")
 
 
-def _ascii(data: bytes, where: str, what: str) -> str:
-    """Studio writes its provenance as ASCII JSON: anything else (markup, an entity, a
-    byte above 127) is damage, refused before JSON reads it."""
-    bad = _NOT_OURS.search(data)
+def _ascii(data: bytes, where: str, what: str, refused: re.Pattern) -> str:
+    """Studio writes its provenance as ASCII JSON (in XMP, with no markup or entity):
+    anything else is damage, refused before JSON reads it."""
+    bad = refused.search(data)
     if bad is not None:
         raise UserError(f"{where}: its {what} holds {bad.group()!r} at byte {bad.start():,}, which Studio does not "
                         "write there; the file is damaged")
