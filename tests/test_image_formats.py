@@ -239,6 +239,8 @@ HOSTILE = {
     "jpeg-not-ascii": ("x.jpg", lambda: _jpeg(_com(b'studio:{"a": "\xff"}')), "Studio does not write"),
     "jpeg-huge-comments": ("x.jpg", lambda: _jpeg(*[_com(b"studio:" + b" " * 65_000)] * (MAX_PROVENANCE // 65_000 + 1)),
                            "MB; the provenance Studio writes is at most"),
+    "jpeg-foreign-comments-of-6mb": ("x.jpg", lambda: _jpeg(*[_com(b"x" * 65_000)] * (2 * MAX_PROVENANCE // 65_000 + 1)),
+                                     "its JPEG comment (COM) data is"),
     "jpeg-2000-segments": ("x.jpg", lambda: _jpeg(*[_com(b"x")] * 2000), "more than 1,000 JPEG segments"),
     "jpeg-foreign": ("x.jpg", lambda: _jpeg(_com(b"made by a camera")), "carries no Studio pipeline"),
     "webp-wrong-magic": ("x.webp", lambda: b"RIFF\0\0\0\0WAVEfmt ", "not a WebP"),
@@ -247,6 +249,44 @@ HOSTILE = {
     "webp-huge-xmp": ("x.webp", lambda: _webp(_riff(b"XMP ", b" " * (MAX_PROVENANCE * 2))), "Not read"),
     "webp-xmp-past-end": ("x.webp", lambda: _webp(_riff(b"XMP ", b"<x/>", size=10**6)), "past the end"),
 }
+
+
+def test_import_refuses_a_huge_exif_and_reads_a_damaged_file_in_words(tmp_path):
+    (tmp_path / "x.webp").write_bytes(_webp(_riff(b"EXIF", b"Exif\0\0" + b"\0" * 2**20)))
+    with pytest.raises(UserError, match="an infotext's is a few KB"):
+        read_texts(tmp_path / "x.webp", ("parameters",))
+    (tmp_path / "x.jpg").write_bytes(_jpeg(b"\xff\xe1" + struct.pack(">H", 40) + b"Exif\0\0MM\0\x2a" + b"\xff" * 28))
+    try:  # a damaged EXIF block: no parameters, or a refusal naming the file
+        assert "parameters" not in read_texts(tmp_path / "x.jpg", ("parameters",))[1]
+    except UserError as exc:
+        assert "x.jpg" in str(exc)
+
+
+def test_damaged_copies_of_studios_jpeg_and_webp_are_read_or_refused_never_crash(tmp_path):
+    import random
+
+    from studio.execute.artifacts import write_jpeg, write_webp
+
+    image = Image.new("RGB", (8, 8), "red")
+    image.info["parameters"] = "cat\nSteps: 2, Seed: 1"
+    write_jpeg(image, tmp_path / "good.jpg", {"step": "a", "x": "y" * 300})
+    write_webp(image, tmp_path / "good.webp", {"step": "a", "x": "y" * 300})
+    rng = random.Random(29)
+    for name in ("good.jpg", "good.webp"):
+        good = bytearray((tmp_path / name).read_bytes())
+        for i in range(150):
+            bad = bytearray(good)
+            for _ in range(rng.randint(1, 4)):
+                bad[rng.randrange(len(bad))] = rng.randrange(256)
+            if i % 3 == 0:
+                bad = bad[:rng.randrange(len(bad))]
+            path = tmp_path / f"bad{i}{name[4:]}"
+            path.write_bytes(bytes(bad))
+            for read in (read_provenance_strict, lambda p: read_texts(p, ("parameters",))):
+                try:
+                    read(path)
+                except UserError:
+                    pass
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))

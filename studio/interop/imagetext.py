@@ -115,7 +115,9 @@ def _png_texts(f: BinaryIO, size: int, where: str, keywords: tuple[str, ...]) ->
 
 def _jpeg_exif(f: BinaryIO, where: str) -> bytes | None:
     """The EXIF segment's payload (APP1 "Exif\\0\\0"), walking the markers to the image data."""
-    segments = jpeg_segments(f, where, {JPEG_APP1}, max_segments=MAX_JPEG_SEGMENTS, strict=False)
+    # APP1 holds EXIF (64 KB) and XMP (Adobe's extended XMP spans several segments)
+    segments = jpeg_segments(f, where, {JPEG_APP1}, max_segments=MAX_JPEG_SEGMENTS, max_bytes=16 * 2**20,
+                             too_large=_too_large, strict=False)
     return next((payload for _, payload in segments if payload.startswith(b"Exif\0\0")), None)
 
 

@@ -133,18 +133,21 @@ def read_exactly(f: BinaryIO, n: int, where: str, what: str) -> bytes:
 
 JPEG_SOI = b"\xff\xd8"
 JPEG_APP1, JPEG_COM = 0xE1, 0xFE
+_SEGMENT_NAMES = {JPEG_APP1: "APP1 (EXIF, XMP)", JPEG_COM: "comment (COM)"}
 _NO_LENGTH = {0x01, *range(0xD0, 0xD8)}  # TEM and the restart markers stand alone
 
 
-def jpeg_segments(f: BinaryIO, where: str, wanted: set[int], *, max_segments: int,
-                  strict: bool) -> list[tuple[int, bytes]]:
+def jpeg_segments(f: BinaryIO, where: str, wanted: set[int], *, max_segments: int, max_bytes: int,
+                  too_large: TooLarge, strict: bool) -> list[tuple[int, bytes]]:
     """(marker, payload) of every wanted segment before the image data (SOS) or the end
     (EOI), in file order. A segment is at most 64 KB by its format; `max_segments`
-    bounds how many are walked. Strict: a file cut short is refused as damage."""
+    bounds how many are walked, `max_bytes` what the wanted ones hold together. Strict:
+    a file cut short is refused as damage."""
     f.seek(0)
     if f.read(2) != JPEG_SOI:
         raise UserError(f"{where}: not a JPEG file (no JPEG start-of-image marker)")
     found: list[tuple[int, bytes]] = []
+    kept = 0
     for _ in range(max_segments):
         marker = f.read(2)
         if len(marker) < 2 or marker[0] != 0xFF:
@@ -163,6 +166,11 @@ def jpeg_segments(f: BinaryIO, where: str, wanted: set[int], *, max_segments: in
             if strict or len(length_bytes) == 2:
                 raise UserError(f"{where}: a JPEG segment has a length below its own size or none; the file is damaged")
             return found
+        if marker[1] in wanted:
+            kept += length
+            if kept > max_bytes:
+                name = _SEGMENT_NAMES.get(marker[1], f"{marker[1]:#04x} segment")
+                raise UserError(f"{where}: " + too_large(f"JPEG {name} data", kept, False))
         payload = f.read(length) if marker[1] in wanted else None
         if payload is None:
             f.seek(length, 1)

@@ -150,7 +150,9 @@ def _png_text(f: BinaryIO, size: int, where: str) -> str | None:
 
 def _jpeg_comment(f: BinaryIO, where: str) -> str | None:
     """Studio's comment segments before the JPEG's image data, joined, or None."""
-    segments = jpeg_segments(f, where, {JPEG_COM}, max_segments=MAX_JPEG_SEGMENTS, strict=True)
+    # the comments together at most twice the provenance's limit: Studio's, and room for others'
+    segments = jpeg_segments(f, where, {JPEG_COM}, max_segments=MAX_JPEG_SEGMENTS, max_bytes=2 * MAX_PROVENANCE,
+                             too_large=_too_large, strict=True)
     slices = [payload[len(JPEG_COMMENT_PREFIX):] for _, payload in segments if payload.startswith(JPEG_COMMENT_PREFIX)]
     if not slices:
         return None
