@@ -316,3 +316,13 @@ def test_hostile_models_cli(case: Case, tmp_path: Path) -> None:
     started = time.monotonic()
     check_case(case, tmp_path)
     assert time.monotonic() - started < 30
+
+
+def test_a_lora_of_another_family_on_a_model_folder_says_what_it_was_made_for(tmp_path, monkeypatch, capsys):
+    """A diffusers folder has its layers matched one by one; the refusal names the family
+    the LoRA's own tensors show."""
+    files = {"style.safetensors": lora({KOHYA_XL: (2048, 640)}), "p.yaml": with_lora("default")}
+    code, output, _ = run_case(tmp_path, files, ["validate", "p.yaml"], monkeypatch, capsys)
+    assert code == 2 and all(phrase in output for phrase in LORA + (
+        "does not fit this model", "It was made for Stable Diffusion XL (its cross-attention layers read 2048-wide")), \
+        output
