@@ -86,6 +86,10 @@ def test_lossless_webp_keeps_the_exact_pixels_and_alpha(tmp_path):
     write_jpeg(pixels, tmp_path / "x.jpg", {"a": 1}, quality=95)
     flat = Image.open(tmp_path / "x.jpg")
     assert flat.mode == "RGB" and min(flat.getpixel((3, 8))) > 245  # drawn over white
+    # a provenance past one comment segment's 64 KB continues in the next ones
+    large = {"step": "a", "params": {"prompt": "<&>" + "x" * 150_000}}
+    write_jpeg(pixels, tmp_path / "large.jpg", large)
+    assert read_provenance_strict(tmp_path / "large.jpg") == large
 
 
 def test_reopening_a_jpeg_or_webp_runs_the_same_run_again(tmp_path):
