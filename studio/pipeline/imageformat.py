@@ -79,8 +79,8 @@ def check_keys(raw: dict[str, Any], at: tuple, locs: Any, label: str | None,
 
 def quality_with_png(at: tuple, locs: Any, label: str | None, where: str) -> Issue:
     """The refusal of `quality:` where the images are PNG (`where` says why they are)."""
-    return locs.issue(at + ("quality",), f"quality: applies to jpeg and webp, but {where} png; remove "
-                                         "quality: or set format: jpeg or webp", label)
+    return locs.issue(at + ("quality",), f"quality: applies to jpeg and webp, but {where}; remove quality: or "
+                                         "set format: jpeg or webp", label)
 
 
 def not_an_image_step(at: tuple, locs: Any, label: str | None, key: str, uses: str, outputs: dict[str, str]) -> Issue:

@@ -331,13 +331,15 @@ def _build_step(i, raw, locs, registry, where, first_line, issues) -> StepSpec |
 def _step_image_format(at, label, raw, gen_cls, locs, issues) -> tuple[str | None, int | None]:
     """A step's own `format:` and `quality:`, refused on a step that writes no image."""
     image_format = imageformat.check_keys(raw, at, locs, label, issues)
+    if raw.get("format") is not None and image_format[0] is None:
+        return None, None  # its format is refused: a word on its quality would only confuse
     if gen_cls is not None and media.IMAGE not in gen_cls.outputs.values():
         for key in ("format", "quality"):
             if raw.get(key) is not None:
                 issues.append(imageformat.not_an_image_step(at, locs, label, key, gen_cls.name, gen_cls.outputs))
         return None, None
     if image_format[0] == "png" and image_format[1] is not None:
-        issues.append(imageformat.quality_with_png(at, locs, label, "format: png writes"))
+        issues.append(imageformat.quality_with_png(at, locs, label, "format: png writes png"))
         return "png", None
     return image_format
 
@@ -349,10 +351,11 @@ def _quality_without_lossy_format(spec: PipelineSpec, data: dict) -> list[Issue]
     for step in spec.steps:
         if step.format is None and step.quality is not None and spec.format == "png":
             issues.append(imageformat.quality_with_png(("steps", step.index), spec.locations, step.id,
-                                                       "this step's images are (the pipeline's format:, png by default)"))
+                                                       "this step's images are png (the pipeline's format:, png "
+                                                       "unless it says)"))
     if data.get("quality") is not None and spec.quality is not None and spec.format == "png" and \
             all(step.format in (None, "png") for step in spec.steps):
-        issues.append(imageformat.quality_with_png((), spec.locations, None, "every step writes"))
+        issues.append(imageformat.quality_with_png((), spec.locations, None, "every step writes png"))
     return issues
 
 
