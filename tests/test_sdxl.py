@@ -21,11 +21,11 @@ from test_single_file import family_shapes, ldm_unet_key, ldm_vae_key, run, spar
 SIZE = {"width": 32, "height": 32}
 
 
-def tiny_unet(cross: int, time_dim: int, conditioning: int):
+def tiny_unet(cross: int, time_dim: int, conditioning: int, in_channels: int = 4):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=4, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross, attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=time_dim,
@@ -34,11 +34,12 @@ def tiny_unet(cross: int, time_dim: int, conditioning: int):
 
 @pytest.fixture(scope="module")
 def xl(tmp_path_factory):
-    """The base's diffusers folder and its single file, and the refiner's folder. The
+    """The base's diffusers folder and its single file, an inpainting single file, and
+    the refiner's folder (configs-only copies beside them for `config:`). The
     second encoder's pooled output is 80 wide: 6 x 456 + 80 = 2816 (base), 5 x 496 + 80
     = 2560 (refiner), the widths real SDXL checkpoints have."""
     from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline,
-                           StableDiffusionXLPipeline)
+                           StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline)
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -66,6 +67,15 @@ def xl(tmp_path_factory):
     refiner.save_pretrained(root / "refiner")
     save_file(sdxl_single_file_state(base), root / "base.safetensors")
     shutil.copytree(root / "base", root / "configs", ignore=shutil.ignore_patterns("*.safetensors", "tokenizer*"))
+    inpaint = StableDiffusionXLInpaintPipeline(**{**base.components, "unet": tiny_unet(80, 456, 2816, in_channels=9)})
+    inpaint.save_pretrained(root / "inpaint")
+    shutil.copytree(root / "inpaint", root / "inpaint-configs",
+                    ignore=shutil.ignore_patterns("*.safetensors", "tokenizer*"))
+    save_file(sdxl_single_file_state(inpaint), root / "inpaint.safetensors")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(root / "init.png")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    mask.save(root / "mask.png")
     return root
 
 
@@ -120,7 +130,9 @@ def made(xl, tmp_path_factory):
     steps = {"compel": {"model": base, "prompt_weighting": "a1111"},
              "skip": {"model": base, "prompt_weighting": "a1111", "clip_skip": 1},
              "refined": {"model": base, "refiner": str(xl / "refiner"), "refiner_switch": 0.5, "steps": 4},
-             "single": {"model": str(xl / "base.safetensors"), "config": str(xl / "configs")}}
+             "single": {"model": str(xl / "base.safetensors"), "config": str(xl / "configs")},
+             "inpaint": {"model": str(xl / "inpaint.safetensors"), "config": str(xl / "inpaint-configs"),
+                         "image": str(xl / "init.png"), "mask": str(xl / "mask.png"), "keep_unmasked": False}}
     pipeline = {"name": "xl", "device": "cpu",
                 "steps": [{"id": name, "uses": "image.diffusion", "with": {**prompt, **with_}}
                           for name, with_ in steps.items()]}
@@ -252,3 +264,18 @@ def test_refiner_mixes_are_refused_before_the_run(xl, tmp_path):
         code, out = validate(tmp_path, with_)
         assert code == 2 and where in out and what in out and "Traceback" not in out, out
     assert validate(tmp_path, {"model": base, "refiner": str(refiner_file), "prompt": "x"})[0] == 0
+
+
+def test_an_sdxl_inpainting_single_file_gives_diffusers_own_image(xl, made):
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from studio_diffusers.clip_vocab import clip_tokenizer
+
+    pipe = StableDiffusionXLInpaintPipeline.from_single_file(
+        str(xl / "inpaint.safetensors"), config=str(xl / "inpaint-configs"), local_files_only=True,
+        add_watermarker=False, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"))
+    pipe.set_progress_bar_config(disable=True)
+    theirs = diffusers_image(pipe, image=Image.open(xl / "init.png"), mask_image=Image.open(xl / "mask.png"),
+                             strength=1.0)
+    ours, notes = made["inpaint"]
+    assert np.abs(ours - theirs).max() <= 1 and notes["watermark"] == "none"
