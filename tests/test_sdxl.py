@@ -130,6 +130,9 @@ def made(xl, tmp_path_factory):
     steps = {"compel": {"model": base, "prompt_weighting": "a1111"},
              "skip": {"model": base, "prompt_weighting": "a1111", "clip_skip": 1},
              "refined": {"model": base, "refiner": str(xl / "refiner"), "refiner_switch": 0.5, "steps": 4},
+             # the refiner's prompt through compel too, on its one (second) encoder
+             "refined-weighted": {"model": base, "refiner": str(xl / "refiner"), "refiner_switch": 0.5, "steps": 4,
+                                  "prompt": "a (red:1.3) cat", "prompt_weighting": "a1111"},
              "single": {"model": str(xl / "base.safetensors"), "config": str(xl / "configs")},
              "inpaint": {"model": str(xl / "inpaint.safetensors"), "config": str(xl / "inpaint-configs"),
                          "image": str(xl / "init.png"), "mask": str(xl / "mask.png"), "keep_unmasked": False}}
@@ -216,6 +219,7 @@ def test_the_refiner_pass_is_diffusers_base_then_refiner(xl, base, made):
     assert np.abs(ours - theirs).max() <= 1
     assert np.abs(ours - diffusers_image(base, num_inference_steps=4)).max() > 1  # the refiner did work
     assert notes["refiner"] == str(xl / "refiner") and notes["watermark"] == "none"
+    assert np.abs(made["refined-weighted"][0] - ours).max() > 0
 
 
 def test_no_watermark_whatever_is_installed(xl, monkeypatch):

@@ -146,7 +146,8 @@ class ImageDiffusion(Generator):
             "Multiplies every LoRA's scale: the axis to sweep (the model and the files load once)."))
         clip_skip: int | None = Field(None, ge=1, le=48, description=(
             "Condition on the text encoder's layer this many before the last (diffusers' clip_skip; A1111's "
-            "'clip skip 2' is 1 here). Text-to-image pipelines with a CLIP text encoder."))
+            "'clip skip 2' is 1 here). Text-to-image pipelines with a CLIP text encoder, and SDXL's two (which "
+            "read the layer before the last already)."))
         prompt_weighting: Literal["off", "a1111", "compel"] = Field("off", description=(
             "Weighted prompts through compel: 'a1111' reads (word:1.3), (word) = 1.1x, [word] = 1/1.1x; "
             "'compel' reads compel's own syntax (word+, (word)1.3, .blend()). Either way prompts longer than the "
@@ -155,7 +156,7 @@ class ImageDiffusion(Generator):
                                           description=(
             "SDXL: a refiner that finishes the model's image, as A1111 and ComfyUI do (a single-file SDXL refiner or "
             "base, a diffusers folder, or a name in the model folders); it shares the model's VAE and second text "
-            "encoder. Text-to-image."))
+            "encoder. Text-to-image; loras apply to the model, not the refiner."))
         refiner_switch: float = Field(REFINER_SWITCH, gt=0.0, lt=1.0, description=(
             "With refiner: the fraction of the steps the model denoises before the refiner takes over (A1111's "
             "'Refiner switch at')."))
