@@ -85,7 +85,8 @@ class PipelineEngine(Engine):
     def text_problem(self, params: Any) -> str | None:
         """Why clip_skip or prompt_weighting do not fit the model's text encoders."""
         xl = self.facts.sdxl
-        if (params.clip_skip is not None or params.prompt_weighting != "off") and not (self.facts.one_text_encoder or xl):
+        asked = params.clip_skip is not None or params.prompt_weighting != "off"
+        if asked and not (self.facts.one_text_encoder or xl):
             return (f"model {params.model!r} has neither one CLIP text encoder (Stable Diffusion 1.x/2.x) nor SDXL's "
                     "two; clip_skip and prompt_weighting apply to those")
         # SDXL conditions on the layer before the last already: clip_skip n reads hidden state -(n + 2)
@@ -112,7 +113,8 @@ class PipelineEngine(Engine):
         if refiner is None:
             return engine
         made = load_refiner(Path(refiner), engine.loaded.pipeline)
-        return replace(engine, model=replace(engine.loaded, refiner=made, refiner_scheduler=dict(made.scheduler.config)))
+        loaded = replace(engine.loaded, refiner=made, refiner_scheduler=dict(made.scheduler.config))
+        return replace(engine, model=loaded)
 
     def pipeline_of(self, root: Path | None, model: str, options: dict[str, Any]) -> Any:
         import diffusers

@@ -24,8 +24,9 @@ REFINER_SWITCH = 0.8  # A1111's "Refiner switch at" default
 def kind_of(facts: Any) -> str:
     """What a pipeline's facts say it is, in words for a message."""
     if not getattr(facts, "sdxl", False):
-        return ("a Stable Diffusion 1.x/2.x checkpoint (one CLIP text encoder)" if getattr(facts, "one_text_encoder", False)
-                else "not a Stable Diffusion XL pipeline")
+        one_encoder = getattr(facts, "one_text_encoder", False)
+        return "a Stable Diffusion 1.x/2.x checkpoint (one CLIP text encoder)" if one_encoder else \
+            "not a Stable Diffusion XL pipeline"
     if facts.refiner:
         return "a Stable Diffusion XL refiner"
     return "a Stable Diffusion XL inpainting checkpoint" if facts.inpainting else "a Stable Diffusion XL base"
