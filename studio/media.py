@@ -7,9 +7,11 @@ from typing import Any
 
 
 # the public API plugins may import (documented in docs/plugins.md)
-__all__ = ["AUDIO", "IMAGE", "JSON", "MIDI", "TEXT", "Audio", "matches"]
+__all__ = ["AUDIO", "IMAGE", "JPEG", "JSON", "MIDI", "TEXT", "WEBP", "Audio", "matches"]
 
-IMAGE = "image/png"
+IMAGE = "image/png"  # what a generator declares for an image; a step's `format:` may write it as:
+JPEG = "image/jpeg"
+WEBP = "image/webp"
 TEXT = "text/plain"
 MIDI = "audio/midi"
 AUDIO = "audio/wav"

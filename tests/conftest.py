@@ -1,10 +1,24 @@
 import json
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from studio.testing import FakeImage, FakePlugin, make_host
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_folder(tmp_path_factory):
+    """The remembered model hashes (studio.models.hashes, in $XDG_CACHE_HOME/studio) go to
+    a folder of the test session's, never the user's ~/.cache; subprocesses inherit it."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture

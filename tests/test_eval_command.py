@@ -65,7 +65,9 @@ def test_two_samples_of_the_real_digits_are_close_and_a_collapsed_set_is_caught(
 
 
 def test_studio_eval_on_a_run_of_the_digit_model_writes_eval_json(real_digits, tmp_path):
-    (tmp_path / "digits.yaml").write_text(f"""
+    # the run is made in this process (what `studio run` is is tested elsewhere); the
+    # evaluation runs as the user runs it, a `studio eval` process
+    ran = run_yaml(f"""
 name: digits
 steps:
   - id: draw
@@ -75,10 +77,9 @@ steps:
   - id: sheet
     uses: image.grid
     with: {{images: "${{steps.draw.outputs.image}}", cell_size: 16}}
-""")
-    ran = studio("run", "digits.yaml", "--out", "out", "-q", cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr
-    run = Path(tmp_path / ran.stdout.strip().splitlines()[-1])
+""", tmp_path)
+    assert ran.status == "done", [item.error for item in ran.failed]
+    run = ran.run_dir
     done = studio("eval", str(run), "--against", str(real_digits / "reference"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "step 'draw'" in done.stdout and "sheet (image)" in done.stdout  # the sweep, not its contact sheet

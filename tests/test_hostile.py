@@ -1,7 +1,9 @@
 """A hostile corpus, run through the real command line.
 
-Every case starts `python -m studio ...` as a subprocess in a fresh directory, under a
-memory limit, and checks what a user would see:
+Every case runs `studio ...` as a process of its own in a fresh directory, under a
+memory limit (forked from a server that imported the CLI once, tests/forked_cli.py; the
+forked and the real `python -m studio` are checked to answer alike), and checks what a
+user would see:
 
 - the exit code (0 done, 1 a generator failed on valid input, 2 the user's input was
   wrong), and never a Python traceback;
@@ -35,6 +37,8 @@ from typing import Any, Callable
 
 import pytest
 from mido.midifiles.meta import encode_variable_int
+
+from forked_cli import run_forked
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = {
@@ -306,6 +310,13 @@ def run_cli(argv: list[str], cwd: Path, *, timeout: float, as_limit: int) -> Res
     return Result(proc.returncode, output, seconds, rss_kb / 1024, timed_out)
 
 
+def run_forked_cli(argv: list[str], cwd: Path, *, timeout: float, as_limit: int) -> Result:
+    """run_cli's answer from a process forked off a server that imported the CLI once
+    (tests/forked_cli.py): a few hundred cases without a few hundred interpreter starts."""
+    code, output, seconds, rss_kb, timed_out = run_forked(argv, cwd, timeout=timeout, as_limit=as_limit)
+    return Result(code, output, seconds, rss_kb / 1024, timed_out)
+
+
 def cli_main(argv: list[Any], monkeypatch, capsys) -> tuple[int, str, float]:
     """`studio ARGV` through studio.cli.main in this process, as the console script runs
     it (errors become messages and exit codes): (exit code, stdout + stderr, seconds)."""
@@ -350,7 +361,7 @@ def check_case(case: Case, tmp: Path) -> None:
     command = argv[0]
     budget = case.budget_s if case.budget_s is not None else (60.0 if command == "run" else BUDGET_S)
     rss = case.max_rss_mb or (1500 if case.torch else 400)
-    r = run_cli(argv, tmp, timeout=max(20.0, budget + SLACK_S + 5), as_limit=(10 if case.torch else 4) * GB)
+    r = run_forked_cli(argv, tmp, timeout=max(20.0, budget + SLACK_S + 5), as_limit=(10 if case.torch else 4) * GB)
     shown = r.output if len(r.output) < 3000 else r.output[:1500] + "\n[...]\n" + r.output[-1500:]
     context = f"studio {' '.join(a[:80] for a in argv)}\n--- exit {r.code}, {r.seconds:.2f} s, {r.rss_mb:.0f} MB ---\n{shown}"
     assert not r.timed_out, f"hung (killed after {r.seconds:.0f} s)\n{context}"
@@ -1067,6 +1078,27 @@ def _webp(path: Path, root: Path, side: int) -> None:
     if not first.exists():
         Image.new("RGB", (side, side), "red").save(first, "WEBP", quality=1, method=0)
     os.link(first, path)
+
+
+@pytest.mark.parametrize("argv, files", [
+    (["validate", "p.yaml"], {"p.yaml": pipe("{id: a, uses: image.title, with: {text: hi, width: 040}}")}),
+    (["plan", "p.yaml"], {"p.yaml": OK_TITLE}),
+    (["run", "p.yaml", "-q"], {"p.yaml": OK_TITLE}),
+    (["plugins", "show", "g.nope"], {}),
+], ids=["refused", "planned", "ran", "unknown-generator"])
+def test_a_forked_command_answers_as_a_fresh_python_m_studio_does(argv, files, tmp_path):
+    """The corpus runs forked (run_forked_cli): the same exit code, output and writes as
+    the real process (run_cli)."""
+    answers = []
+    for how, runner in (("real", run_cli), ("forked", run_forked_cli)):
+        (tmp_path / how).mkdir()
+        make_files(tmp_path / how, files)
+        r = runner(argv, tmp_path / how, timeout=60, as_limit=4 * GB)
+        assert not r.timed_out and r.rss_mb > 0 and "Traceback" not in r.output, r.output
+        written = [p.relative_to(tmp_path / how).parts for p in (tmp_path / how).rglob("*")]
+        written = sorted(parts[:2] + parts[3:] for parts in written)  # less the run's timestamped folder
+        answers.append((r.code, re.sub(r"runs/t/[^/\s]+", "runs/t/RUN", r.output), written))
+    assert answers[0] == answers[1]
 
 
 def test_corpus_is_large_and_names_are_unique():

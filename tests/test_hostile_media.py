@@ -21,10 +21,10 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +32,8 @@ from pathlib import Path
 import pytest
 from mido.midifiles.meta import encode_variable_int
 from click.testing import CliRunner
+
+from forked_cli import run_forked
 
 import studio.execute.artifacts
 import studio.host.plugins
@@ -88,8 +90,12 @@ def dense(notes: int, length: int, ppq: int = 960) -> bytes:
 
 
 def studio_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "studio", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    """`studio ARGS` as a process of its own, forked off a server that imported the CLI
+    once (tests/forked_cli.py); stdout and stderr together, in .stdout."""
+    code, output, _, _, timed_out = run_forked(list(args), cwd, timeout=timeout, as_limit=resource.RLIM_INFINITY)
+    if timed_out:
+        raise subprocess.TimeoutExpired(["studio", *args], timeout, output)
+    return subprocess.CompletedProcess(["studio", *args], code, output, "")
 
 
 def pipe(*steps: str) -> str:

@@ -263,7 +263,8 @@ CASES = [
     Reopen("png-folder", {"x.png": folder}, "x.png", ("no manifest.json",)),
     Reopen("png-missing", {}, "x.png", ("no such file",)),
     Reopen("png-dangling-link", {"x.png": link_to("nowhere.png")}, "x.png", ("no such file",)),
-    Reopen("jpg", {"x.jpg": b"\xff\xd8"}, "x.jpg", ("give a pipeline",), commands=("export",)),
+    Reopen("gif", {"x.gif": b"GIF89a"}, "x.gif", ("give a pipeline",), commands=("export",)),
+    Reopen("jpg-cut-short", {"x.jpg": b"\xff\xd8"}, "x.jpg", ("cut short",), commands=("export",)),
     # manifests and run folders
     Reopen("manifest-deep", {"m/manifest.json": manifest(json.loads(DEEP))}, "m/manifest.json", ("64 levels",)),
     Reopen("run-folder-30001-values", {"m/manifest.json": manifest(json.loads(pipeline_with(list(range(30_001)))))},

@@ -273,3 +273,64 @@ def test_an_imported_lora_tag_resolves_through_the_model_folders(tmp_path):
     assert "loras:\n    - name: outline\n      scale: 0.5" in (tmp_path / "p.yaml").read_text()
     checked = CliRunner().invoke(cli, ["validate", str(tmp_path / "p.yaml"), "--models", str(tmp_path / "webui")])
     assert checked.exit_code == 0, checked.output
+
+
+def _advanced(**inputs) -> dict:
+    """COMFY with its KSampler made a KSamplerAdvanced (noise_seed for seed)."""
+    graph = json.loads(json.dumps(COMFY))
+    sampler = graph["3"]["inputs"]
+    sampler["noise_seed"] = sampler.pop("seed")
+    sampler.pop("denoise")
+    sampler.update({"add_noise": "enable", "start_at_step": 0, "end_at_step": 10000,
+                    "return_with_leftover_noise": "disable", **inputs})
+    graph["3"]["class_type"] = "KSamplerAdvanced"
+    return graph
+
+
+def _image_to_image(graph: dict, tmp_path: Path) -> dict:
+    graph.update({"13": {"class_type": "VAEEncode", "inputs": {"pixels": ["15", 0], "vae": ["4", 2]}},
+                  "15": {"class_type": "LoadImage", "inputs": {"image": "start.png"}}})
+    graph["3"]["inputs"]["latent_image"] = ["13", 0]
+    del graph["5"]
+    Image.new("RGB", (16, 16)).save(tmp_path / "start.png")
+    return _graph(graph, tmp_path).pipeline["steps"][0]["with"]
+
+
+def test_comfyuis_ksampleradvanced_maps_what_studio_can_express(tmp_path):
+    plain = _graph(COMFY, tmp_path)
+    whole = _graph(_advanced(), tmp_path)  # the whole schedule, noise added: a KSampler
+    assert whole.pipeline == plain.pipeline and whole.dropped == plain.dropped
+    leftover = _graph(_advanced(return_with_leftover_noise="enable"), tmp_path)
+    assert leftover.pipeline == plain.pipeline and any("return_with_leftover_noise" in n for n in leftover.notes)
+    assert "node 3 start_at_step: 4 (on an empty latent)" in _graph(_advanced(start_at_step=4), tmp_path).dropped
+    # a start past 0 on image-to-image is diffusers' strength: int(steps * strength) steps run, exactly
+    for steps, start in ((20, 4), (100, 71), (7, 6), (1000, 1)):
+        made = _image_to_image(_advanced(steps=steps, start_at_step=start), tmp_path)
+        assert made["steps"] == steps and int(made["steps"] * made["strength"]) == steps - start, (steps, start)
+    # KSampler's denoise d runs its steps as the last of int(steps / d) (ComfyUI's rule)
+    graph = json.loads(json.dumps(COMFY))
+    graph["3"]["inputs"].update(steps=20, denoise=0.3)
+    made = _image_to_image(graph, tmp_path)
+    assert made["steps"] == 66 and int(66 * made["strength"]) == 20 and abs(made["strength"] - 0.3) < 0.01
+
+
+def test_comfyui_samplers_studio_cannot_express_are_refused_with_the_equivalent(tmp_path):
+    cases = [(_advanced(add_noise="disable"), ("node 3 (KSamplerAdvanced)", "add_noise: disable")),
+             (_advanced(end_at_step=12), ("end_at_step 12 of 20 steps", "jumps to the end")),
+             (_advanced(end_at_step=12, return_with_leftover_noise="enable"), ("leftover noise",)),
+             (_advanced(start_at_step=20), ("start_at_step is 20", "0 to 19"))]
+    # SDXL's base and refiner, as ComfyUI's example graph runs them: the base stops at step 20 of 25
+    pair = _advanced(steps=25, start_at_step=20, add_noise="disable", latent_image=["20", 0], model=["21", 0])
+    pair["20"] = _advanced(steps=25, end_at_step=20, return_with_leftover_noise="enable")["3"]
+    pair["21"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_refiner_1.0.safetensors"}}
+    cases.append((pair, ("node 3 (KSamplerAdvanced) finishes the latent of sampler node 20", "stops at step 20 of 25",
+                         "model: sd15/dreamshaper_8, refiner: sd_xl_refiner_1.0, refiner_switch: 0.8")))
+    for graph, expected in cases:
+        if expected == ("start_at_step is 20", "0 to 19"):
+            graph.update({"13": {"class_type": "VAEEncode", "inputs": {"pixels": ["15", 0], "vae": ["4", 2]}},
+                          "15": {"class_type": "LoadImage", "inputs": {"image": "start.png"}}})
+            graph["3"]["inputs"]["latent_image"] = ["13", 0]
+            Image.new("RGB", (16, 16)).save(tmp_path / "start.png")
+        with pytest.raises(UserError) as info:
+            _graph(graph, tmp_path)
+        assert all(words in str(info.value) for words in ("g.json", *expected)), str(info.value)

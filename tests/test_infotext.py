@@ -4,6 +4,7 @@ and that A1111's reading rules give back the values used."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,32 @@ def test_a_checkpoints_scheduler_is_named_as_a1111_names_it(tmp_path):
     checkpoint.write_bytes(b"weights")
     assert model_hash(str(checkpoint)) == hashlib.sha256(b"weights").hexdigest()[:10]
     assert model_hash(str(tmp_path)) is None and model_hash("default") is None
+
+
+def test_the_model_hash_is_remembered_across_runs(tmp_path, monkeypatch):
+    """A run over a multi-gigabyte checkpoint reads its hash from the model-hash cache
+    (by real path, size and mtime) that `studio models list` fills too: hashed once."""
+    import studio.weights
+    from studio.models import hashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    hashed = []
+    real = hashes._hash_file
+    monkeypatch.setattr(hashes, "_hash_file", lambda path: hashed.append(path) or real(path))
+    checkpoint = tmp_path / "models" / "dreamshaper_8.safetensors"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"weights")
+    expected = hashlib.sha256(b"weights").hexdigest()[:10]
+    for _ in range(2):  # two runs: two processes, whose in-memory caches start empty
+        studio.weights._file_sha256.cache_clear()
+        assert model_hash(str(checkpoint)) == expected
+    assert len(hashed) == 1
+    link = tmp_path / "link.safetensors"  # the same file by another name: the same entry
+    link.symlink_to(checkpoint)
+    studio.weights._file_sha256.cache_clear()
+    assert model_hash(str(link)) == expected and len(hashed) == 1
+    checkpoint.write_bytes(b"weights, retrained")  # a new version is hashed again
+    os.utime(checkpoint, ns=(1, 1))
+    studio.weights._file_sha256.cache_clear()
+    assert model_hash(str(checkpoint)) == hashlib.sha256(b"weights, retrained").hexdigest()[:10] and len(hashed) == 2
+    studio.weights._file_sha256.cache_clear()

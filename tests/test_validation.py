@@ -17,7 +17,7 @@ CASES = {
     ),
     "unknown_top_level_key": (
         "name: x\nstepz: []\nsteps:\n  - {id: a, uses: fake.text, with: {prompt: hi}}\n",
-        ["F:2: stepz: unknown key 'stepz'. Did you mean 'steps'? Allowed: name, description, seed, device, precision, compile, executor, steps"],
+        ["F:2: stepz: unknown key 'stepz'. Did you mean 'steps'? Allowed: name, description, seed, device, precision, compile, format, quality, executor, steps"],
     ),
     "unknown_generator": (
         "name: x\nsteps:\n  - id: a\n    uses: fake.txt\n",

@@ -11,7 +11,8 @@ Modes: text-to-image; image-to-image with `image` + `strength`; inpainting with 
 as well (diffusion_inputs prepares them). Each engine owns its rules: the validators
 below ask the engine of the model's folder, and the run asks the engine of the model it
 loaded, so a rule is written once. LoRA files (diffusion_lora), weighted prompts through
-compel (diffusion_prompts) and `clip_skip` apply to text-to-image pipelines.
+compel (diffusion_prompts) and `clip_skip` apply to text-to-image pipelines, and an SDXL
+refiner pass (`refiner`, diffusion_refiner) to SDXL text-to-image.
 Noise comes from `torch.Generator("cpu").manual_seed(seed)` per item, as in a diffusers
 script with `generator=`, so the same seed gives the same image in both.
 """
@@ -34,6 +35,7 @@ from studio_image.diffusion_lora import MAX_LORAS, Lora, checked_all
 from studio_image.diffusion_models import (DEFAULT_WEIGHTS, DIGITS_WEIGHTS, UNKNOWN_PIPELINE, PipelineFacts,
                                            UnetFacts, component_folders, folder_facts, model_facts)
 from studio_image.diffusion_pipeline import PipelineEngine
+from studio_image.diffusion_refiner import REFINER_SWITCH, refiner_problem
 from studio_image.diffusion_single_file import SINGLE_FILE_SUFFIXES, single_file_problem, vae_problem
 from studio_image.diffusion_unet import UnetEngine
 
@@ -151,11 +153,20 @@ class ImageDiffusion(Generator):
             "run."))
         clip_skip: int | None = Field(None, ge=1, le=48, description=(
             "Condition on the text encoder's layer this many before the last (diffusers' clip_skip; A1111's "
-            "'clip skip 2' is 1 here). Text-to-image pipelines with a CLIP text encoder."))
+            "'clip skip 2' is 1 here). Text-to-image pipelines with a CLIP text encoder, and SDXL's two (which "
+            "read the layer before the last already)."))
         prompt_weighting: Literal["off", "a1111", "compel"] = Field("off", description=(
             "Weighted prompts through compel: 'a1111' reads (word:1.3), (word) = 1.1x, [word] = 1/1.1x; "
             "'compel' reads compel's own syntax (word+, (word)1.3, .blend()). Either way prompts longer than the "
             "text encoder's window are encoded in windows instead of cut."))
+        refiner: str | None = model_input(None, files=("model_index.json",), suffixes=SINGLE_FILE_SUFFIXES,
+                                          description=(
+            "SDXL: a refiner that finishes the model's image, as A1111 and ComfyUI do (a single-file SDXL refiner or "
+            "base, a diffusers folder, or a name in the model folders); it shares the model's VAE and second text "
+            "encoder. Text-to-image; loras apply to the model, not the refiner."))
+        refiner_switch: float = Field(REFINER_SWITCH, gt=0.0, lt=1.0, description=(
+            "With refiner: the fraction of the steps the model denoises before the refiner takes over (A1111's "
+            "'Refiner switch at')."))
 
         @field_validator("model")
         @classmethod
@@ -164,6 +175,16 @@ class ImageDiffusion(Generator):
             problem = single_file_problem(value, root, info.data.get("config"), info.data.get("prediction", "default"))
             if problem is None and not (root is not None and root.is_file()):
                 problem = weights_problem(value, root, component_folders(root))
+            if problem:
+                raise ValueError(problem)
+            return value
+
+        @field_validator("refiner")
+        @classmethod
+        def refiner_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+            model = info.data.get("model")
+            problem = value is not None and isinstance(model, str) and refiner_problem(
+                value, model, getattr(_engine(info), "facts", None))
             if problem:
                 raise ValueError(problem)
             return value
@@ -245,13 +266,15 @@ class ImageDiffusion(Generator):
         """The weights path, and the config folder, VAE and prediction when given: each
         changes what loads."""
         extra = [f"{name}={value}" for name, value in (("config", params.config), ("vae", params.vae),
-                                                        ("prediction", params.prediction)) if value not in (None, "default")]
+                                                        ("prediction", params.prediction), ("refiner", params.refiner))
+                 if value not in (None, "default")]
         return "|".join([super().model_key(params), *extra])
 
     def weights_id(self, params: Params) -> str:
         from studio.weights import weights_fingerprint
 
-        extra = [weights_fingerprint(value, DEFAULT_WEIGHTS) for value in (params.config, params.vae) if value]
+        extra = [weights_fingerprint(value, DEFAULT_WEIGHTS) for value in (params.config, params.vae, params.refiner)
+                 if value]
         if params.prediction != "default":
             extra.append(params.prediction)
         return "|".join([super().weights_id(params), *extra])
@@ -263,7 +286,8 @@ class ImageDiffusion(Generator):
         root = local_path(params.model, DEFAULT_WEIGHTS)
         single = root is not None and root.is_file()
         problem = (single_file_problem(params.model, root, params.config, params.prediction)
-                   or vae_problem(params.model, params.vae, params.config))
+                   or vae_problem(params.model, params.vae, params.config)
+                   or (params.refiner is not None and refiner_problem(params.refiner, params.model, None)))
         if problem:
             raise UserError(problem)
         if not single:
@@ -277,7 +301,8 @@ class ImageDiffusion(Generator):
         options = {"use_safetensors": True, "local_files_only": True}
         # the single-file and VAE options, for the engine of diffusers pipelines (only when given)
         extra = {name: value for name, value in (("config", params.config), ("vae", params.vae),
-                                                 ("prediction", params.prediction)) if value not in (None, "default")}
+                                                 ("prediction", params.prediction), ("refiner", params.refiner))
+                 if value not in (None, "default")}
         if extra and not isinstance(engine, PipelineEngine):
             raise UserError(f"model {params.model!r} is not a Stable Diffusion pipeline: {', '.join(extra)} apply to "
                             "those (single-file checkpoints, a separate VAE)")
@@ -296,7 +321,8 @@ class ImageDiffusion(Generator):
                  output_size(p.width, p.height, p.image, None) if p.image
                  else (p.width, p.height), p.scheduler, p.timestep_spacing, p.negative_prompt, strength_of(p),
                  p.mask is None, tuple((lora.sha256, lora.scale) for lora in p.loras), p.lora_scale, p.clip_skip,
-                 p.prompt_weighting, tuple((e.sha256, e.token) for e in p.embeddings)) for p in params]
+                 p.prompt_weighting, tuple((e.sha256, e.token) for e in p.embeddings), p.refiner,
+                 p.refiner_switch) for p in params]
         for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             engine = ctxs[indexes[0]].model(self, batch[0])

@@ -12,7 +12,8 @@ keeps it too); the PNG writer embeds it as a `parameters` text chunk beside Stud
 provenance (docs/plugins.md).
 
 Hashes are the ones A1111 and the model sites show: a checkpoint file's first 10 hex digits
-of its sha256; a LoRA's first 12 of the sha256 of its tensor bytes (kohya's "addnet" hash:
+of its sha256 (studio.weights.file_sha256: remembered across runs by real path, size and
+mtime in the cache `studio models list` fills, so a 6 GB checkpoint is hashed once); a LoRA's first 12 of the sha256 of its tensor bytes (kohya's "addnet" hash:
 the file past its safetensors header). A diffusers folder is many files with no one hash
 that A1111 or a model site knows, so an image from one has no `Model hash` (A1111 leaves it
 out too when it has none) and `Model` names the folder.

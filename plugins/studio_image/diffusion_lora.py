@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 from studio.weights import (file_sha256, named_model, pickled_code, safetensors_dtypes, safetensors_layout,
                             safetensors_problem, safetensors_shapes)
 
+from studio_image.diffusion_lora_family import TITLES, family_problem, lora_family
+
 MAX_LORAS = 8  # at once on one item; A1111 users stack two or three
 # adapters kept loaded in one pipeline across batches before the unused ones are dropped
 MAX_LOADED = 16
@@ -132,7 +134,11 @@ def checked_all(loras: list[Lora], resolve: Callable[[str], Path], model_root: P
             raise ValueError(f"lora {lora.path!r} is listed twice (also as {seen[lora.sha256]!r}); give it "
                              "once, with the scales added")
         seen[lora.sha256] = lora.path
-        problem = fit_problem(Path(lora.path), model_root) if model_root is not None and model_root.is_dir() else None
+        problem = None
+        if model_root is not None and model_root.is_dir():
+            problem = fit_problem(Path(lora.path), model_root)
+        elif model_root is not None and model_root.is_file():  # a single file: its layers have the original names
+            problem = family_problem(Path(lora.path), model_root)
         if problem:
             raise ValueError(f"lora {lora.path!r} {problem}")
     return found
@@ -240,8 +246,10 @@ def fit_problem(lora: Path, model_root: Path) -> str | None:
                            f"{target[1]} -> {target[0]})")
     if not misfits:
         return None
+    made_for = lora_family(lora)  # what it was made for, when the file says
+    other = f"{TITLES[made_for[0]]} ({made_for[1]})" if made_for else "another base model"
     return (f"does not fit this model: {len(misfits)} of its {len(layers)} layers do not match, e.g. "
-            f"{'; '.join(misfits[:MAX_SHOWN])}. It was made for another base model; use a LoRA trained on this one")
+            f"{'; '.join(misfits[:MAX_SHOWN])}. It was made for {other}; use a LoRA trained on this one")
 
 
 def _pair_problem(parts: dict[str, list[int]], names: dict[str, str]) -> str | None:

@@ -48,8 +48,9 @@ class PipelineFacts:
     factor: int  # width and height must be multiples of it (the VAE's scale)
     inpainting: bool = False  # a dedicated inpainting checkpoint: latents, mask and masked image in
     one_text_encoder: bool = False  # one CLIP text encoder (SD 1.x/2.x): what compel and clip_skip serve here
-    text_layers: int | None = None  # how many layers that text encoder has
+    text_layers: int | None = None  # how many layers that text encoder has (SDXL: the fewer of its two)
     refiner: bool = False  # an SDXL refiner: it only finishes an image (image-to-image)
+    sdxl: bool = False  # SDXL's conditioning (two CLIP encoders, the pooled one; base, inpainting or refiner)
 
 
 # a pipeline whose folder is not on this machine: nothing is known about it
@@ -91,7 +92,7 @@ def model_facts(model: str, config: str | None = None, prediction: str = "defaul
 def single_file_facts(path: Path, config: str | None, prediction: str = "default") -> PipelineFacts | None:
     """A single-file checkpoint's facts: its `config` folder's, else those of the family
     its header shows (None when neither is known: validation says why)."""
-    from studio_image.diffusion_single_file import recognise
+    from studio_image.diffusion_single_file import CONFIGS, recognise
 
     found = None
     if path.suffix.lower() == ".safetensors":
@@ -106,15 +107,18 @@ def single_file_facts(path: Path, config: str | None, prediction: str = "default
     if family is None:
         return None
     side = 512 if family.name == "sd2" and prediction == "epsilon" else family.size  # the 512-base models
+    sdxl = family.name.startswith("sdxl")
+    layers = text_layers(CONFIGS / family.name) if sdxl else family.text_layers  # SDXL: its shipped configs'
     return PipelineFacts(size=(side, side), factor=8, inpainting=family.inpainting,
-                         one_text_encoder=family.text_layers is not None, text_layers=family.text_layers,
-                         refiner=family.refiner)
+                         one_text_encoder=family.text_layers is not None, text_layers=layers,
+                         refiner=family.refiner, sdxl=sdxl)
 
 
 def folder_facts(root: Path) -> ModelFacts:
     """The facts of a model folder, cached per version of its configs."""
     stamps = []
-    for name in ("model_index.json", "unet/config.json", "vae/config.json", "studio.json", "text_encoder"):
+    for name in ("model_index.json", "unet/config.json", "vae/config.json", "studio.json", "text_encoder",
+                 "text_encoder_2"):
         try:
             st = os.stat(root / name)
             stamps.append((st.st_size, st.st_mtime_ns))
@@ -139,14 +143,32 @@ def _folder_facts(path: str, stamps: tuple) -> ModelFacts:
     unet = config(root / "unet")
     unet_size = side_size(unet.get("sample_size"), "unet/config.json")
     index = read_config(root / "model_index.json") or {}
-    layers = config(root / "text_encoder").get("num_hidden_layers")
+    # SDXL: a second text encoder and the UNet's size-and-pooled-text conditioning
+    sdxl = listed(index, "text_encoder_2") and unet.get("addition_embed_type") == "text_time"
     return PipelineFacts(
         size=unet_size and (unet_size[0] * scale, unet_size[1] * scale),
         # SD 1.x/2.x/XL: the latent is width/scale x height/scale; other pipelines say their own rules
         factor=scale if (root / "unet").is_dir() else 1,
         inpainting=unet.get("in_channels") == 9,
         one_text_encoder="text_encoder" in index and "text_encoder_2" not in index,
-        text_layers=layers if isinstance(layers, int) else None)
+        text_layers=text_layers(root),
+        # the refiner has no CLIP ViT-L encoder and is conditioned on an aesthetic score
+        refiner=sdxl and (not listed(index, "text_encoder") or index.get("requires_aesthetics_score") is True),
+        sdxl=sdxl)
+
+
+def listed(index: dict[str, Any], name: str) -> bool:
+    """Whether model_index.json names a component `name` ([null, null] is an absent one)."""
+    entry = index.get(name)
+    return isinstance(entry, list) and bool(entry) and entry[0] is not None
+
+
+def text_layers(root: Path) -> int | None:
+    """The layers of the pipeline's CLIP text encoder; with two (SDXL), the fewer:
+    clip_skip reaches as deep into both."""
+    counts = [config(root / name).get("num_hidden_layers") for name in ("text_encoder", "text_encoder_2")]
+    counts = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and 0 < n < 10_000]
+    return min(counts) if counts else None
 
 
 def blocks(value: Any, where: str) -> int:

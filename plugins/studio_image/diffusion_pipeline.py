@@ -6,7 +6,10 @@ Any text-to-image pipeline `AutoPipelineForText2Image` knows loads, and inpainti
 checkpoints (a 9-channel UNet) through `AutoPipelineForInpainting`. Image-to-image and
 inpainting on an ordinary checkpoint run diffusers' own pipelines built from the loaded
 components (`from_pipe`: no second load). LoRA files (diffusion_lora), weighted prompts
-through compel (diffusion_prompts) and `clip_skip` apply here. A new mode (ControlNet,
+through compel and `clip_skip` (diffusion_prompts; SD 1.x/2.x and SDXL), and SDXL's refiner
+pass (diffusion_refiner) apply here. SDXL pipelines are built without diffusers' invisible
+watermark, whether or not its package is installed (watermark_off), and each SDXL item's
+manifest notes say so (watermark: none). A new mode (ControlNet,
 say) is a new entry in `Mode`, its pipeline in `mode_pipeline` and its inputs in `_call`.
 """
 
@@ -19,11 +22,12 @@ from typing import Any, Literal
 from studio import NonFiniteOutput, UserError, check_finite
 from studio.weights import config
 from studio_image.diffusion_embeddings import activate as load_embeddings
-from studio_image.diffusion_embeddings import spelled_as_loaded
 from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
 from studio_image.diffusion_inputs import prepared_image, prepared_mask
 from studio_image.diffusion_lora import activate
 from studio_image.diffusion_models import PipelineFacts
+from studio_image.diffusion_prompts import prompt_arguments
+from studio_image.diffusion_refiner import load_refiner, prepare_refiner, record_refiner, refined, use_problem
 
 TEXT_GUIDANCE = 7.5  # diffusers' Stable Diffusion default
 MAX_CPU_PIPELINE_PIXEL_STEPS = 512 * 512 * 50
@@ -42,6 +46,8 @@ class PipelineModel:
     modes: dict[str, Any] = field(default_factory=dict)  # mode -> the pipeline from_pipe made for it
     lora_state: dict[str, Any] = field(default_factory=dict)  # diffusion_lora.activate's: what is fused
     embedding_state: dict[str, Any] = field(default_factory=dict)  # diffusion_embeddings.activate's: what is loaded
+    refiner: Any = None  # the SDXL refiner pipeline on the same VAE and second text encoder (diffusion_refiner)
+    refiner_scheduler: dict[str, Any] = field(default_factory=dict)  # its own scheduler's config
 
 
 @dataclass(frozen=True)
@@ -73,17 +79,27 @@ class PipelineEngine(Engine):
         if self.facts.inpainting and (params.image is None or params.mask is None):
             return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and "
                     "masked image); give image and mask, or use an ordinary checkpoint for text-to-image")
-        problem = lora_scale_problem(params)
+        problem = lora_scale_problem(params) or use_problem(params, self.facts)
         if problem:
             return problem
-        if (params.clip_skip is not None or params.prompt_weighting != "off") and not self.facts.one_text_encoder:
-            return (f"model {model!r} does not have one CLIP text encoder (Stable Diffusion 1.x/2.x); clip_skip and "
-                    "prompt_weighting apply to those")
+        return self.text_problem(params)
+
+    def text_problem(self, params: Any) -> str | None:
+        """Why clip_skip or prompt_weighting do not fit the model's text encoders."""
+        xl = self.facts.sdxl
+        asked = params.clip_skip is not None or params.prompt_weighting != "off"
+        if asked and not (self.facts.one_text_encoder or xl):
+            return (f"model {params.model!r} has neither one CLIP text encoder (Stable Diffusion 1.x/2.x) nor SDXL's "
+                    "two; clip_skip and prompt_weighting apply to those")
+        # SDXL conditions on the layer before the last already: clip_skip n reads hidden state -(n + 2)
         layers = self.facts.text_layers
-        if params.clip_skip is not None and layers is not None and params.clip_skip >= layers:
-            return (f"clip_skip {params.clip_skip} leaves none of the text encoder's {layers} layers; "
-                    f"give at most {layers - 1}")
-        if params.prompt_weighting != "off" and params.clip_skip is not None and params.clip_skip > 1:
+        most = layers and layers - (2 if xl else 1)
+        if params.clip_skip is not None and most is not None and params.clip_skip > most:
+            whose = "the text encoders' (the fewer of SDXL's two, whose last layer is skipped already)" if xl \
+                else "the text encoder's"
+            fix = f"give at most {most}" if most > 0 else "drop clip_skip"
+            return f"clip_skip {params.clip_skip} leaves none of {whose} {layers} layers; {fix}"
+        if not xl and params.prompt_weighting != "off" and params.clip_skip is not None and params.clip_skip > 1:
             return ("with prompt_weighting, clip_skip can be 1 at most (compel reads the last or the one-before-last "
                     "layer)")
         return None
@@ -91,17 +107,26 @@ class PipelineEngine(Engine):
     # -- loading ----------------------------------------------------------------------
 
     def load(self, root: Path | None, model: str, options: dict[str, Any]) -> PipelineEngine:
-        """The pipeline of a folder, a hub id or a single-file checkpoint. `options`: the
-        from_pretrained keywords, and image.diffusion's config, vae and prediction."""
+        """The pipeline of a folder, a hub id or a single-file checkpoint, and its SDXL
+        refiner when one is named. `options`: the from_pretrained keywords, and
+        image.diffusion's config, vae, prediction and refiner."""
+        refiner = options.pop("refiner", None)
+        engine = self.loaded_from(self.pipeline_of(root, model, options))
+        if refiner is None:
+            return engine
+        made = load_refiner(Path(refiner), engine.loaded.pipeline)
+        loaded = replace(engine.loaded, refiner=made, refiner_scheduler=dict(made.scheduler.config))
+        return replace(engine, model=loaded)
+
+    def pipeline_of(self, root: Path | None, model: str, options: dict[str, Any]) -> Any:
         import diffusers
 
         config_dir, vae, prediction = (options.pop(name, None) for name in ("config", "vae", "prediction"))
         if root is not None and root.is_file():
             from studio_image.diffusion_single_file import load_single_file
 
-            pipe = load_single_file(root, config_dir and Path(config_dir), vae and Path(vae), prediction or "default",
+            return load_single_file(root, config_dir and Path(config_dir), vae and Path(vae), prediction or "default",
                                     self.facts.inpainting)
-            return self.loaded_from(pipe)
         if vae is not None:
             from studio_image.diffusion_single_file import load_vae
 
@@ -117,18 +142,25 @@ class PipelineEngine(Engine):
         # a 9-channel UNet only inpaints: its own pipeline class, not a text-to-image one
         unet = config(root / "unet") if folder else {}
         auto = AutoPipelineForInpainting if unet.get("in_channels") == 9 else AutoPipelineForText2Image
-        return self.loaded_from(auto.from_pretrained(str(root) if root is not None else model, **options))
+        if isinstance(name, str):
+            options.update(watermark_off(getattr(diffusers, name)))
+        return auto.from_pretrained(str(root) if root is not None else model, **options)
 
     def loaded_from(self, pipe: Any) -> PipelineEngine:
         pipe.set_progress_bar_config(disable=True)
         expose_final_layer_norm(pipe)
+        if getattr(pipe, "watermark", None) is not None:  # a hub id's pipeline, built before its class was known
+            pipe.watermark = None
         return replace(self, model=PipelineModel(pipe, dict(pipe.scheduler.config)))
 
     def prepared(self, ctx) -> PipelineEngine:
         """Each of the pipeline's models on the device (its VAE guarded in fp16)."""
         from studio_diffusers.prepare import prepare_pipeline
 
-        return replace(self, model=replace(self.loaded, pipeline=prepare_pipeline(self.loaded.pipeline, ctx)))
+        loaded = self.loaded
+        if loaded.refiner is not None:
+            prepare_refiner(loaded.refiner, loaded.pipeline, ctx)
+        return replace(self, model=replace(loaded, pipeline=prepare_pipeline(loaded.pipeline, ctx)))
 
     @property
     def loaded(self) -> PipelineModel:
@@ -153,13 +185,26 @@ class PipelineEngine(Engine):
                  on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
         load_embeddings(self.loaded.pipeline, first.embeddings, self.loaded.embedding_state)
         call, images, masks = _call(pipe, mode, batch, ctxs, size)
+        if hasattr(pipe, "watermark"):  # an SDXL pipeline: Studio's decision, in the manifest
+            for ctx in ctxs:
+                ctx.record(watermark="none")
         try:
-            result = pipe(**call)
+            result = self.sampled(pipe, call, batch, ctxs)
             check_finite(result.images, f"image.diffusion image ({first.model}, VAE {pipe.vae.dtype})")
         except NonFiniteOutput:
             blame_loras(first, pipe)
             raise
         return kept_where_asked(pipe.numpy_to_pil(result.images), batch, images, masks)
+
+    def sampled(self, pipe: Any, call: dict[str, Any], batch: list, ctxs: list) -> Any:
+        """The diffusers call; with a refiner, the base stops at refiner_switch and the
+        refiner denoises the rest from its latents (diffusion_refiner)."""
+        refiner = self.loaded.refiner
+        if refiner is None:
+            return pipe(**call)
+        record_refiner(ctxs, batch[0].refiner)
+        latents = pipe(**{**call, "denoising_end": batch[0].refiner_switch, "output_type": "latent"}).images
+        return refined(refiner, scheduler(self.loaded.refiner_scheduler, batch[0]), latents, call, batch)
 
     def mode_pipeline(self, mode: Mode):
         """The loaded pipeline, or diffusers' image-to-image / inpainting pipeline over
@@ -171,7 +216,7 @@ class PipelineEngine(Engine):
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
             auto = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
-            derived = auto.from_pipe(base)
+            derived = auto.from_pipe(base, **watermark_off(type(base)))
             derived.set_progress_bar_config(disable=True)
             modes[mode] = derived
         return modes[mode]
@@ -194,7 +239,7 @@ def _call(pipe: Any, mode: Mode, batch: list, ctxs: list, size: tuple[int, int])
         "num_inference_steps": first.steps,
         "guidance_scale": TEXT_GUIDANCE if first.guidance_scale is None else first.guidance_scale,
         "generator": [c.torch_generator() for c in ctxs], "callback_on_step_end": on_step, "output_type": "np"}
-    call.update(_prompts(pipe, batch))
+    call.update(prompt_arguments(pipe, batch))
     images = masks = None
     if mode == "text2img":
         call.update(width=first.width, height=first.height)
@@ -207,24 +252,18 @@ def _call(pipe: Any, mode: Mode, batch: list, ctxs: list, size: tuple[int, int])
     return call, images, masks
 
 
-def _prompts(pipe: Any, batch: list) -> dict[str, Any]:
-    """The prompts as diffusers takes them: text, or compel's weighted embeddings."""
-    first = batch[0]
-    # an embedding's token as it was loaded, however the prompt capitalises it
-    prompts = [spelled_as_loaded(p.prompt, p.embeddings) or "" for p in batch]
-    negative = spelled_as_loaded(first.negative_prompt, first.embeddings)
-    if first.prompt_weighting != "off":
-        from studio_image.diffusion_prompts import embeddings
+def watermark_off(pipeline_class: Any) -> dict[str, Any]:
+    """add_watermarker=False for a pipeline class that takes it (SDXL's): diffusers'
+    default adds an invisible watermark only when the invisible-watermark package happens
+    to be installed. Studio decides instead: none (marking outputs is Studio's own job)."""
+    import inspect
 
-        prompt_embeds, negative_embeds = embeddings(pipe, prompts, negative, first.prompt_weighting, first.clip_skip,
-                                                    expand_tokens=bool(first.embeddings))
-        return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
-    call: dict[str, Any] = {
-        "prompt": prompts,  # absent: the empty prompt, as diffusers samples
-        "negative_prompt": [negative] * len(batch) if negative else None}
-    if first.clip_skip is not None:
-        call["clip_skip"] = first.clip_skip
-    return call
+    init = getattr(pipeline_class, "__init__", None)
+    try:
+        takes = init is not None and "add_watermarker" in inspect.signature(init).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"add_watermarker": False} if takes else {}
 
 
 def expose_final_layer_norm(pipe: Any) -> None:

@@ -239,11 +239,16 @@ def vae_problem(model: Any, vae: str | None, config: str | None) -> str | None:
 # -- loading ------------------------------------------------------------------------
 
 
-def load_single_file(path: Path, config: Path | None, vae: Path | None, prediction: str, inpainting: bool) -> Any:
+def load_single_file(path: Path, config: Path | None, vae: Path | None, prediction: str, inpainting: bool,
+                     shared: dict[str, Any] | None = None) -> Any:
     """The diffusers pipeline of a single-file checkpoint: its family's shipped configs
     (or `config`), CLIP's tokenizers built here, `vae` in place of the baked-in one, the
-    scheduler set to `prediction` ("default": the family's rule). Nothing is fetched."""
+    scheduler set to `prediction` ("default": the family's rule), `shared` components
+    (a refiner's, from its base) in place of the file's. Nothing is fetched; no
+    invisible watermark (an SDXL pipeline's is off: Studio decides, not what is installed)."""
     import diffusers
+
+    from studio_image.diffusion_pipeline import watermark_off
     import torch
 
     # a .ckpt is read in full to be recognised: only when there is no config to go by
@@ -261,13 +266,14 @@ def load_single_file(path: Path, config: Path | None, vae: Path | None, predicti
     components: dict[str, Any] = tokenizers(config, index)
     if vae is not None:
         components["vae"] = load_vae(vae, config / "vae")
+    components.update(shared or {})
     pipe = pipeline_class.from_single_file(str(path), config=str(config), local_files_only=True,
-                                           torch_dtype=torch.float32, **components)
+                                           torch_dtype=torch.float32, **watermark_off(pipeline_class), **components)
     asked = checkpoint.prediction(prediction) if checkpoint is not None else prediction
     if asked != "default" and pipe.scheduler.config.get("prediction_type") != asked:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=asked)
     if inpainting and "Inpaint" not in type(pipe).__name__:
-        pipe = diffusers.AutoPipelineForInpainting.from_pipe(pipe)
+        pipe = diffusers.AutoPipelineForInpainting.from_pipe(pipe, **watermark_off(type(pipe)))
     return pipe
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from studio import media
+from studio.pipeline.imageformat import DEFAULT_QUALITY, LOSSLESS_WEBP, ImageFormat
+from studio.runs.provenance import (JPEG_COMMENT_PREFIX, JPEG_COMMENT_SLICE, XMP_PACKET, provenance_text,
+                                    xml_safe)
 
 WriteFn = Callable[[Any, Path, dict[str, Any]], None]
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # the EXIF sub-IFD, and its UserComment tag
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,89 @@ def write_png(value: Any, path: Path, provenance: dict[str, Any]) -> None:
     value.save(path, format="PNG", pnginfo=info)
 
 
+def write_jpeg(value: Any, path: Path, provenance: dict[str, Any], quality: int = DEFAULT_QUALITY) -> None:
+    """JPEG at `quality`: A1111's `parameters` in the EXIF UserComment (where A1111 writes
+    it for a JPEG), Studio's provenance in comment segments (studio.runs.provenance says
+    why there). A JPEG has no alpha: transparency is drawn over white."""
+    import io
+
+    image = _pil_image(value)
+    encoded = io.BytesIO()
+    exif = _parameters_exif(image)
+    # one JPEG segment holds 64 KB: a longer infotext (32,000 characters) stays in the provenance only
+    extra = {"exif": exif} if 0 < len(exif) <= 65_533 else {}
+    _without_alpha(image).save(encoded, format="JPEG", quality=quality, **extra)
+    path.write_bytes(_with_comments(encoded.getvalue(), provenance_text(provenance).encode("ascii")))
+
+
+def write_webp(value: Any, path: Path, provenance: dict[str, Any], quality: int = DEFAULT_QUALITY) -> None:
+    """WebP at `quality` (100: lossless), alpha kept: A1111's `parameters` in the EXIF
+    UserComment, as for a JPEG; Studio's provenance in the XMP chunk."""
+    image = _pil_image(value)
+    extra = {"exif": exif} if (exif := _parameters_exif(image)) else {}
+    xmp = XMP_PACKET % xml_safe(provenance_text(provenance)).encode("ascii")
+    image.save(path, format="WEBP", quality=quality, lossless=quality == LOSSLESS_WEBP,
+               exact=quality == LOSSLESS_WEBP, xmp=xmp, **extra)
+
+
+def image_writer(image_format: ImageFormat) -> Writer:
+    """The built-in writer of a step's `format:` at its `quality:`."""
+    write = {"png": write_png, "jpeg": write_jpeg, "webp": write_webp}[image_format.name]
+    if image_format.quality is not None:
+        write = functools.partial(write, quality=image_format.quality)
+    return Writer(image_format.media_type, image_format.extension, write)
+
+
+def _pil_image(value: Any) -> Any:
+    from PIL import Image
+
+    if not isinstance(value, Image.Image):
+        raise TypeError(f"an image port needs a PIL.Image, got {type(value).__name__}")
+    return value
+
+
+def _parameters_exif(image: Any) -> bytes:
+    """An EXIF block holding the image's A1111 `parameters` as UserComment, as A1111
+    writes it (piexif: UserComment.dump(text, encoding="unicode"), the code "UNICODE\\0"
+    then UTF-16 big-endian, in a big-endian TIFF), or b"" when the image has none.
+    Packed here: Pillow's Exif would type the tag BYTE, which piexif reads back as a
+    tuple of numbers instead of UNDEFINED bytes."""
+    parameters = image.info.get("parameters")
+    if not isinstance(parameters, str) or not parameters:
+        return b""
+    comment = b"UNICODE\0" + parameters.encode("utf-16-be")
+    # TIFF header; IFD0 (at 8) with one entry, the Exif IFD's offset (26); the Exif IFD
+    # with one entry, UserComment, whose bytes follow it (at 44); no next IFD after either
+    return (b"Exif\0\0" + b"MM\0\x2a" + struct.pack(">I", 8)
+            + struct.pack(">HHHII", 1, EXIF_IFD, 4, 1, 26) + struct.pack(">I", 0)
+            + struct.pack(">HHHII", 1, USER_COMMENT, 7, len(comment), 44) + struct.pack(">I", 0) + comment)
+
+
+def _without_alpha(image: Any) -> Any:
+    """The image as JPEG holds it: RGB or grey, transparency drawn over white (as an
+    image-to-image input is)."""
+    from PIL import Image
+
+    if image.mode in ("RGB", "L"):
+        return image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _with_comments(jpeg: bytes, text: bytes) -> bytes:
+    """`jpeg` (as Pillow encoded it) with `text` in comment segments of at most 64 KB,
+    each prefixed, placed after the APPn segments (JFIF's APP0 and EXIF's APP1 come first)."""
+    slices = [text[i:i + JPEG_COMMENT_SLICE] for i in range(0, len(text), JPEG_COMMENT_SLICE)]
+    segments = b"".join(b"\xff\xfe" + struct.pack(">H", 2 + len(JPEG_COMMENT_PREFIX) + len(piece))
+                        + JPEG_COMMENT_PREFIX + piece for piece in slices)
+    position = 2
+    while jpeg[position] == 0xFF and 0xE0 <= jpeg[position + 1] <= 0xEF:
+        position += 2 + struct.unpack(">H", jpeg[position + 2:position + 4])[0]
+    return jpeg[:position] + segments + jpeg[position:]
+
+
 def write_text(value: Any, path: Path, provenance: dict[str, Any]) -> None:
     if not isinstance(value, str):
         raise TypeError(f"a text port needs a str, got {type(value).__name__}")
@@ -185,6 +274,8 @@ def write_midi(value: Any, path: Path, provenance: dict[str, Any]) -> None:
 
 BUILTIN_WRITERS = [
     Writer(media.IMAGE, "png", write_png),
+    Writer(media.JPEG, "jpg", write_jpeg),
+    Writer(media.WEBP, "webp", write_webp),
     Writer(media.TEXT, "txt", write_text),
     Writer(media.JSON, "json", write_json),
     Writer(media.AUDIO, "wav", write_wav),
@@ -192,7 +283,7 @@ BUILTIN_WRITERS = [
 ]
 
 def read_provenance(path: Path) -> dict[str, Any] | None:
-    """The provenance Studio embedded in a PNG, WAV or MIDI file, or None when it carries
+    """The provenance Studio embedded in a PNG, JPEG, WebP, WAV or MIDI file, or None when it carries
     none. Bounded and regular files only (studio.runs.reopen reads it); a file that is not
     one to read, or is damaged, is a UserError naming it."""
     from studio.runs.provenance import read_provenance_strict
@@ -202,3 +293,4 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
 
 def read_png_provenance(path: Path) -> dict[str, Any] | None:
     return read_provenance(path) if Path(path).suffix.lower() == ".png" else None
+

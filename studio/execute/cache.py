@@ -34,7 +34,7 @@ MAX_ENTRY_BYTES = 1 << 20  # an entry.json is a few hundred bytes; a huge one is
 # be a damaged file grown sparse to fill the disk it is copied to): a miss.
 MAX_FILE_BYTES = 512 << 20
 # media types whose content studio.sniff checks; a plugin's own types are checked by hash
-SNIFFED = {"image/png", "audio/wav", "audio/midi", "text/plain"}
+SNIFFED = {"image/png", "image/jpeg", "image/webp", "audio/wav", "audio/midi", "text/plain"}
 KEY = re.compile(r"[0-9a-f]{64}")
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 # A file name inside an entry: no separators, no leading dot (temporary and hidden

@@ -38,6 +38,7 @@ from studio.execute.runtime import Runtime
 from studio.execute.scheduling import LocalScheduler, Scheduler, StepWork
 from studio.generator import Generator, StepContext
 from studio.host.registry import Registry
+from studio.pipeline.imageformat import PNG, ImageFormat
 from studio.pipeline.plan import Plan, PlanItem, PlanStep
 from studio.runs.history import link_latest
 from studio.runs.reopen import KEY as PIPELINE_KEY
@@ -96,6 +97,7 @@ class Executor:
         self._generators: dict[str, Generator] = {}
         self.inputs = ItemInputs(self.spec.base_dir, self.results, self.spec.models)
         self.outputs = ItemOutputs(registry, self.cache, self._warn)
+        self._image_formats = {step.id: step.image_format for step in plan.steps}  # each step's `format:`
 
     def run(self) -> RunResult:
         """Run the plan into a new run folder. The scheduler joins what runs the batches
@@ -228,9 +230,9 @@ class Executor:
                 self._finish(result, "failed", error=f"parameters: {error}", kind=kind)
                 continue
             result.params = jsonable(params)
-            result.cache_key = self._cache_key(gen, params, item, precision)
+            result.cache_key = self._cache_key(gen, params, item, precision, step.image_format)
             item_dir = self._item_dir(item)
-            if self.outputs.restore(result, item_dir, result.cache_key, gen):
+            if self.outputs.restore(result, item_dir, result.cache_key, gen, step.image_format):
                 for artifact in result.artifacts.values():
                     self.hooks.artifact_saved(artifact=artifact, step=bare)
                 self._finish(result, "cached", seconds=0.0)
@@ -265,13 +267,17 @@ class Executor:
             self._generators[name] = self.registry.generator(name)()
         return self._generators[name]
 
-    def _cache_key(self, gen: Generator, params: Any, item: PlanItem, precision: str) -> str:
-        return cache_key({
+    def _cache_key(self, gen: Generator, params: Any, item: PlanItem, precision: str,
+                   image_format: ImageFormat) -> str:
+        parts = {
             "generator": gen.name, "version": gen.version, "code": code_fingerprint(type(gen)),
             "weights": gen.weights_id(params),
             "params": params, "seed": item.seed, "precision": precision,
             "device": self.runtime.device.split(":")[0] if gen.uses_device else "any",
-        })
+        }
+        if image_format.cache_part() is not None:  # JPEG or WebP: other files; a PNG's key is as it was
+            parts["image_format"] = image_format.cache_part()
+        return cache_key(parts)
 
     def _context(self, step: PlanStep, item: PlanItem, gen: Generator, precision: str) -> StepContext:
         return StepContext(
@@ -284,7 +290,8 @@ class Executor:
     def _save(self, run: StepRun, item_run: ItemRun, outputs: Any, seconds: float) -> None:
         result = self.results[item_run.item.name]
         try:
-            self.outputs.write(run, item_run, outputs, result, self._provenance(run, item_run))
+            self.outputs.write(run, item_run, outputs, result, self._provenance(run, item_run),
+                               self._image_formats.get(run.step_id, PNG))
         except StorageError as exc:  # a full or read-only disk: this item fails, and the run stops
             self._finish(result, "failed", error=str(exc), kind="environment")
             raise

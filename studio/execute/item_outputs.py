@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from studio.errors import StorageError
-from studio.execute.artifacts import atomic_write, is_storage_problem, os_error_text, sha256_file
+from studio.execute.artifacts import atomic_write, image_writer, is_storage_problem, os_error_text, sha256_file
 from studio.execute.cache import DamagedEntry, StepCache
 from studio.execute.records import ItemResult, ItemRun, StepRun
 from studio.execute.runtime import check_finite
 from studio.generator import Artifact, Generator
 from studio.host.registry import Registry
+from studio.pipeline.imageformat import PNG, ImageFormat
 
 
 class ItemOutputs:
@@ -27,20 +28,22 @@ class ItemOutputs:
         self._cache_writable = True
 
     def write(self, run: StepRun, item_run: ItemRun, outputs: Any, result: ItemResult,
-              provenance: dict[str, Any]) -> None:
-        """Check and write an item's outputs into `result.artifacts`. Raises
-        StorageError for a full or read-only disk, else what the checks or the writer
-        raised (the generator's fault)."""
+              provenance: dict[str, Any], image_format: ImageFormat = PNG) -> None:
+        """Check and write an item's outputs into `result.artifacts`, its image outputs
+        in `image_format` (the step's `format:`). Raises StorageError for a full or
+        read-only disk, else what the checks or the writer raised (the generator's fault)."""
         gen, item = run.generator, item_run.item
         written: list[Path] = []
         try:
             if not isinstance(outputs, dict) or set(outputs) != set(gen.outputs):
                 got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
                 raise RuntimeError(f"returned outputs {got}, but it declares {sorted(gen.outputs)}")
-            for port, media_type in gen.outputs.items():
+            for port, declared in gen.outputs.items():
                 value = outputs[port]
                 check_finite(value, f"step {run.step_id!r} item {item.name!r} output {port!r}")
-                writer = self.registry.writer(media_type)
+                media_type = image_format.output(declared)
+                # PNG through the registry as ever (a plugin may replace it); JPEG and WebP at the step's quality
+                writer = self.registry.writer(media_type) if media_type == declared else image_writer(image_format)
                 path = item_run.dir / f"{port}.{writer.extension}"
                 try:
                     atomic_write(path, lambda tmp: writer.write(value, tmp, provenance))
@@ -58,14 +61,16 @@ class ItemOutputs:
             result.artifacts.clear()
             raise
 
-    def restore(self, result: ItemResult, item_dir: Path, key: str, gen: Generator) -> bool:
+    def restore(self, result: ItemResult, item_dir: Path, key: str, gen: Generator,
+                image_format: ImageFormat = PNG) -> bool:
         """Copy a cached item into the run. False (make it again) when there is no
         cache, or the entry is missing, damaged, or not the shape of this generator's
-        outputs."""
+        outputs as `image_format` writes them."""
         if not self.cache:
             return False
         entry = self.cache.lookup(key)
-        if entry is None or {f.port: f.media_type for f in entry.files} != gen.outputs:
+        expected = {port: image_format.output(declared) for port, declared in gen.outputs.items()}
+        if entry is None or {f.port: f.media_type for f in entry.files} != expected:
             return False
         try:
             for f in entry.files:

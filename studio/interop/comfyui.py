@@ -7,7 +7,10 @@ node saves and follows the links back: VAEDecode <- KSampler / KSamplerAdvanced,
 model comes from CheckpointLoaderSimple through LoraLoader nodes, whose prompts are
 CLIPTextEncode nodes (CLIPSetLastLayer sets the clip skip), and whose latent is an
 EmptyLatentImage (text-to-image) or a VAEEncode of a LoadImage, maybe through ImageScale
-(image-to-image). Every other node is listed by id and type. Refused, located: a graph
+(image-to-image; a KSampler's denoise or a KSamplerAdvanced's start_at_step become
+steps and strength exactly). Every other node is listed by id and type. A KSamplerAdvanced
+that adds no noise or stops early, and two samplers one after the other (SDXL's base and
+refiner), are refused, saying what Studio's equivalent would be. Refused, located: a graph
 that is not one (malformed), has more than MAX_NODES nodes, links in a cycle, or loads an
 image that cannot be found beside the file it came from (give --image).
 """
@@ -32,6 +35,8 @@ KARRAS = {"dpm++": "dpm++-karras", "euler": "euler-karras", "heun": "heun-karras
 PLAIN = ("normal", "ddim_uniform")
 SAVERS = ("SaveImage", "PreviewImage")
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# KSamplerAdvanced's inputs as ComfyUI defaults them (a graph written by hand may leave them out)
+ADVANCED = {"add_noise": "enable", "start_at_step": 0, "end_at_step": 10000, "return_with_leftover_noise": "disable"}
 
 
 class Graph:
@@ -94,7 +99,11 @@ def from_graph(text: str, where: str, name: str, base: Path, *, model: str | Non
         raise UserError(f"{where}: the ComfyUI graph has no SaveImage node; Studio imports the image one saves")
     decode_id, decode = graph.source(graph.node(saver, *SAVERS), "images", "VAEDecode", seen=(saver,))
     sampler_id, sampler = graph.source(decode, "samples", "KSampler", "KSamplerAdvanced", seen=(saver, decode_id))
+    _two_samplers(graph, sampler_id, sampler)
     _sampling(graph, sampler_id, sampler, params, done)
+    if graph.nodes[sampler_id]["class_type"] == "KSamplerAdvanced":
+        sampler = {**ADVANCED, **sampler}
+        _advanced(graph, sampler_id, sampler, params["steps"], done)
     _model(graph, sampler, params, done, model, (saver, decode_id, sampler_id))
     _latent(graph, sampler_id, sampler, params, done, base, image)
     done.dropped.extend(f"node {i} ({shown(clip(n['class_type'], 60))})" for i, n in graph.nodes.items()
@@ -119,6 +128,61 @@ def _sampling(graph: Graph, node_id: str, inputs: dict, params: dict[str, Any], 
         params["scheduler"] = scheduler
         if schedule not in PLAIN:
             done.dropped.append(f"scheduler: {schedule} (Studio's {scheduler} has the checkpoint's own noise levels)")
+
+
+def _two_samplers(graph: Graph, node_id: str, sampler: dict) -> None:
+    """A sampler that finishes another's latent (SDXL's base then refiner, or a hires pass)
+    is refused: Studio imports one sampler; the message gives the refiner equivalent."""
+    link = sampler.get("latent_image")
+    first_id = str(link[0]) if isinstance(link, list) and len(link) == 2 else None
+    first = graph.nodes.get(first_id) if first_id is not None else None
+    if first is None or first["class_type"] not in ("KSampler", "KSamplerAdvanced"):
+        return
+    inputs = first["inputs"]
+    steps, end = inputs.get("steps"), inputs.get("end_at_step")
+    switch = (f", refiner_switch: {end / steps:.3g}" if isinstance(steps, int) and isinstance(end, int)
+              and 0 < end < steps else "")
+    raise UserError(
+        f"{graph.where}: ComfyUI node {node_id} ({graph.nodes[node_id]['class_type']}) finishes the latent of "
+        f"sampler node {first_id} ({first['class_type']}{f', which stops at step {end} of {steps}' if switch else ''}"
+        "): two samplers, as a base/refiner pair runs them. Studio imports one sampler; the equivalent is one "
+        f"image.diffusion step with model: {_checkpoint(graph, inputs)}, refiner: {_checkpoint(graph, sampler)}"
+        f"{switch} (SDXL). Write that step by hand, or import a graph with one sampler")
+
+
+def _checkpoint(graph: Graph, sampler: dict) -> str:
+    """The checkpoint a sampler's model comes from, through LoRA loaders, for a message."""
+    link = sampler.get("model")
+    for _ in range(MAX_CHAIN):
+        node = graph.nodes.get(str(link[0])) if isinstance(link, list) and len(link) == 2 else None
+        if node is None:
+            break
+        if node["class_type"] == "CheckpointLoaderSimple" and isinstance(node["inputs"].get("ckpt_name"), str):
+            return model_name(shown(clip(node["inputs"]["ckpt_name"], 100)))
+        link = node["inputs"].get("model")
+    return "?"
+
+
+def _advanced(graph: Graph, node_id: str, inputs: dict, steps: int, done: Imported) -> None:
+    """KSamplerAdvanced's own inputs: the whole schedule with noise added is a KSampler;
+    a start past 0 is image-to-image's strength (see _latent); a sampler that adds no noise
+    or stops before the last step makes a picture Studio cannot, and is refused."""
+    add_noise, leftover = (graph.value(inputs, key, str, node_id) for key in ("add_noise", "return_with_leftover_noise"))
+    end = graph.value(inputs, "end_at_step", int, node_id)
+    here = f"{graph.where}: ComfyUI node {node_id} (KSamplerAdvanced)"
+    if add_noise != "enable":
+        raise UserError(f"{here} has add_noise: {shown(clip(add_noise, 20))}: it denoises a latent without adding "
+                        "noise, as the second sampler of a pair does. Studio adds the seed's noise to every sample; "
+                        "set add_noise to enable, or import the graph whose sampler adds it")
+    if end < steps:
+        left = ("returns the latent with its leftover noise" if leftover == "enable"
+                else "jumps to the end of the schedule")
+        raise UserError(f"{here} stops at end_at_step {end} of {steps} steps and {left}: the saved image is not a "
+                        "whole sample Studio can make. Set end_at_step to 10000 (or the steps), or import the graph "
+                        "of the sampler that finishes it")
+    if leftover == "enable":
+        done.notes.append(f"node {node_id} return_with_leftover_noise: enable has no effect: the sampler runs to its "
+                          "last step")
 
 
 def _model(graph: Graph, sampler: dict, params: dict[str, Any], done: Imported, model: str | None,
@@ -179,9 +243,10 @@ def _latent(graph: Graph, sampler_id: str, sampler: dict, params: dict[str, Any]
     if graph.nodes[node_id]["class_type"] == "EmptyLatentImage":
         for key in ("width", "height"):
             params[key] = _bounded(graph.value(inputs, key, int, node_id), 8, 4096, key, graph, node_id)
-        denoise = sampler.get("denoise", 1)
-        if denoise != 1:  # partial denoising of an empty latent: no Studio equivalent
-            done.dropped.append(f"node {sampler_id} denoise: {clip(str(denoise), 20)} (on an empty latent)")
+        key = "start_at_step" if graph.nodes[sampler_id]["class_type"] == "KSamplerAdvanced" else "denoise"
+        value = sampler.get(key, 0 if key == "start_at_step" else 1)
+        if value != (0 if key == "start_at_step" else 1):  # partial denoising of an empty latent: no equivalent
+            done.dropped.append(f"node {sampler_id} {key}: {clip(str(value), 20)} (on an empty latent)")
         return
     pixels_id, pixels = graph.source(inputs, "pixels", "LoadImage", "ImageScale", seen=(sampler_id, node_id))
     if graph.nodes[pixels_id]["class_type"] == "ImageScale":
@@ -196,13 +261,31 @@ def _latent(graph: Graph, sampler_id: str, sampler: dict, params: dict[str, Any]
                             f"from ComfyUI's input folder, not found beside it ({shown(image)}); give the picture "
                             "with --image FILE")
     params["image"] = str(image)
-    advanced = graph.nodes[sampler_id]["class_type"] == "KSamplerAdvanced"
-    if advanced:
-        start = graph.value(sampler, "start_at_step", int, sampler_id)
-        strength = 1 - min(max(start, 0), params["steps"]) / params["steps"]
+    _strength(graph, sampler_id, sampler, params, done)
+
+
+def _strength(graph: Graph, node_id: str, sampler: dict, params: dict[str, Any], done: Imported) -> None:
+    """Image-to-image as diffusers runs it: `steps` make the schedule and the last
+    int(steps * strength) of them run. KSamplerAdvanced runs its schedule of `steps` from
+    start_at_step; KSampler with denoise d runs its `steps` as the last of int(steps / d)
+    (ComfyUI's rule), so Studio's steps are that schedule's."""
+    steps = params["steps"]
+    if graph.nodes[node_id]["class_type"] == "KSamplerAdvanced":
+        start = _bounded(graph.value(sampler, "start_at_step", int, node_id), 0, steps - 1, "start_at_step", graph,
+                         node_id)
+        total, kept = steps, steps - start
     else:
-        strength = graph.value(sampler, "denoise", (int, float), sampler_id)
-    params["strength"] = float(_bounded(strength, 0.001, 1, "denoise", graph, sampler_id))
+        denoise = _bounded(graph.value(sampler, "denoise", (int, float), node_id), 0.001, 1, "denoise", graph,
+                           node_id)
+        total = _bounded(int(steps / denoise), 1, 1000, "steps / denoise", graph, node_id)
+        kept = steps
+        if total != steps:
+            done.notes.append(f"node {node_id} runs {steps} steps of a {total}-step schedule (denoise {denoise:g}); "
+                              f"Studio's steps: {total}, strength: {denoise:g} (A1111's way to say the same)")
+    strength = kept / total
+    while int(total * strength) < kept:  # the float must give back the whole count
+        strength = math.nextafter(strength, 2.0)
+    params["steps"], params["strength"] = total, min(strength, 1.0)
 
 
 def _bounded(value: Any, low: float, high: float, name: str, graph: Graph, node_id: str) -> Any:

@@ -7,18 +7,18 @@ Bounded before any work: regular files only, of at most MAX_FILE_BYTES; the PNG 
 chunk by chunk (at most MAX_PNG_CHUNKS, only the wanted keywords' chunks read, each at
 most MAX_TEXT_BYTES, inflated no further); the JPEG walked segment by segment up to its
 image data (an EXIF segment is 64 KB at most by its format); the WebP's RIFF chunks walked
-to its EXIF chunk. No pixel is decoded. Every refusal is a UserError naming the file.
+to its EXIF chunk (the walkers of studio.runs.image_chunks, which the provenance reader
+shares). No pixel is decoded. Every refusal is a UserError naming the file.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 from studio.errors import UserError, clip
 from studio.limits import FileRefused, open_regular
+from studio.runs.image_chunks import JPEG_APP1, PNG_SIGNATURE, jpeg_segments, png_texts, webp_chunk
 from studio.runs.provenance import shown
 
 MAX_FILE_BYTES = 512 * 2**20  # an image larger than this is not opened (Studio's input limit)
@@ -26,7 +26,6 @@ MAX_TEXT_BYTES = 256 * 2**10  # one text: an A1111 infotext is a few KB, a Comfy
 MAX_PNG_CHUNKS = 30_000
 MAX_JPEG_SEGMENTS = 1_000
 MAX_WEBP_CHUNKS = 1_000
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 # EXIF UserComment starts with 8 bytes naming its character code
 COMMENT_CODES = {b"ASCII\0\0\0": "ascii", b"UNICODE\0": "utf-16", b"\0" * 8: "utf-8"}
@@ -98,105 +97,34 @@ def decoded(data: bytes, where: str, what: str, encoding: str = "utf-8") -> str:
     return text
 
 
-# --- PNG ------------------------------------------------------------------------------
+# --- the blocks, walked by studio.runs.image_chunks --------------------------------------
+
+
+def _too_large(block: str, size: int, decompressed: bool) -> str:
+    if decompressed:
+        return f"its {block} is larger than {MAX_TEXT_BYTES // 2**10} KB once decompressed. Not read"
+    return f"its {block} is {size:,} bytes; at most {MAX_TEXT_BYTES // 2**10} KB is read. Not read"
 
 
 def _png_texts(f: BinaryIO, size: int, where: str, keywords: tuple[str, ...]) -> dict[str, str]:
-    f.seek(len(PNG_SIGNATURE))
-    position, found = len(PNG_SIGNATURE), {}
-    wanted = {k.encode("latin-1") for k in keywords}
-    for _ in range(MAX_PNG_CHUNKS):
-        head = f.read(8)
-        if len(head) < 8:
-            return found  # no IEND: what was found is what there is
-        length, kind = struct.unpack(">I4s", head)
-        end = position + 8 + length + 4
-        if kind == b"IEND" or end > size:
-            return found
-        if kind in (b"tEXt", b"zTXt", b"iTXt"):
-            keyword = f.read(min(length, 80)).split(b"\0", 1)[0]
-            if keyword in wanted and keyword.decode("latin-1") not in found:
-                if length > MAX_TEXT_BYTES:
-                    raise UserError(f"{where}: its {keyword.decode('latin-1')} text chunk is {length:,} bytes; "
-                                    f"at most {MAX_TEXT_BYTES // 2**10} KB is read. Not read")
-                f.seek(position + 8)
-                found[keyword.decode("latin-1")] = _chunk_text(kind, f.read(length), where)
-        f.seek(end)
-        position = end
-    raise UserError(f"{where}: has more than {MAX_PNG_CHUNKS:,} chunks; a real PNG has a few hundred. Not read")
-
-
-def _chunk_text(kind: bytes, body: bytes, where: str) -> str:
-    name = kind.decode("latin-1")
-    rest = body.split(b"\0", 1)[1] if b"\0" in body else b""
-    if kind == b"tEXt":
-        return decoded(rest, where, f"its {name} chunk", "latin-1")
-    if kind == b"zTXt":
-        return decoded(_inflate(rest[1:], where, name), where, f"its {name} chunk", "latin-1")
-    # iTXt: compression flag and method, language tag, translated keyword, then UTF-8 text
-    parts = rest[2:].split(b"\0", 2)
-    if len(rest) < 2 or len(parts) != 3:
-        raise UserError(f"{where}: its {name} chunk is damaged (its fields are missing)")
-    text = _inflate(parts[2], where, name) if rest[:1] == b"\1" else parts[2]
-    return decoded(text, where, f"its {name} chunk")
-
-
-def _inflate(data: bytes, where: str, name: str) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(data, MAX_TEXT_BYTES + 1)
-    except zlib.error as exc:
-        raise UserError(f"{where}: its {name} chunk cannot be decompressed ({clip(str(exc), 120)}); the file is "
-                        "damaged") from None
-    if len(raw) > MAX_TEXT_BYTES:
-        raise UserError(f"{where}: its {name} chunk is larger than {MAX_TEXT_BYTES // 2**10} KB once "
-                        "decompressed. Not read")
-    return raw
-
-
-# --- JPEG and WebP: the EXIF UserComment ----------------------------------------------
+    found = png_texts(f, size, where, keywords, max_bytes=MAX_TEXT_BYTES, max_chunks=MAX_PNG_CHUNKS,
+                      too_large=_too_large, strict=False)
+    return {keyword: decoded(text.data, where, f"its {text.kind} chunk", text.encoding)
+            for keyword, text in found.items()}
 
 
 def _jpeg_exif(f: BinaryIO, where: str) -> bytes | None:
     """The EXIF segment's payload (APP1 "Exif\\0\\0"), walking the markers to the image data."""
-    f.seek(2)
-    for _ in range(MAX_JPEG_SEGMENTS):
-        marker = f.read(2)
-        if len(marker) < 2 or marker[0] != 0xFF:
-            return None
-        if marker[1] in (0xD9, 0xDA):  # end of image, start of scan: no EXIF before the pixels
-            return None
-        if marker[1] == 0x01 or 0xD0 <= marker[1] <= 0xD7:  # markers without a length
-            continue
-        length_bytes = f.read(2)
-        if len(length_bytes) < 2:
-            return None
-        length = struct.unpack(">H", length_bytes)[0] - 2
-        if length < 0:
-            raise UserError(f"{where}: a JPEG segment has a length below its own size; the file is damaged")
-        payload = f.read(length)
-        if marker[1] == 0xE1 and payload.startswith(b"Exif\0\0"):
-            return payload
-    return None
+    # APP1 holds EXIF (64 KB) and XMP (Adobe's extended XMP spans several segments)
+    segments = jpeg_segments(f, where, {JPEG_APP1}, max_segments=MAX_JPEG_SEGMENTS, max_bytes=16 * 2**20,
+                             too_large=_too_large, strict=False)
+    return next((payload for _, payload in segments if payload.startswith(b"Exif\0\0")), None)
 
 
 def _webp_exif(f: BinaryIO, size: int, where: str) -> bytes | None:
-    f.seek(12)
-    position = 12
-    for _ in range(MAX_WEBP_CHUNKS):
-        head = f.read(8)
-        if len(head) < 8:
-            return None
-        kind, length = head[:4], struct.unpack("<I", head[4:])[0]
-        if kind == b"EXIF":
-            if length > MAX_TEXT_BYTES * 2 + 1024:
-                raise UserError(f"{where}: its EXIF chunk is {length:,} bytes; an infotext's is a few KB. Not read")
-            return f.read(length)
-        position += 8 + length + (length & 1)
-        if position >= size:
-            return None
-        f.seek(position)
-    return None
+    return webp_chunk(f, size, where, b"EXIF", max_bytes=MAX_TEXT_BYTES * 2 + 1024, max_chunks=MAX_WEBP_CHUNKS,
+                      too_large=lambda block, n, _: f"its {block} is {n:,} bytes; an infotext's is a few KB. Not read",
+                      strict=False)
 
 
 def _user_comment(exif: bytes, where: str) -> str | None:

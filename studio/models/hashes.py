@@ -1,8 +1,10 @@
 """The short hash model sites and A1111 show for a model file (the first 10 hex digits
-of its sha256), computed once and remembered by (path, size, mtime) in a small JSON
+of its sha256), computed once and remembered by (real path, size, mtime) in a small JSON
 file in the user's cache folder ($XDG_CACHE_HOME/studio, else ~/.cache/studio). The
 cache is a convenience, never trusted: a damaged or foreign file is ignored and
-written anew, and it is replaced whole (a temporary file renamed over it)."""
+written anew, and it is replaced whole (a temporary file renamed over it). `studio
+models list` and runs (studio.weights.file_sha256: an image's `Model hash`, LoRA
+checks) share it."""
 
 from __future__ import annotations
 
@@ -51,15 +53,21 @@ class HashCache:
         """The file's sha256 (None for a model folder, which has no one file to hash)."""
         if model.path.is_dir():
             return None
-        key = str(model.path)
+        return self.file_sha256(model.path, model.size, model.mtime_ns)
+
+    def file_sha256(self, path: Path, size: int, mtime_ns: int) -> str:
+        """The sha256 of the file at `path` as it is at `size` and `mtime_ns`: remembered,
+        or computed and remembered. Keyed by the real path, so a model named through a
+        link and by its own path (a run's `model:`, `studio models list`) share one entry."""
+        key = os.path.realpath(path)
         entry = self.entries.get(key)
-        if entry and entry[0] == model.size and entry[1] == model.mtime_ns:
+        if entry and entry[0] == size and entry[1] == mtime_ns:
             self.hits += 1
             return entry[2]
-        digest = _hash_file(model.path)
+        digest = _hash_file(path)
         self.computed += 1
         self.entries.pop(key, None)
-        self.entries[key] = [model.size, model.mtime_ns, digest]
+        self.entries[key] = [size, mtime_ns, digest]
         self._changed = True
         return digest
 
@@ -83,6 +91,16 @@ class HashCache:
         except OSError:
             return
         self._changed = False
+
+
+def remembered_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """A model file's sha256 through the persistent cache, for a run (the `Model hash` of
+    an image's A1111 parameters, a LoRA's pin): a multi-gigabyte checkpoint is hashed
+    once per version, not once per run."""
+    cache = HashCache()
+    digest = cache.file_sha256(path, size, mtime_ns)
+    cache.save()
+    return digest
 
 
 def short_hash(digest: str | None) -> str:

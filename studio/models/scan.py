@@ -16,7 +16,7 @@ from pathlib import Path
 from studio.models.layout import KindFolder
 
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-MAX_SCAN_ENTRIES = 50_000  # per kind folder; real ones hold tens to a few thousand files
+MAX_SCAN_ENTRIES = 20_000  # per kind folder; real ones hold tens to a few thousand files
 MAX_SCAN_DEPTH = 8
 MAX_SCAN_SECONDS = 10.0
 FOLDER_MODEL_FILES = ("model_index.json", "config.json")  # a diffusers pipeline or component folder
@@ -56,9 +56,9 @@ class _Walk:
         pending: list[tuple[Path, str, int]] = [(self.folder.path, "", 0)]
         while pending:
             path, prefix, depth = pending.pop()
-            entries = self._list(path)
-            if entries is None:
-                return  # cut: the note says why
+            entries, cut = self._list(path)
+            if cut:  # the bounds are reached: what was looked at is kept, nothing more is walked
+                pending.clear()
             for entry, info in entries:
                 name = prefix + entry.name
                 if stat.S_ISDIR(info.st_mode):
@@ -74,17 +74,18 @@ class _Walk:
                     if suffix.lower() in MODEL_SUFFIXES:
                         self._add(stem, Path(entry.path), info.st_size, info.st_mtime_ns)
 
-    def _list(self, path: Path) -> list[tuple[os.DirEntry, os.stat_result]] | None:
+    def _list(self, path: Path) -> tuple[list[tuple[os.DirEntry, os.stat_result]], bool]:
         """The entries of a folder with their status (links followed), [] for one walked
-        already or unreadable, None when the scan's bounds are reached."""
+        already or unreadable, and whether the scan's bounds were reached (then the
+        entries are those looked at before)."""
         try:
             st = os.stat(path)
         except (OSError, ValueError) as exc:
             self.notes.append(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc}); left out")
-            return []
+            return [], False
         if (st.st_dev, st.st_ino) in self.seen:
             self.notes.append(f"{path} leads back to a folder already read (a symbolic link loop); left out")
-            return []
+            return [], False
         self.seen.add((st.st_dev, st.st_ino))
         out = []
         try:
@@ -96,15 +97,15 @@ class _Walk:
                             f"{self.folder.path}: more than Studio looks through (over {MAX_SCAN_ENTRIES:,} entries "
                             f"or {MAX_SCAN_SECONDS:.0f} s); only the models found before that are listed. Give the "
                             "folder that holds the models, not one above it")
-                        return None
+                        return sorted(out, key=lambda e: e[0].name), True
                     try:
                         out.append((entry, entry.stat(follow_symlinks=True)))
                     except OSError:  # a broken link: nothing to load
                         continue
         except OSError as exc:
             self.notes.append(f"{path} cannot be read ({exc.strerror or exc}); left out")
-            return []
-        return sorted(out, key=lambda e: e[0].name)
+            return [], False
+        return sorted(out, key=lambda e: e[0].name), False
 
     def _add(self, name: str, path: Path, size: int, mtime_ns: int) -> None:
         self.found.append(ModelFile(self.folder.kind, name, path, size, mtime_ns, self.folder))

@@ -21,6 +21,7 @@ from studio import media
 from studio import params as P
 from studio.errors import Issue, did_you_mean
 from studio.generator import accepted_media
+from studio.pipeline.imageformat import PNG, ImageFormat
 from studio.pipeline.refs import Ref, RefSyntaxError, find_refs, has_refs, whole_ref
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class PlanStep:
     items: list[PlanItem] = field(default_factory=list)
     depends_on: tuple[str, ...] = ()
     compile: bool = False
+    image_format: ImageFormat = PNG  # the file format of its image outputs (`format:`, `quality:`)
 
 
 @dataclass
@@ -132,7 +134,7 @@ def check_graph(spec: PipelineSpec, registry: Registry) -> list[Issue]:
                                                f"{ref.port!r}.{did_you_mean(ref.port, ports)} Its outputs: "
                                                f"{', '.join(ports)}", step.id))
                 continue
-            actual = upstream.outputs[ref.port]
+            actual = spec.image_format(by_id[ref.step]).output(upstream.outputs[ref.port])  # as `format:` writes it
             accepts = accepted_media(gen_cls.Params, key) or "text/*"
             if not media.matches(accepts, actual):
                 issues.append(locs.issue(path, f"media type mismatch: {key!r} accepts {accepts}, but {ref} "
@@ -287,7 +289,7 @@ def build_plan(spec: PipelineSpec, registry: Registry) -> Plan:
         _name_dirs(step.id, items)
         items_of[step.id] = items
         steps.append(PlanStep(step.id, step.uses, items, tuple(dict.fromkeys(r.step for _, r in step_refs(step))),
-                              spec.compile if step.compile is None else step.compile))
+                              spec.compile if step.compile is None else step.compile, spec.image_format(step)))
     return Plan(spec, steps)
 
 

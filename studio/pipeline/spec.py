@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from studio import media
 from studio.errors import Issue, UserError, clip, did_you_mean, echo
 from studio.generator import MAX_SEED
+from studio.pipeline import imageformat
+from studio.pipeline.imageformat import ImageFormat
 from studio.pipeline.options import PipelineOptions
 from studio.pipeline.step_params import INPUT_CHECK_BUDGET_S, check_params, kind_of
 from studio.pipeline.yamlfile import Locations, load_yaml
@@ -21,8 +24,9 @@ if TYPE_CHECKING:
     from studio.host.registry import Registry
     from studio.models.library import ModelLibrary
 
-TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "executor", "steps")
-STEP_KEYS = ("id", "uses", "description", "compile", "with", "sweep", "zip")
+TOP_LEVEL_KEYS = ("name", "description", "seed", "device", "precision", "compile", "format", "quality", "executor",
+                  "steps")
+STEP_KEYS = ("id", "uses", "description", "compile", "format", "quality", "with", "sweep", "zip")
 DEVICES = "auto | cpu | cuda | cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EXECUTORS = ("local", "ray")  # where the generators run: this process, or a Ray cluster
@@ -42,6 +46,8 @@ class StepSpec:
     description: str | None = None
     index: int = 0  # position in the YAML list, for locations
     compile: bool | None = None  # None: the pipeline's `compile:`
+    format: str | None = None  # None: the pipeline's `format:` (studio.pipeline.imageformat)
+    quality: int | None = None  # None: the pipeline's `quality:`, else the format's default
 
 
 @dataclass
@@ -52,6 +58,8 @@ class PipelineSpec:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False  # torch.compile the models of every step (a step's `compile:` wins)
+    format: str = "png"  # the image outputs' file format (a step's `format:` wins)
+    quality: int | None = None  # JPEG/WebP quality (a step's `quality:` wins)
     executor: str = "local"  # local | ray (--executor overrides it)
     description: str | None = None
     source: Path | None = None
@@ -62,6 +70,10 @@ class PipelineSpec:
 
     def step(self, step_id: str) -> StepSpec:
         return next(s for s in self.steps if s.id == step_id)
+
+    def image_format(self, step: StepSpec) -> ImageFormat:
+        """The format `step` writes its image outputs in: its own over the pipeline's."""
+        return imageformat.resolve((step.format, step.quality), (self.format, self.quality))
 
 
 def read_pipeline_text(path: Path) -> str:
@@ -214,6 +226,7 @@ def build_spec(
     settings = _top_level_settings(data, locs, issues)
     steps = _build_steps(data.get("steps"), locs, registry, (base_dir, library), issues)
     spec = PipelineSpec(steps=steps, base_dir=base_dir, locations=locs, data=data, models=library, **settings)
+    issues += _quality_without_lossy_format(spec, data)
     return spec, issues
 
 
@@ -242,6 +255,7 @@ def _top_level_settings(data: dict, locs: Locations, issues: list[Issue]) -> dic
     compile_all = data.get("compile", False)
     if not isinstance(compile_all, bool):
         issues.append(locs.issue(("compile",), f"got {echo(compile_all)}; allowed: true | false"))
+    image_format, quality = imageformat.check_keys(data, (), locs, None, issues)
     executor = data.get("executor", "local")
     if not isinstance(executor, str) or executor not in EXECUTORS:
         issues.append(locs.issue(("executor",), f"got {echo(executor)}; allowed: {' | '.join(EXECUTORS)} "
@@ -253,7 +267,7 @@ def _top_level_settings(data: dict, locs: Locations, issues: list[Issue]) -> dic
                                                    "(quote it, or use `|` for several lines)"))
         description = None
     return {"name": name, "seed": seed, "device": device, "precision": precision, "compile": compile_all is True,
-            "executor": executor, "description": description}
+            "format": image_format or "png", "quality": quality, "executor": executor, "description": description}
 
 
 def _build_steps(steps_data: Any, locs: Locations, registry: Registry, where: tuple,
@@ -298,6 +312,7 @@ def _build_step(i, raw, locs, registry, where, first_line, issues) -> StepSpec |
         issues.append(locs.issue(at + ("compile",), f"got {compile_step!r}; allowed: true | false "
                                                     "(torch.compile this step's models)", label))
         compile_step = None
+    image_format = _step_image_format(at, label, raw, gen_cls, locs, issues)
     description = raw.get("description")
     if description is not None and not isinstance(description, str):
         issues.append(locs.issue(at + ("description",), f"got {kind_of(description)}; a description is text", label))
@@ -310,7 +325,38 @@ def _build_step(i, raw, locs, registry, where, first_line, issues) -> StepSpec |
     if len({len(v) for v in zipped.values()}) > 1:
         zipped = {}
     uses = uses if isinstance(uses, str) else ""  # reported above; "" names no generator
-    return StepSpec(step_id, uses, sections["with"], sweep, zipped, description, i, compile_step)
+    return StepSpec(step_id, uses, sections["with"], sweep, zipped, description, i, compile_step, *image_format)
+
+
+def _step_image_format(at, label, raw, gen_cls, locs, issues) -> tuple[str | None, int | None]:
+    """A step's own `format:` and `quality:`, refused on a step that writes no image."""
+    image_format = imageformat.check_keys(raw, at, locs, label, issues)
+    if raw.get("format") is not None and image_format[0] is None:
+        return None, None  # its format is refused: a word on its quality would only confuse
+    if gen_cls is not None and media.IMAGE not in gen_cls.outputs.values():
+        for key in ("format", "quality"):
+            if raw.get(key) is not None:
+                issues.append(imageformat.not_an_image_step(at, locs, label, key, gen_cls.name, gen_cls.outputs))
+        return None, None
+    if image_format[0] == "png" and image_format[1] is not None:
+        issues.append(imageformat.quality_with_png(at, locs, label, "format: png writes png"))
+        return "png", None
+    return image_format
+
+
+def _quality_without_lossy_format(spec: PipelineSpec, data: dict) -> list[Issue]:
+    """`quality:` where every image is PNG: a step's own when the pipeline's format makes
+    its images PNG, the pipeline's when no step writes JPEG or WebP."""
+    issues = []
+    for step in spec.steps:
+        if step.format is None and step.quality is not None and spec.format == "png":
+            issues.append(imageformat.quality_with_png(("steps", step.index), spec.locations, step.id,
+                                                       "this step's images are png (the pipeline's format:, png "
+                                                       "unless it says)"))
+    if data.get("quality") is not None and spec.quality is not None and spec.format == "png" and \
+            all(step.format in (None, "png") for step in spec.steps):
+        issues.append(imageformat.quality_with_png((), spec.locations, None, "every step writes png"))
+    return issues
 
 
 def _check_step_id(at, step_id, locs, first_line, issues) -> None:

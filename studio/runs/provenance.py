@@ -1,7 +1,8 @@
-"""The provenance Studio embeds in the files it writes (a PNG text chunk `studio`, the
-WAV comment, a MIDI text event `studio:`), read back as untrusted input: a regular file
-(never a pipe or a device) of a size its format allows, walked chunk by chunk (PNG,
-WAV) or read whole (MIDI, at most 2 MB), a bounded number of chunks, never decoding
+"""The provenance Studio embeds in the files it writes (a PNG text chunk `studio`, a
+JPEG's `studio:` comment segments, a WebP's XMP element, the WAV comment, a MIDI text
+event `studio:`), read back as untrusted input: a regular file (never a pipe or a
+device) of a size its format allows, walked chunk by chunk (PNG, JPEG, WebP, WAV; the
+walkers of studio.runs.image_chunks for the images) or read whole (MIDI, at most 2 MB), a bounded number of chunks, never decoding
 pixels or samples; the text at most MAX_PROVENANCE bytes, then JSON. Every refusal is
 a UserError naming the file."""
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 import json
 import re
 import struct
-import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from studio.errors import UserError, clip
 from studio.limits import FileRefused, open_regular
+from studio.runs.image_chunks import JPEG_COM, jpeg_segments, png_texts, read_exactly, webp_chunk
 from studio.pipeline.yamlfile import MAX_BYTES
 from studio.sniff import MAX_INPUT_BYTES, MAX_MIDI_BYTES
 from studio.sniff.png import MAX_PNG_CHUNKS
@@ -25,10 +26,37 @@ from studio.sniff.png import MAX_PNG_CHUNKS
 MAX_ENCODED = 4 * (MAX_BYTES + MAX_BYTES // 1000 + 1024) // 3 + 4
 MAX_PROVENANCE = MAX_ENCODED + 2**20
 # what a re-opened file may weigh: the largest a format lets Studio write and read
-MAX_FILE_BYTES = {".png": MAX_INPUT_BYTES, ".wav": 2**32 + 8, ".mid": MAX_MIDI_BYTES, ".midi": MAX_MIDI_BYTES}
+MAX_FILE_BYTES = {".png": MAX_INPUT_BYTES, ".jpg": MAX_INPUT_BYTES, ".jpeg": MAX_INPUT_BYTES,
+                  ".webp": MAX_INPUT_BYTES, ".wav": 2**32 + 8, ".mid": MAX_MIDI_BYTES, ".midi": MAX_MIDI_BYTES}
+MAX_JPEG_SEGMENTS = 1_000  # a JPEG has a few dozen before its image data (Studio's: 2 + 1 per 64 KB of provenance)
+MAX_WEBP_CHUNKS = 1_000  # a WebP has a handful (VP8X, ICCP, ANIM, VP8, EXIF, XMP)
+
+# Where JPEG and WebP files carry the provenance (docs/pipelines.md, "Image formats"). A
+# JPEG: comment (COM) segments, each "studio:" and the next slice of the JSON text; one
+# segment holds at most 64 KB, so a larger provenance continues in the next. A WebP: its
+# XMP chunk, the JSON as the text of one element. The JSON is ASCII (json.dumps escapes
+# the rest) and the writer escapes "<", ">" and "&" as JSON \u escapes, so the XMP needs
+# no XML escaping and is read without an XML parser: no entity, so no entity bomb.
+JPEG_COMMENT_PREFIX = b"studio:"
+JPEG_COMMENT_SLICE = 65_533 - len(JPEG_COMMENT_PREFIX)
+XMP_OPEN, XMP_CLOSE = b"<studio:provenance>", b"</studio:provenance>"
+XMP_PACKET = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+              b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description rdf:about="" xmlns:studio="urn:studio:provenance:1">'
+              + XMP_OPEN + b"%s" + XMP_CLOSE + b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>')
+MAX_XMP = MAX_PROVENANCE + len(XMP_PACKET)
+
+
+def provenance_text(provenance: dict[str, Any]) -> str:
+    """The provenance as every writer embeds it: sorted JSON, ASCII only."""
+    return json.dumps(provenance, sort_keys=True, default=str)
+
+
+def xml_safe(text: str) -> str:
+    """JSON text with "<", ">" and "&" as JSON escapes: the same JSON, and no XML markup."""
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 MAX_WAV_CHUNKS = 1_000  # a WAV has a handful (fmt, LIST, data, a few more)
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
@@ -53,6 +81,10 @@ def read_provenance_strict(path: Path) -> dict[str, Any] | None:
     with _open_regular(path, limit, where) as (f, size):
         if suffix == ".png":
             text = _png_text(f, size, where)
+        elif suffix in (".jpg", ".jpeg"):
+            text = _jpeg_comment(f, where)
+        elif suffix == ".webp":
+            text = _webp_xmp(f, size, where)
         elif suffix == ".wav":
             text = _wav_comment(f, size, where)
         else:
@@ -81,8 +113,8 @@ class _open_regular:
             raise UserError(f"{where}: no such file") from None
         except FileRefused as exc:
             if exc.kind == FileRefused.NOT_REGULAR:
-                raise UserError(f"{where}: not a regular file (a folder, pipe or device); give a PNG, WAV or MIDI "
-                                "file Studio made") from None
+                raise UserError(f"{where}: not a regular file (a folder, pipe or device); give a PNG, JPEG, WebP, WAV "
+                                "or MIDI file Studio made") from None
             raise UserError(f"{where}: is {exc.size / 2**20:,.1f} MB; a {Path(self.path).suffix.lower()[1:].upper()} "
                             f"file is re-opened up to {self.limit / 2**20:,.0f} MB, so this one is not read") from None
         except (OSError, ValueError) as exc:
@@ -96,88 +128,66 @@ class _open_regular:
             raise UserError(f"{self.where}: cannot be read ({exc.strerror or exc})") from None
 
 
-def _read(f: BinaryIO, n: int, where: str, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise UserError(f"{where}: ends inside {what} (cut short?); the file is damaged")
-    return data
+def _too_large(block: str, size: int, decompressed: bool) -> str:
+    if decompressed:
+        return (f"its {block} is larger than {MAX_PROVENANCE / 2**20:,.1f} MB once decompressed; the provenance "
+                "Studio writes is smaller. Not read (a decompression bomb?)")
+    return (f"its {block} is {size / 2**20:,.1f} MB; the provenance Studio writes is at most "
+            f"{MAX_PROVENANCE / 2**20:,.1f} MB. Not read")
 
 
 def _png_text(f: BinaryIO, size: int, where: str) -> str | None:
     """The text of the PNG's first `studio` text chunk (tEXt, zTXt or iTXt), or None."""
-    if f.read(8) != _PNG_SIGNATURE:
-        raise UserError(f"{where}: not a PNG file (no PNG signature)")
-    position = 8
-    for _ in range(MAX_PNG_CHUNKS):
-        head = f.read(8)
-        if not head:
-            return None  # no IEND: whatever the pixels, no provenance was found
-        if len(head) < 8:
-            raise UserError(f"{where}: ends inside a chunk header (cut short?); the file is damaged")
-        length, kind = struct.unpack(">I4s", head)
-        end = position + 8 + length + 4
-        if end > size:
-            raise UserError(f"{where}: its {_chunk_name(kind)} chunk runs past the end of the file (cut short?); "
-                            "the file is damaged")
-        if kind == b"IEND":
-            return None
-        if kind in (b"tEXt", b"zTXt", b"iTXt"):
-            keyword = f.read(min(length, 80)).split(b"\0", 1)[0]
-            if keyword == b"studio":
-                if length > MAX_PROVENANCE:
-                    raise UserError(f"{where}: its studio text chunk is {length / 2**20:,.1f} MB; the provenance "
-                                    f"Studio writes is at most {MAX_PROVENANCE / 2**20:,.1f} MB. Not read")
-                f.seek(position + 8)
-                body = _read(f, length, where, "its studio text chunk")
-                crc = _read(f, 4, where, "its studio text chunk")
-                if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
-                    raise UserError(f"{where}: its studio text chunk fails its checksum (CRC); the file is damaged")
-                return _png_chunk_text(kind, body, where)
-        f.seek(end)
-        position = end
-    raise UserError(f"{where}: has more than {MAX_PNG_CHUNKS:,} chunks; a real PNG has a few hundred. Not read")
-
-
-def _png_chunk_text(kind: bytes, body: bytes, where: str) -> str:
-    rest = body.split(b"\0", 1)[1] if b"\0" in body else b""
-    damaged = f"{where}: its studio {kind.decode('latin-1')} chunk is damaged"
-    if kind == b"tEXt":
-        return rest.decode("latin-1")
-    if kind == b"zTXt":
-        if rest[:1] != b"\0":
-            raise UserError(f"{damaged} (unknown compression method)")
-        return _inflate(rest[1:], where, kind).decode("latin-1")
-    # iTXt: compression flag and method, language tag, translated keyword, UTF-8 text
-    if len(rest) < 2 or rest[1:2] != b"\0" or rest[:1] not in (b"\0", b"\1"):
-        raise UserError(f"{damaged} (bad compression fields)")
-    compressed = rest[:1] == b"\1"
-    parts = rest[2:].split(b"\0", 2)
-    if len(parts) != 3:
-        raise UserError(f"{damaged} (no language tag or translated keyword)")
-    text = _inflate(parts[2], where, kind) if compressed else parts[2]
+    found = png_texts(f, size, where, ("studio",), max_bytes=MAX_PROVENANCE, max_chunks=MAX_PNG_CHUNKS,
+                      too_large=_too_large, strict=True).get("studio")
+    if found is None:
+        return None
     try:
-        return text.decode("utf-8")
+        return found.data.decode(found.encoding)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{damaged} (not UTF-8 at byte {exc.start:,})") from None
+        raise UserError(f"{where}: its studio {found.kind} chunk is damaged (not UTF-8 at byte {exc.start:,})") from None
 
 
-def _inflate(data: bytes, where: str, kind: bytes) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        raw = inflater.decompress(data, MAX_PROVENANCE + 1)
-    except zlib.error as exc:
-        raise UserError(f"{where}: its studio {kind.decode('latin-1')} chunk cannot be decompressed "
-                        f"({clip(str(exc), 120)}); the file is damaged") from None
-    if len(raw) > MAX_PROVENANCE or inflater.unconsumed_tail:
-        raise UserError(f"{where}: its studio text chunk is larger than {MAX_PROVENANCE / 2**20:,.1f} MB once "
-                        "decompressed; the provenance Studio writes is smaller. Not read (a decompression bomb?)")
-    if not inflater.eof:
-        raise UserError(f"{where}: its studio {kind.decode('latin-1')} chunk is cut short; the file is damaged")
-    return raw
+def _jpeg_comment(f: BinaryIO, where: str) -> str | None:
+    """Studio's comment segments before the JPEG's image data, joined, or None."""
+    # the comments together at most twice the provenance's limit: Studio's, and room for others'
+    segments = jpeg_segments(f, where, {JPEG_COM}, max_segments=MAX_JPEG_SEGMENTS, max_bytes=2 * MAX_PROVENANCE,
+                             too_large=_too_large, strict=True)
+    slices = [payload[len(JPEG_COMMENT_PREFIX):] for _, payload in segments if payload.startswith(JPEG_COMMENT_PREFIX)]
+    if not slices:
+        return None
+    text = b"".join(slices)  # at most MAX_JPEG_SEGMENTS * 64 KB
+    if len(text) > MAX_PROVENANCE:
+        raise UserError(f"{where}: " + _too_large("studio comment", len(text), False))
+    return _ascii(text, where, "studio comment", _NOT_ASCII)
 
 
-def _chunk_name(kind: bytes) -> str:
-    return kind.decode("latin-1") if re.fullmatch(rb"[A-Za-z]{4}", kind) else repr(kind)
+def _webp_xmp(f: BinaryIO, size: int, where: str) -> str | None:
+    """The text of the `studio:provenance` element in the WebP's XMP chunk, or None. Found
+    by its bytes, not parsed as XML: Studio's element holds no markup and no entity."""
+    xmp = webp_chunk(f, size, where, b"XMP ", max_bytes=MAX_XMP, max_chunks=MAX_WEBP_CHUNKS,
+                     too_large=_too_large, strict=True)
+    if xmp is None or XMP_OPEN not in xmp:
+        return None
+    start = xmp.index(XMP_OPEN) + len(XMP_OPEN)
+    end = xmp.find(XMP_CLOSE, start)
+    if end < 0:
+        raise UserError(f"{where}: its XMP chunk's studio:provenance element is not closed; the file is damaged")
+    return _ascii(xmp[start:end], where, "XMP studio:provenance element", _NOT_XML_SAFE_ASCII)
+
+
+_NOT_ASCII = re.compile(rb"[^\x00-\x7f]")
+_NOT_XML_SAFE_ASCII = re.compile(rb"[^\x00-\x7f]|[<&]")
+
+
+def _ascii(data: bytes, where: str, what: str, refused: re.Pattern) -> str:
+    """Studio writes its provenance as ASCII JSON (in XMP, with no markup or entity):
+    anything else is damage, refused before JSON reads it."""
+    bad = refused.search(data)
+    if bad is not None:
+        raise UserError(f"{where}: its {what} holds {bad.group()!r} at byte {bad.start():,}, which Studio does not "
+                        "write there; the file is damaged")
+    return data.decode("ascii")
 
 
 def _wav_comment(f: BinaryIO, size: int, where: str) -> str | None:
@@ -198,7 +208,7 @@ def _wav_comment(f: BinaryIO, size: int, where: str) -> str | None:
             if position + 8 + length > size:
                 raise UserError(f"{where}: its LIST chunk runs past the end of the file (cut short?); the file is "
                                 "damaged")
-            if _read(f, 4, where, "its LIST chunk") == b"INFO":
+            if read_exactly(f, 4, where, "its LIST chunk") == b"INFO":
                 found = _info_comment(f, position + 12, position + 8 + length, where)
                 if found is not None:
                     return found
@@ -213,7 +223,7 @@ def _info_comment(f: BinaryIO, start: int, stop: int, where: str) -> str | None:
         if position + 8 > stop:
             return None
         f.seek(position)
-        head = _read(f, 8, where, "its LIST INFO chunk")
+        head = read_exactly(f, 8, where, "its LIST INFO chunk")
         kind, length = head[:4], struct.unpack("<I", head[4:])[0]
         if position + 8 + length > stop:
             raise UserError(f"{where}: its LIST INFO chunk is damaged (a field runs past its end)")
@@ -221,7 +231,7 @@ def _info_comment(f: BinaryIO, start: int, stop: int, where: str) -> str | None:
             if length > MAX_PROVENANCE:
                 raise UserError(f"{where}: its comment is {length / 2**20:,.1f} MB; the provenance Studio writes is at "
                                 f"most {MAX_PROVENANCE / 2**20:,.1f} MB. Not read")
-            raw = _read(f, length, where, "its comment").rstrip(b"\0")
+            raw = read_exactly(f, length, where, "its comment").rstrip(b"\0")
             if not raw.startswith(b"{"):
                 return None  # a comment, not Studio's provenance
             try:

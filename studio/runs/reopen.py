@@ -1,6 +1,6 @@
-"""Re-opening work from any output: the pipeline that made a PNG, WAV or MIDI file (it
-travels inside the file, compressed), a manifest.json or a run directory, to run it
-again (`studio run image.png`) or write it out (`studio export image.png -o p.yaml`).
+"""Re-opening work from any output: the pipeline that made a PNG, JPEG, WebP, WAV or MIDI
+file (it travels inside the file, compressed), a manifest.json or a run directory, to run
+it again (`studio run image.png`) or write it out (`studio export image.png -o p.yaml`).
 
 Every file Studio writes carries the whole resolved pipeline (seed and `--set` values
 applied), the folder its relative input files were read from, and which step and item
@@ -33,7 +33,7 @@ from studio.runs.provenance import MAX_ENCODED, json_or_refuse, kind_of, read_pr
 KEY = "pipeline_source"  # in a file's provenance: base64 of the zlib-compressed JSON pipeline
 MAX_DECODED = MAX_BYTES  # a pipeline file's own limit (2 MB), applied while inflating
 MAX_FIELD = 4096  # the step, the item and the folder a provenance names (PATH_MAX)
-MEDIA = (".png", ".wav", ".mid", ".midi")
+MEDIA = (".png", ".jpg", ".jpeg", ".webp", ".wav", ".mid", ".midi")
 
 
 @dataclass
@@ -133,7 +133,7 @@ def reopen(path: Path) -> Reopened:
         return _from_manifest(path)
     suffix = path.suffix.lower()
     if suffix not in MEDIA:
-        raise UserError(f"{shown(path)}: give a pipeline (.yaml), a file Studio made (.png, .wav, .mid), a "
+        raise UserError(f"{shown(path)}: give a pipeline (.yaml), a file Studio made (.png, .jpg, .webp, .wav, .mid), a "
                         "manifest.json or a run directory")
     provenance = read_provenance_strict(path)
     where = shown(path)

@@ -259,16 +259,17 @@ def pickle_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    """A file's sha256, computed once per version of the file (its size and time)."""
+    """A file's sha256, computed once per version of the file (its size and time), and
+    remembered across runs in the model-hash cache (studio.models.hashes)."""
     st = os.stat(path)
     return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
 @lru_cache(maxsize=256)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    from studio.execute.artifacts import sha256_file
+    from studio.models.hashes import remembered_sha256  # remembered across runs too
 
-    return sha256_file(Path(path))
+    return remembered_sha256(Path(path), size, mtime_ns)
 
 
 def input_path(value: str, info: Any) -> Path:

@@ -108,8 +108,12 @@ def _safetensors_header(path: str, size: int, mtime_ns: int) -> str | Tensors:
     try:
         with open(path, "rb") as f:
             length = int.from_bytes(f.read(8), "little")
-            if size < 8 or length > min(MAX_SAFETENSORS_HEADER, size - 8):
+            if size < 8 or length > size - 8:
                 return f"{damaged} (its header claims {length:,} bytes, the file has {size:,})"
+            if length > MAX_SAFETENSORS_HEADER:  # whole, but no table of tensors is this large: not read
+                return (f"{name}'s header claims {length:,} bytes; Studio reads safetensors headers of at most "
+                        f"{MAX_SAFETENSORS_HEADER // 2**20} MB (a checkpoint's is under 1 MB): the file was not made "
+                        "by a safetensors writer, or its metadata holds something else")
             text = f.read(length).decode("utf-8")
             header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
