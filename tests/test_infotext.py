@@ -51,7 +51,7 @@ def test_every_image_carries_a1111_parameters_beside_studios_provenance(made):
     lora, plain = (Image.open(p).info["parameters"] for p in made)
     digest = hashlib.sha256(LORA.read_bytes()[8 + int.from_bytes(LORA.read_bytes()[:8], "little"):]).hexdigest()
     assert lora.split("\n") == [
-        "red heart, big: yes<lora:pytorch_lora_weights:0.5>",
+        "red heart, big: yes <lora:pytorch_lora_weights:0.5>",
         "Negative prompt: blurry, dark",
         ('Steps: 1, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.0, Seed: 7, Size: 32x32, Model: default, '
          f'Clip skip: 2, Lora hashes: "pytorch_lora_weights: {digest[:12]}", Version: studio 0.1.0')]
@@ -63,7 +63,7 @@ def test_every_image_carries_a1111_parameters_beside_studios_provenance(made):
 
 def test_the_text_read_by_a1111s_rules_gives_back_the_values_used(made):
     info = parse(Image.open(made[0]).info["parameters"], "image.png")
-    assert info.prompt == "red heart, big: yes<lora:pytorch_lora_weights:0.5>"
+    assert info.prompt == "red heart, big: yes <lora:pytorch_lora_weights:0.5>"
     assert info.negative_prompt == "blurry, dark"
     assert info.pairs["Steps"] == "1" and info.pairs["Seed"] == "7" and info.pairs["Size"] == "32x32"
     assert info.pairs["CFG scale"] == "6.0" and info.pairs["Clip skip"] == "2"

@@ -79,8 +79,9 @@ def parameters_text(params: Any, seed: int, size: tuple[int, int], engine: Any) 
     }
     line = ", ".join(f"{key}: {quote(value)}" for key, value in pairs.items() if value is not None)
     # a LoRA's name is its file's (a `name:` entry has become its path by the time it runs)
+    # each tag after a space, as A1111 users write them (its parser drops the tags, not the space)
     prompt = (params.prompt or "") + "".join(
-        f"<lora:{lora_name(lora.path or getattr(lora, 'name', None) or 'lora')}:{lora.scale * params.lora_scale:g}>"
+        f" <lora:{lora_name(lora.path or getattr(lora, 'name', None) or 'lora')}:{lora.scale * params.lora_scale:g}>"
         for lora in params.loras)
     negative = f"\nNegative prompt: {params.negative_prompt}" if params.negative_prompt else ""
     return f"{prompt}{negative}\n{line}".strip()
