@@ -8,7 +8,7 @@ import soundfile
 from PIL import Image
 
 from studio.testing import assert_generator_contract, make_artifact, make_context, run_yaml
-from studio_audio.augment import AudioAugment
+from studio_audio.augment import AudioAugment, quick_resampling_rate
 from studio_image.augment import ImageAugment
 
 NOTHING = dict(rotate=0, translate=0, scale=0, brightness=0, contrast=0)
@@ -88,6 +88,17 @@ def test_audio_augment_draws_are_recorded_and_heard(tmp_path):
     expected = 440 * ctx.notes["speed"] * 2 ** (ctx.notes["pitch_semitones"] / 12)
     assert abs(peak_hz(heard, 16000) - expected) < 3
     assert abs(len(heard) - 16000 / ctx.notes["speed"]) <= 2  # faster is shorter
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 22050, 11025, 48000, 8000])
+def test_speed_and_pitch_resample_from_a_rate_that_shares_a_large_factor(rate):
+    """torchaudio's resampling kernel has rate / gcd rows: 16 kHz from 17,183 Hz (a
+    drawn 1.2 semitones) took seconds for half a second of audio."""
+    import math
+
+    for wanted in (rate * 0.71, rate * 1.07931, rate * 1.4142):
+        chosen = quick_resampling_rate(wanted, rate)
+        assert abs(chosen - wanted) <= rate / 1000 and rate // math.gcd(chosen, rate) <= 2000
 
 
 def test_audio_noise_is_added_at_the_drawn_ratio_and_the_gain_in_db(tmp_path):
