@@ -32,6 +32,22 @@ def kind_of(facts: Any) -> str:
     return "a Stable Diffusion XL inpainting checkpoint" if facts.inpainting else "a Stable Diffusion XL base"
 
 
+def described(model: str, facts: Any) -> str:
+    """What a model is, for a message: a single file's family as its header shows it
+    (Stable Diffusion 1.x, 2.x, ...), else what its facts say."""
+    from studio_image.diffusion_single_file import recognise
+
+    path = Path(model)
+    if path.suffix.lower() == ".safetensors" and path.is_file():
+        try:
+            found = recognise(path)
+        except ValueError:
+            found = None
+        if found is not None and found.family is not None:
+            return f"a {found.family.title} checkpoint"
+    return kind_of(facts)
+
+
 def use_problem(params: Any, model_facts: Any) -> str | None:
     """Why this item's refiner cannot finish its image, or None: refiner_switch without
     a refiner, a refiner on image-to-image, and refiner_problem. `model_facts`: the
@@ -56,11 +72,11 @@ def refiner_problem(refiner: str, model: str, model_facts: Any) -> str | None:
         return problem
     facts = facts_of(refiner)
     if facts is not None and (not facts.sdxl or facts.inpainting):
-        return (f"refiner {refiner!r} is {kind_of(facts)}; a refiner pass needs a Stable Diffusion XL refiner (or "
+        return (f"refiner {refiner!r} is {described(refiner, facts)}; a refiner pass needs a Stable Diffusion XL refiner (or "
                 "an SDXL base) to finish an SDXL base's image: give one, or drop refiner")
     if model_facts is not None and (not model_facts.sdxl or model_facts.refiner or model_facts.inpainting):
         return (f"refiner applies to a Stable Diffusion XL base model; model {model!r} is "
-                f"{kind_of(model_facts)}: give an SDXL base as model (the refiner finishes what it began), or drop "
+                f"{described(model, model_facts)}: give an SDXL base as model (the refiner finishes what the model began), or drop "
                 "refiner")
     return None
 
