@@ -109,3 +109,30 @@ def example_run(tmp_path_factory):
         return made[path]
 
     return run
+
+
+@pytest.fixture
+def studio_main(monkeypatch, capsys):
+    """`studio_main(*args, cwd=PATH)`: the `studio` command run in this process through
+    studio.cli.main, as the console script runs it (errors become messages and exit
+    codes), for tests about what a command computes rather than about its process: no
+    interpreter start and no second import of torch and the metrics libraries. Returns a
+    CompletedProcess with the exit code, stdout and stderr."""
+    import subprocess
+    import sys
+
+    from studio.cli import main
+
+    def run(*args, cwd):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["studio", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["studio", *map(str, args)], code, captured.out, captured.err)
+
+    return run
