@@ -55,6 +55,15 @@ def test_an_a1111_infotext_maps_onto_image_diffusion():
     assert "scheduler" not in lms.pipeline["steps"][0]["with"] and lms.dropped[0].startswith("Sampler: LMS")
 
 
+def test_an_sdxl_refiner_in_the_infotext_becomes_refiner_and_its_switch():
+    text = SMALL + ', Refiner: sd_xl_refiner_1.0 [7440042bbd], Refiner switch at: 0.7'
+    with_ = _import(text).pipeline["steps"][0]["with"]
+    assert with_["refiner"] == "sd_xl_refiner_1.0" and with_["refiner_switch"] == 0.7
+    assert "refiner_switch" not in _import(SMALL + ", Refiner: xl_refiner").pipeline["steps"][0]["with"]
+    with pytest.raises(UserError, match="'Refiner switch at' is '1.5'; Studio takes"):
+        _import(SMALL + ", Refiner: r, Refiner switch at: 1.5")
+
+
 def test_image_to_image_needs_the_image_the_infotext_does_not_name(tmp_path):
     text = SMALL + ", Denoising strength: 0.6"
     with pytest.raises(UserError, match="--image FILE"):

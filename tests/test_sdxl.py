@@ -141,8 +141,11 @@ def made(xl, tmp_path_factory):
                           for name, with_ in steps.items()]}
     result = run_yaml(json.dumps(pipeline), tmp_path_factory.mktemp("run"))
     assert result.status == "done", result.failed
-    return {name: (np.asarray(Image.open(result.artifacts(name)[0].path)).astype(np.int16), result.step(name)[0].notes)
-            for name in steps}
+    # each image's manifest notes, and its A1111 parameters beside them
+    images = {name: Image.open(result.artifacts(name)[0].path) for name in steps}
+    return {name: (np.asarray(image).astype(np.int16),
+                   {**result.step(name)[0].notes, "parameters": image.info["parameters"]})
+            for name, image in images.items()}
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +223,7 @@ def test_the_refiner_pass_is_diffusers_base_then_refiner(xl, base, made):
     assert np.abs(ours - theirs).max() <= 1
     assert np.abs(ours - diffusers_image(base, num_inference_steps=4)).max() > 1  # the refiner did work
     assert notes["refiner"] == str(xl / "refiner") and notes["watermark"] == "none"
+    assert "Refiner: refiner, Refiner switch at: 0.5" in notes["parameters"].splitlines()[-1]  # A1111's keys
     assert np.abs(made["refined-weighted"][0] - ours).max() > 0
 
 

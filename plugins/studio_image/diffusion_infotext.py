@@ -13,10 +13,12 @@ provenance (docs/plugins.md).
 
 Hashes are the ones A1111 and the model sites show: a checkpoint file's first 10 hex digits
 of its sha256 (studio.weights.file_sha256: remembered across runs by real path, size and
-mtime in the cache `studio models list` fills, so a 6 GB checkpoint is hashed once); a LoRA's first 12 of the sha256 of its tensor bytes (kohya's "addnet" hash:
-the file past its safetensors header). A diffusers folder is many files with no one hash
-that A1111 or a model site knows, so an image from one has no `Model hash` (A1111 leaves it
-out too when it has none) and `Model` names the folder.
+mtime in the cache `studio models list` fills, so a 6 GB checkpoint is hashed once); a
+LoRA's first 12 of the sha256 of its tensor bytes (kohya's "addnet" hash: the file past its
+safetensors header); an embedding's and a refiner's first 10, as a checkpoint's. A
+diffusers folder is many files with no one hash that A1111 or a model site knows, so an
+image from one has no `Model hash` (A1111 leaves it out too when it has none) and `Model`
+names the folder.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ def parameters_text(params: Any, seed: int, size: tuple[int, int], engine: Any) 
         # digits of the file's sha256
         "TI hashes": ", ".join(f"{lora_name(e.path)}: {e.sha256[:10]}" for e in getattr(params, "embeddings", ())
                                if e.path and e.sha256) or None,
+        # A1111's SDXL refiner keys: its name and short hash, and the fraction of the steps the base ran
+        "Refiner": refiner_text(params.refiner) if getattr(params, "refiner", None) else None,
+        "Refiner switch at": params.refiner_switch if getattr(params, "refiner", None) else None,
         # Studio's own, when set: A1111 passes over keys it does not know
         "Timestep spacing": None if params.timestep_spacing == "default" else params.timestep_spacing,
         # not a bare version number: A1111 reads "Version" to turn on its old versions' behaviour
@@ -135,6 +140,12 @@ def model_hash(model: str) -> str | None:
     if root is None or not root.is_file():
         return None
     return file_sha256(root)[:10]
+
+
+def refiner_text(refiner: str) -> str:
+    """A1111's `Refiner` value: the name, then the short hash in brackets for a one file."""
+    digest = model_hash(refiner)
+    return f"{model_name(refiner)} [{digest}]" if digest else model_name(refiner)
 
 
 def lora_name(path: str) -> str:

@@ -28,7 +28,7 @@ KARRAS = {"dpm++": "dpm++-karras", "euler": "euler-karras", "heun": "heun-karras
 PLAIN_SCHEDULES = ("", "automatic", "default")
 # keys that are read, or said in the pipeline's header instead of being listed as dropped
 READ = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Clip skip",
-        "Timestep spacing", "TI hashes"}
+        "Timestep spacing", "TI hashes", "Refiner", "Refiner switch at"}
 NOTED = {"Model hash", "Lora hashes", "Version"}
 HIRES = ("Hires upscale", "Hires steps", "Hires upscaler", "Hires resize-1", "Hires resize")
 # <kind:name[:weight[:more]]>: A1111's extra networks in a prompt (a LoRA's second weight is its text encoder's)
@@ -60,6 +60,7 @@ def from_infotext(info: Infotext, where: str, name: str, *, model: str | None = 
     _model(pairs, params, done, model)
     _strength(pairs, params, done, where, image)
     _embeddings(pairs, params, done)
+    _refiner(pairs, params, done, where)
     if "Timestep spacing" in pairs and pairs["Timestep spacing"] in ("linspace", "leading", "trailing"):
         params["timestep_spacing"] = pairs["Timestep spacing"]
     for key in ("Model hash", "Lora hashes", "Version"):
@@ -114,6 +115,22 @@ def _embeddings(pairs: dict[str, str], params: dict[str, Any], done: Imported) -
         params["embeddings"] = [{"name": name} for name in names]
         done.notes.append(f"TI hashes: {pairs['TI hashes']}; embeddings are named as A1111 names them, and resolve "
                           "through the model folders (--models)")
+
+
+def _refiner(pairs: dict[str, str], params: dict[str, Any], done: Imported, where: str) -> None:
+    """A1111's SDXL refiner: `Refiner: NAME [hash]` and `Refiner switch at: 0.8` become
+    refiner (by name) and refiner_switch."""
+    name = re.sub(r"\s*\[[0-9a-fA-F]{0,64}\]\s*$", "", pairs.get("Refiner", "")).strip()
+    if not name:
+        return
+    params["refiner"] = name
+    if "Refiner switch at" in pairs:
+        switch = _float(pairs, "Refiner switch at", where, 0.0, 1.0)
+        if not 0 < switch < 1:
+            raise _bad(where, "Refiner switch at", pairs["Refiner switch at"], "a number between 0 and 1")
+        params["refiner_switch"] = switch
+    done.notes.append(f"refiner {name!r} is A1111's name: it resolves through the model folders (--models), or "
+                      "give its path")
 
 
 def _numbers(pairs: dict[str, str], params: dict[str, Any], where: str) -> None:
