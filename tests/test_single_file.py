@@ -421,3 +421,17 @@ def test_models_list_shows_the_family_image_diffusion_recognises(tmp_path, monke
     assert listed.exit_code == 0, listed.output
     families = {row["name"]: row["family"] for row in json.loads(listed.stdout)}
     assert families == {"base_xl": "SDXL", "v15": "SD1", "tweak": "SDXL", "odd": None}
+
+
+def test_a_tokenizer_studio_builds_has_the_text_encoders_window(tmp_path):
+    """With `config:` but no tokenizer folder, Studio's CLIP tokenizer pads and cuts to the
+    encoder's max_position_embeddings (77 in every real family), not always 77."""
+    from studio_image.diffusion_single_file import tokenizers
+
+    (tmp_path / "text_encoder").mkdir()
+    (tmp_path / "text_encoder" / "config.json").write_text(json.dumps({"max_position_embeddings": 32,
+                                                                      "hidden_act": "quick_gelu"}))
+    made = tokenizers(tmp_path, {"tokenizer": ["transformers", "CLIPTokenizer"]})
+    assert made["tokenizer"].model_max_length == 32 and made["tokenizer"].pad_token == "<|endoftext|>"
+    (tmp_path / "text_encoder" / "config.json").write_text(json.dumps({"max_position_embeddings": 10**9}))
+    assert tokenizers(tmp_path, {"tokenizer": ["transformers", "CLIPTokenizer"]})["tokenizer"].model_max_length == 77

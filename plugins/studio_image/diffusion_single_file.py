@@ -301,8 +301,11 @@ def tokenizers(config: Path, index: dict[str, Any]) -> dict[str, Any]:
         entry = index.get(name)
         if not (isinstance(entry, list) and entry and entry[0]) or (config / name).is_dir():
             continue
-        act = _read_json(config / encoder / "config.json").get("hidden_act")
-        made[name] = clip_tokenizer("!" if act == "gelu" else "<|endoftext|>")
+        encoder_config = _read_json(config / encoder / "config.json")
+        # the encoder's window: 77 in every real family, less in a cut-down config
+        window = encoder_config.get("max_position_embeddings")
+        window = window if isinstance(window, int) and 2 <= window <= 77 else 77
+        made[name] = clip_tokenizer("!" if encoder_config.get("hidden_act") == "gelu" else "<|endoftext|>", window)
     return made
 
 
