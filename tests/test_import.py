@@ -328,9 +328,10 @@ def test_comfyui_samplers_studio_cannot_express_are_refused_with_the_equivalent(
              (_advanced(end_at_step=12), ("end_at_step 12 of 20 steps", "jumps to the end")),
              (_advanced(end_at_step=12, return_with_leftover_noise="enable"), ("leftover noise",)),
              (_advanced(start_at_step=20), ("start_at_step is 20", "0 to 19"))]
-    # SDXL's base and refiner, as ComfyUI's example graph runs them: the base stops at step 20 of 25
+    # two samplers that are not SDXL's base/refiner pair (the first one jumps to the end of its schedule instead of
+    # returning its leftover noise; the pair itself imports: tests/test_import_comfy_sdxl.py)
     pair = _advanced(steps=25, start_at_step=20, add_noise="disable", latent_image=["20", 0], model=["21", 0])
-    pair["20"] = _advanced(steps=25, end_at_step=20, return_with_leftover_noise="enable")["3"]
+    pair["20"] = _advanced(steps=25, end_at_step=20)["3"]
     pair["21"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_refiner_1.0.safetensors"}}
     cases.append((pair, ("node 3 (KSamplerAdvanced) finishes the latent of sampler node 20", "stops at step 20 of 25",
                          "model: sd15/dreamshaper_8, refiner: sd_xl_refiner_1.0, refiner_switch: 0.8")))

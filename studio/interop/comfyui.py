@@ -8,9 +8,11 @@ model comes from CheckpointLoaderSimple through LoraLoader nodes, whose prompts 
 CLIPTextEncode nodes (CLIPSetLastLayer sets the clip skip), and whose latent is an
 EmptyLatentImage (text-to-image) or a VAEEncode of a LoadImage, maybe through ImageScale
 (image-to-image; a KSampler's denoise or a KSamplerAdvanced's start_at_step become
-steps and strength exactly). Every other node is listed by id and type. A KSamplerAdvanced
-that adds no noise or stops early, and two samplers one after the other (SDXL's base and
-refiner), are refused, saying what Studio's equivalent would be. Refused, located: a graph
+steps and strength exactly). Every other node is listed by id and type. SDXL's base and
+refiner (two KSamplerAdvanced on one schedule) become one step with a refiner
+(comfyui_sdxl). A lone KSamplerAdvanced that adds no noise or stops early, and other
+samplers one after another (a hires pass), are refused, saying what Studio's equivalent
+would be. Refused, located: a graph
 that is not one (malformed), has more than MAX_NODES nodes, links in a cycle, or loads an
 image that cannot be found beside the file it came from (give --image).
 """
@@ -23,64 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import UserError, clip
+from studio.interop.comfyui_graph import MAX_CHAIN, Graph, model_name
+from studio.interop.comfyui_sdxl import encoded_text, refiner_pair
 from studio.interop.importing import Imported
 from studio.runs.provenance import shown
 
-MAX_NODES = 2_000  # real graphs have tens to a few hundred
-MAX_CHAIN = 200  # links followed from the saved image back to its sources
 # ComfyUI's sampler -> Studio's scheduler; with the "karras" schedule, the -karras one where Studio has it
 SAMPLERS = {"euler": "euler", "euler_ancestral": "euler-a", "heun": "heun", "dpmpp_2m": "dpm++", "ddim": "ddim",
             "uni_pc": "unipc", "uni_pc_bh2": "unipc", "ddpm": "ddpm"}
 KARRAS = {"dpm++": "dpm++-karras", "euler": "euler-karras", "heun": "heun-karras"}
 PLAIN = ("normal", "ddim_uniform")
 SAVERS = ("SaveImage", "PreviewImage")
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # KSamplerAdvanced's inputs as ComfyUI defaults them (a graph written by hand may leave them out)
 ADVANCED = {"add_noise": "enable", "start_at_step": 0, "end_at_step": 10000, "return_with_leftover_noise": "disable"}
-
-
-class Graph:
-    """The checked graph, and the nodes the import used."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, dict) or not data:
-            raise UserError(f"{where}: ComfyUI's graph is a mapping of node id -> {{class_type, inputs}}; got "
-                            f"{'an empty one' if data == {} else 'a ' + type(data).__name__}")
-        if len(data) > MAX_NODES:
-            raise UserError(f"{where}: ComfyUI's graph has {len(data):,} nodes; at most {MAX_NODES:,} are read")
-        for node_id, node in data.items():
-            if not (isinstance(node, dict) and isinstance(node.get("class_type"), str)
-                    and isinstance(node.get("inputs", {}), dict)):
-                raise UserError(f"{where}: ComfyUI node {shown(clip(str(node_id), 40))!r} is not "
-                                "{class_type, inputs}; the graph is damaged")
-        self.nodes, self.where, self.used = data, where, set()
-
-    def node(self, node_id: str, *types: str) -> dict[str, Any]:
-        node = self.nodes[node_id]
-        if node["class_type"] not in types:
-            raise UserError(f"{self.where}: ComfyUI node {node_id} is a {shown(clip(node['class_type'], 60))}, where "
-                            f"Studio reads {' or '.join(types)}; this graph is not one Studio imports")
-        self.used.add(node_id)
-        return node["inputs"]
-
-    def source(self, inputs: dict[str, Any], name: str, *types: str, seen: tuple[str, ...] = ()) -> tuple[str, dict]:
-        """The node a link input points to, its type among `types`; a cycle is refused."""
-        link = inputs.get(name)
-        if not (isinstance(link, list) and len(link) == 2 and str(link[0]) in self.nodes):
-            raise UserError(f"{self.where}: a ComfyUI node's input {name!r} is not a link to a node of the graph "
-                            f"({shown(clip(json.dumps(link), 60))}); the graph is damaged")
-        node_id = str(link[0])
-        if node_id in seen or len(seen) > MAX_CHAIN:
-            raise UserError(f"{self.where}: ComfyUI node {node_id}'s links go round in a cycle; the graph is damaged")
-        return node_id, self.node(node_id, *types)
-
-    def value(self, inputs: dict[str, Any], name: str, kind: type | tuple[type, ...], node_id: str) -> Any:
-        value = inputs.get(name)
-        if isinstance(value, bool) or not isinstance(value, kind) or (isinstance(value, float)
-                                                                      and not math.isfinite(value)):
-            raise UserError(f"{self.where}: ComfyUI node {node_id}'s {name!r} is {shown(clip(json.dumps(value), 60))}, "
-                            "not a literal value Studio reads (a link to another node is not imported)")
-        return value
 
 
 def from_graph(text: str, where: str, name: str, base: Path, *, model: str | None = None,
@@ -99,13 +56,20 @@ def from_graph(text: str, where: str, name: str, base: Path, *, model: str | Non
         raise UserError(f"{where}: the ComfyUI graph has no SaveImage node; Studio imports the image one saves")
     decode_id, decode = graph.source(graph.node(saver, *SAVERS), "images", "VAEDecode", seen=(saver,))
     sampler_id, sampler = graph.source(decode, "samples", "KSampler", "KSamplerAdvanced", seen=(saver, decode_id))
-    _two_samplers(graph, sampler_id, sampler)
+    refiner_id = None
+    base_id = _two_samplers(graph, sampler_id, sampler)
+    if base_id is not None:  # SDXL's base then refiner: the base's sampler makes the image; see comfyui_sdxl
+        refiner_id, sampler_id, sampler = sampler_id, base_id, graph.node(base_id, "KSamplerAdvanced")
     _sampling(graph, sampler_id, sampler, params, done)
     if graph.nodes[sampler_id]["class_type"] == "KSamplerAdvanced":
         sampler = {**ADVANCED, **sampler}
-        _advanced(graph, sampler_id, sampler, params["steps"], done)
+        if refiner_id is None:
+            _advanced(graph, sampler_id, sampler, params["steps"], done)
     _model(graph, sampler, params, done, model, (saver, decode_id, sampler_id))
     _latent(graph, sampler_id, sampler, params, done, base, image)
+    if refiner_id is not None:
+        refiner = {**ADVANCED, **graph.node(refiner_id, "KSamplerAdvanced")}
+        refiner_pair(graph, sampler_id, sampler, refiner_id, refiner, params, done)
     done.dropped.extend(f"node {i} ({shown(clip(n['class_type'], 60))})" for i, n in graph.nodes.items()
                         if i not in graph.used)
     return done
@@ -130,15 +94,20 @@ def _sampling(graph: Graph, node_id: str, inputs: dict, params: dict[str, Any], 
             done.dropped.append(f"scheduler: {schedule} (Studio's {scheduler} has the checkpoint's own noise levels)")
 
 
-def _two_samplers(graph: Graph, node_id: str, sampler: dict) -> None:
-    """A sampler that finishes another's latent (SDXL's base then refiner, or a hires pass)
-    is refused: Studio imports one sampler; the message gives the refiner equivalent."""
+def _two_samplers(graph: Graph, node_id: str, sampler: dict) -> str | None:
+    """The base sampler's id where `sampler` finishes another's latent as SDXL's refiner
+    does (two KSamplerAdvanced: the first returns its leftover noise, the second adds
+    none), None where it finishes no sampler's. Any other pair (a hires pass, a KSampler
+    after a sampler) is refused; the message gives the refiner equivalent."""
     link = sampler.get("latent_image")
     first_id = str(link[0]) if isinstance(link, list) and len(link) == 2 else None
     first = graph.nodes.get(first_id) if first_id is not None else None
     if first is None or first["class_type"] not in ("KSampler", "KSamplerAdvanced"):
-        return
+        return None
     inputs = first["inputs"]
+    if (first["class_type"] == graph.nodes[node_id]["class_type"] == "KSamplerAdvanced"
+            and sampler.get("add_noise") == "disable" and inputs.get("return_with_leftover_noise") == "enable"):
+        return first_id
     steps, end = inputs.get("steps"), inputs.get("end_at_step")
     switch = (f", refiner_switch: {end / steps:.3g}" if isinstance(steps, int) and isinstance(end, int)
               and 0 < end < steps else "")
@@ -147,7 +116,8 @@ def _two_samplers(graph: Graph, node_id: str, sampler: dict) -> None:
         f"sampler node {first_id} ({first['class_type']}{f', which stops at step {end} of {steps}' if switch else ''}"
         "): two samplers, as a base/refiner pair runs them. Studio imports one sampler; the equivalent is one "
         f"image.diffusion step with model: {_checkpoint(graph, inputs)}, refiner: {_checkpoint(graph, sampler)}"
-        f"{switch} (SDXL). Write that step by hand, or import a graph with one sampler")
+        f"{switch} (SDXL). Write that step by hand, or import a graph with one sampler, or a base/refiner pair "
+        "(the base returning its leftover noise, the refiner adding none)")
 
 
 def _checkpoint(graph: Graph, sampler: dict) -> str:
@@ -209,20 +179,11 @@ def _model(graph: Graph, sampler: dict, params: dict[str, Any], done: Imported, 
         params["loras"] = loras
         done.notes.append("loras are named as ComfyUI names them; a name resolves through the model folders")
     for key, port in (("prompt", "positive"), ("negative_prompt", "negative")):
-        encode_id, encode = graph.source(sampler, port, "CLIPTextEncode", seen=seen)
-        text = graph.value(encode, "text", str, encode_id)
+        encode_id, encode = graph.source(sampler, port, "CLIPTextEncode", "CLIPTextEncodeSDXL", seen=seen)
+        text = encoded_text(graph, encode_id, encode, done)
         if text.strip():
             params[key] = text
         _clip_skip(graph, encode, params, encode_id)
-
-
-def model_name(file_name: str) -> str:
-    """A model file ComfyUI names (below its kind folder, maybe in a subfolder, with
-    Windows' separators) as Studio's model folders name it: the path without its suffix."""
-    name = file_name.replace("\\", "/").strip("/")
-    for suffix in WEIGHT_SUFFIXES:
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _clip_skip(graph: Graph, encode: dict, params: dict[str, Any], encode_id: str) -> None:
