@@ -90,6 +90,31 @@ def test_the_parameters_are_read_from_a_png_a_jpeg_a_webp_and_a_text_file(tmp_pa
         assert read_texts(tmp_path / name, ("parameters",)) == (kind, {"parameters": SMALL})
 
 
+def test_an_import_from_a_jpeg_or_webp_keeps_its_format(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from studio.cli import cli
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + SMALL.encode("utf-16-be")
+    info = PngInfo()
+    info.add_text("parameters", SMALL)
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png", pnginfo=info)
+    (tmp_path / "a.txt").write_text(SMALL, encoding="utf-8")
+    for name in ("a.jpg", "a.webp"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, exif=exif.tobytes())
+    for name, kind in (("a.jpg", "jpeg"), ("a.webp", "webp"), ("a.png", None), ("a.txt", None)):
+        out = CliRunner().invoke(cli, ["import", str(tmp_path / name), "-o", str(tmp_path / f"{name}.yaml")])
+        assert out.exit_code == 0, out.output
+        text = (tmp_path / f"{name}.yaml").read_text(encoding="utf-8")
+        pipeline = yaml.safe_load(text)
+        assert pipeline.get("format") == kind and "quality" not in pipeline, (name, text)
+        assert (f"format: {kind}, as the imported file; its quality is not known" in text) == (kind is not None)
+    checked = CliRunner().invoke(cli, ["validate", str(tmp_path / "a.webp.yaml")])
+    assert checked.exit_code == 0, checked.output
+
+
 def test_import_validate_run_on_the_embedded_default(tmp_path):
     from click.testing import CliRunner
 

@@ -44,15 +44,29 @@ def _imported(source: Path, where: str, model: str | None, image: Path | None):
     name = _pipeline_name(source)
     graph = texts.get("prompt") if kind == "png" else texts.get("parameters", "")
     if "parameters" in texts and not (kind == "text" and graph.lstrip().startswith("{")):
-        return from_infotext(parse(texts["parameters"], where), where, name, model=model, image=image)
+        return _same_format(from_infotext(parse(texts["parameters"], where), where, name, model=model, image=image),
+                            kind)
     if graph and graph.lstrip().startswith("{"):
         from studio.interop.comfyui import from_graph
 
-        return from_graph(graph, where, name, source.parent, model=model, image=image)
+        return _same_format(from_graph(graph, where, name, source.parent, model=model, image=image), kind)
     what = {"png": "no `parameters` or `prompt` text chunk", "jpeg": "no EXIF UserComment",
             "webp": "no EXIF UserComment"}.get(kind, "no text")
     raise UserError(f"{where}: {what}; give an image AUTOMATIC1111 (or Forge, or Studio) or ComfyUI saved with its "
                     "generation parameters, a text file of A1111's, or a graph ComfyUI saved in API format")
+
+
+def _same_format(imported, kind: str):
+    """An import from a JPEG or WebP writes its images in that format (the pipeline's
+    `format:`), so that running it gives the same kind of file; PNG is the default and a
+    text file says nothing, so neither writes one."""
+    if kind in ("jpeg", "webp"):
+        pipeline = imported.pipeline
+        imported.pipeline = {"name": pipeline["name"], "format": kind,
+                             **{key: value for key, value in pipeline.items() if key != "name"}}
+        imported.notes.append(f"format: {kind}, as the imported file; its quality is not known (a {kind.upper()} does "
+                              "not record it): Studio's default, 90, is used; set quality: to change it")
+    return imported
 
 
 def _pipeline_name(source: Path) -> str:
