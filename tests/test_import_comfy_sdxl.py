@@ -112,6 +112,16 @@ def test_what_the_refiner_does_apart_is_listed_by_node(tmp_path):
                   "node 13 (LoraLoader)"):
         assert words in dropped, dropped
     assert "height: 1024" not in dropped and "ascore" not in dropped
+    assert "(CLIPTextEncodeSDXLRefiner) width" not in dropped
+    # sizes are the image's own: a 832 x 1216 image conditioned on ComfyUI's 1024 defaults is listed
+    graph["5"]["inputs"].update(width=832, height=1216)
+    graph["15"]["inputs"]["ascore"] = 9
+    dropped = "\n".join(_import(graph, tmp_path).dropped)
+    for words in ("node 6 (CLIPTextEncodeSDXL) target_width: 1024 (Studio conditions SDXL on the image's own size, "
+                  "uncropped: 832)", "node 15 (CLIPTextEncodeSDXLRefiner) height: 1024", "node 15 "
+                  "(CLIPTextEncodeSDXLRefiner) ascore: 9 (Studio's refiner is conditioned on diffusers' aesthetic "
+                  "score for the positive prompt, 6)"):
+        assert words in dropped, dropped
 
 
 def test_pairs_studio_cannot_express_are_refused_located(tmp_path):

@@ -5,7 +5,7 @@ The graph is a mapping of node id -> {class_type, inputs}; an input is a value o
 [node id, output index]. The import starts at the image a SaveImage (or PreviewImage)
 node saves and follows the links back: VAEDecode <- KSampler / KSamplerAdvanced, whose
 model comes from CheckpointLoaderSimple through LoraLoader nodes, whose prompts are
-CLIPTextEncode nodes (CLIPSetLastLayer sets the clip skip), and whose latent is an
+CLIPTextEncode (or CLIPTextEncodeSDXL) nodes (CLIPSetLastLayer sets the clip skip), and whose latent is an
 EmptyLatentImage (text-to-image) or a VAEEncode of a LoadImage, maybe through ImageScale
 (image-to-image; a KSampler's denoise or a KSamplerAdvanced's start_at_step become
 steps and strength exactly). Every other node is listed by id and type. SDXL's base and
@@ -26,7 +26,7 @@ from typing import Any
 
 from studio.errors import UserError, clip
 from studio.interop.comfyui_graph import MAX_CHAIN, Graph, model_name
-from studio.interop.comfyui_sdxl import encoded_text, refiner_pair
+from studio.interop.comfyui_sdxl import encoded_text, refiner_pair, size_conditioning
 from studio.interop.importing import Imported
 from studio.runs.provenance import shown
 
@@ -70,6 +70,7 @@ def from_graph(text: str, where: str, name: str, base: Path, *, model: str | Non
     if refiner_id is not None:
         refiner = {**ADVANCED, **graph.node(refiner_id, "KSamplerAdvanced")}
         refiner_pair(graph, sampler_id, sampler, refiner_id, refiner, params, done)
+    size_conditioning(graph, params, done)
     done.dropped.extend(f"node {i} ({shown(clip(n['class_type'], 60))})" for i, n in graph.nodes.items()
                         if i not in graph.used)
     return done

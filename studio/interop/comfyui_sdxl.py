@@ -8,6 +8,10 @@ Studio's equivalent: model = the base's checkpoint, refiner = the refiner's, ste
 samplers' (they must agree), refiner_switch = where the base stops (comfyui_switch says how
 exactly), sampler, cfg and seed the base's. What the refiner does that Studio's refiner
 pass cannot (its own cfg, sampler or prompts, LoRAs on it) is listed by node id.
+
+CLIPTextEncodeSDXL and CLIPTextEncodeSDXLRefiner give their text as the prompt (Studio
+gives both SDXL encoders one prompt); a different text_l, an aesthetic score other than
+diffusers', and size conditioning other than the image's own are listed.
 """
 
 from __future__ import annotations
@@ -21,34 +25,47 @@ from studio.interop.importing import Imported
 from studio.runs.provenance import shown
 
 ENCODERS = ("CLIPTextEncode", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")
-# the SDXL encoders' size and score inputs as ComfyUI defaults them: other values have no Studio equivalent
-SDXL_DEFAULTS = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024,
-                 "target_height": 1024}
-REFINER_DEFAULTS = {"width": 1024, "height": 1024}
+# the SDXL encoders' size conditioning: diffusers' (Studio's) is the image's own size, uncropped
+SIZES = {"CLIPTextEncodeSDXL": {"width": "width", "height": "height", "target_width": "width",
+                                "target_height": "height", "crop_w": None, "crop_h": None},
+         "CLIPTextEncodeSDXLRefiner": {"width": "width", "height": "height"}}
 ASCORE = {"positive": 6.0, "negative": 2.5}  # diffusers' aesthetic scores, which Studio's refiner pass uses
 SAMPLING = ("cfg", "sampler_name", "scheduler")
 
 
 def encoded_text(graph: Graph, node_id: str, inputs: dict, done: Imported, port: str = "positive") -> str:
     """A text encoder's prompt. Studio gives SDXL's two text encoders one prompt: a
-    CLIPTextEncodeSDXL's text_g, with a different text_l listed; its size conditioning
-    and a refiner encoder's aesthetic score are listed where not the defaults."""
+    CLIPTextEncodeSDXL's text_g, with a different text_l listed; a refiner encoder's
+    aesthetic score is listed where not diffusers' (size_conditioning lists sizes)."""
     kind = graph.nodes[node_id]["class_type"]
     if kind == "CLIPTextEncode":
         return graph.value(inputs, "text", str, node_id)
     if kind == "CLIPTextEncodeSDXLRefiner":
-        text, defaults = graph.value(inputs, "text", str, node_id), {**REFINER_DEFAULTS, "ascore": ASCORE[port]}
-    else:
-        text, defaults = graph.value(inputs, "text_g", str, node_id), SDXL_DEFAULTS
-        other = inputs.get("text_l", text)
-        if other != text:
-            done.dropped.append(f"node {node_id} ({kind}) text_l: {shown(clip(str(other), 80))!r} (Studio gives "
-                                "both text encoders one prompt, text_g's)")
-    for key, default in defaults.items():
-        if key in inputs and inputs[key] != default:
-            done.dropped.append(f"node {node_id} ({kind}) {key}: {shown(clip(str(inputs[key]), 20))} (Studio "
-                                f"conditions SDXL on {'the image size' if key != 'ascore' else 'score'} {default:g})")
+        if "ascore" in inputs and inputs["ascore"] != ASCORE[port]:
+            done.dropped.append(f"node {node_id} ({kind}) ascore: {shown(clip(str(inputs['ascore']), 20))} (Studio's "
+                                f"refiner is conditioned on diffusers' aesthetic score for the {port} prompt, "
+                                f"{ASCORE[port]:g})")
+        return graph.value(inputs, "text", str, node_id)
+    text = graph.value(inputs, "text_g", str, node_id)
+    other = inputs.get("text_l", text)
+    if other != text:
+        done.dropped.append(f"node {node_id} ({kind}) text_l: {shown(clip(str(other), 80))!r} (Studio gives both "
+                            "text encoders one prompt, text_g's)")
     return text
+
+
+def size_conditioning(graph: Graph, params: dict[str, Any], done: Imported) -> None:
+    """The SDXL encoders' sizes the import used that are not the image's own (uncropped),
+    which Studio conditions on: listed by node. An image-to-image size is not known here."""
+    if "width" not in params:
+        return
+    for node_id in sorted(graph.used, key=str):
+        kind, inputs = graph.nodes[node_id]["class_type"], graph.nodes[node_id]["inputs"]
+        for key, same_as in SIZES.get(kind, {}).items():
+            expected = params[same_as] if same_as else 0
+            if key in inputs and inputs[key] != expected:
+                done.dropped.append(f"node {node_id} ({kind}) {key}: {shown(clip(str(inputs[key]), 20))} (Studio "
+                                    f"conditions SDXL on the image's own size, uncropped: {expected})")
 
 
 def refiner_pair(graph: Graph, base_id: str, base: dict, refiner_id: str, refiner: dict, params: dict[str, Any],
