@@ -6,7 +6,6 @@ grey, names from A1111's and ComfyUI's folders, and files refused before they lo
 import json
 import os
 import pickle
-import textwrap
 
 import numpy as np
 import pytest
@@ -116,16 +115,11 @@ def test_a_batch_equals_each_item_alone_and_alpha_and_grey_keep_their_mode(files
     assert batch[3]["image"].mode == "L" and batch[3]["image"].size == (48, 40)
 
 
-def pipeline(tmp_path, model, extra=""):
-    (tmp_path / "pipeline.yaml").write_text(textwrap.dedent(f"""\
-        name: up
-        steps:
-          - id: up
-            uses: image.upscale
-            with:
-              image: {tmp_path / 'in.png'}
-              model: {model}
-        {extra}"""))
+def pipeline(tmp_path, model, **extra):
+    lines = ["name: up", "steps:", "  - id: up", "    uses: image.upscale", "    with:",
+             f"      image: {tmp_path / 'in.png'}", f"      model: {model}"]
+    lines += [f"      {key}: {value}" for key, value in extra.items()]
+    (tmp_path / "pipeline.yaml").write_text("\n".join(lines) + "\n")
     Image.new("RGB", (16, 12), "red").save(tmp_path / "in.png")
     return tmp_path / "pipeline.yaml"
 
@@ -135,7 +129,7 @@ class Booby:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_files_that_are_not_upscalers_are_refused_at_validate(tmp_path, studio_main):
+def test_files_that_are_not_upscalers_are_refused_at_validate(tmp_path, files, studio_main):
     save_file({"lora_unet_down.lora_down.weight": torch.zeros(4, 4)}, str(tmp_path / "lora.safetensors"))
     path = pipeline(tmp_path, tmp_path / "lora.safetensors")
     done = studio_main("validate", path, cwd=tmp_path)
@@ -148,9 +142,9 @@ def test_files_that_are_not_upscalers_are_refused_at_validate(tmp_path, studio_m
     done = studio_main("validate", pipeline(tmp_path, tmp_path / "trap.pth"), cwd=tmp_path)
     assert done.returncode == 2 and "pickled code" in done.stdout + done.stderr and "system" in done.stdout + done.stderr
     assert not (tmp_path / "ran").exists()
-    done = studio_main("validate", pipeline(tmp_path, tmp_path / "lora.safetensors", "    tile: 64\n      tile_overlap: 40"),
+    done = studio_main("validate", pipeline(tmp_path, files / "compact.safetensors", tile=64, tile_overlap=40),
                        cwd=tmp_path)
-    assert done.returncode == 2
+    assert done.returncode == 2 and "tile_overlap 40 is more than half of tile 64" in done.stdout + done.stderr
 
 
 def test_an_architecture_spandrel_does_not_know_is_refused_at_run(tmp_path, studio_main):

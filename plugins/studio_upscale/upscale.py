@@ -132,9 +132,11 @@ class ImageUpscale(Generator):
                                            "; this model's scale is too large for this image"))
         colour, alphas = _split(pictures, descriptor.input_channels)
         batch = colour.to(descriptor.device, descriptor.dtype)
-        ctxs[0].record(model_sha256=_sha256(first.model), architecture=descriptor.architecture.name,
-                       model_scale=descriptor.scale, tile=first.tile, tile_overlap=first.tile_overlap,
-                       dtype=str(descriptor.dtype).replace("torch.", ""))
+        notes = dict(model_sha256=_sha256(first.model), architecture=descriptor.architecture.name,
+                     model_scale=descriptor.scale, tile=first.tile, tile_overlap=first.tile_overlap,
+                     dtype=str(descriptor.dtype).replace("torch.", ""))
+        for ctx in ctxs:
+            ctx.record(**notes)
         with torch.inference_mode():
             result = tiled(descriptor, batch, descriptor.scale, first.tile, first.tile_overlap,
                            on_tile=ctxs[0].progress)
