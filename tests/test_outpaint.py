@@ -128,3 +128,20 @@ def test_bad_margins_are_refused_before_the_run_located(tmp_path, studio_main, f
 def test_not_an_image_is_refused(tmp_path, studio_main):
     (tmp_path / "notes.png").write_text("not a picture")
     assert "notes.png" in _validate(tmp_path, studio_main, "notes.png", "right: 8")
+
+
+def test_the_example_pipeline_repaints_the_margins_and_keeps_the_apple(example_run):
+    from pathlib import Path
+
+    result = example_run(Path(__file__).resolve().parent.parent / "pipelines" / "outpaint.yaml")
+    assert result.status == "done", [r.error for r in result.failed]
+    (apple,) = result.artifacts("apple")
+    canvas = result.step("extend")[0].artifacts["image"]
+    apple = np.asarray(Image.open(apple.path).convert("RGB"), dtype=np.int16)
+    canvas = np.asarray(Image.open(canvas.path).convert("RGB"), dtype=np.int16)
+    for item in result.step("repaint"):
+        out = np.asarray(Image.open(item.artifacts["image"].path).convert("RGB"), dtype=np.int16)
+        assert out.shape == (32, 48, 3)
+        # the mask (2 pixels of overlap, blurred by 2) leaves the apple's middle untouched
+        assert np.array_equal(out[:, 8 + 8:8 + 24], apple[:, 8:24])
+        assert np.abs(out[:, :8] - canvas[:, :8]).max() > 30  # the margins were redrawn
