@@ -1,5 +1,5 @@
 """image.upscale: tiny upscalers in the key layouts model sites ship (ESRGAN old and new
-names, Real-ESRGAN's compact SRVGGNet), built here with random weights; Studio's output
+names, Real-ESRGAN's compact SRVGGNet, SPAN), built here with random weights; Studio's output
 against spandrel's model on the whole image, tiled against whole, batches, alpha and
 grey, names from A1111's and ComfyUI's folders, and files refused before they load."""
 
@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from spandrel import ModelLoader
 from spandrel.architectures.Compact import Compact as SRVGGNetCompact
 from spandrel.architectures.ESRGAN import ESRGAN
+from spandrel.architectures.SPAN import SPAN
 
 from studio.testing import make_artifact, make_context
 from studio_upscale.upscale import ImageUpscale
@@ -51,12 +52,19 @@ def compact_state(seed=0):
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 
+def span_state(seed=0):
+    """SPAN (the NTIRE 2024 efficient-SR winner's architecture), 2x, 8 feature channels."""
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=2).state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("upscalers")
     save_file(esrgan_state(), str(root / "esrgan_old.safetensors"))
     torch.save(new_names(esrgan_state()), root / "esrgan_new.pth")
     save_file(compact_state(), str(root / "compact.safetensors"))
+    save_file(span_state(), str(root / "span.safetensors"))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (44, 40, 3), dtype=np.uint8)).save(root / "small.png")
     Image.fromarray(rng.integers(0, 256, (96, 200, 3), dtype=np.uint8)).save(root / "wide.png")
@@ -78,7 +86,7 @@ def upscale(files, model, image, **kw):
 
 
 @pytest.mark.parametrize("model, state", [("esrgan_old.safetensors", esrgan_state), ("esrgan_new.pth", esrgan_state),
-                                          ("compact.safetensors", compact_state)])
+                                          ("compact.safetensors", compact_state), ("span.safetensors", span_state)])
 def test_output_equals_spandrel_on_the_whole_image(files, model, state):
     got = np.asarray(upscale(files, model, "small.png", tile=0), dtype=np.int16)
     want = spandrel_whole(state(), files / "small.png").astype(np.int16)
