@@ -145,3 +145,21 @@ def test_the_example_pipeline_repaints_the_margins_and_keeps_the_apple(example_r
         # the mask (2 pixels of overlap, blurred by 2) leaves the apple's middle untouched
         assert np.array_equal(out[:, 8 + 8:8 + 24], apple[:, 8:24])
         assert np.abs(out[:, :8] - canvas[:, :8]).max() > 30  # the margins were redrawn
+
+
+def test_an_upstream_image_too_large_for_its_margins_fails_its_item_with_the_reason(tmp_path):
+    import studio_utils
+
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "small.png")
+    result = run_yaml(f"""
+        name: big
+        steps:
+          - id: big
+            uses: image.resize
+            with: {{image: "{tmp_path / 'small.png'}", width: 2048, height: 2048, resample: nearest}}
+          - id: extend
+            uses: image.outpaint
+            with: {{image: "${{steps.big.outputs.image}}", right: 8}}
+    """, tmp_path, plugins=[("control", studio_control), ("utils", studio_utils)])
+    (failed,) = result.failed
+    assert failed.step_id == "extend" and "would be 2,056 x 2,048 pixels" in str(failed.error)
