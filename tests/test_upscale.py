@@ -178,3 +178,11 @@ def test_a_name_from_a1111_and_comfyui_folders(tmp_path, files, studio_main, lay
     assert str(folder / "4x_tiny.safetensors") in json.dumps(manifest)
     notes = json.dumps(manifest)
     assert '"model_sha256"' in notes and '"tile": 256' in notes and '"architecture": "RealESRGAN Compact"' in notes
+
+
+def test_half_precision_only_where_spandrel_says_the_architecture_allows_it():
+    gen = ImageUpscale()
+    for half, bf16, want in ((True, True, torch.float16), (False, True, torch.bfloat16), (False, False, torch.float32)):
+        descriptor = ModelLoader().load_from_state_dict(compact_state())
+        descriptor.supports_half, descriptor.supports_bfloat16 = half, bf16
+        assert gen.prepare(descriptor, make_context(precision="fp16")).dtype == want
