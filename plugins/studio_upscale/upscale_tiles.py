@@ -69,4 +69,4 @@ def tiled(run: Callable[[Any], Any], images: Any, scale: int, tile: int, overlap
             done += 1
             if on_tile:
                 on_tile(done, total)
-    return out / weight.clamp_min(1e-8)
+    return out.div_(weight.clamp_min_(1e-8))  # in place: the output is the largest thing held
