@@ -8,7 +8,8 @@ the model folder picks the engine that runs it (diffusion_models reads its confi
   2.x, XL, ...; the embedded default is a small Stable Diffusion), and inpainting
   checkpoints: diffusion_pipeline.
 Modes: text-to-image; image-to-image with `image` + `strength`; inpainting with `mask`
-as well (diffusion_inputs prepares them). Each engine owns its rules: the validators
+as well (diffusion_inputs prepares them); ControlNets steering any of the three with
+`controlnets` and their `control_images` (diffusion_control). Each engine owns its rules: the validators
 below ask the engine of the model's folder, and the run asks the engine of the model it
 loaded, so a rule is written once. LoRA files (diffusion_lora), weighted prompts through
 compel (diffusion_prompts) and `clip_skip` apply to text-to-image pipelines, and an SDXL
@@ -26,6 +27,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from studio import Artifact, Generator, Params, UserError, batch_groups, media, media_input, model_input
 from studio.limits import on_cpu
 from studio.weights import input_path, loading, local_path, refuse, weights_problem
+from studio_image.diffusion_control import MAX_CONTROLNETS, ControlNet, model_unet_config
+from studio_image.diffusion_control import checked_all as checked_controlnets
 from studio_image.diffusion_embeddings import MAX_EMBEDDINGS, Embedding
 from studio_image.diffusion_embeddings import checked_all as checked_embeddings
 from studio_image.diffusion_engine import Engine, SchedulerName, quiet_libraries, strength_of
@@ -167,6 +170,14 @@ class ImageDiffusion(Generator):
         refiner_switch: float = Field(REFINER_SWITCH, gt=0.0, lt=1.0, description=(
             "With refiner: the fraction of the steps the model denoises before the refiner takes over (A1111's "
             "'Refiner switch at')."))
+        controlnets: list[ControlNet] = Field(default_factory=list, max_length=MAX_CONTROLNETS, description=(
+            "ControlNets that steer the image by a control image (edges, depth, pose, a sketch), several at once: "
+            "each {model (a diffusers ControlNet folder) or name (in your model folders), scale, start, end}. "
+            "Text-to-image, image-to-image and inpainting on Stable Diffusion 1.x, 2.x and XL pipelines; its "
+            "image is control_images' entry at the same index. Checked against the model's family before the run."))
+        control_images: list[Artifact] = media_input("image/*", [], max_length=MAX_CONTROLNETS, description=(
+            "The control images of controlnets, one per entry in the same order (files or upstream outputs, "
+            "such as a preprocessor's); each is resized to the output's size as diffusers does."))
 
         @field_validator("model")
         @classmethod
@@ -236,6 +247,19 @@ class ImageDiffusion(Generator):
                 raise ValueError(problem)
             return checked_all(value, lambda path: input_path(path, info), local_path(model, DEFAULT_WEIGHTS))
 
+        @field_validator("controlnets")
+        @classmethod
+        def controlnets_fit_the_model(cls, value: list[ControlNet], info: ValidationInfo) -> list[ControlNet]:
+            engine = _engine(info)
+            if not value or engine is None:
+                return value
+            model = info.data["model"]
+            if not isinstance(engine, PipelineEngine):
+                raise ValueError(f"model {model!r} is a UNet2DModel checkpoint: controlnets steer Stable Diffusion "
+                                 "pipelines")
+            unet = model_unet_config(model, info.data.get("config"), DEFAULT_WEIGHTS)
+            return checked_controlnets(value, lambda path: input_path(path, info), unet, model)
+
         @field_validator("embeddings")
         @classmethod
         def embeddings_fit_the_model(cls, value: list[Embedding], info: ValidationInfo) -> list[Embedding]:
@@ -253,6 +277,7 @@ class ImageDiffusion(Generator):
             engine = engine_for(self.model, self.config, self.prediction)
             given = [name for name in ("config", "vae") if getattr(self, name) is not None]
             given += ["prediction"] if self.prediction != "default" else []
+            given += ["controlnets"] if self.controlnets else []
             problem = (self.vae is None and vae_problem(self.model, None, self.config)
                        or (given and isinstance(engine, UnetEngine)
                            and f"model {self.model!r} is a UNet2DModel checkpoint: {', '.join(given)} apply to "
@@ -316,13 +341,14 @@ class ImageDiffusion(Generator):
 
     def generate_batch(self, params: list[Params], ctxs: list) -> list[dict]:
         out: list[dict | None] = [None] * len(params)
-        # items differing only in seed, prompt, class, init image or mask share a batch
+        # items differing only in seed, prompt, class, init image or mask share a batch (not control images)
         keys = [(p.model, p.config, p.vae, p.prediction, p.steps, p.guidance_scale,
                  output_size(p.width, p.height, p.image, None) if p.image
                  else (p.width, p.height), p.scheduler, p.timestep_spacing, p.negative_prompt, strength_of(p),
                  p.mask is None, tuple((lora.sha256, lora.scale) for lora in p.loras), p.lora_scale, p.clip_skip,
                  p.prompt_weighting, tuple((e.sha256, e.token) for e in p.embeddings), p.refiner,
-                 p.refiner_switch) for p in params]
+                 p.refiner_switch, tuple((c.model, c.fingerprint, c.scale, c.start, c.end) for c in p.controlnets),
+                 tuple(image.sha256 for image in p.control_images)) for p in params]
         for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             engine = ctxs[indexes[0]].model(self, batch[0])

@@ -130,8 +130,9 @@ def output_size(width: int | None, height: int | None, image: Artifact | None,
     return width or default[0], height or default[1]
 
 
-def prepared_image(image: Artifact, size: tuple[int, int], mode: str = "RGB"):
-    """The init image at `size`, transparency flattened onto white, in `mode` ('RGB' or 'L')."""
+def prepared_image(image: Artifact, size: tuple[int, int] | None, mode: str = "RGB"):
+    """The init image at `size` (None: its own), transparency flattened onto white, in
+    `mode` ('RGB' or 'L')."""
     from PIL import Image
 
     opened = image.open_image()
@@ -141,7 +142,7 @@ def prepared_image(image: Artifact, size: tuple[int, int], mode: str = "RGB"):
         flat.alpha_composite(rgba)
         opened = flat
     opened = opened.convert(mode)
-    return opened if opened.size == size else opened.resize(size, Image.Resampling.LANCZOS)
+    return opened if size is None or opened.size == size else opened.resize(size, Image.Resampling.LANCZOS)
 
 
 def prepared_mask(mask: Artifact, size: tuple[int, int], blur: int):

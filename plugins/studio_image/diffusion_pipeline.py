@@ -9,8 +9,10 @@ components (`from_pipe`: no second load). LoRA files (diffusion_lora), weighted 
 through compel and `clip_skip` (diffusion_prompts; SD 1.x/2.x and SDXL), and SDXL's refiner
 pass (diffusion_refiner) apply here. SDXL pipelines are built without diffusers' invisible
 watermark, whether or not its package is installed (watermark_off), and each SDXL item's
-manifest notes say so (watermark: none). A new mode (ControlNet,
-say) is a new entry in `Mode`, its pipeline in `mode_pipeline` and its inputs in `_call`.
+manifest notes say so (watermark: none). ControlNets (diffusion_control) run through
+diffusers' ControlNet pipeline of each mode, made by `from_pipe` over the same components
+(`control_pipeline`). A new mode is a new entry in `Mode`, its pipeline in
+`mode_pipeline` and its inputs in `_call`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal
 
 from studio import NonFiniteOutput, UserError, check_finite
 from studio.weights import config
+from studio_image.diffusion_control import control_arguments, count_problem, load_controlnets
 from studio_image.diffusion_embeddings import activate as load_embeddings
 from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
 from studio_image.diffusion_inputs import prepared_image, prepared_mask
@@ -48,6 +51,7 @@ class PipelineModel:
     embedding_state: dict[str, Any] = field(default_factory=dict)  # diffusion_embeddings.activate's: what is loaded
     refiner: Any = None  # the SDXL refiner pipeline on the same VAE and second text encoder (diffusion_refiner)
     refiner_scheduler: dict[str, Any] = field(default_factory=dict)  # its own scheduler's config
+    control_state: dict[str, Any] = field(default_factory=dict)  # ControlNet folder -> its loaded model
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class PipelineEngine(Engine):
         if self.facts.inpainting and (params.image is None or params.mask is None):
             return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and "
                     "masked image); give image and mask, or use an ordinary checkpoint for text-to-image")
-        problem = lora_scale_problem(params) or use_problem(params, self.facts)
+        problem = lora_scale_problem(params) or use_problem(params, self.facts) or control_problem(params)
         if problem:
             return problem
         return self.text_problem(params)
@@ -179,12 +183,14 @@ class PipelineEngine(Engine):
                 raise UserError(problem)
         size = self.size(first)
         mode: Mode = "inpaint" if first.mask is not None else "img2img" if first.image is not None else "text2img"
-        pipe = self.mode_pipeline(mode)
+        pipe = self.control_pipeline(mode, first, ctxs) if first.controlnets else self.mode_pipeline(mode)
         pipe.scheduler = scheduler(self.loaded.scheduler_config, first)
         activate(self.loaded.pipeline, first.loras, first.lora_scale, self.loaded.lora_state,
                  on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
         load_embeddings(self.loaded.pipeline, first.embeddings, self.loaded.embedding_state)
         call, images, masks = _call(pipe, mode, batch, ctxs, size)
+        if first.controlnets:
+            call.update(control_call(mode, first, size, ctxs))
         if hasattr(pipe, "watermark"):  # an SDXL pipeline: Studio's decision, in the manifest
             for ctx in ctxs:
                 ctx.record(watermark="none")
@@ -206,6 +212,23 @@ class PipelineEngine(Engine):
         latents = pipe(**{**call, "denoising_end": batch[0].refiner_switch, "output_type": "latent"}).images
         return refined(refiner, scheduler(self.loaded.refiner_scheduler, batch[0]), latents, call, batch)
 
+    def control_pipeline(self, mode: Mode, first: Any, ctxs: list):
+        """diffusers' ControlNet pipeline of `mode` over the loaded components (from_pipe:
+        nothing loads twice), with these ControlNets, each loaded once per model."""
+        loaded = self.loaded
+        nets = load_controlnets(first.controlnets, loaded.control_state, loaded.pipeline.unet,
+                                on_load=lambda entry: ctxs[0].record(controlnet_loaded=entry.model))
+        key = (mode, tuple(f"{c.model}|{c.fingerprint}" for c in first.controlnets))
+        if key not in loaded.modes:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+
+            auto = {"text2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                    "inpaint": AutoPipelineForInpainting}[mode]
+            made = auto.from_pipe(loaded.pipeline, controlnet=nets, **watermark_off(type(loaded.pipeline)))
+            made.set_progress_bar_config(disable=True)
+            loaded.modes[key] = made
+        return loaded.modes[key]
+
     def mode_pipeline(self, mode: Mode):
         """The loaded pipeline, or diffusers' image-to-image / inpainting pipeline over
         the same components (from_pipe shares the modules: nothing loads twice)."""
@@ -220,6 +243,31 @@ class PipelineEngine(Engine):
             derived.set_progress_bar_config(disable=True)
             modes[mode] = derived
         return modes[mode]
+
+
+def control_problem(params: Any) -> str | None:
+    """Why controlnets cannot run with these options."""
+    if not params.controlnets and params.control_images:
+        return "control_images are the images of controlnets, and this item has none: give controlnets"
+    if params.controlnets and params.refiner is not None:
+        return ("controlnets steer the model's pass and the refiner has none: drop refiner, or run the refiner as "
+                "an image-to-image step after this one")
+    return count_problem(params.controlnets, params.control_images)
+
+
+def control_call(mode: Mode, first: Any, size: tuple[int, int], ctxs: list) -> dict[str, Any]:
+    """The ControlNet keywords, the control images as the user gave them (transparency
+    drawn over white): diffusers' control image processor sizes them to the output. The
+    text-to-image ControlNet pipeline takes them as `image`."""
+    images = [prepared_image(image, None) for image in first.control_images]
+    for ctx in ctxs:
+        ctx.record(control_images=[image.sha256 for image in first.control_images],
+                   controlnets=[c.model for c in first.controlnets])
+    # the output's size for the control images too: else diffusers sizes the output by them
+    extra = {**control_arguments([first], images), "width": size[0], "height": size[1]}
+    if mode == "text2img":
+        extra["image"] = extra.pop("control_image")
+    return extra
 
 
 def _call(pipe: Any, mode: Mode, batch: list, ctxs: list, size: tuple[int, int]):

@@ -1,0 +1,242 @@
+"""image.diffusion's ControlNets: each mode the same image as diffusers' own ControlNet
+pipeline over the same components (tiny models the tests build), several at once with
+start and end, found by name in a ComfyUI tree, and refused before the run when made for
+another family or steering backwards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from studio.testing import run_yaml
+
+PROMPT = "a cat"
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def controlnets(tiny_sd_dir, tmp_path_factory):
+    """Two ControlNet folders made from the tiny model's UNet, with random weights (a
+    ControlNet made from a UNet starts with zero convolutions: it would steer nothing)."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_dir / "unet")
+    root = tmp_path_factory.mktemp("controlnets")
+    made = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        # the tiny VAE halves the image once: so does the control image's embedding
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8))
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.normal_(0, 0.3)
+        net.save_pretrained(root / f"cn{seed}")
+        made.append(root / f"cn{seed}")
+    return made
+
+
+def edges(path: Path, size: int = 32) -> Path:
+    """A control image: white outlines on black."""
+    image = Image.new("RGB", (size, size), "black")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((4, 4, size - 5, size - 5), outline="white", width=2)
+    draw.line((0, size - 1, size - 1, 0), fill="white", width=2)
+    image.save(path)
+    return path
+
+
+def picture(path: Path, size: int = 16) -> Path:
+    image = Image.new("RGB", (size, size), (200, 40, 40))
+    ImageDraw.Draw(image).rectangle((4, 4, 11, 11), fill=(40, 160, 60))
+    image.save(path)
+    return path
+
+
+def top_mask(path: Path, size: int = 16) -> Path:
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, size - 1, size // 2 - 1), fill=255)
+    mask.save(path)
+    return path
+
+
+def grey(image) -> np.ndarray:
+    image = image if isinstance(image, Image.Image) else Image.open(image)
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def close(ours, theirs) -> bool:
+    return int(np.abs(grey(ours) - grey(theirs)).max()) <= 1
+
+
+def theirs(tiny_sd_dir, auto_name: str, nets: list, seed: int, **call):
+    """diffusers' own ControlNet pipeline's image: the AutoPipeline of the mode, from_pipe
+    over the tiny model with these ControlNets."""
+    import diffusers
+    from diffusers import ControlNetModel
+
+    models = [ControlNetModel.from_pretrained(n) for n in nets]
+    pipe = getattr(diffusers, auto_name).from_pipe(_tiny_pipeline(str(tiny_sd_dir)),
+                                                   controlnet=models[0] if len(models) == 1 else models)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, num_inference_steps=STEPS, generator=torch.Generator("cpu").manual_seed(seed), **call).images[0]
+
+
+@lru_cache(maxsize=1)
+def _tiny_pipeline(root: str):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(root, dtype=torch.float32)
+
+
+def test_each_mode_and_two_controlnets_equal_diffusers(tiny_sd_dir, controlnets, tmp_path):
+    cn1, cn2 = controlnets
+    control, init, mask = edges(tmp_path / "edges.png"), picture(tmp_path / "init.png"), top_mask(tmp_path / "m.png")
+    base = {"model": str(tiny_sd_dir), "prompt": PROMPT, "steps": STEPS, "seed": 3, "width": 16, "height": 16,
+            "controlnets": [{"model": str(cn1), "scale": 0.8}], "control_images": [str(control)]}
+    steps = [
+        {"id": "t2i", "uses": "image.diffusion", "with": base},
+        {"id": "i2i", "uses": "image.diffusion", "with": {**base, "image": str(init), "strength": 0.7}},
+        {"id": "inp", "uses": "image.diffusion",
+         "with": {**base, "image": str(init), "mask": str(mask), "keep_unmasked": False}},
+        {"id": "two", "uses": "image.diffusion", "with": {
+            **base, "controlnets": [{"model": str(cn1), "scale": 0.5, "start": 0.25},
+                                    {"model": str(cn2), "scale": 1.2, "end": 0.5}],
+            "control_images": [str(control), "${steps.t2i.outputs.image}"]}},
+    ]
+    run = run_yaml(json.dumps({"name": "cn", "device": "cpu", "steps": steps}), tmp_path)
+    assert run.status == "done", run.failed
+    out = {name: run.step(name)[0].artifacts["image"].path for name in ("t2i", "i2i", "inp", "two")}
+    edges_image = Image.open(control).convert("RGB")  # 32 x 32: diffusers sizes it to the output
+    size = {"width": 16, "height": 16}
+    assert close(out["t2i"], theirs(tiny_sd_dir, "AutoPipelineForText2Image", [cn1], 3, image=edges_image,
+                                    controlnet_conditioning_scale=0.8, **size))
+    init_image = Image.open(init).convert("RGB")
+    assert close(out["i2i"], theirs(tiny_sd_dir, "AutoPipelineForImage2Image", [cn1], 3, image=init_image,
+                                    control_image=edges_image, strength=0.7, controlnet_conditioning_scale=0.8,
+                                    **size))
+    assert close(out["inp"], theirs(tiny_sd_dir, "AutoPipelineForInpainting", [cn1], 3, image=init_image,
+                                    mask_image=Image.open(mask), control_image=edges_image,
+                                    controlnet_conditioning_scale=0.8, **size))
+    upstream = Image.open(out["t2i"]).convert("RGB")
+    assert close(out["two"], theirs(tiny_sd_dir, "AutoPipelineForText2Image", [cn1, cn2], 3,
+                                    image=[edges_image, upstream], controlnet_conditioning_scale=[0.5, 1.2],
+                                    control_guidance_start=[0.25, 0.0], control_guidance_end=[1.0, 0.5], **size))
+    # steering changes the image; the control images are in the manifest by hash
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    (record,) = manifest["steps"]["two"]["items"]
+    assert [image.get("from", "file") for image in record["params"]["control_images"]] \
+        == ["file", "t2i"]
+
+
+def test_another_family_and_backwards_steering_are_refused_before_the_run(tiny_sd_dir, controlnets, tmp_path,
+                                                                         studio_main):
+    xl = tmp_path / "xl-controlnet"
+    shutil.copytree(controlnets[0], xl)
+    cfg = json.loads((xl / "config.json").read_text())
+    (xl / "config.json").write_text(json.dumps({**cfg, "cross_attention_dim": 2048,
+                                                "addition_embed_type": "text_time"}))
+    control = edges(tmp_path / "edges.png")
+    for name, entry, expected in (
+            ("family", {"model": str(xl)}, "was made for another model family: its cross_attention_dim is 2048"),
+            ("backwards", {"model": str(controlnets[0]), "start": 0.6, "end": 0.4}, "start 0.6 is not before end 0.4"),
+            ("count", None, "controlnets has 1 entries and control_images 2")):
+        images = [str(control)] * (2 if entry is None else 1)
+        step = {"model": str(tiny_sd_dir), "prompt": PROMPT, "steps": 2,
+                "controlnets": [entry or {"model": str(controlnets[0])}], "control_images": images}
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(
+            {"name": name, "device": "cpu", "steps": [{"id": "a", "uses": "image.diffusion", "with": step}]}))
+        result = studio_main("validate", f"{name}.yaml", cwd=tmp_path)
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        text = result.stdout + result.stderr
+        assert expected in text and f"{name}.yaml" in text and "Traceback" not in text, text
+    assert "(a ControlNet for SDXL" in (studio_main("validate", "family.yaml", cwd=tmp_path).stderr
+                                        + studio_main("validate", "family.yaml", cwd=tmp_path).stdout)
+
+
+def test_a_controlnet_by_name_from_a_comfyui_tree(tiny_sd_dir, controlnets, tmp_path, monkeypatch):
+    from studio import api
+    from studio.pipeline.options import PipelineOptions
+
+    monkeypatch.delenv("STUDIO_MODELS", raising=False)
+    folder = tmp_path / "ComfyUI" / "models" / "controlnet"
+    folder.mkdir(parents=True)
+    shutil.copytree(controlnets[0], folder / "tiny_canny")
+    control = edges(tmp_path / "edges.png")
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps({"name": "n", "device": "cpu", "steps": [{"id": "a", "uses": "image.diffusion", "with": {
+        "model": str(tiny_sd_dir), "prompt": PROMPT, "steps": 2, "controlnets": [{"name": "tiny_canny"}],
+        "control_images": [str(control)]}}]}))
+    run = api.load_with(path, PipelineOptions(model_dirs=(tmp_path / "ComfyUI",))).run(out=tmp_path / "runs")
+    assert run.status == "done", run.failed
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    (record,) = manifest["steps"]["a"]["items"]
+    assert record["params"]["controlnets"][0]["model"] == str((folder / "tiny_canny").resolve())
+
+
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory):
+    """A tiny SDXL base (test_sdxl's UNet and encoders at toy widths) and a ControlNet made
+    from its UNet with random weights."""
+    from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from studio_diffusers.clip_vocab import clip_tokenizer
+    from test_sdxl import tiny_unet
+
+    torch.manual_seed(0)
+    clip = {"intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 49408,
+                "max_position_embeddings": 77}
+    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=8, sample_size=16)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, **clip))
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=48, **clip, projection_dim=80, hidden_act="gelu"))
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")
+    unet = tiny_unet(80, 456, 2816)
+    base = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=text, text_encoder_2=text_2,
+                                     tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer("!"), scheduler=scheduler)
+    root = tmp_path_factory.mktemp("xl-cn")
+    base.save_pretrained(root / "base")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8))
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.normal_(0, 0.3)
+    net.save_pretrained(root / "controlnet")
+    return root
+
+
+def test_sdxl_controlnet_equals_diffusers_and_an_sd15_one_is_refused(tiny_xl, controlnets, tmp_path, studio_main):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+
+    control = edges(tmp_path / "edges.png")
+    base = {"model": str(tiny_xl / "base"), "prompt": PROMPT, "steps": 2, "seed": 5, "width": 16, "height": 16,
+            "controlnets": [{"model": str(tiny_xl / "controlnet"), "scale": 0.7, "end": 0.6}],
+            "control_images": [str(control)]}
+    steps = [{"id": "t2i", "uses": "image.diffusion", "with": base}]
+    run = run_yaml(json.dumps({"name": "xl", "device": "cpu", "steps": steps}), tmp_path)
+    assert run.status == "done", run.failed
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_xl / "base", add_watermarker=False)
+    net = ControlNetModel.from_pretrained(tiny_xl / "controlnet")
+    # Studio's guidance default, 7.5 (diffusers' SDXL pipelines default to 5)
+    call = {"num_inference_steps": 2, "guidance_scale": 7.5, "width": 16, "height": 16,
+            "controlnet_conditioning_scale": 0.7, "control_guidance_end": 0.6}
+    edges_image = Image.open(control).convert("RGB")
+    text = StableDiffusionXLControlNetPipeline.from_pipe(pipe, controlnet=net, add_watermarker=False)
+    text.set_progress_bar_config(disable=True)
+    made = text(PROMPT, image=edges_image, generator=torch.Generator("cpu").manual_seed(5), **call).images[0]
+    assert close(run.step("t2i")[0].artifacts["image"].path, made)
+    # an SD 1.x-family ControlNet (the tiny SD one) on the SDXL model
+    (tmp_path / "mix.yaml").write_text(json.dumps({"name": "mix", "device": "cpu", "steps": [
+        {"id": "a", "uses": "image.diffusion",
+         "with": {**base, "controlnets": [{"model": str(controlnets[0])}]}}]}))
+    result = studio_main("validate", "mix.yaml", cwd=tmp_path)
+    text = result.stdout + result.stderr
+    assert result.returncode == 2 and "was made for another model family" in text and "a model of SDXL" in text, text
