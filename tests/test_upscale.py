@@ -186,3 +186,12 @@ def test_half_precision_only_where_spandrel_says_the_architecture_allows_it():
         descriptor = ModelLoader().load_from_state_dict(compact_state())
         descriptor.supports_half, descriptor.supports_bfloat16 = half, bf16
         assert gen.prepare(descriptor, make_context(precision="fp16")).dtype == want
+
+
+def test_an_image_too_large_for_a_cpu_is_refused_before_the_run(tmp_path, files, studio_main):
+    path = pipeline(tmp_path, files / "compact.safetensors")
+    path.write_text(path.read_text().replace("name: up\n", "name: up\ndevice: cpu\n"))
+    Image.new("RGB", (1100, 1000), "red").save(tmp_path / "in.png")
+    done = studio_main("validate", path, cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode == 2 and "on a CPU image.upscale takes at most 1.0 megapixels" in text

@@ -16,9 +16,12 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from studio import Artifact, Generator, Params, UserError, check_finite, media, media_input, model_input
-from studio.limits import output_size_problem
+from studio.limits import on_cpu, output_size_problem
 
 MAX_SCALE = 8.0
+# Input pixels on a CPU: a 4x ESRGAN at full size (23 blocks) needs about 25 GFLOP per
+# input pixel, so 1024 x 1024 is many minutes on a few cores; a GPU takes any size
+MAX_CPU_INPUT_PIXELS = 1024 * 1024
 LOAD_FIX = "Give an upscaler .pth or .safetensors file, or its name in your model folders (kind upscaler)"
 
 
@@ -62,17 +65,19 @@ class ImageUpscale(Generator):
             return value
 
         @model_validator(mode="after")
-        def tiles_fit(self):
+        def tiles_fit(self, info: ValidationInfo):
             if self.tile and self.tile < 32:
                 raise ValueError(f"tile {self.tile} is too small: give 0 (the whole image) or at least 32 pixels")
             if self.tile and self.tile_overlap * 2 > self.tile:
                 raise ValueError(f"tile_overlap {self.tile_overlap} is more than half of tile {self.tile}: give at "
                                  f"most {self.tile // 2}")
-            info = self.image.info
-            if self.scale is not None and "width" in info:
-                problem = output_size_problem(*_scaled((info["width"], info["height"]), self.scale), "the upscaled image")
+            facts = self.image.info
+            if "width" in facts:
+                size = (facts["width"], facts["height"])
+                problem = cpu_problem(size, on_cpu(info)) or (self.scale is not None and output_size_problem(
+                    *_scaled(size, self.scale), "the upscaled image"))
                 if problem:
-                    raise ValueError(problem + "; give a smaller scale")
+                    raise ValueError(problem if "CPU" in problem else problem + "; give a smaller scale")
             return self
 
     def weights_id(self, params: Params) -> str:
@@ -130,6 +135,9 @@ class ImageUpscale(Generator):
             if problem:
                 raise UserError(problem + ("; give a smaller scale" if what != "the model's output" else
                                            "; this model's scale is too large for this image"))
+        problem = cpu_problem(size, descriptor.device.type == "cpu")
+        if problem:  # an upstream image's size is known only now
+            raise UserError(problem)
         colour, alphas = _split(pictures, descriptor.input_channels)
         batch = colour.to(descriptor.device, descriptor.dtype)
         notes = dict(model_sha256=_sha256(first.model), architecture=descriptor.architecture.name,
@@ -142,6 +150,15 @@ class ImageUpscale(Generator):
                            on_tile=ctxs[0].progress)
         check_finite(result, f"image.upscale output ({first.model}, {descriptor.dtype})")
         return [_join(result[i], alphas[i], pictures[i].mode, final) for i in range(len(pictures))]
+
+
+def cpu_problem(size: tuple[int, int], cpu: bool) -> str | None:
+    """Why an image of `size` is too large to upscale on a CPU, or None."""
+    if cpu and size[0] * size[1] > MAX_CPU_INPUT_PIXELS:
+        return (f"the image is {size[0]} x {size[1]} pixels; on a CPU image.upscale takes at most "
+                f"{MAX_CPU_INPUT_PIXELS / 1e6:.1f} megapixels (1024 x 1024), which is minutes already: resize it "
+                "first (image.resize), or run on a GPU (device: cuda)")
+    return None
 
 
 def _scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
