@@ -143,10 +143,20 @@ def test_another_family_and_backwards_steering_are_refused_before_the_run(tiny_s
     (xl / "config.json").write_text(json.dumps({**cfg, "cross_attention_dim": 2048,
                                                 "addition_embed_type": "text_time"}))
     control = edges(tmp_path / "edges.png")
+    from safetensors.torch import save_file
+
+    from studio_image.diffusion_control import LDM_ATTENTION
+
+    sd15_file, pickle = tmp_path / "control_v11p_sd15_canny.safetensors", tmp_path / "control_sd15_canny.pth"
+    save_file({LDM_ATTENTION: torch.zeros(320, 768)}, sd15_file)
+    torch.save({"w": torch.zeros(1)}, pickle)
     for name, entry, expected in (
             ("family", {"model": str(xl)}, "was made for another model family: its cross_attention_dim is 2048"),
             ("backwards", {"model": str(controlnets[0]), "start": 0.6, "end": 0.4}, "start 0.6 is not before end 0.4"),
-            ("count", None, "controlnets has 1 entries and control_images 2")):
+            ("count", None, "controlnets has 1 entries and control_images 2"),
+            # an SD 1.5 single file, recognised from its header: Studio's shipped SD 1.5 ControlNet config
+            ("sd15file", {"model": str(sd15_file)}, "its cross_attention_dim is 768"),
+            ("pickle", {"model": str(pickle)}, "never a pickle")):
         images = [str(control)] * (2 if entry is None else 1)
         step = {"model": str(tiny_sd_dir), "prompt": PROMPT, "steps": 2,
                 "controlnets": [entry or {"model": str(controlnets[0])}], "control_images": images}
@@ -240,3 +250,52 @@ def test_sdxl_controlnet_equals_diffusers_and_an_sd15_one_is_refused(tiny_xl, co
     result = studio_main("validate", "mix.yaml", cwd=tmp_path)
     text = result.stdout + result.stderr
     assert result.returncode == 2 and "was made for another model family" in text and "a model of SDXL" in text, text
+
+
+def ldm_controlnet_state(folder: Path) -> dict:
+    """A diffusers ControlNet's weights in the original ControlNet layout
+    (`control_model.input_blocks...`), as control_v11p_sd15_canny.safetensors has them."""
+    import re
+
+    from diffusers import ControlNetModel
+
+    from test_single_file import ldm_unet_key
+
+    net = ControlNetModel.from_pretrained(folder)
+
+    def key(name: str) -> str:
+        m = re.match(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.*)", name)
+        if m:  # the hint block: conv_in, then each block after a SiLU; conv_out is always its 14th layer
+            index = {"conv_in": 0, "conv_out": 14}.get(m.group(1), 2 * (int(m.group(2) or 0) + 1))
+            return f"input_hint_block.{index}.{m.group(3)}"
+        m = re.match(r"controlnet_down_blocks\.(\d+)\.(.*)", name)
+        if m:
+            return f"zero_convs.{m.group(1)}.0.{m.group(2)}"
+        if name.startswith("controlnet_mid_block."):
+            return "middle_block_out.0." + name.removeprefix("controlnet_mid_block.")
+        return ldm_unet_key(name, net.config.layers_per_block, set())
+
+    return {"control_model." + key(name): value.contiguous() for name, value in net.state_dict().items()}
+
+
+def test_single_file_controlnets_equal_the_folder_they_came_from(tiny_sd_dir, controlnets, tmp_path):
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    folder = controlnets[0]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    shutil.copy(folder / "config.json", configs / "config.json")
+    save_file(ldm_controlnet_state(folder), tmp_path / "control_tiny.safetensors")
+    save_file(ControlNetModel.from_pretrained(folder).state_dict(), tmp_path / "diffusers_keys.safetensors")
+    control = edges(tmp_path / "edges.png")
+    base = {"model": str(tiny_sd_dir), "prompt": PROMPT, "steps": 2, "seed": 4, "control_images": [str(control)]}
+    entries = {"folder": {"model": str(folder)},
+               "ldm": {"model": str(tmp_path / "control_tiny.safetensors"), "config": str(configs)},
+               "diffusers": {"model": str(tmp_path / "diffusers_keys.safetensors"), "config": str(configs)}}
+    steps = [{"id": name, "uses": "image.diffusion", "with": {**base, "controlnets": [entry]}}
+             for name, entry in entries.items()]
+    run = run_yaml(json.dumps({"name": "files", "device": "cpu", "steps": steps}), tmp_path)
+    assert run.status == "done", [item.error for item in run.failed]
+    images = [grey(run.step(name)[0].artifacts["image"].path) for name in entries]
+    assert np.array_equal(images[0], images[1]) and np.array_equal(images[0], images[2])

@@ -172,7 +172,8 @@ class ImageDiffusion(Generator):
             "'Refiner switch at')."))
         controlnets: list[ControlNet] = Field(default_factory=list, max_length=MAX_CONTROLNETS, description=(
             "ControlNets that steer the image by a control image (edges, depth, pose, a sketch), several at once: "
-            "each {model (a diffusers ControlNet folder) or name (in your model folders), scale, start, end}. "
+            "each {model (a diffusers ControlNet folder or a single .safetensors file, with config: for one Studio "
+            "does not recognise) or name (in your model folders), scale, start, end}. "
             "Text-to-image, image-to-image and inpainting on Stable Diffusion 1.x, 2.x and XL pipelines; its "
             "image is control_images' entry at the same index. Checked against the model's family before the run."))
         control_images: list[Artifact] = media_input("image/*", [], max_length=MAX_CONTROLNETS, description=(

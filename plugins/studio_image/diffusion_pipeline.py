@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 from studio import NonFiniteOutput, UserError, check_finite
 from studio.weights import config
-from studio_image.diffusion_control import control_arguments, count_problem, load_controlnets
+from studio_image.diffusion_control import (MAX_LOADED_CONTROLNETS, control_arguments, control_key, count_problem,
+                                            load_controlnets)
 from studio_image.diffusion_embeddings import activate as load_embeddings
 from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
 from studio_image.diffusion_inputs import prepared_image, prepared_mask
@@ -216,9 +217,14 @@ class PipelineEngine(Engine):
         """diffusers' ControlNet pipeline of `mode` over the loaded components (from_pipe:
         nothing loads twice), with these ControlNets, each loaded once per model."""
         loaded = self.loaded
+        wanted = [control_key(c) for c in first.controlnets]
+        if len(loaded.control_state.keys() | set(wanted)) > MAX_LOADED_CONTROLNETS:  # a long sweep: bounded memory
+            loaded.control_state.clear()
+            for key in [key for key in loaded.modes if isinstance(key, tuple)]:
+                del loaded.modes[key]
         nets = load_controlnets(first.controlnets, loaded.control_state, loaded.pipeline.unet,
                                 on_load=lambda entry: ctxs[0].record(controlnet_loaded=entry.model))
-        key = (mode, tuple(f"{c.model}|{c.fingerprint}" for c in first.controlnets))
+        key = (mode, tuple(wanted))
         if key not in loaded.modes:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
