@@ -299,3 +299,37 @@ def test_single_file_controlnets_equal_the_folder_they_came_from(tiny_sd_dir, co
     assert run.status == "done", [item.error for item in run.failed]
     images = [grey(run.step(name)[0].artifacts["image"].path) for name in entries]
     assert np.array_equal(images[0], images[1]) and np.array_equal(images[0], images[2])
+
+
+def test_t2i_adapters_equal_diffusers_and_steer_text_to_image_only(tiny_sd_dir, tmp_path, studio_main):
+    from diffusers import MultiAdapter, StableDiffusionAdapterPipeline, T2IAdapter
+
+    folders = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        # the tiny UNet's block widths; the tiny VAE halves the image once
+        T2IAdapter(in_channels=3, channels=[8, 16], num_res_blocks=1, downscale_factor=2,
+                   adapter_type="full_adapter").save_pretrained(tmp_path / f"adapter{seed}")
+        folders.append(tmp_path / f"adapter{seed}")
+    control = edges(tmp_path / "edges.png")
+    base = {"model": str(tiny_sd_dir), "prompt": PROMPT, "steps": 2, "seed": 6, "width": 16, "height": 16,
+            "adapters": [{"model": str(folders[0]), "scale": 0.8}], "adapter_images": [str(control)]}
+    two = {**base, "adapters": [{"model": str(f), "scale": 0.6} for f in folders],
+           "adapter_images": [str(control), str(control)]}
+    steps = [{"id": "one", "uses": "image.diffusion", "with": base},
+             {"id": "two", "uses": "image.diffusion", "with": two}]
+    run = run_yaml(json.dumps({"name": "adapters", "device": "cpu", "steps": steps}), tmp_path)
+    assert run.status == "done", [item.error for item in run.failed]
+    edges_image = Image.open(control).convert("RGB")
+    nets = [T2IAdapter.from_pretrained(f) for f in folders]
+    for name, adapter, scale, image in (("one", nets[0], 0.8, edges_image),
+                                        ("two", MultiAdapter(nets), [0.6, 0.6], [edges_image, edges_image])):
+        pipe = StableDiffusionAdapterPipeline.from_pipe(_tiny_pipeline(str(tiny_sd_dir)), adapter=adapter)
+        pipe.set_progress_bar_config(disable=True)
+        made = pipe(PROMPT, image=image, adapter_conditioning_scale=scale, num_inference_steps=2, width=16,
+                    height=16, generator=torch.Generator("cpu").manual_seed(6)).images[0]
+        assert close(run.step(name)[0].artifacts["image"].path, made), name
+    (tmp_path / "i2i.yaml").write_text(json.dumps({"name": "i2i", "device": "cpu", "steps": [
+        {"id": "a", "uses": "image.diffusion", "with": {**base, "image": str(picture(tmp_path / "init.png"))}}]}))
+    result = studio_main("validate", "i2i.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "adapters steer text-to-image only" in result.stdout + result.stderr

@@ -29,6 +29,8 @@ from studio.limits import on_cpu
 from studio.weights import input_path, loading, local_path, refuse, weights_problem
 from studio_image.diffusion_control import MAX_CONTROLNETS, ControlNet, model_unet_config
 from studio_image.diffusion_control import checked_all as checked_controlnets
+from studio_image.diffusion_control_adapters import MAX_ADAPTERS, Adapter
+from studio_image.diffusion_control_adapters import checked_all as checked_adapters
 from studio_image.diffusion_embeddings import MAX_EMBEDDINGS, Embedding
 from studio_image.diffusion_embeddings import checked_all as checked_embeddings
 from studio_image.diffusion_engine import Engine, SchedulerName, quiet_libraries, strength_of
@@ -179,6 +181,12 @@ class ImageDiffusion(Generator):
         control_images: list[Artifact] = media_input("image/*", [], max_length=MAX_CONTROLNETS, description=(
             "The control images of controlnets, one per entry in the same order (files or upstream outputs, "
             "such as a preprocessor's); each is resized to the output's size as diffusers does."))
+        adapters: list[Adapter] = Field(default_factory=list, max_length=MAX_ADAPTERS, description=(
+            "T2I-Adapters, lighter than ControlNets, several at once: each {model (a diffusers T2IAdapter folder) or "
+            "name, scale}; text-to-image on Stable Diffusion 1.x, 2.x and XL pipelines. Its image is "
+            "adapter_images' entry at the same index. Checked against the model's family before the run."))
+        adapter_images: list[Artifact] = media_input("image/*", [], max_length=MAX_ADAPTERS, description=(
+            "The control images of adapters, one per entry in the same order (files or upstream outputs)."))
 
         @field_validator("model")
         @classmethod
@@ -261,6 +269,16 @@ class ImageDiffusion(Generator):
             unet = model_unet_config(model, info.data.get("config"), DEFAULT_WEIGHTS)
             return checked_controlnets(value, lambda path: input_path(path, info), unet, model)
 
+        @field_validator("adapters")
+        @classmethod
+        def adapters_fit_the_model(cls, value: list[Adapter], info: ValidationInfo) -> list[Adapter]:
+            engine = _engine(info)
+            if not value or engine is None:
+                return value
+            model = info.data["model"]
+            unet = model_unet_config(model, info.data.get("config"), DEFAULT_WEIGHTS)
+            return checked_adapters(value, lambda path: input_path(path, info), unet, model)
+
         @field_validator("embeddings")
         @classmethod
         def embeddings_fit_the_model(cls, value: list[Embedding], info: ValidationInfo) -> list[Embedding]:
@@ -278,7 +296,7 @@ class ImageDiffusion(Generator):
             engine = engine_for(self.model, self.config, self.prediction)
             given = [name for name in ("config", "vae") if getattr(self, name) is not None]
             given += ["prediction"] if self.prediction != "default" else []
-            given += ["controlnets"] if self.controlnets else []
+            given += [name for name in ("controlnets", "adapters") if getattr(self, name)]
             problem = (self.vae is None and vae_problem(self.model, None, self.config)
                        or (given and isinstance(engine, UnetEngine)
                            and f"model {self.model!r} is a UNet2DModel checkpoint: {', '.join(given)} apply to "
@@ -349,7 +367,9 @@ class ImageDiffusion(Generator):
                  p.mask is None, tuple((lora.sha256, lora.scale) for lora in p.loras), p.lora_scale, p.clip_skip,
                  p.prompt_weighting, tuple((e.sha256, e.token) for e in p.embeddings), p.refiner,
                  p.refiner_switch, tuple((c.model, c.fingerprint, c.scale, c.start, c.end) for c in p.controlnets),
-                 tuple(image.sha256 for image in p.control_images)) for p in params]
+                 tuple(image.sha256 for image in p.control_images),
+                 tuple((a.model, a.fingerprint, a.scale) for a in p.adapters),
+                 tuple(image.sha256 for image in p.adapter_images)) for p in params]
         for indexes in batch_groups(keys):
             batch = [params[i] for i in indexes]
             engine = ctxs[indexes[0]].model(self, batch[0])

@@ -17,6 +17,7 @@ diffusers' ControlNet pipeline of each mode, made by `from_pipe` over the same c
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,8 @@ from studio import NonFiniteOutput, UserError, check_finite
 from studio.weights import config
 from studio_image.diffusion_control import (MAX_LOADED_CONTROLNETS, control_arguments, control_key, count_problem,
                                             load_controlnets)
+from studio_image.diffusion_control_adapters import (adapter_arguments, adapter_key, adapter_options_problem,
+                                                     load_adapters)
 from studio_image.diffusion_embeddings import activate as load_embeddings
 from studio_image.diffusion_engine import Engine, kept_where_asked, lora_scale_problem, scheduler, strength_of
 from studio_image.diffusion_inputs import prepared_image, prepared_mask
@@ -53,6 +56,7 @@ class PipelineModel:
     refiner: Any = None  # the SDXL refiner pipeline on the same VAE and second text encoder (diffusion_refiner)
     refiner_scheduler: dict[str, Any] = field(default_factory=dict)  # its own scheduler's config
     control_state: dict[str, Any] = field(default_factory=dict)  # ControlNet folder -> its loaded model
+    adapter_state: dict[str, Any] = field(default_factory=dict)  # T2I-Adapter folder -> its loaded model
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ class PipelineEngine(Engine):
         if self.facts.inpainting and (params.image is None or params.mask is None):
             return (f"model {model!r} is an inpainting checkpoint (its UNet takes 9 channels: latents, mask and "
                     "masked image); give image and mask, or use an ordinary checkpoint for text-to-image")
-        problem = lora_scale_problem(params) or use_problem(params, self.facts) or control_problem(params)
+        problem = (lora_scale_problem(params) or use_problem(params, self.facts) or control_problem(params)
+                   or adapter_options_problem(params))
         if problem:
             return problem
         return self.text_problem(params)
@@ -184,14 +189,17 @@ class PipelineEngine(Engine):
                 raise UserError(problem)
         size = self.size(first)
         mode: Mode = "inpaint" if first.mask is not None else "img2img" if first.image is not None else "text2img"
-        pipe = self.control_pipeline(mode, first, ctxs) if first.controlnets else self.mode_pipeline(mode)
+        pipe = (self.control_pipeline(mode, first, ctxs) if first.controlnets
+                else self.adapter_pipeline(first, ctxs) if first.adapters else self.mode_pipeline(mode))
         pipe.scheduler = scheduler(self.loaded.scheduler_config, first)
         activate(self.loaded.pipeline, first.loras, first.lora_scale, self.loaded.lora_state,
                  on_load=lambda lora: ctxs[0].record(lora_loaded=lora.sha256))
         load_embeddings(self.loaded.pipeline, first.embeddings, self.loaded.embedding_state)
         call, images, masks = _call(pipe, mode, batch, ctxs, size)
-        if first.controlnets:
+        if first.controlnets or first.adapters:
             call.update(control_call(mode, first, size, ctxs))
+        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
+            call = legacy_callback(pipe, call)  # the T2I-Adapter pipelines: diffusers' older callback
         if hasattr(pipe, "watermark"):  # an SDXL pipeline: Studio's decision, in the manifest
             for ctx in ctxs:
                 ctx.record(watermark="none")
@@ -235,6 +243,25 @@ class PipelineEngine(Engine):
             loaded.modes[key] = made
         return loaded.modes[key]
 
+    def adapter_pipeline(self, first: Any, ctxs: list):
+        """diffusers' T2I-Adapter pipeline (SD or SDXL) over the loaded components, with
+        these adapters, each loaded once per model."""
+        loaded = self.loaded
+        adapter = load_adapters(first.adapters, loaded.adapter_state, loaded.pipeline.unet,
+                                on_load=lambda entry: ctxs[0].record(adapter_loaded=entry.model))
+        key = ("adapters", tuple(adapter_key(a) for a in first.adapters))
+        if key not in loaded.modes:
+            from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
+
+            if sum(isinstance(k, tuple) and k[0] == "adapters" for k in loaded.modes) >= MAX_LOADED_CONTROLNETS:
+                for old in [k for k in loaded.modes if isinstance(k, tuple) and k[0] == "adapters"]:
+                    del loaded.modes[old]
+            cls = StableDiffusionXLAdapterPipeline if self.facts.sdxl else StableDiffusionAdapterPipeline
+            made = cls.from_pipe(loaded.pipeline, adapter=adapter, **watermark_off(cls))
+            made.set_progress_bar_config(disable=True)
+            loaded.modes[key] = made
+        return loaded.modes[key]
+
     def mode_pipeline(self, mode: Mode):
         """The loaded pipeline, or diffusers' image-to-image / inpainting pipeline over
         the same components (from_pipe shares the modules: nothing loads twice)."""
@@ -261,17 +288,32 @@ def control_problem(params: Any) -> str | None:
     return count_problem(params.controlnets, params.control_images)
 
 
+def legacy_callback(pipe: Any, call: dict[str, Any]) -> dict[str, Any]:
+    """The call with its step callback in the form a pipeline without
+    callback_on_step_end takes (callback(step, timestep, latents) every step)."""
+    call = dict(call)
+    on_step = call.pop("callback_on_step_end")
+    call.update(callback=lambda step, timestep, latents: on_step(pipe, step, timestep, {"latents": latents}),
+                callback_steps=1)
+    return call
+
+
 def control_call(mode: Mode, first: Any, size: tuple[int, int], ctxs: list) -> dict[str, Any]:
-    """The ControlNet keywords, the control images as the user gave them (transparency
-    drawn over white): diffusers' control image processor sizes them to the output. The
-    text-to-image ControlNet pipeline takes them as `image`."""
-    images = [prepared_image(image, None) for image in first.control_images]
+    """The ControlNet or T2I-Adapter keywords, the control images as the user gave them
+    (transparency drawn over white): diffusers' pipelines size them to the output. The
+    text-to-image ControlNet pipeline, and the adapter pipelines, take them as `image`."""
+    given = first.control_images or first.adapter_images
+    images = [prepared_image(image, None) for image in given]
     for ctx in ctxs:
-        ctx.record(control_images=[image.sha256 for image in first.control_images],
-                   controlnets=[c.model for c in first.controlnets])
+        if first.controlnets:
+            ctx.record(control_images=[image.sha256 for image in given],
+                       controlnets=[c.model for c in first.controlnets])
+        else:
+            ctx.record(adapter_images=[image.sha256 for image in given], adapters=[a.model for a in first.adapters])
     # the output's size for the control images too: else diffusers sizes the output by them
-    extra = {**control_arguments([first], images), "width": size[0], "height": size[1]}
-    if mode == "text2img":
+    arguments = control_arguments([first], images) if first.controlnets else adapter_arguments(first, images)
+    extra = {**arguments, "width": size[0], "height": size[1]}
+    if mode == "text2img" and first.controlnets:
         extra["image"] = extra.pop("control_image")
     return extra
 
@@ -310,8 +352,6 @@ def watermark_off(pipeline_class: Any) -> dict[str, Any]:
     """add_watermarker=False for a pipeline class that takes it (SDXL's): diffusers'
     default adds an invisible watermark only when the invisible-watermark package happens
     to be installed. Studio decides instead: none (marking outputs is Studio's own job)."""
-    import inspect
-
     init = getattr(pipeline_class, "__init__", None)
     try:
         takes = init is not None and "add_watermarker" in inspect.signature(init).parameters
