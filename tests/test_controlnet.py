@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from studio.testing import run_yaml
 
 PROMPT = "a cat"
-STEPS = 3
+STEPS = 2
 
 
 @pytest.fixture(scope="module")

@@ -229,9 +229,10 @@ def load_controlnets(entries: list[ControlNet], state: dict[str, Any], unet: Any
                 raise UserError(f"ControlNet {entry.model!r} does not load on its config "
                                 f"{entry.config or entry.model!r}: {str(exc)[:400]}; give config: the folder of the "
                                 "config it was made with") from None
-            state[key] = loaded.to(device=unet.device, dtype=unet.dtype).eval()
+            state[key] = loaded.eval()
             on_load(entry)
-        models.append(state[key])
+        # on the UNet's device and dtype now (a later step may have moved the model: a no-op otherwise)
+        models.append(state[key].to(device=unet.device, dtype=unet.dtype))
     return models[0] if len(models) == 1 else models
 
 

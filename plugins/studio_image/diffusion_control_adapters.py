@@ -144,9 +144,10 @@ def load_adapters(entries: list[Adapter], state: dict[str, Any], unet: Any, on_l
         key = adapter_key(entry)
         if key not in state:
             loaded = T2IAdapter.from_pretrained(entry.model, use_safetensors=True, local_files_only=True)
-            state[key] = loaded.to(device=unet.device, dtype=unet.dtype).eval()
+            state[key] = loaded.eval()
             on_load(entry)
-        models.append(state[key])
+        # on the UNet's device and dtype now (a later step may have moved the model: a no-op otherwise)
+        models.append(state[key].to(device=unet.device, dtype=unet.dtype))
     return models[0] if len(models) == 1 else MultiAdapter(models)
 
 
