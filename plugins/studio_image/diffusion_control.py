@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from studio.weights import config, named_model, safetensors_problem, weights_fingerprint
+from studio.weights import config, named_entry, safetensors_problem, weights_fingerprint
 
 MAX_CONTROLNETS = 4  # at once on one item; artists stack two or three
 # ControlNets kept loaded beside one model across batches; past it they are dropped and reload
@@ -70,18 +70,11 @@ class ControlNet(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def name_becomes_model(cls, data: Any, info: ValidationInfo) -> Any:
-        """A `name:` is looked up in the user's model folders (the host passes them in the
-        validation context) and recorded as the folder's path."""
-        if not isinstance(data, dict) or set(data) - set(cls.model_fields):
-            return data  # pydantic names the unknown key
-        if data.get("model") is None and data.get("name") is None:
-            raise ValueError("a ControlNet entry needs `model:` (a ControlNet folder) or `name:` (a ControlNet in "
-                             "your model folders)")
-        if data.get("name") is not None and data.get("model") is not None:
-            raise ValueError("give a ControlNet's `model:` or its `name:`, not both")
-        if isinstance(data.get("name"), str) and info.context is not None:
-            data = {**data, "model": str(named_model(data["name"], "controlnet", info)), "name": None}
-        return data
+        """A `name:` is looked up in the user's model folders and recorded as the folder's path."""
+        return named_entry(data, info, field="model", kind="controlnet", fields=cls.model_fields,
+                           needs="a ControlNet entry needs `model:` (a ControlNet folder) or `name:` (a ControlNet in "
+                                 "your model folders)",
+                           both="give a ControlNet's `model:` or its `name:`, not both")
 
     @model_validator(mode="after")
     def starts_before_it_ends(self):

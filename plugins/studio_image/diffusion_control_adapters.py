@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from studio.weights import config, named_model, safetensors_problem, weights_fingerprint
+from studio.weights import config, named_entry, safetensors_problem, weights_fingerprint
 
 MAX_ADAPTERS = 4
 MAX_LOADED_ADAPTERS = 8  # kept loaded beside one model across batches; past it they are dropped and reload
@@ -47,16 +47,11 @@ class Adapter(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def name_becomes_model(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict) or set(data) - set(cls.model_fields):
-            return data  # pydantic names the unknown key
-        if data.get("model") is None and data.get("name") is None:
-            raise ValueError("an adapter entry needs `model:` (a T2IAdapter folder) or `name:` (one in your model "
-                             "folders)")
-        if data.get("name") is not None and data.get("model") is not None:
-            raise ValueError("give an adapter's `model:` or its `name:`, not both")
-        if isinstance(data.get("name"), str) and info.context is not None:
-            data = {**data, "model": str(named_model(data["name"], "controlnet", info)), "name": None}
-        return data
+        """A `name:` is looked up in the user's model folders (their ControlNet folders)."""
+        return named_entry(data, info, field="model", kind="controlnet", fields=cls.model_fields,
+                           needs="an adapter entry needs `model:` (a T2IAdapter folder) or `name:` (one in your model "
+                                 "folders)",
+                           both="give an adapter's `model:` or its `name:`, not both")
 
 
 def adapter_problem(path: Path, where: str) -> str | None:

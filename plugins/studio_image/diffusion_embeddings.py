@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from studio.weights import (file_sha256, local_path, named_model, pickled_code, read_config, safetensors_dtypes,
+from studio.weights import (file_sha256, local_path, named_entry, pickled_code, read_config, safetensors_dtypes,
                             safetensors_problem, safetensors_shapes)
 from studio_image.diffusion_lora import nonfinite_problem
 
@@ -68,17 +68,11 @@ class Embedding(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def name_becomes_path(cls, data: Any, info: ValidationInfo) -> Any:
-        """A `name:` is looked up in the user's model folders, as a LoRA's (diffusion_lora)."""
-        if not isinstance(data, dict) or set(data) - set(cls.model_fields):
-            return data  # pydantic names the unknown key
-        if data.get("path") is None and data.get("name") is None:
-            raise ValueError("an embedding entry needs `path:` (a file) or `name:` (an embedding in your model "
-                             "folders)")
-        if data.get("name") is not None and data.get("path") is not None:
-            raise ValueError("give an embedding's `path:` or its `name:`, not both")
-        if isinstance(data.get("name"), str) and info.context is not None:
-            data = {**data, "path": str(named_model(data["name"], "embedding", info)), "name": None}
-        return data
+        """A `name:` is looked up in the user's model folders, as a LoRA's."""
+        return named_entry(data, info, field="path", kind="embedding", fields=cls.model_fields,
+                           needs="an embedding entry needs `path:` (a file) or `name:` (an embedding in your model "
+                                 "folders)",
+                           both="give an embedding's `path:` or its `name:`, not both")
 
 
 @dataclass(frozen=True)

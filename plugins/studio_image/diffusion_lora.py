@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from studio.weights import (file_sha256, named_model, pickled_code, safetensors_dtypes, safetensors_layout,
+from studio.weights import (file_sha256, named_entry, pickled_code, safetensors_dtypes, safetensors_layout,
                             safetensors_problem, safetensors_shapes)
 
 from studio_image.diffusion_lora_family import TITLES, family_problem, lora_family
@@ -72,18 +72,10 @@ class Lora(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def name_becomes_path(cls, data: Any, info: ValidationInfo) -> Any:
-        """A `name:` is looked up in the user's model folders (which the host passes in the
-        validation context) and recorded as the file's path. Without a context (the value
-        checked on its own while the pipeline is read) the name waits for that."""
-        if not isinstance(data, dict) or set(data) - set(cls.model_fields):
-            return data  # pydantic names the unknown key ("pth: Extra inputs are not permitted")
-        if data.get("path") is None and data.get("name") is None:
-            raise ValueError("a LoRA entry needs `path:` (a file) or `name:` (a LoRA in your model folders)")
-        if data.get("name") is not None and data.get("path") is not None:
-            raise ValueError("give a LoRA's `path:` or its `name:`, not both")
-        if isinstance(data.get("name"), str) and info.context is not None:
-            data = {**data, "path": str(named_model(data["name"], "lora", info)), "name": None}
-        return data
+        """A `name:` is looked up in the user's model folders and recorded as the file's path."""
+        return named_entry(data, info, field="path", kind="lora", fields=cls.model_fields,
+                           needs="a LoRA entry needs `path:` (a file) or `name:` (a LoRA in your model folders)",
+                           both="give a LoRA's `path:` or its `name:`, not both")
 
 
 def checked(lora: Lora, path: Path) -> Lora:

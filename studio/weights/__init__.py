@@ -36,7 +36,8 @@ from studio.weights.safetensors_header import safetensors_dtypes, safetensors_la
 
 # the public API plugins may import (documented in docs/plugins.md)
 __all__ = ["MAX_CONFIG_BYTES", "components", "config", "file_sha256", "input_path", "load_pth", "loading", "local_path", "model_problem",
-           "named_model", "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_dtypes", "safetensors_layout",
+           "named_entry", "named_model", "pickled_code", "read_config", "refuse", "resolve_weights", "safetensors_dtypes",
+           "safetensors_layout",
            "safetensors_problem", "safetensors_shapes",
            "short", "weights_fingerprint", "weights_problem"]
 
@@ -297,6 +298,25 @@ def named_model(name: str, kind: str, info: Any) -> Path:
         return library.find(name, kind).path.resolve()
     except ModelNotFound as exc:
         raise ValueError(str(exc)) from None
+
+
+def named_entry(data: Any, info: Any, *, field: str, kind: str, fields: Any, needs: str, both: str) -> Any:
+    """The body of a list entry's `mode="before"` validator (`loras: [{path|name}]`,
+    `controlnets: [{model|name}]`): the entry gives its model by `field` (a path) or by
+    `name:`, one in the user's model folders of `kind`, which becomes the path (named_model)
+    and is recorded as such. `needs` is the message when neither is given, `both` when
+    both are. An entry with a key not in `fields` is left for pydantic to name; without a
+    validation context (the value checked on its own while the pipeline is read) the name
+    waits for one."""
+    if not isinstance(data, dict) or set(data) - set(fields):
+        return data
+    if data.get(field) is None and data.get("name") is None:
+        raise ValueError(needs)
+    if data.get("name") is not None and data.get(field) is not None:
+        raise ValueError(both)
+    if isinstance(data.get("name"), str) and getattr(info, "context", None) is not None:
+        data = {**data, field: str(named_model(data["name"], kind, info)), "name": None}
+    return data
 
 
 def damaged_problem(root: Path, folders: tuple[str, ...] = ("",)) -> str | None:
